@@ -84,6 +84,13 @@ class SourceSpec(Spec):
     # Unified field -> source column. Missing instruction falls back to the task's instruction.
     fields: dict[str, str] = Field(default_factory=dict)
     generator: str | None = None  # synthetic: name of the built-in task generator
+    # Rows that are not flat columns: human_assistant splits one `text` column of
+    # "### Instruction: .. ### Human: .. ### Assistant: .." (AdiOO7/llama-2-finance);
+    # multiple_choice turns question + choices + answer index into a lettered question (MMLU).
+    converter: Literal["human_assistant", "multiple_choice"] | None = None
+    # Records whose output is one of these are dropped, not errors: GLUE MNLI marks pairs
+    # without a gold label "-".
+    drop_labels: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _needs(self) -> SourceSpec:

@@ -134,7 +134,7 @@ def test_gradient_checkpointing_recompute_sees_the_same_routing():
     def grads(checkpointing: bool):
         model.train()
         if checkpointing:
-            model.activation_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.activation_checkpointing_disable()
         model.zero_grad()
