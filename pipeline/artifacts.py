@@ -79,9 +79,12 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def write_done(folder: Path, stage: str, inputs: dict[str, str] | None = None, **extra: Any) -> dict:
-    """Mark `folder` finished: hashes of its files plus the input hashes it was built from."""
-    marker = {"stage": stage, "outputs": sha256_tree(folder), "inputs": inputs or {}, **extra}
+def write_done(folder: Path, stage: str, inputs: dict[str, str] | None = None,
+               files: list[str] | None = None, **extra: Any) -> dict:
+    """Mark `folder` finished: hashes of its files (or of `files` only) plus the input hashes it
+    was built from."""
+    outputs = sha256_tree(folder) if files is None else {f: sha256_file(folder / f) for f in files}
+    marker = {"stage": stage, "outputs": outputs, "inputs": inputs or {}, **extra}
     atomic_write_json(folder / DONE, marker)
     return marker
 
@@ -98,6 +101,12 @@ def read_done(folder: Path) -> dict | None:
 
 def is_done(folder: Path) -> bool:
     return read_done(folder) is not None
+
+
+def marker_digest(folder: Path) -> str:
+    """One hash standing for a finished stage's outputs: what a later stage records as input."""
+    marker = read_done(folder)
+    return sha256_json(marker["outputs"]) if marker else ""
 
 
 def require_done(folder: Path, stage: str, rerun: str, verify: bool = True) -> dict:

@@ -1,0 +1,62 @@
+"""Records -> token ids: prompt masked from the loss, response learned; padding for batches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from data_prep.templates import build_prompt, build_response, prompt_add_special_tokens, query_text
+
+IGNORE = -100
+
+
+def prompts(tokenizer: Any, prompt_format: str, records: list[dict]) -> list[str]:
+    return [build_prompt(tokenizer, prompt_format, r["instruction"], r["input"]) for r in records]
+
+
+def queries(records: list[dict]) -> list[str]:
+    return [query_text(r["instruction"], r["input"]) for r in records]
+
+
+def tokenize_for_training(tokenizer: Any, prompt_format: str, records: list[dict],
+                          max_len: int) -> list[dict[str, list[int]]]:
+    """input_ids + labels (prompt tokens = IGNORE). Long examples lose the prompt's start, so
+    the response, the part that is learned, survives truncation."""
+    add_special = prompt_add_special_tokens(prompt_format)
+    prompt_ids = tokenizer(prompts(tokenizer, prompt_format, records), add_special_tokens=add_special)["input_ids"]
+    response_ids = tokenizer([build_response(tokenizer, r["output"]) for r in records],
+                             add_special_tokens=False)["input_ids"]
+    out = []
+    for p, r in zip(prompt_ids, response_ids, strict=True):
+        r = r[:max_len - 1]
+        p = p[-(max_len - len(r)):]
+        out.append({"input_ids": p + r, "labels": [IGNORE] * len(p) + r})
+    return out
+
+
+def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a training micro-batch."""
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[i, :n] = torch.tensor(e["input_ids"])
+        labels[i, :n] = torch.tensor(e["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def encode_prompts_left_padded(tokenizer: Any, prompt_format: str, records: list[dict],
+                               max_len: int) -> dict[str, torch.Tensor]:
+    """Left-padded prompts for batched generation / scoring (answers start at the same column)."""
+    add_special = prompt_add_special_tokens(prompt_format)
+    texts = prompts(tokenizer, prompt_format, records)
+    ids = [x[-max_len:] for x in tokenizer(texts, add_special_tokens=add_special)["input_ids"]]
+    width = max(len(x) for x in ids)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": mask}

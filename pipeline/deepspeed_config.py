@@ -1,0 +1,48 @@
+"""Read a DeepSpeed JSON and fill its "auto" values from the experiment, as the HF integration
+does for the Trainer (we drive deepspeed.initialize ourselves, so we fill them here)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+
+from pipeline.config import ExperimentConfig
+from pipeline.errors import ConfigError
+from pipeline.models import resolve_dtype
+
+
+def build_ds_config(cfg: ExperimentConfig, world_size: int) -> dict[str, Any]:
+    path = cfg.deepspeed_config_path()
+    if not path.is_file():
+        raise ConfigError(f"train.deepspeed: {path} does not exist (shipped: zero0, zero2, zero3, "
+                          "zero2_offload, zero3_offload; or a path relative to the experiment YAML)")
+    try:
+        ds = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON: {e}") from e
+    tr = cfg.train
+    on_gpu = torch.cuda.is_available()
+    bf16 = resolve_dtype(cfg.model.dtype) == torch.bfloat16
+    fills = {
+        "train_micro_batch_size_per_gpu": tr.micro_batch_size,
+        "gradient_accumulation_steps": tr.grad_accum,
+        "gradient_clipping": tr.grad_clip,
+        "train_batch_size": tr.micro_batch_size * tr.grad_accum * world_size,
+    }
+    for key, value in fills.items():
+        if ds.get(key, "auto") == "auto":
+            ds[key] = value
+    ds.setdefault("bf16", {})
+    if ds["bf16"].get("enabled", "auto") == "auto":
+        ds["bf16"]["enabled"] = bf16
+    if ds.get("fp16", {}).get("enabled") is True and not on_gpu:
+        raise ConfigError(f"{path}: fp16 is not supported by DeepSpeed on CPU; use bf16 or fp32")
+    zero = ds.get("zero_optimization", {})
+    if not on_gpu:
+        # Pinned memory needs CUDA; offload on a CPU-only machine is a no-op anyway.
+        for key in ("offload_param", "offload_optimizer"):
+            if key in zero:
+                zero[key]["pin_memory"] = False
+    return ds
