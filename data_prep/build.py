@@ -1,0 +1,91 @@
+"""One task's fixed splits: load, de-duplicate, seeded shuffle, split, cap, overlap check.
+
+Then token-length statistics of the prompt + response the model will see, so a too-small
+`model.max_seq_len` shows up at prepare time rather than as silently truncated answers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from data_prep.records import Located, Record, record_key, stable_rng, stable_shuffle
+from data_prep.sources import load_source
+from data_prep.templates import build_prompt, build_response, prompt_add_special_tokens
+from pipeline.config import ExperimentConfig, TaskSpec
+from pipeline.errors import DataError
+
+
+@dataclass
+class PreparedTask:
+    spec: TaskSpec
+    origin: str
+    train: list[Record]
+    test: list[Record]
+    labels: list[str] | None
+    own_test_split: bool  # the source had its own test split (else a random one was cut)
+    label_dropped: int  # records skipped by source.drop_labels
+    duplicates_dropped: int  # repeated inputs removed before a random split
+
+
+def build_task(task: TaskSpec, cfg: ExperimentConfig) -> PreparedTask:
+    src = load_source(task, cfg)
+    rng = stable_rng("split", cfg.data.seed, task.name)
+    duplicates = 0
+    if src.test is None:
+        # Duplicates must go before a random cut, or copies would land on both sides.
+        pool, duplicates = _dedupe(src.train)
+        if len(pool) < 2:
+            raise DataError(f"{src.origin}: task {task.name!r} has {len(pool)} distinct record(s); "
+                            f"a train/test split needs at least 2")
+        pool = stable_shuffle(pool, rng)
+        n_test = min(len(pool) - 1, max(1, round(len(pool) * cfg.data.test_ratio)))
+        test, train = pool[:n_test], pool[n_test:]
+    else:
+        # Shuffle the source's own splits too: files are often sorted by label, and caps then
+        # take a label-mixed sample.
+        train, test = stable_shuffle(src.train, rng), stable_shuffle(src.test, rng)
+    train, test = train[: task.max_train], test[: task.max_test]
+    check_no_overlap(task.name, train, test)
+    return PreparedTask(task, src.origin, [x.record for x in train], [x.record for x in test], src.labels,
+                        src.test is not None, src.dropped, duplicates)
+
+
+def _dedupe(items: list[Located]) -> tuple[list[Located], int]:
+    seen: dict[str, Located] = {}
+    for item in items:
+        seen.setdefault(record_key(item.record), item)
+    return list(seen.values()), len(items) - len(seen)
+
+
+def check_no_overlap(task: str, train: list[Located], test: list[Located]) -> None:
+    """No test example may also be a training example (normalised instruction ### input)."""
+    by_key = {record_key(x.record): x for x in train}
+    for t in test:
+        hit = by_key.get(record_key(t.record))
+        if hit is not None:
+            raise DataError(f"task {task!r}: test record {t.where} is also a training record ({hit.where}) "
+                            f"after normalisation (lowercase, collapsed whitespace): input "
+                            f"{t.record['input'][:100]!r}. Train and test must not overlap: remove it "
+                            f"from one of the splits")
+
+
+def token_lengths(tokenizer: Any, prompt_format: str, records: list[Record]) -> list[int]:
+    """Tokens of prompt + response per record, tokenized the way training does (batched)."""
+    if not records:
+        return []
+    prompts = [build_prompt(tokenizer, prompt_format, r["instruction"], r["input"]) for r in records]
+    responses = [build_response(tokenizer, r["output"]) for r in records]
+    p_ids = tokenizer(prompts, add_special_tokens=prompt_add_special_tokens(prompt_format))["input_ids"]
+    r_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
+    return [len(p) + len(r) for p, r in zip(p_ids, r_ids, strict=True)]
+
+
+def length_stats(lengths: list[int], max_seq_len: int) -> dict[str, Any]:
+    """min / mean / p95 (nearest rank) / max, and how many exceed max_seq_len (truncated)."""
+    if not lengths:
+        return {"min": 0, "mean": 0.0, "p95": 0, "max": 0, "truncated": 0}
+    s = sorted(lengths)
+    return {"min": s[0], "mean": round(sum(s) / len(s), 1), "p95": s[math.ceil(0.95 * len(s)) - 1],
+            "max": s[-1], "truncated": sum(n > max_seq_len for n in s)}

@@ -1,0 +1,64 @@
+"""Prompt texts: the DTKR query and the model prompt/response of one record.
+
+Pure string functions. Training and evaluation tokenize the prompt and the response
+separately and mask the prompt from the loss, so the prompt ends exactly where the answer
+starts and the response carries the end-of-sequence text that teaches the model to stop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+PROMPT_FORMATS: tuple[str, ...] = ("llama2_chat", "chat_template", "plain")
+QUERY_SEPARATOR = " ### "
+
+
+def query_text(instruction: str, input: str) -> str:
+    """The text DTKR embeds to retrieve slots (the paper's `instruction ### input`)."""
+    return instruction + QUERY_SEPARATOR + input
+
+
+def user_message(instruction: str, input: str) -> str:
+    """Instruction and input as one user turn; no blank tail when the input is empty."""
+    return f"{instruction}\n\n{input}" if input else instruction
+
+
+def build_prompt(tokenizer: Any, prompt_format: str, instruction: str, input: str) -> str:
+    """The full prompt text, up to where the answer starts.
+
+    llama2_chat follows the SLM reference code: the instruction is the <<SYS>> block and the
+    input the user turn (no system block when there is no input). No "<s>": the Llama tokenizer
+    adds BOS itself. No trailing space after [/INST]: sentencepiece gives the answer's first
+    word its own leading-space piece when the response is tokenized on its own.
+    """
+    if prompt_format == "llama2_chat":
+        if not input:
+            return f"[INST] {instruction.strip()} [/INST]"
+        return f"[INST] <<SYS>>\n{instruction.strip()}\n<</SYS>>\n\n{input.strip()} [/INST]"
+    if prompt_format == "chat_template":
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConfigError(f"model.prompt_format is chat_template but the tokenizer "
+                              f"{getattr(tokenizer, 'name_or_path', '?')!r} has no chat template; "
+                              f"use prompt_format llama2_chat or plain")
+        messages = [{"role": "user", "content": user_message(instruction, input)}]
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if prompt_format == "plain":
+        block = f"### Input:\n{input}\n\n" if input else ""
+        return f"### Instruction:\n{instruction}\n\n{block}### Response:\n"
+    raise ConfigError(f"unknown prompt_format {prompt_format!r}; valid: {', '.join(PROMPT_FORMATS)}")
+
+
+def build_response(tokenizer: Any, output: str) -> str:
+    """The answer text the model learns: the output followed by the EOS token's text."""
+    return output + (getattr(tokenizer, "eos_token", None) or "")
+
+
+def prompt_add_special_tokens(prompt_format: str) -> bool:
+    """Whether to tokenize the prompt with `add_special_tokens=True`.
+
+    A chat template renders its own BOS/role tokens as text, so adding them again would double
+    them; the other formats rely on the tokenizer for BOS. Responses never add special tokens.
+    """
+    return prompt_format != "chat_template"

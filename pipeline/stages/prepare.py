@@ -1,0 +1,134 @@
+"""`slm prepare`: every task's source -> fixed train/test splits on disk, plus a manifest.
+
+Reads top to bottom: write the resolved config; skip if DONE with the same input hashes; load
+and check every task (no file is written until all of them pass); measure token lengths with
+the experiment's tokenizer; write all datasets, the manifest and DONE into a temporary folder
+that replaces <output_dir>/data in one rename. A bad task therefore leaves no half-written data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from data_prep.build import PreparedTask, build_task, length_stats, token_lengths
+from data_prep.prepared import STAGE, load_prepared, prepare_inputs, read_manifest, task_spec_hash
+from data_prep.records import COLUMNS, records_sha256
+from data_prep.synthetic import describe_generators
+from pipeline.artifacts import atomic_path, atomic_write_json, atomic_write_text, read_done, require_done, write_done
+from pipeline.config import ExperimentConfig
+from pipeline.errors import StageInputError
+from pipeline.layout import RunLayout
+
+# load_prepared is re-exported: later stages may take it from here or from data_prep.
+__all__ = ["load_prepared", "main", "run"]
+
+
+def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:
+    if getattr(args, "list_synthetic", False):
+        print(describe_generators())
+        return 0
+    run(cfg, layout, force=bool(getattr(args, "force", False)))
+    return 0
+
+
+def run(cfg: ExperimentConfig, layout: RunLayout, force: bool = False) -> dict[str, Any]:
+    """Prepare every task of `cfg` (idempotent) and return the manifest."""
+    atomic_write_text(layout.config, cfg.to_yaml())
+    inputs = prepare_inputs(cfg)
+    if not force and _up_to_date(layout, inputs):
+        print(f"prepare: already done ({layout.data}, {len(cfg.tasks)} tasks; --force rebuilds)")
+        return read_manifest(layout)
+
+    prepared = [build_task(t, cfg) for t in tqdm(cfg.tasks, desc="prepare: load + check", disable=None)]
+
+    tokenizer = _tokenizer(cfg.model.name_or_path)  # imports torch: only once the data is known good
+    manifest = _manifest_head(cfg, inputs)
+    with atomic_path(layout.data) as tmp:
+        tmp.mkdir()
+        for index, task in enumerate(tqdm(prepared, desc="prepare: tokenize + save", disable=None)):
+            manifest["tasks"][task.spec.name] = _task_entry(index, task, tokenizer, cfg)
+            _save(task, tmp / layout.task_data(task.spec.name).name)
+        atomic_write_json(tmp / layout.manifest.name, manifest)
+        write_done(tmp, STAGE, inputs=inputs)
+    print_table(manifest, layout.data)
+    return manifest
+
+
+def _up_to_date(layout: RunLayout, inputs: dict[str, str]) -> bool:
+    """DONE with the same input hashes, and every file it lists still intact."""
+    marker = read_done(layout.data)
+    if not marker or marker.get("inputs") != inputs or not layout.manifest.is_file():
+        return False
+    try:
+        require_done(layout.data, STAGE, rerun="slm prepare --force")
+    except StageInputError as e:
+        print(f"prepare: rebuilding, {e}")
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(name: str) -> Any:
+    # Loading takes seconds; `slm run` and the tests prepare several times in one process.
+    from pipeline.models import load_tokenizer
+
+    return load_tokenizer(name)
+
+
+def _manifest_head(cfg: ExperimentConfig, inputs: dict[str, str]) -> dict[str, Any]:
+    return {"experiment": cfg.name, "inputs": inputs, "data": cfg.data.model_dump(mode="json"),
+            "tokenizer": cfg.model.name_or_path, "prompt_format": cfg.model.prompt_format,
+            "max_seq_len": cfg.model.max_seq_len, "columns": list(COLUMNS), "tasks": {}}
+
+
+def _task_entry(index: int, task: PreparedTask, tokenizer: Any, cfg: ExperimentConfig) -> dict[str, Any]:
+    lengths = token_lengths(tokenizer, cfg.model.prompt_format, task.train + task.test)
+    stats = length_stats(lengths, cfg.model.max_seq_len)
+    return {
+        "index": index, "type": task.spec.source.type, "source": task.origin,
+        "train": len(task.train), "test": len(task.test), "own_test_split": task.own_test_split,
+        "labels": task.labels, "metric": task.spec.metric,
+        "sha256": {"train": records_sha256(task.train), "test": records_sha256(task.test)},
+        "spec_sha256": task_spec_hash(task.spec),
+        "label_dropped": task.label_dropped, "duplicates_dropped": task.duplicates_dropped,
+        "tokens": {k: stats[k] for k in ("min", "mean", "p95", "max")}, "truncated": stats["truncated"],
+    }
+
+
+def _save(task: PreparedTask, folder: Path) -> None:
+    import datasets
+
+    features = datasets.Features({c: datasets.Value("string") for c in COLUMNS})
+    splits = {"train": task.train, "test": task.test}
+    dd = datasets.DatasetDict({k: datasets.Dataset.from_list(v, features=features) for k, v in splits.items()})
+    # datasets prints one "Saving the dataset" bar per split; our own tqdm already tracks tasks.
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        dd.save_to_disk(str(folder))
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
+
+
+def print_table(manifest: dict[str, Any], where: Path) -> None:
+    """One line per task: sizes, token lengths (prompt + answer) and how many get truncated."""
+    limit = manifest["max_seq_len"]
+    head = f"{'task':<16} {'type':<12} {'train':>6} {'test':>6} {'labels':>6}  tokens min/mean/p95/max  " \
+           f"truncated(>{limit})"
+    print(f"prepare: {len(manifest['tasks'])} tasks -> {where}\n{head}\n{'-' * len(head)}")
+    for name, t in manifest["tasks"].items():
+        tok = t["tokens"]
+        lengths = f"{tok['min']}/{tok['mean']}/{tok['p95']}/{tok['max']}"
+        n_labels = len(t["labels"]) if t["labels"] else "-"
+        print(f"{name:<16} {t['type']:<12} {t['train']:>6} {t['test']:>6} {n_labels:>6}  {lengths:<22} "
+              f"{t['truncated']}")
+    for name, t in manifest["tasks"].items():
+        if t["truncated"]:
+            print(f"warning: {t['truncated']} records of task {name!r} exceed model.max_seq_len={limit} "
+                  f"and will be truncated; raise max_seq_len or accept losing their tails")
