@@ -20,7 +20,8 @@ without -c, the embedded default experiment (pipeline/configs/default.yaml) is u
 a bare file name such as `cl_benchmark.yaml` names a shipped config.
 """
 
-# command -> (help, does it take key=value overrides)
+# command -> one-line help; the module is pipeline.stages.<command> unless renamed here
+MODULES = {"eval": "evaluate"}
 COMMANDS: dict[str, str] = {
     "prepare": "data sources -> unified {task, instruction, input, output} datasets on disk",
     "train": "learn task i's DTKR keys, then its JARe slot values, under DeepSpeed",
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append(f"method={args.method}")
         cfg = load_config(args.config, overrides)
         layout = RunLayout.of(cfg)
-        module = importlib.import_module(f"pipeline.stages.{args.command}")
+        module = importlib.import_module(f"pipeline.stages.{MODULES.get(args.command, args.command)}")
         return int(module.main(cfg, layout, args) or 0)
     except SlmError as e:
         print(f"error: {e}", file=sys.stderr)

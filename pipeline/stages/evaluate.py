@@ -1,0 +1,172 @@
+"""`slm eval --after i`: score every task's test split after training task i -> row i.
+
+No task id is given to the model: for slm each test input retrieves its slots from the index
+of tasks 0..i (per sample), and the row also records how often the top-1 slot belongs to the
+input's own task (retrieval accuracy) and the confusion of true task x retrieved task.
+`--after -1` scores the untrained base model (the b_i of FWT).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+
+import torch
+from tqdm import tqdm
+
+from data_prep.prepared import load_prepared, read_manifest
+from pipeline import metrics
+from pipeline.adapters import JARE_METHODS, base_model, jare_model, lora_model
+from pipeline.artifacts import atomic_write_json, marker_digest, sha256_json
+from pipeline.batching import collate, encode_prompts_left_padded, queries, tokenize_for_training
+from pipeline.config import ExperimentConfig
+from pipeline.errors import StageInputError
+from pipeline.jare.routing import Routing
+from pipeline.layout import RunLayout
+from pipeline.models import default_device, load_tokenizer
+from pipeline.stages.index import done_tasks, load_store
+
+
+def eval_inputs(cfg: ExperimentConfig, layout: RunLayout, after: int) -> dict[str, str]:
+    inputs = {"data": marker_digest(layout.data),
+              "settings": sha256_json(cfg.model_dump(include={"method", "model", "jare", "dtkr", "eval"}))}
+    for j in range(after + 1):
+        inputs[f"task{j}"] = marker_digest(layout.task_dir(j, cfg.tasks[j].name))
+    return inputs
+
+
+def read_row(layout: RunLayout, after: int) -> dict | None:
+    path = layout.eval_row(after)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run(cfg: ExperimentConfig, layout: RunLayout, after: int) -> int:
+    n_done = done_tasks(cfg, layout)
+    if after >= n_done:
+        raise StageInputError(f"cannot evaluate after task {after}: only {n_done} task(s) are DONE under "
+                              f"{layout.root / 'tasks'}; run `slm train --task {n_done}` first")
+    inputs = eval_inputs(cfg, layout, after)
+    row = read_row(layout, after)
+    if row and row.get("inputs") == inputs:
+        print(f"eval: row {after} already done ({layout.eval_row(after)})")
+        return 0
+    prepared = load_prepared(cfg, layout)
+    labels = {n: t.get("labels") for n, t in read_manifest(layout)["tasks"].items()}
+    scorer = Scorer(cfg, layout, after)
+    row = {"after": after, "method": cfg.method, "tasks": [t.name for t in cfg.tasks], "scores": {},
+           "metric": {}, "n_records": {}, "predictions": {}}
+    confusion = [[0] * len(cfg.tasks) for _ in cfg.tasks]
+    for j, task in enumerate(cfg.tasks):
+        records = [dict(r) for r in prepared[task.name]["test"]][: cfg.eval.max_records_per_task]
+        preds, top1 = scorer.predict(j, records, labels.get(task.name))
+        row["scores"][task.name] = metrics.score(task.metric, preds, [r["output"] for r in records])
+        row["metric"][task.name] = task.metric
+        row["n_records"][task.name] = len(records)
+        row["predictions"][task.name] = preds[:5]
+        for s in top1:
+            confusion[j][s] += 1
+        print(f"eval after {after}: {task.name:<16} {task.metric:<12} {row['scores'][task.name]:.3f}")
+    row["retrieval"] = _retrieval_summary(cfg, after, confusion, scorer.retrieves)
+    row["inputs"] = inputs
+    atomic_write_json(layout.eval_row(after), row)
+    print(f"eval: row {after} -> {layout.eval_row(after)}")
+    return 0
+
+
+def _retrieval_summary(cfg: ExperimentConfig, after: int, confusion: list[list[int]], retrieves: bool) -> dict:
+    if not retrieves:
+        return {"accuracy": None, "per_task": {}, "confusion": None}
+    seen = range(after + 1)  # only tasks already in the index can be retrieved correctly
+    per_task = {cfg.tasks[j].name: confusion[j][j] / max(1, sum(confusion[j])) for j in seen}
+    total = sum(sum(confusion[j]) for j in seen)
+    return {"accuracy": sum(confusion[j][j] for j in seen) / max(1, total), "per_task": per_task,
+            "confusion": confusion}
+
+
+class Scorer:
+    """The model of one row (base / JARe with tasks 0..after / LoRA after `after`) and how to
+    route and score a batch with it."""
+
+    def __init__(self, cfg: ExperimentConfig, layout: RunLayout, after: int) -> None:
+        self.cfg, self.after = cfg, after
+        self.device = default_device()
+        self.tokenizer = load_tokenizer(cfg.model.name_or_path)
+        self.bank = self.store = self.encoder = None
+        if after < 0:
+            self.model = base_model(cfg, self.device)
+        elif cfg.method in JARE_METHODS:
+            from pipeline.dtkr.encoder import SentenceEncoder
+
+            self.model, self.bank = jare_model(cfg, layout, after + 1, self.device)
+            self.store = load_store(cfg, layout, after + 1)
+            self.encoder = SentenceEncoder(cfg.dtkr.encoder, self.device)
+        else:
+            self.model = lora_model(cfg, layout, after, self.device)
+        self.model.eval()
+        self.retrieves = cfg.method == "slm" and after >= 0
+
+    def _routing(self, j: int, records: list[dict]) -> tuple[Routing | None, list[int]]:
+        """Per-sample routing for task j's records, and the task index of each top-1 slot."""
+        if self.store is None:
+            return None, []
+        c = self.cfg
+        emb = self.encoder.encode(queries(records))
+        seen = [t.name for t in c.tasks[: self.after + 1]]
+        per_batch = c.dtkr.retrieval == "per_batch"
+        if c.method == "oracle_task_id":
+            if j > self.after:
+                return None, []  # the true task has no slots yet: the base model answers
+            seen = [c.tasks[j].name]
+        routing = self.store.route(emb, c.jare.top_k, c.dtkr.weighting, c.dtkr.temperature, seen, per_batch)
+        top1 = (routing.slot_ids[:, 0] // c.jare.slots_per_task).tolist()
+        return routing, top1
+
+    @torch.no_grad()
+    def predict(self, j: int, records: list[dict], labels: list[str] | None) -> tuple[list[str], list[int]]:
+        bs = self.cfg.eval.batch_size
+        preds: list[str] = []
+        top1: list[int] = []
+        task = self.cfg.tasks[j]
+        for i in tqdm(range(0, len(records), bs), desc=f"eval {task.name}", leave=False):
+            batch = records[i:i + bs]
+            routing, t1 = self._routing(j, batch)
+            top1 += t1
+            with self.bank.routed(routing) if self.bank is not None else contextlib.nullcontext():
+                if task.metric == "label_choice" and labels:
+                    preds += self._choose_label(batch, labels)
+                else:
+                    preds += self._generate(batch)
+        return preds, top1
+
+    def _generate(self, batch: list[dict]) -> list[str]:
+        enc = encode_prompts_left_padded(self.tokenizer, self.cfg.model.prompt_format, batch,
+                                         self.cfg.model.max_seq_len)
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        out = self.model.generate(**enc, max_new_tokens=self.cfg.eval.max_new_tokens, do_sample=False,
+                                  pad_token_id=self.tokenizer.pad_token_id)
+        new = out[:, enc["input_ids"].shape[1]:]
+        return [s.strip() for s in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    def _choose_label(self, batch: list[dict], labels: list[str]) -> list[str]:
+        """The label with the highest total log-likelihood after the prompt (one forward pass
+        over every record x label pair; rows are record-major so routing repeats per record)."""
+        pairs = [dict(r, output=label) for r in batch for label in labels]
+        examples = tokenize_for_training(self.tokenizer, self.cfg.model.prompt_format, pairs,
+                                         self.cfg.model.max_seq_len)
+        b = {k: v.to(self.device) for k, v in collate(examples, self.tokenizer.pad_token_id).items()}
+        logits = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
+        target = b["labels"][:, 1:]
+        logp = torch.log_softmax(logits.float(), -1).gather(-1, target.clamp_min(0)[..., None])[..., 0]
+        total = (logp * (target >= 0)).sum(-1).view(len(batch), len(labels))
+        return [labels[i] for i in total.argmax(-1).tolist()]
+
+
+def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:
+    after = args.after
+    if after is None:
+        after = done_tasks(cfg, layout) - 1
+        if after < 0:
+            raise StageInputError(f"no task is DONE under {layout.root / 'tasks'}: run `slm train --task 0` first, "
+                                  "or `slm eval --after -1` for the untrained model")
+    return run(cfg, layout, after)

@@ -1,0 +1,33 @@
+"""`slm run`: every stage locally, in order, skipping finished work.
+
+prepare -> for each task i: train i, index, eval row i -> eval of the untrained model -> report.
+Each stage checks its own DONE marker / row inputs, so a second run does nothing and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from pipeline.config import ExperimentConfig
+from pipeline.layout import RunLayout
+from pipeline.stages import evaluate, index, prepare, report, train
+
+
+def run(cfg: ExperimentConfig, layout: RunLayout) -> int:
+    start = time.time()
+    prepare.run(cfg, layout)
+    for i in range(len(cfg.tasks)):
+        status = train.run(cfg, layout, i)
+        if status != 0:
+            return status
+        index.run(cfg, layout)
+        evaluate.run(cfg, layout, i)
+    evaluate.run(cfg, layout, -1)
+    report.run(cfg, layout)
+    print(f"run: {cfg.method} finished in {time.time() - start:.0f} s; report: {layout.eval / 'report.md'}")
+    return 0
+
+
+def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:
+    return run(cfg, layout)
