@@ -22,3 +22,19 @@ def randomize_slots(bank, t: int, seed: int = 1) -> None:
     with torch.no_grad():
         for p in bank.task_parameters(t):
             p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+
+
+def save_tiny_checkpoint(folder, seed: int = 0) -> str:
+    """A tiny random LLaMA with SmolLM2's real tokenizer (and chat template), saved as a normal
+    local model folder: the pipeline loads it through the same from_pretrained path as a hub
+    model, and a training step takes milliseconds."""
+    from pipeline.models import load_tokenizer
+
+    tok = load_tokenizer("bundled:smollm2")
+    model = tiny_llama(seed=seed, vocab=len(tok))
+    model.config.pad_token_id = tok.pad_token_id
+    model.config.bos_token_id = tok.bos_token_id
+    model.config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)

@@ -154,7 +154,9 @@ def _learn_keys(cfg: ExperimentConfig, layout: RunLayout, t: int, embeddings: to
 
     name = cfg.tasks[t].name
     cached = layout.train_state(t, name) / "keys.safetensors"
-    if cached.is_file():
+    cached_before = cached.is_file()
+    distributed.barrier()  # every rank looks before rank 0 may write it, so all take one branch
+    if cached_before:
         return load_keys(cached, cfg.dtkr.encoder, cfg.dtkr.groups)
     d = cfg.dtkr
     distributed.log(f"train: learning DTKR keys of task {t} ({name}) on {len(embeddings)} queries")
