@@ -1,0 +1,180 @@
+"""Metrics, defined once: continual-learning metrics of the accuracy matrix, and task metrics on strings.
+
+Accuracy matrix (0-based): `a[j][i]` = score on task i after training task j; `b[i]` = the
+untrained model's score on task i. With T = number of trained rows (DESIGN.md section 3):
+
+    AA         = mean_i a[T-1][i]
+    BWT        = 1/(T-1) sum_{i<T-1} (a[T-1][i] - a[i][i])
+    forgetting = 1/(T-1) sum_{i<T-1} (max_{l<T-1} a[l][i] - a[T-1][i])
+    FWT        = 1/(T-1) sum_{i>=1}  (a[i-1][i] - b[i])
+
+The forgetting max runs over every row before the last (l = 0..T-2), as DESIGN.md writes it,
+including rows from before task i was trained (Chaudhry et al. 2018 do the same); those rows
+score an unlearned task, so they rarely raise the max.
+
+A partial matrix (R rows of T scores, R < T: a run still in progress) is scored as the run so
+far: the metrics of its leading R x R block, i.e. of the R tasks learned so far.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+import string
+import unicodedata
+from collections.abc import Callable, Sequence
+from typing import Any
+
+Matrix = Sequence[Sequence[float]]
+
+# ---- continual-learning metrics ------------------------------------------------------------
+
+
+def _check_number(value: object, where: str) -> float:
+    # bool is an int subclass; a True score is a bug upstream, not a 1.0.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{where} is {value!r}: every score must be a finite number")
+    return float(value)
+
+
+def check_matrix(a: Matrix) -> tuple[int, int]:
+    """(rows, tasks) of `a` after checking it is a non-empty, rectangular, rows <= tasks matrix."""
+    if len(a) == 0:
+        raise ValueError("the accuracy matrix has no rows: evaluate after at least one task")
+    width = len(a[0])
+    for j, row in enumerate(a):
+        if len(row) != width:
+            raise ValueError(f"ragged accuracy matrix: row {j} has {len(row)} scores, row 0 has {width}; "
+                             "every row must score every task")
+        for i, value in enumerate(row):
+            _check_number(value, f"a[{j}][{i}]")
+    if len(a) > width:
+        raise ValueError(f"the accuracy matrix has {len(a)} rows but only {width} tasks: "
+                         "there is one row per trained task")
+    return len(a), width
+
+
+def _square(a: Matrix) -> list[list[float]]:
+    """The leading R x R block: the tasks learned so far (all of `a` when it is complete)."""
+    rows, _ = check_matrix(a)
+    return [[float(v) for v in row[:rows]] for row in a]
+
+
+def average_accuracy(a: Matrix) -> float:
+    """AA: mean score over the learned tasks after the last trained task."""
+    m = _square(a)
+    return sum(m[-1]) / len(m)
+
+
+def backward_transfer(a: Matrix) -> float | None:
+    """BWT: how training later tasks changed earlier ones (negative = forgetting). None for T=1."""
+    m = _square(a)
+    t = len(m)
+    if t < 2:
+        return None
+    return sum(m[t - 1][i] - m[i][i] for i in range(t - 1)) / (t - 1)
+
+
+def forgetting(a: Matrix) -> float | None:
+    """Mean drop from each earlier task's best score (rows before the last) to its final score."""
+    m = _square(a)
+    t = len(m)
+    if t < 2:
+        return None
+    drops = (max(m[row][i] for row in range(t - 1)) - m[t - 1][i] for i in range(t - 1))
+    return sum(drops) / (t - 1)
+
+
+def forward_transfer(a: Matrix, b: Sequence[float] | None) -> float | None:
+    """FWT: score on task i just before training it, minus the untrained score. None for T=1 or no b."""
+    m = _square(a)
+    t = len(m)
+    if b is None or t < 2:
+        return None
+    width = len(a[0])
+    if len(b) != width:
+        raise ValueError(f"the untrained row has {len(b)} scores but the matrix scores {width} tasks")
+    base = [_check_number(v, f"b[{i}]") for i, v in enumerate(b)]
+    return sum(m[i - 1][i] - base[i] for i in range(1, t)) / (t - 1)
+
+
+def cl_metrics(a: Matrix, b: Sequence[float] | None = None) -> dict[str, float | None]:
+    """AA, BWT, forgetting and FWT of `a` (FWT needs the untrained row `b`); None = undefined."""
+    return {
+        "AA": average_accuracy(a),
+        "BWT": backward_transfer(a),
+        "forgetting": forgetting(a),
+        "FWT": forward_transfer(a, b),
+    }
+
+
+# ---- task metrics on strings ---------------------------------------------------------------
+
+# Characters a model wraps an answer in ("positive", **positive**, (B)) that never carry meaning.
+_WRAPPERS = "\"'`*“”‘’«»()[]{}<>"
+# Only sentence-final punctuation is dropped at the end: a leading "-" (as in -3) is the answer.
+_TRAILING = ".,;:!?"
+_SPACE = re.compile(r"\s+")
+
+
+def normalize_answer(s: str) -> str:
+    """Lowercase, NFKC, collapse whitespace, strip wrapping quotes/brackets and a trailing period."""
+    text = _SPACE.sub(" ", unicodedata.normalize("NFKC", s).lower()).strip()
+    previous = None
+    # Repeat: `"positive."` needs the quote stripped before the period is exposed, and vice versa.
+    while text != previous:
+        previous = text
+        text = text.strip(_WRAPPERS + string.whitespace).rstrip(_TRAILING).strip()
+    return text
+
+
+def exact_match(pred: str, ref: str) -> float:
+    """1.0 when the normalised prediction equals the normalised reference, else 0.0."""
+    return float(normalize_answer(pred) == normalize_answer(ref))
+
+
+def _first_word(s: str) -> str:
+    words = normalize_answer(s).split(" ", 1)
+    # Normalise the word itself too: "positive, because ..." starts with "positive".
+    return normalize_answer(words[0])
+
+
+def first_word_accuracy(pred: str, ref: str) -> float:
+    """The SLM reference's LLaMA metric: the first words of the normalised answers are equal."""
+    return float(_first_word(pred) == _first_word(ref))
+
+
+@functools.lru_cache(maxsize=1)
+def _rouge_scorer() -> Any:  # rouge_score ships no type hints
+    from rouge_score import rouge_scorer  # lazy: only free-text tasks need it
+
+    # Stemming as in the Super-NaturalInstructions / O-LoRA evaluation code.
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def rouge_l(pred: str, ref: str) -> float:
+    """ROUGE-L F-measure (rouge-score package; it lowercases and keeps only a-z0-9 tokens)."""
+    return float(_rouge_scorer().score(ref, pred)["rougeL"].fmeasure)
+
+
+# Task metric name (TaskSpec.metric) -> per-record score in [0, 1].
+# label_choice: the model's chosen label is compared to the gold label by exact match.
+TASK_METRICS: dict[str, Callable[[str, str], float]] = {
+    "exact_match": exact_match,
+    "label_choice": exact_match,
+    "first_word": first_word_accuracy,
+    "rouge_l": rouge_l,
+}
+
+
+def score(metric_name: str, preds: Sequence[str], refs: Sequence[str]) -> float:
+    """Mean per-record score of `preds` against `refs` under `metric_name`, in [0, 1]."""
+    if metric_name not in TASK_METRICS:
+        raise ValueError(f"unknown task metric {metric_name!r}; valid: {', '.join(TASK_METRICS)}")
+    if len(preds) != len(refs):
+        raise ValueError(f"{len(preds)} predictions for {len(refs)} references: they must pair up")
+    if not preds:
+        raise ValueError("no records to score: the task's test split is empty")
+    fn = TASK_METRICS[metric_name]
+    return sum(fn(p, r) for p, r in zip(preds, refs, strict=True)) / len(preds)

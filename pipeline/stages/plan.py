@@ -1,0 +1,67 @@
+"""`slm plan`: the per-GPU memory plan of the experiment, printed before anything is submitted.
+
+Reads only the config: the model is built on the meta device (LLaMA-2-70B in about a second).
+Exit status 1 when no configuration fits the GPUs given, so scripts can stop early.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from pipeline.config import ExperimentConfig
+from pipeline.layout import RunLayout
+from pipeline.plan import (
+    PlanRow,
+    dense_reference_gib,
+    format_plan,
+    overrides_for,
+    own_row,
+    plan_memory,
+    recommend,
+    shape_of_config,
+)
+
+
+def _billions(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
+def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    nodes = args.nodes or cfg.slurm.train.nodes
+    gpn = args.gpus_per_node or max(1, cfg.slurm.train.gpus_per_node)
+    rows = plan_memory(cfg, nodes, gpn, args.gpu_mem_gib)
+    best = recommend(rows)
+    shape = shape_of_config(cfg)
+    tasks, p, r = len(cfg.tasks), cfg.jare.slots_per_task, cfg.jare.rank
+    print(f"model      {cfg.model.name_or_path}: {_billions(shape.total_params)} parameters "
+          f"({shape.total_params:,}), {shape.num_layers} layers, hidden {shape.hidden_size}")
+    print(f"JARe       T={tasks} tasks x P={p} slots, rank r={r} on {', '.join(cfg.jare.target_modules)}: "
+          f"{_billions(tasks * p * shape.slot_params)} slot parameters, "
+          f"{_billions(p * shape.slot_params)} trainable per task")
+    print(f"step       micro batch {cfg.train.micro_batch_size} x {cfg.model.max_seq_len} tokens; "
+          f"{nodes} node(s) x {gpn} GPU(s) of {args.gpu_mem_gib:g} GiB")
+    print()
+    print(format_plan(rows, best))
+    print()
+    _print_verdict(cfg, nodes, gpn, args.gpu_mem_gib, best)
+    dense = dense_reference_gib(shape, nodes, gpn)
+    print(f"reference  DeepSpeed's estimate for full fine-tuning (all parameters trainable, no activations): "
+          f"{dense['zero2']:.1f} GiB/GPU under ZeRO-2, {dense['zero3']:.1f} under ZeRO-3")
+    print(f"(planned in {time.perf_counter() - start:.1f} s from the config alone; formulas: pipeline/plan.py)")
+    return 0 if best else 1
+
+
+def _print_verdict(cfg: ExperimentConfig, nodes: int, gpn: int, gpu_mem: float, best: PlanRow | None) -> None:
+    if best is None:
+        print(f"nothing fits on {nodes} x {gpn} GPUs of {gpu_mem:g} GiB: add nodes (--nodes), or lower "
+              f"train.micro_batch_size / model.max_seq_len")
+    else:
+        print(f"recommended  {overrides_for(best)}  ({best.total_gib:.1f} of {gpu_mem:g} GiB per GPU; "
+              f"DeepSpeed JSON: {best.deepspeed}.json; host RAM ~{best.host_gib:.0f} GiB per node)")
+    own = own_row(cfg, nodes, gpn, gpu_mem)
+    verdict = own.unsupported or ("fits" if own.fits else "does NOT fit")
+    total = f"{own.total_gib:.1f} GiB per GPU, " if own.unsupported is None else ""
+    print(f"this config  train.deepspeed={cfg.train.deepspeed} model.quantization={cfg.model.quantization} "
+          f"model.gradient_checkpointing={str(cfg.model.gradient_checkpointing).lower()}: {total}{verdict}")

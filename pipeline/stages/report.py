@@ -1,0 +1,384 @@
+"""report: eval rows -> accuracy matrix, continual-learning metrics, plots and a markdown summary.
+
+Reads `eval/row-<i>.json` (row i of the matrix, written by `slm eval --after i`) and the untrained
+model's `eval/row-untrained.json`, and writes, each atomically, into `eval/`:
+matrix.json, metrics.json, report.md, matrix.png, retrieval_confusion.png (methods that retrieve).
+It also rewrites `<output_dir>/comparison.md`, which compares every method under output_dir
+that has a metrics.json, so one file answers "SLM vs seq_lora vs oracle vs multitask".
+
+A run in progress has only the first rows; the report then covers the tasks learned so far and
+says so. A gap (row 2 present, row 1 missing) is an error: BWT needs every diagonal score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from pipeline import metrics
+from pipeline.artifacts import atomic_path, atomic_write_json, atomic_write_text, sha256_file
+from pipeline.config import METHODS, ExperimentConfig
+from pipeline.errors import StageInputError
+from pipeline.layout import RunLayout
+
+# What each baseline is there to show (DESIGN.md section 3), for the comparison table.
+METHOD_ROLES: dict[str, str] = {
+    "slm": "SLM: JARe + DTKR retrieval, no task id",
+    "seq_lora": "one LoRA through the sequence (forgetting floor)",
+    "oracle_task_id": "JARe with the true task's slots (retrieval ceiling)",
+    "multitask": "joint training on all tasks (upper bound)",
+}
+COMPARED = ("AA", "BWT", "forgetting", "FWT", "retrieval_accuracy")
+
+
+@dataclass(frozen=True)
+class EvalRows:
+    """The validated eval rows of one method: rows 0..R-1 in order, plus the untrained row."""
+
+    tasks: list[str]
+    rows: list[dict[str, Any]]
+    untrained: dict[str, Any] | None
+    inputs: dict[str, str]  # row file name -> sha256, recorded in metrics.json as provenance
+
+    @property
+    def matrix(self) -> list[list[float]]:
+        return [[row["scores"][t] for t in self.tasks] for row in self.rows]
+
+    @property
+    def untrained_scores(self) -> list[float] | None:
+        return None if self.untrained is None else [self.untrained["scores"][t] for t in self.tasks]
+
+
+# ---- reading the eval rows -----------------------------------------------------------------
+
+
+def _eval_command(after: int, method: str) -> str:
+    return f"slm eval --after {after} --method {method}"
+
+
+def _read_row(path: Path, after: int, tasks: list[str], method: str) -> dict[str, Any]:
+    """One row file, checked against the experiment: same index, method and task list."""
+    rerun = _eval_command(after, method)
+    try:
+        row = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise StageInputError(f"{path} cannot be read as JSON ({e}). Rerun `{rerun}`.") from None
+    if not isinstance(row, dict) or not isinstance(row.get("scores"), dict):
+        raise StageInputError(f"{path} is not an eval row (no `scores` mapping). Rerun `{rerun}`.")
+    if row.get("after") != after:
+        raise StageInputError(f"{path} says after={row.get('after')!r}, expected {after}. Rerun `{rerun}`.")
+    if row.get("method", method) != method:
+        raise StageInputError(f"{path} was written by method {row['method']!r}, not {method!r}. Rerun `{rerun}`.")
+    if row.get("tasks", tasks) != tasks:
+        raise StageInputError(f"{path} scores tasks {row['tasks']} but the experiment has {tasks}; "
+                              f"it is from another config. Rerun `{rerun}`.")
+    missing = [t for t in tasks if t not in row["scores"]]
+    if missing:
+        raise StageInputError(f"{path} has no score for {missing}. Rerun `{rerun}`.")
+    return row
+
+
+def _present_prefix(layout: RunLayout, n_tasks: int) -> int:
+    """How many leading rows exist; refuses no rows at all and a gap before a later row."""
+    present = [i for i in range(n_tasks) if layout.eval_row(i).is_file()]
+    if not present:
+        raise StageInputError(f"no eval rows in {layout.eval}: run `{_eval_command(0, layout.method)}` "
+                              f"after training task 0, or `slm run --method {layout.method}` for everything.")
+    prefix = next((i for i in range(n_tasks) if i not in present), n_tasks)
+    if present[-1] > prefix:
+        raise StageInputError(f"row {prefix} of the matrix ({layout.eval_row(prefix)}) is missing but row "
+                              f"{present[-1]} exists. Run `{_eval_command(prefix, layout.method)}`.")
+    return prefix
+
+
+def load_rows(cfg: ExperimentConfig, layout: RunLayout) -> EvalRows:
+    """Every eval row of this method that exists, validated; raises StageInputError otherwise."""
+    tasks = [t.name for t in cfg.tasks]
+    n_rows = _present_prefix(layout, len(tasks))
+    rows = [_read_row(layout.eval_row(i), i, tasks, layout.method) for i in range(n_rows)]
+    untrained_path = layout.eval_row(-1)
+    untrained = _read_row(untrained_path, -1, tasks, layout.method) if untrained_path.is_file() else None
+    paths = [layout.eval_row(i) for i in range(n_rows)] + ([untrained_path] if untrained else [])
+    loaded = EvalRows(tasks, rows, untrained, {p.name: sha256_file(p) for p in paths})
+    try:
+        metrics.check_matrix(loaded.matrix)
+        if loaded.untrained_scores is not None:
+            metrics.check_matrix([loaded.untrained_scores])
+    except ValueError as e:
+        raise StageInputError(f"bad scores in {layout.eval}: {e}. Rerun `slm eval` for that row.") from None
+    return loaded
+
+
+# ---- metrics --------------------------------------------------------------------------------
+
+
+def _retrieval(row: dict[str, Any], n_tasks: int, where: Path) -> dict[str, Any]:
+    """accuracy / per_task / confusion of one row; all None for methods that do not retrieve."""
+    r = row.get("retrieval") or {}
+    confusion = r.get("confusion")
+    if confusion is not None:
+        ok = len(confusion) == n_tasks and all(len(c) == n_tasks for c in confusion)
+        if not ok:
+            raise StageInputError(f"{where}: retrieval.confusion must be {n_tasks} x {n_tasks} "
+                                  "(true task x retrieved task). Rerun `slm eval` for that row.")
+    return {"accuracy": r.get("accuracy"), "per_task": r.get("per_task") or {}, "confusion": confusion}
+
+
+def compute_metrics(cfg: ExperimentConfig, layout: RunLayout, ev: EvalRows) -> dict[str, Any]:
+    """The content of metrics.json."""
+    matrix = ev.matrix
+    last = ev.rows[-1]
+    retrieval = _retrieval(last, len(ev.tasks), layout.eval_row(len(ev.rows) - 1))
+    return {
+        "method": layout.method,
+        "experiment": cfg.name,
+        "tasks": ev.tasks,
+        "metric": {t.name: (last.get("metric") or {}).get(t.name, t.metric) for t in cfg.tasks},
+        "rows_present": len(ev.rows),
+        "rows_expected": len(ev.tasks),
+        "complete": len(ev.rows) == len(ev.tasks),
+        **metrics.cl_metrics(matrix, ev.untrained_scores),
+        "retrieval_accuracy": retrieval["accuracy"],
+        "retrieval_per_task": retrieval["per_task"],
+        "retrieval_confusion": retrieval["confusion"],
+        "retrieval_accuracy_by_row": [(row.get("retrieval") or {}).get("accuracy") for row in ev.rows],
+        "final_scores": dict(zip(ev.tasks, matrix[-1], strict=True)),
+        "matrix": matrix,
+        "untrained": ev.untrained_scores,
+        "inputs": ev.inputs,
+    }
+
+
+def row_labels(ev: EvalRows) -> list[str]:
+    return [f"after {i}: {ev.tasks[i]}" for i in range(len(ev.rows))]
+
+
+def matrix_json(m: dict[str, Any], ev: EvalRows) -> dict[str, Any]:
+    """matrix.json: the whole matrix with its labels; the untrained row kept apart (it is b, not a)."""
+    return {
+        "method": m["method"],
+        "tasks": ev.tasks,
+        "row_labels": row_labels(ev),
+        "after": list(range(len(ev.rows))),
+        "matrix": m["matrix"],
+        "untrained": None if ev.untrained is None else {"label": "untrained", "scores": m["untrained"]},
+        "metric": m["metric"],
+        "rows_expected": m["rows_expected"],
+        "complete": m["complete"],
+    }
+
+
+# ---- plots (matplotlib's object API on the Agg canvas: no pyplot global state, no display) ---
+
+
+def _heatmap(values: list[list[float]], rows: list[str], cols: list[str], title: str,
+             vmax: float, labels: list[list[str]]) -> Figure:
+    fig = Figure(figsize=(1.6 + 1.1 * len(cols), 1.4 + 0.55 * len(rows)), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    for j, row in enumerate(values):
+        for i, value in enumerate(row):
+            # Dark text on the bright end of viridis, light text on the dark end.
+            color = "black" if value > 0.6 * vmax else "white"
+            ax.text(i, j, labels[j][i], ha="center", va="center", color=color, fontsize=9)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig
+
+
+def _save_png(fig: Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+
+
+def plot_matrix(m: dict[str, Any], ev: EvalRows, path: Path) -> None:
+    values = ([m["untrained"]] if m["untrained"] is not None else []) + m["matrix"]
+    rows = (["untrained"] if m["untrained"] is not None else []) + row_labels(ev)
+    labels = [[f"{v:.2f}" for v in row] for row in values]
+    title = f"{m['method']}: score on each task (columns) after training each task (rows)"
+    _save_png(_heatmap(values, rows, ev.tasks, title, 1.0, labels), path)
+
+
+def plot_confusion(m: dict[str, Any], path: Path) -> None:
+    counts = m["retrieval_confusion"]
+    # Colour by the fraction of each true task's queries, so tasks of different sizes compare.
+    fractions = [[c / max(sum(row), 1) for c in row] for row in counts]
+    labels = [[f"{c:g}" for c in row] for row in counts]
+    acc = m["retrieval_accuracy"]
+    title = f"{m['method']}: true task (rows) vs task of the top-1 slot (columns)"
+    if acc is not None:
+        title += f"\ntop-1 retrieval accuracy {acc:.3f}"
+    _save_png(_heatmap(fractions, m["tasks"], m["tasks"], title, 1.0, labels), path)
+
+
+# ---- markdown -------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _matrix_section(m: dict[str, Any], ev: EvalRows) -> list[str]:
+    rows = [["untrained (b)"] + [_fmt(v) for v in m["untrained"]]] if m["untrained"] is not None else []
+    for j, (label, row) in enumerate(zip(row_labels(ev), m["matrix"], strict=True)):
+        # Bold the diagonal: the score on a task right after learning it.
+        rows.append([label] + [f"**{_fmt(v)}**" if i == j else _fmt(v) for i, v in enumerate(row)])
+    n_records = ev.rows[-1].get("n_records") or {}
+    per_task = ", ".join(f"{t}: {m['metric'][t]}"
+                         + (f" on {n_records[t]} records" if t in n_records else "") for t in ev.tasks)
+    return ["## Accuracy matrix", "",
+            "Row *after j* holds the score on every task (columns) after training task j; "
+            "the diagonal (bold) is each task right after it was learned.", "",
+            *_table(["after \\ task", *ev.tasks], rows), "",
+            f"Task metrics: {per_task}.", "", "![accuracy matrix](matrix.png)", ""]
+
+
+def _metrics_section(m: dict[str, Any]) -> list[str]:
+    t = m["rows_present"]
+    rows = [
+        ["AA", _fmt(m["AA"]), f"mean score on the {t} learned task(s) after the last one (higher is better)"],
+        ["BWT", _fmt(m["BWT"], True), "mean change on earlier tasks since each was learned (< 0: forgetting)"],
+        ["forgetting", _fmt(m["forgetting"]), "mean drop from each earlier task's best score (lower is better)"],
+        ["FWT", _fmt(m["FWT"], True), "mean score on a task just before learning it, minus the untrained score"],
+    ]
+    notes = []
+    if t < 2:
+        notes.append("BWT, forgetting and FWT need at least two learned tasks.")
+    elif m["untrained"] is None:
+        notes.append(f"FWT needs the untrained row: run `{_eval_command(-1, m['method'])}`.")
+    return ["## Continual-learning metrics", "", *_table(["metric", "value", "meaning"], rows), "",
+            *[line for note in notes for line in (note, "")]]
+
+
+def _retrieval_section(m: dict[str, Any]) -> list[str]:
+    lines = ["## Retrieval (DTKR)", ""]
+    if m["retrieval_accuracy"] is None and m["retrieval_confusion"] is None:
+        return lines + [f"Method `{m['method']}` does not retrieve slots, so it has no retrieval accuracy.", ""]
+    lines += [f"Top-1 retrieval accuracy after the last task (held-out queries whose top-1 slot belongs "
+              f"to their own task): **{_fmt(m['retrieval_accuracy'])}**.", ""]
+    if m["retrieval_per_task"]:
+        lines += [*_table(["task", "retrieval accuracy"],
+                          [[t, _fmt(m["retrieval_per_task"].get(t))] for t in m["tasks"]
+                           if t in m["retrieval_per_task"]]), ""]
+    if m["retrieval_confusion"] is not None:
+        rows = [[t, *[f"{c:g}" for c in row]] for t, row in zip(m["tasks"], m["retrieval_confusion"], strict=True)]
+        lines += ["Confusion (rows: true task, columns: task of the top-1 slot; counts):", "",
+                  *_table(["true \\ retrieved", *m["tasks"]], rows), "",
+                  "![retrieval confusion](retrieval_confusion.png)", ""]
+    return lines
+
+
+def render_report(m: dict[str, Any], ev: EvalRows, comparison: list[str]) -> str:
+    lines = [f"# Report: experiment `{m['experiment']}`, method `{m['method']}`", ""]
+    if not m["complete"]:
+        nxt = m["rows_present"]
+        lines += [f"**Partial matrix: {nxt} of {m['rows_expected']} rows.** The metrics cover the "
+                  f"{nxt} task(s) learned so far. Next: train task {nxt}, then "
+                  f"`{_eval_command(nxt, m['method'])}`, or `slm run --method {m['method']}`.", ""]
+    lines += _matrix_section(m, ev) + _metrics_section(m) + _retrieval_section(m)
+    return "\n".join(lines + comparison).rstrip() + "\n"
+
+
+# ---- cross-method comparison ----------------------------------------------------------------
+
+
+def collect_methods(layout: RunLayout) -> list[dict[str, Any]]:
+    """metrics.json of every method folder under output_dir: known methods first, in METHODS order."""
+    if not layout.base.is_dir():
+        return []
+    found = [p.parent.parent for p in layout.base.glob("*/eval/metrics.json")]
+    found.sort(key=lambda d: (METHODS.index(d.name) if d.name in METHODS else len(METHODS), d.name))
+    out = []
+    for folder in found:
+        try:
+            m = json.loads((folder / "eval" / "metrics.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # another method's broken file must not stop this report
+        if isinstance(m, dict):
+            out.append({**m, "method": folder.name})
+    return out
+
+
+def comparison_table(methods: list[dict[str, Any]], tasks: list[str]) -> list[str]:
+    rows = []
+    for m in methods:
+        # Only methods scored on the same tasks compare like with like; flag the others.
+        same = m.get("tasks") == tasks
+        name = f"`{m['method']}`" + ("" if same else " (other tasks)")
+        done = f"{m.get('rows_present', '?')}/{m.get('rows_expected', '?')}"
+        values = [_fmt(m.get(k), signed=k in ("BWT", "FWT")) for k in COMPARED]
+        rows.append([name, METHOD_ROLES.get(m["method"], ""), done, *values])
+    header = ["method", "role", "rows", "AA ↑", "BWT ↑", "forgetting ↓", "FWT ↑", "retrieval acc. ↑"]
+    return _table(header, rows)
+
+
+def render_comparison(methods: list[dict[str, Any]], tasks: list[str], base: Path | None) -> list[str]:
+    """The comparison section; with `base`, the standalone comparison.md (with links to each report)."""
+    title = "# Method comparison" if base else "## Comparison across methods"
+    lines = [title, ""]
+    if base:
+        lines += [f"Every method under `{base}`, scored on the same prepared data.", ""]
+    lines += ["Each method's metrics over the rows it has evaluated (rows: evaluated / expected). "
+              "n/a: undefined (one task, no untrained row, or no retrieval).", "",
+              *comparison_table(methods, tasks), ""]
+    if base:
+        lines += [f"- `{m['method']}`: [{m['method']}/eval/report.md]({m['method']}/eval/report.md)"
+                  for m in methods] + [""]
+    return lines
+
+
+# ---- the stage ------------------------------------------------------------------------------
+
+
+def _write_plots(m: dict[str, Any], ev: EvalRows, layout: RunLayout) -> None:
+    plot_matrix(m, ev, layout.eval / "matrix.png")
+    confusion_png = layout.eval / "retrieval_confusion.png"
+    if m["retrieval_confusion"] is not None:
+        plot_confusion(m, confusion_png)
+    else:
+        confusion_png.unlink(missing_ok=True)  # a stale plot from an earlier run would mislead
+
+
+def run(cfg: ExperimentConfig, layout: RunLayout) -> dict[str, Any]:
+    """Build and write every report artifact; returns the metrics.json content."""
+    ev = load_rows(cfg, layout)
+    m = compute_metrics(cfg, layout, ev)
+    atomic_write_json(layout.eval / "matrix.json", matrix_json(m, ev))
+    # metrics.json first, so the comparison below includes this method.
+    atomic_write_json(layout.eval / "metrics.json", m)
+    _write_plots(m, ev, layout)
+    methods = collect_methods(layout)
+    others = [x for x in methods if x["method"] != layout.method]
+    section = render_comparison(methods, ev.tasks, None) if others else []
+    atomic_write_text(layout.eval / "report.md", render_report(m, ev, section))
+    comparison = "\n".join(render_comparison(methods, ev.tasks, layout.base)).rstrip() + "\n"
+    atomic_write_text(layout.base / "comparison.md", comparison)
+    return m
+
+
+def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace | None = None) -> int:
+    m = run(cfg, layout)
+    status = "" if m["complete"] else f" (partial: {m['rows_present']}/{m['rows_expected']} rows)"
+    print(f"{layout.method}{status}: AA {_fmt(m['AA'])}  BWT {_fmt(m['BWT'], True)}  "
+          f"forgetting {_fmt(m['forgetting'])}  FWT {_fmt(m['FWT'], True)}  "
+          f"retrieval {_fmt(m['retrieval_accuracy'])}")
+    print(f"comparison: {layout.base / 'comparison.md'}")
+    print(layout.eval / "report.md")
+    return 0
