@@ -8,13 +8,17 @@ from its source, so a 70B base is never copied into every checkpoint.
 from __future__ import annotations
 
 import shutil
-import warnings
+import sys
 from pathlib import Path
 
 from pipeline import distributed
 
 TAG_PREFIX = "step-"
 COMPLETE = "COMPLETE"  # written after save_checkpoint returns: a tag without it is partial
+
+
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
 def tag(step: int) -> str:
@@ -52,17 +56,16 @@ def resume_latest(engine, state_dir: Path) -> int:
     """Load the newest complete checkpoint that loads; returns its step (0: start fresh)."""
     for tag_dir in list_tags(state_dir):
         if not (tag_dir / COMPLETE).is_file():
-            warnings.warn(f"checkpoint {tag_dir} is incomplete (no {COMPLETE} marker); trying an older one",
-                          stacklevel=2)
+            _warn(f"checkpoint {tag_dir} is incomplete (no {COMPLETE} marker); trying an older one")
             continue
         try:
             path, client = engine.load_checkpoint(str(state_dir), tag=tag_dir.name, load_module_strict=False)
         except Exception as e:  # a truncated or corrupt file raises from torch.load / DeepSpeed
-            warnings.warn(f"checkpoint {tag_dir} could not be loaded ({type(e).__name__}: {e}); "
-                          "resuming from an older one", stacklevel=2)
+            _warn(f"checkpoint {tag_dir} could not be loaded ({type(e).__name__}: {e}); "
+                  "resuming from an older one")
             continue
         if path is None:
-            warnings.warn(f"checkpoint {tag_dir} could not be loaded; resuming from an older one", stacklevel=2)
+            _warn(f"checkpoint {tag_dir} could not be loaded; resuming from an older one")
             continue
         return int(client["step"])
     return 0

@@ -13,15 +13,36 @@ from pipeline.errors import ConfigError
 from pipeline.models import resolve_dtype
 
 
-def build_ds_config(cfg: ExperimentConfig, world_size: int) -> dict[str, Any]:
+def _read_json(cfg: ExperimentConfig) -> dict[str, Any]:
     path = cfg.deepspeed_config_path()
     if not path.is_file():
         raise ConfigError(f"train.deepspeed: {path} does not exist (shipped: zero0, zero2, zero3, "
                           "zero2_offload, zero3_offload; or a path relative to the experiment YAML)")
     try:
-        ds = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON: {e}") from e
+
+
+def check_quantization_pairing(cfg: ExperimentConfig, ds: dict[str, Any] | None = None) -> None:
+    """A bitsandbytes 8/4-bit base pairs with ZeRO-0/1/2 only. Its weights are packed integer
+    tensors placed by device_map; ZeRO-3 would have to partition (flatten, shard, all-gather) them
+    and cannot (pipeline.plan marks these rows unsupported for the same reason). The train stage
+    calls this first, so the refusal comes before any data or model is loaded."""
+    ds = _read_json(cfg) if ds is None else ds
+    stage = int(ds.get("zero_optimization", {}).get("stage", 0))
+    if cfg.model.quantization != "none" and stage == 3:
+        raise ConfigError(
+            f"model.quantization={cfg.model.quantization} cannot be used with train.deepspeed="
+            f"{cfg.train.deepspeed} (ZeRO stage 3): ZeRO-3 cannot partition bitsandbytes-quantised weights. "
+            f"Use train.deepspeed=zero2 (or zero2_offload) with a quantised base, or model.quantization=none "
+            f"with ZeRO-3.")
+
+
+def build_ds_config(cfg: ExperimentConfig, world_size: int) -> dict[str, Any]:
+    ds = _read_json(cfg)
+    check_quantization_pairing(cfg, ds)
+    path = cfg.deepspeed_config_path()
     tr = cfg.train
     on_gpu = torch.cuda.is_available()
     bf16 = resolve_dtype(cfg.model.dtype) == torch.bfloat16

