@@ -130,17 +130,20 @@ def test_slm_plan_prints_the_table_for_70b(capsys) -> None:
     assert "recommended  train.deepspeed=zero3 model.quantization=none" in out
 
 
-@pytest.mark.parametrize("name", ["llama2_7b.yaml", "llama2_13b.yaml", pytest.param("llama2_70b.yaml", marks=(
-    # The training plan now prefers bf16 + ZeRO-3 for 70B on 8 x 80 GB; the YAML keeps zero2 + 8bit, which also
-    # fits, and its 1-GPU finish stage (eval loads the whole base, no ZeRO) could not hold a bf16 70B anyway.
-    pytest.mark.xfail(strict=True, reason="llama2_70b.yaml names zero2 + 8bit (chosen while ZeRO-3 could not load "
-                      "sharded); the plan now recommends zero3 + none for training: decide, then drop this mark")))])
+@pytest.mark.parametrize("name", ["llama2_7b.yaml", "llama2_13b.yaml", "llama2_70b.yaml"])
 def test_each_shipped_llama2_config_fits_its_own_slurm_resources(name: str) -> None:
     cfg = load_config(name)
     fits, text = check_fits(cfg, gpu_mem_gib=80.0)
     assert fits, text
     best = recommend(plan_memory(cfg, gpu_mem_gib=80.0))
-    assert best is not None and (best.deepspeed, best.quantization) == (cfg.train.deepspeed, cfg.model.quantization)
+    assert best is not None
+    if name != "llama2_70b.yaml":
+        assert (best.deepspeed, best.quantization) == (cfg.train.deepspeed, cfg.model.quantization)
+    else:
+        # 70B keeps an 8-bit base + zero2 on purpose, although bf16 + zero3 is cheapest for
+        # training: the 1-GPU finish job (eval, generate) loads the whole base without ZeRO, and
+        # only a quantised 70B (65 GiB) fits one 80 GiB GPU.
+        assert (cfg.train.deepspeed, cfg.model.quantization) == ("zero2", "8bit")
 
 
 def test_check_fits_on_a_cpu_config_is_true(write_yaml, small_experiment) -> None:
