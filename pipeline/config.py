@@ -136,6 +136,9 @@ class TrainSpec(Spec):
     save_every: int = Field(20, ge=1)  # optimizer steps between checkpoints
     keep_checkpoints: int = Field(2, ge=1)
     lora_rank: int | None = Field(None, ge=1)  # seq_lora / multitask: defaults to jare.rank
+    # seq_lora / multitask learning rate (default: lr). PEFT starts A at kaiming scale while JARe's
+    # V is N(0, 1), so at one lr the LoRA moves far slower; a baseline must first learn each task.
+    lora_lr: float | None = Field(None, gt=0)
 
 
 class EvalSpec(Spec):

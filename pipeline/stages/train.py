@@ -245,7 +245,8 @@ def _train_loop(cfg, layout, t, model, params, bank, data: TaskData, rank: int, 
     tr = cfg.train
     steps = total_steps(cfg, len(data.examples), world, t)
     order = sample_order(len(data.examples), steps * tr.micro_batch_size * tr.grad_accum * world, cfg.seed + t)
-    optimizer = torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay)
+    lr = tr.lr if cfg.method in JARE_METHODS or tr.lora_lr is None else tr.lora_lr
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=tr.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(tr.warmup_ratio * steps), steps))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config, model_parameters=params)
