@@ -1,0 +1,212 @@
+"""Render the experiment as three Slurm jobs: prepare -> train (one array task per task) -> finish.
+
+Pure functions: the same config, layout and interpreter always give the same text, which the
+golden files in tests/golden pin. The templates live in pipeline/slurm_templates/ (`slurm/` at
+the top of the repository links there); their placeholders are `{{name}}`, so the shell's own
+`$VAR` needs no escaping. Every `#SBATCH` value and every path in the body is shell-quoted, so
+an output_dir with spaces, quotes or `;` survives both sbatch and bash.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.artifacts import DONE
+from pipeline.config import ExperimentConfig, SlurmStageSpec
+from pipeline.layout import RunLayout
+from pipeline.preemption import EXIT_PREEMPTED, EXIT_PREVIOUS_NOT_DONE, PREEMPT_SIGNAL_NAME
+
+TEMPLATES = Path(__file__).resolve().parent / "slurm_templates"
+JOB_KINDS: tuple[str, ...] = ("prepare", "train", "finish")  # submission order; each waits for the one before
+DESCRIPTIONS = {
+    "prepare": "prepare: every task's data, once (shared by all methods in output_dir)",
+    "train": "train: one array task per task of the sequence, strictly in order, requeued on preemption",
+    "finish": "finish: index, eval after every task (and untrained), report",
+}
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+_JOB_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+# ---- paths ------------------------------------------------------------------------------------
+
+
+def script_dir(layout: RunLayout) -> Path:
+    """Scripts, the resolved config and jobs.json: one folder per method, so methods sharing an
+    output_dir can be submitted side by side."""
+    return layout.base / "slurm" / layout.method
+
+
+def script_path(layout: RunLayout, kind: str) -> Path:
+    return script_dir(layout) / f"{kind}.sbatch"
+
+
+def config_path(layout: RunLayout) -> Path:
+    return script_dir(layout) / "config.yaml"
+
+
+def job_name(cfg: ExperimentConfig, kind: str) -> str:
+    # The name is part of every log file name: keep it to characters that need no quoting.
+    return _JOB_NAME_UNSAFE.sub("_", f"{cfg.name}-{cfg.method}-{kind}")
+
+
+def log_pattern(layout: RunLayout, kind: str, suffix: str) -> str:
+    """Slurm's --output/--error pattern: one file per job, and per task of the array job."""
+    folder = str(layout.logs).replace("%", "%%")  # a literal % in a Slurm file name is %%
+    return f"{folder}/%x-%A_%a.{suffix}" if kind == "train" else f"{folder}/%x-%j.{suffix}"
+
+
+def log_file(layout: RunLayout, name: str, job_id: str, task: int | None = None, suffix: str = "out") -> Path:
+    """The concrete file `log_pattern` gives job `job_id` (array task `task`) named `name`."""
+    return layout.logs / (f"{name}-{job_id}_{task}.{suffix}" if task is not None else f"{name}-{job_id}.{suffix}")
+
+
+# ---- the resolved config the jobs read ------------------------------------------------------------
+
+
+def resolved_config_yaml(cfg: ExperimentConfig, layout: RunLayout) -> str:
+    """The experiment with every override applied and every file path absolute.
+
+    The jobs load this copy from script_dir, not the user's YAML: overrides given to `slm
+    submit` carry through, later edits of the YAML cannot change a queued run, and paths that
+    were relative to the YAML's folder still point at the same files.
+    """
+    raw: dict[str, Any] = cfg.model_dump(mode="json")
+    raw["output_dir"] = str(layout.base)
+    if cfg.data_root:
+        raw["data_root"] = str(Path(cfg.data_root).expanduser().resolve())
+    for task, spec in zip(raw["tasks"], cfg.tasks, strict=True):
+        if spec.source.path and spec.source.type != "hub":
+            task["source"]["path"] = str(cfg.resolve_source_path(spec.source.path))
+    if "/" in cfg.train.deepspeed or cfg.train.deepspeed.endswith(".json"):
+        raw["train"]["deepspeed"] = str(cfg.deepspeed_config_path())
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
+# ---- rendering ------------------------------------------------------------------------------------
+
+
+def fill(template: str, values: Mapping[str, str]) -> str:
+    """Replace every `{{name}}`; a placeholder without a value is an error, not an empty string."""
+    missing = sorted(set(_PLACEHOLDER.findall(template)) - set(values))
+    if missing:
+        raise KeyError(f"slurm template placeholders without a value: {missing}")
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+def sbatch_flag(key: str, value: object) -> str:
+    return f"#SBATCH --{key}" if value is True else f"#SBATCH --{key}={shlex.quote(str(value))}"
+
+
+def sbatch_options(cfg: ExperimentConfig, layout: RunLayout, kind: str) -> dict[str, object]:
+    """Every #SBATCH option of job `kind`; site options only when the config sets them."""
+    stage: SlurmStageSpec = getattr(cfg.slurm, kind)
+    opts: dict[str, object] = {
+        "job-name": job_name(cfg, kind),
+        "output": log_pattern(layout, kind, "out"),
+        "error": log_pattern(layout, kind, "err"),
+        "open-mode": "append",  # a requeued task appends to its log, so both runs stay readable
+        "nodes": stage.nodes,
+        "ntasks-per-node": 1,  # one launcher per node; torchrun starts the per-GPU processes
+        "cpus-per-task": stage.cpus_per_task,
+        "mem": stage.mem,
+        "time": stage.time,
+    }
+    if stage.gpus_per_node:
+        opts["gpus-per-node"] = stage.gpus_per_node
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(cfg.slurm, key):
+            opts[key] = getattr(cfg.slurm, key)
+    if kind != "prepare":
+        opts["kill-on-invalid-dep"] = "yes"  # cancel, rather than pend forever, after a failure
+    if kind == "train":
+        opts["array"] = f"0-{len(cfg.tasks) - 1}%1"
+        opts["requeue"] = True
+        opts["signal"] = f"B:{PREEMPT_SIGNAL_NAME}@{cfg.slurm.signal_seconds}"
+    return opts
+
+
+def _extra_sbatch(lines: list[str]) -> list[str]:
+    # The config allows both "#SBATCH --x=y" and "--x=y"; user order is kept (a later option wins).
+    return [line if line.lstrip().startswith("#SBATCH") else f"#SBATCH {line.strip()}" for line in lines]
+
+
+def _setup_block(lines: list[str]) -> str:
+    if not lines:
+        return ""
+    # Module and conda scripts often read unset variables: `set -u` is off while they run.
+    return "\n".join(["", "# slurm.setup", "set +u", *lines, "set -u", ""])
+
+
+def render_header(cfg: ExperimentConfig, layout: RunLayout, kind: str, python: str) -> str:
+    flags = [sbatch_flag(k, v) for k, v in sorted(sbatch_options(cfg, layout, kind).items())]
+    return fill(read_template("header"), {
+        "sbatch_flags": "\n".join(flags + _extra_sbatch(cfg.slurm.extra_sbatch)),
+        "description": DESCRIPTIONS[kind],
+        "kind": kind,
+        "python": shlex.quote(python),
+        "config": shlex.quote(str(config_path(layout))),
+        "setup": _setup_block(cfg.slurm.setup),
+    })
+
+
+def _body_values(cfg: ExperimentConfig, layout: RunLayout) -> dict[str, str]:
+    done = [layout.task_dir(i, t.name) / DONE for i, t in enumerate(cfg.tasks)]
+    gpus = cfg.slurm.train.gpus_per_node
+    return {
+        "data_dir": shlex.quote(str(layout.data)),
+        "last": str(len(cfg.tasks) - 1),
+        "done_markers": " ".join(shlex.quote(str(p)) for p in done),
+        "exit_preempted": str(EXIT_PREEMPTED),
+        "exit_previous_not_done": str(EXIT_PREVIOUS_NOT_DONE),
+        "signal": PREEMPT_SIGNAL_NAME,
+        "signal_seconds": str(cfg.slurm.signal_seconds),
+        "nproc": str(gpus or 1),  # one process per GPU; one on a CPU node
+        "rows": " ".join(str(i) for i in range(-1, len(cfg.tasks))),
+        "report": shlex.quote(str(layout.eval / "report.md")),
+    }
+
+
+def read_template(name: str) -> str:
+    return (TEMPLATES / f"{name}.sbatch").read_text()
+
+
+def render_sbatch(cfg: ExperimentConfig, layout: RunLayout, kind: str, python: str) -> str:
+    """The job script of `kind` (prepare, train or finish). `python` runs `-m pipeline.cli`."""
+    if kind not in JOB_KINDS:
+        raise ValueError(f"unknown job kind {kind!r}; one of {JOB_KINDS}")
+    header = render_header(cfg, layout, kind, python).rstrip("\n")
+    return fill(read_template(kind), {"header": header, **_body_values(cfg, layout)})
+
+
+def render_all(cfg: ExperimentConfig, layout: RunLayout, python: str) -> dict[str, str]:
+    return {kind: render_sbatch(cfg, layout, kind, python) for kind in JOB_KINDS}
+
+
+# ---- submission commands ----------------------------------------------------------------------------
+
+
+def sbatch_argv(script: Path, after: str | None = None) -> list[str]:
+    """`sbatch --parsable` prints just the job id; `after` makes the job wait for that job's success."""
+    argv = ["sbatch", "--parsable"]
+    if after:
+        argv.append(f"--dependency=afterok:{after}")
+    return [*argv, str(script)]
+
+
+def sbatch_commands(layout: RunLayout) -> list[str]:
+    """The shell lines that submit the three jobs, each waiting for the one before."""
+    lines, previous = [], None
+    for kind in JOB_KINDS:
+        var = f"{kind.upper()}_JOB"
+        argv = sbatch_argv(script_path(layout, kind), f"${previous}" if previous else None)
+        # Quote every word but the "$PREVIOUS_JOB" reference, which the shell must expand.
+        words = [w if w.startswith("--dependency") else shlex.quote(w) for w in argv]
+        lines.append(f"{var}=$({' '.join(words)})")
+        previous = var
+    return lines
