@@ -33,7 +33,7 @@ def test_a_shipped_config_can_be_named_by_its_file_name() -> None:
 
 
 def test_no_path_means_the_embedded_default() -> None:
-    assert [t.name for t in load_config().tasks] == ["sentiment", "arithmetic", "geography"]
+    assert [t.name for t in load_config().tasks] == ["sentiment", "geography", "animals"]
 
 
 def test_dotted_overrides_reach_nested_keys_and_list_items(write_yaml, small_experiment) -> None:

@@ -41,7 +41,7 @@ def test_the_default_experiment_prepares_disjoint_splits_with_a_manifest(tmp_pat
     cfg = load_config(None, [f"output_dir={tmp_path}"])
     layout = RunLayout.of(cfg)
     manifest = prepare.run(cfg, layout)
-    assert list(manifest["tasks"]) == ["sentiment", "arithmetic", "geography"]
+    assert list(manifest["tasks"]) == ["sentiment", "geography", "animals"]
     for name, entry in manifest["tasks"].items():
         dd = datasets.load_from_disk(str(layout.task_data(name)))
         assert set(dd) == {"train", "test"} and dd["train"].column_names == ["task", "instruction", "input", "output"]

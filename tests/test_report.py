@@ -24,7 +24,9 @@ CONFUSION = [[19, 1, 0], [0, 20, 0], [2, 0, 18]]
 
 @pytest.fixture
 def cfg(tmp_path: Path) -> ExperimentConfig:
-    return load_config(None, [f"output_dir={tmp_path}"])
+    # Task names pinned here so the hand-made rows below do not depend on the default's tasks.
+    return load_config(None, [f"output_dir={tmp_path}", "tasks.0.name=sentiment", "tasks.1.name=arithmetic",
+                              "tasks.2.name=geography"])
 
 
 @pytest.fixture
