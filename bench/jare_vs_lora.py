@@ -1,0 +1,412 @@
+"""JARe vs LoRA speed: one training step and batched greedy generation, on the bundled SmolLM2-135M.
+
+    python bench/jare_vs_lora.py                        # defaults below, ~2.5 min on 2 idle CPU cores
+    python bench/jare_vs_lora.py --targets o_proj v_proj --rank 16 --seq-len 128
+    python bench/jare_vs_lora.py --rounds 3 --gen-rounds 3   # a quick look
+
+CPU, fp32, torch threads = the cores this process may use. The two methods live side by side
+in one process (two copies of the frozen base) and are timed ALTERNATELY, round after round, so
+both see the same background load; each reports the median of its rounds (wall clock; process
+CPU time beside it), and the median of the per-round JARe/LoRA ratios as a cross-check. A phase
+stops adding rounds after --min-rounds once the next would pass --budget-s (270 s).
+
+(a) train step = forward + backward + AdamW step (+ zero_grad), batch 8 x 64 random tokens, loss
+    on every token. JARe: 3 tasks x P=4 slots of rank 8 on o_proj, top-2, training task 2 with
+    per-sample routing restricted to its own slots (`Routing(..., task=2)`, what `slm train` sets).
+    LoRA: PEFT, same rank, same target modules, alpha = rank (`pipeline.adapters.lora_model`).
+    Extra line: JARe with the same slots but no task hint (the all-tasks gather path).
+(b) generate = 8 prompts (built-in sentiment / arithmetic / geography tasks, mixed), left padded,
+    greedy, exactly 16 new tokens (EOS suppressed so both sides decode the same number of steps).
+    JARe: DTKR keys learned per task on 48 of its queries, a KeyStore over the 3 tasks, each
+    prompt routed by the store (top-2 over all 12 slots) and generated with `bank.routed`; timed
+    end to end (encode + search + generate) and split. LoRA: `merge_and_unload()`, i.e. the plain
+    base model. Extra line: one prompt, JARe merged into W (`bank.merged`) vs the merged LoRA.
+
+The last line printed is `train_step_ratio=<x> generate_ratio=<y>` (JARe / LoRA medians; the
+generate ratio includes JARe's retrieval). Numbers + run_info go to bench/results/jare_vs_lora.json.
+Targets: train_step_ratio <= 1.10, generate_ratio <= 1.25.
+
+Measured (2 shared vCPUs, torch 2.13 CPU, defaults; four runs on a near-idle machine, load avg
+1.4-2.7 with this script's own 2 threads): train_step_ratio 0.98-1.06, generate_ratio 1.03-1.16
+(paired per-round: train 1.00-1.02, generate 1.03-1.07). Run-to-run spread is the machine's: the
+same LoRA call varies by up to 40 % between rounds. With other jobs oversubscribing the 2 cores
+(load avg 6-7) the OpenMP threads wait on each other, a step takes 10-30 s instead of ~2 s, the
+ratios are meaningless (1.6-1.7 seen) and the minimum rounds overrun the budget: the script
+warns when the load is above the core count at start; rerun when it is quiet.
+
+Where JARe's time goes (torch.profiler, routed generate vs base): the training step is at parity
+(the side branch is two (B, L, 16)-wide bmm's beside a 576x576 matmul; AdamW over 4x LoRA's
+parameters is ~1 ms). In generation the side branch is per-op overhead at L = 1: per layer and
+decode step, a cat of all tasks' slots (~2 % of generate), the per-sample gather (~1.5 %), two
+bmm's (~1 %). The layer used to spend about twice that: advanced indexing u[ids] instead of
+index_select, einsum dispatch, and repeat_interleave of the weights (fixed in
+pipeline/jare/layer.py; routed generate / base went from 1.10 to 1.06 in an A/B of the two
+forwards in one process). Caching the concatenated slots for inference would save the cat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TASKS = ("sentiment", "arithmetic", "geography")  # data_prep.synthetic generators
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="bundled:smollm2")
+    p.add_argument("--encoder", default="bundled:all-minilm-l6-v2")
+    p.add_argument("--targets", nargs="+", default=["o_proj"])
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--slots", type=int, default=4, help="P, slots per task")
+    p.add_argument("--top-k", type=int, default=2)
+    p.add_argument("--groups", type=int, default=6, help="DTKR key groups (must divide the encoder dim)")
+    p.add_argument("--keys", choices=["learned", "random"], default="learned")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps of each variant first")
+    p.add_argument("--rounds", type=int, default=9, help="timed training rounds (one step of each variant)")
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--new-tokens", type=int, default=16)
+    p.add_argument("--gen-warmup", type=int, default=1)
+    p.add_argument("--gen-rounds", type=int, default=9)
+    p.add_argument("--no-single", action="store_true", help="skip the single-prompt merged line")
+    p.add_argument("--min-rounds", type=int, default=3, help="timed rounds each phase runs whatever the budget")
+    p.add_argument("--budget-s", type=float, default=270.0,
+                   help="wall-clock budget of the whole script: a phase stops adding rounds (beyond "
+                        "--min-rounds) when the next one would overrun; training gets ~60%% of it")
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "jare_vs_lora.json")
+    return p.parse_args(argv)
+
+
+# ---- setup -----------------------------------------------------------------------------------
+
+
+def build_jare(args, tasks: list[str]):
+    import torch
+
+    from pipeline.jare.inject import inject_jare
+    from pipeline.models import load_base_model
+
+    model = load_base_model(args.model, "float32", device=torch.device("cpu"))
+    bank = inject_jare(model, args.targets, args.rank, args.slots, torch.float32)
+    for i, name in enumerate(tasks):
+        bank.add_task(name, seed=args.seed + i)
+        gen = torch.Generator().manual_seed(100 + i)
+        with torch.no_grad():  # U starts at zero; give every slot a real (small) increment
+            for u in bank.task_parameters(i)[0::2]:
+                u.copy_(torch.randn(u.shape, generator=gen) * 0.01)
+    train_task = len(tasks) - 1
+    params = bank.train_only(train_task)
+    return model, bank, params, train_task
+
+
+def build_lora(args):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from pipeline.models import load_base_model
+
+    model = load_base_model(args.model, "float32", device=torch.device("cpu"))
+    cfg = LoraConfig(r=args.rank, lora_alpha=args.rank, lora_dropout=0.0, target_modules=list(args.targets))
+    torch.manual_seed(args.seed)
+    peft_model = get_peft_model(model, cfg)
+    with torch.no_grad():  # B starts at zero; make the merge below a real one
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.01)
+    return peft_model, [p for p in peft_model.parameters() if p.requires_grad]
+
+
+def train_routing(args, train_task: int, hint: bool):
+    """Per-sample top-k of the training task's own slots, random but fixed (what slm train sets)."""
+    import torch
+
+    from pipeline.jare.routing import Routing
+
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    local = torch.stack([torch.randperm(args.slots, generator=gen)[:args.top_k] for _ in range(args.batch)])
+    w = torch.rand(args.batch, args.top_k, generator=gen) + 0.1
+    return Routing(local + train_task * args.slots, w / w.sum(-1, keepdim=True), train_task if hint else None)
+
+
+def build_store(args, tasks: list[str]):
+    """Encoder + KeyStore over every task, keys learned on each task's queries (or random)."""
+    import torch
+
+    from data_prep.synthetic import get_generator
+    from pipeline.batching import queries
+    from pipeline.dtkr.encoder import SentenceEncoder
+    from pipeline.dtkr.keys import train_keys
+    from pipeline.dtkr.store import KeyStore
+
+    encoder = SentenceEncoder(args.encoder)
+    store = KeyStore(encoder.dim, args.groups, args.slots, args.encoder)
+    records = {}
+    for i, name in enumerate(tasks):
+        recs = get_generator(name).generate(48 + args.prompts, seed=args.seed)
+        records[name] = recs[48:]  # held out: the prompts generated from
+        if args.keys == "learned":
+            emb = encoder.encode(queries(recs[:48]))
+            keys, _ = train_keys(emb, args.slots, args.groups, lr=1e-3, weight_decay=0.01, grad_clip=0.1,
+                                 epochs=3, batch_size=16, mask_ratio=0.25, seed=args.seed + i, progress=False)
+        else:
+            gen = torch.Generator().manual_seed(args.seed + i)
+            keys = torch.randn(args.slots, args.groups, encoder.dim // args.groups, generator=gen)
+        store.add_task(name, keys)
+    # the prompts: round-robin over the tasks, so one batch mixes them (per-sample routing matters)
+    prompts = [records[tasks[j % len(tasks)]][j // len(tasks)] for j in range(args.prompts)]
+    return encoder, store, prompts
+
+
+# ---- timed units -----------------------------------------------------------------------------
+
+
+def alternate(variants: dict, warmup: int, rounds: int, min_rounds: int, deadline: float) -> dict:
+    """Warm up every variant, then rounds of one call of each, in order. Wall time (what the
+    ratios use) and process CPU time (both threads; less sensitive to other processes taking
+    the cores, more to spin-waiting) per call. Stops early, after min_rounds, at the deadline."""
+    for _ in range(warmup):
+        for fn in variants.values():
+            fn()
+    wall: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
+    for i in range(rounds):
+        round_start = time.perf_counter()
+        for name, fn in variants.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall[name].append(time.perf_counter() - w0)
+            cpu[name].append(time.process_time() - c0)
+        log(f"  round {i + 1}/{rounds}: " + "  ".join(f"{k} {v[-1]:.3f}s" for k, v in wall.items()))
+        took = time.perf_counter() - round_start
+        if i + 1 < rounds and i + 1 >= min_rounds and time.perf_counter() + took > deadline:
+            log(f"  stopping after {i + 1} rounds: the next would pass the --budget-s deadline ({load_str()})")
+            break
+    return {k: {"median_s": median(wall[k]), "cpu_median_s": median(cpu[k]), "samples_s": wall[k],
+                "cpu_samples_s": cpu[k]} for k in variants}
+
+
+def train_step(model, optimizer, batch) -> None:
+    out = model(**batch)
+    out.loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def paired(a: dict, b: dict) -> float:
+    """Median of the per-round ratios a/b: each pair ran back to back under the same load."""
+    return median([x / y for x, y in zip(a["samples_s"], b["samples_s"], strict=True)])
+
+
+def load_str() -> str:
+    return "load avg " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    from pipeline.batching import encode_prompts_left_padded, queries
+    from pipeline.models import load_tokenizer
+
+    tasks = list(TASKS)
+    load_at_start = list(os.getloadavg())
+    if load_at_start[0] > args.threads:
+        log(f"WARNING: {load_str()} is above {args.threads} threads: other processes are using the cores, "
+            "wall times will be inflated and noisy (compare the cpu column and the paired ratios)")
+    log(f"threads={torch.get_num_threads()} cpus={os.cpu_count()} {load_str()}; loading 2 x {args.model}")
+    jare, bank, jare_params, train_task = build_jare(args, tasks)
+    lora, lora_params = build_lora(args)
+    tok = load_tokenizer(args.model)
+    n_jare = sum(p.numel() for p in jare_params)
+    n_lora = sum(p.numel() for p in lora_params)
+    log(f"JARe: {len(bank.layers)} layers, {len(tasks)} tasks x {args.slots} slots, rank {args.rank}, "
+        f"{n_jare} trainable (task {train_task}); LoRA: rank {args.rank}, {n_lora} trainable")
+
+    # ---- (a) training step -------------------------------------------------------------------
+    gen = torch.Generator().manual_seed(args.seed)
+    ids = torch.randint(0, jare.config.vocab_size, (args.batch, args.seq_len), generator=gen)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    jare.train()
+    lora.train()
+    opt_j = torch.optim.AdamW(jare_params, lr=1e-4)
+    opt_l = torch.optim.AdamW(lora_params, lr=1e-4)
+    r_task, r_all = train_routing(args, train_task, True), train_routing(args, train_task, False)
+
+    def jare_task():
+        with bank.routed(r_task):
+            train_step(jare, opt_j, batch)
+
+    def jare_all():
+        with bank.routed(r_all):
+            train_step(jare, opt_j, batch)
+
+    def lora_step():
+        train_step(lora, opt_l, batch)
+
+    variants = {"jare_task": jare_task, "lora": lora_step, "jare_all": jare_all}
+    log(f"train: {args.warmup} warm-up + {args.rounds} timed rounds of {list(variants)}, "
+        f"batch {args.batch} x {args.seq_len} tokens")
+    train = alternate(variants, args.warmup, args.rounds, args.min_rounds, t_start + 0.6 * args.budget_s)
+    train_ratio = train["jare_task"]["median_s"] / train["lora"]["median_s"]
+
+    # ---- (b) generation ----------------------------------------------------------------------
+    log(f"generate: encoder + KeyStore ({args.keys} keys), merging LoRA ({load_str()})")
+    jare.eval()
+    bank.train_only(None)
+    lora_merged = lora.merge_and_unload().eval()
+    encoder, store, prompts = build_store(args, tasks)
+    fmt = "chat_template"
+    enc = encode_prompts_left_padded(tok, fmt, prompts, 512)
+    texts = queries(prompts)
+    gen_kw = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "do_sample": False,
+              "pad_token_id": tok.pad_token_id}
+    pieces: dict[str, list[float]] = {"retrieve": [], "generate_routed": []}
+    routed_slots: list = []
+
+    @torch.no_grad()
+    def jare_gen():
+        t0 = time.perf_counter()
+        routing = store.route(encoder.encode(texts), args.top_k)  # per sample, over all tasks' slots
+        t1 = time.perf_counter()
+        with bank.routed(routing):
+            out = jare.generate(**enc, **gen_kw)
+        t2 = time.perf_counter()
+        pieces["retrieve"].append(t1 - t0)
+        pieces["generate_routed"].append(t2 - t1)
+        routed_slots[:] = routing.slot_ids.tolist()
+        assert out.shape[1] == enc["input_ids"].shape[1] + args.new_tokens
+
+    @torch.no_grad()
+    def lora_gen():
+        out = lora_merged.generate(**enc, **gen_kw)
+        assert out.shape[1] == enc["input_ids"].shape[1] + args.new_tokens
+
+    one = {k: v[:1] for k, v in enc.items()}
+    one_text = texts[:1]
+
+    @torch.no_grad()
+    def jare_single_merged():
+        routing = store.route(encoder.encode(one_text), args.top_k)
+        with bank.merged(routing.slot_ids[0], routing.weights[0]):
+            jare.generate(**one, **gen_kw)
+
+    @torch.no_grad()
+    def lora_single():
+        lora_merged.generate(**one, **gen_kw)
+
+    gvariants = {"jare_routed": jare_gen, "lora_merged": lora_gen}
+    if not args.no_single:
+        gvariants |= {"jare_merged_1": jare_single_merged, "lora_merged_1": lora_single}
+    log(f"generate: {args.gen_warmup} warm-up + {args.gen_rounds} timed rounds of {list(gvariants)}, "
+        f"{args.prompts} prompts (left padded to {enc['input_ids'].shape[1]} tokens), {args.new_tokens} new tokens")
+    generate = alternate(gvariants, args.gen_warmup, args.gen_rounds, args.min_rounds, t_start + args.budget_s)
+    skip = len(pieces["retrieve"]) - len(generate["jare_routed"]["samples_s"])  # the warm-up calls
+    generate |= {k: {"median_s": median(v[skip:]), "samples_s": v[skip:]} for k, v in pieces.items()}
+    lora_g = generate["lora_merged"]["median_s"]
+    gen_ratio = generate["jare_routed"]["median_s"] / lora_g
+    truth = [j % len(tasks) for j in range(args.prompts)]  # the round-robin above
+    top1_ok = sum(s[0] // args.slots == t for s, t in zip(routed_slots, truth, strict=True)) / len(truth)
+
+    # ---- report ------------------------------------------------------------------------------
+    rows = [
+        ("train step", "JARe, task-restricted (task hint)", train["jare_task"], train["lora"]),
+        ("train step", "JARe, all-tasks gather (no hint)", train["jare_all"], train["lora"]),
+        ("train step", "LoRA (PEFT)", train["lora"], train["lora"]),
+        ("generate", "JARe routed per sample, end to end", generate["jare_routed"], generate["lora_merged"]),
+        ("generate", "  of which DTKR retrieval", generate["retrieve"], generate["lora_merged"]),
+        ("generate", "  of which routed generate()", generate["generate_routed"], generate["lora_merged"]),
+        ("generate", "LoRA merged (= base model)", generate["lora_merged"], generate["lora_merged"]),
+    ]
+    if not args.no_single:
+        one_ref = generate["lora_merged_1"]
+        rows += [("generate 1", "JARe merged into W (bank.merged)", generate["jare_merged_1"], one_ref),
+                 ("generate 1", "LoRA merged", one_ref, one_ref)]
+    print()
+    print(f"{'':<11} {'variant':<36} {'wall s':>8} {'/ LoRA':>7} {'cpu s':>8} {'/ LoRA':>7}")
+    for section, name, st, ref in rows:
+        cpu = (f"{st['cpu_median_s']:>8.3f} {st['cpu_median_s'] / ref['cpu_median_s']:>7.3f}"
+               if "cpu_median_s" in st else "")
+        print(f"{section:<11} {name:<36} {st['median_s']:>8.3f} {st['median_s'] / ref['median_s']:>7.3f} {cpu}")
+    n_train, n_gen = len(train["lora"]["samples_s"]), len(generate["lora_merged"]["samples_s"])
+    print(f"(medians of {n_train} train / {n_gen} generate rounds, alternating; train b={args.batch} x "
+          f"{args.seq_len} tokens; generate {args.prompts} prompts x {args.new_tokens} new tokens, retrieval "
+          f"top-1 task accuracy {top1_ok:.2f}; {torch.get_num_threads()} threads, {load_str()}; "
+          f"total {time.perf_counter() - t_start:.0f} s)")
+    train_paired = paired(train["jare_task"], train["lora"])
+    gen_paired = paired(generate["jare_routed"], generate["lora_merged"])
+    print(f"(median of per-round JARe/LoRA ratios: train {train_paired:.3f}, generate {gen_paired:.3f})")
+
+    result = {
+        "run_info": {"script": "bench/jare_vs_lora.py", "argv": sys.argv[1:],
+                     "args": {k: (_rel(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                     "jare_trainable_params": n_jare, "lora_trainable_params": n_lora,
+                     "prompt_tokens_padded": int(enc["input_ids"].shape[1]), "tasks": tasks,
+                     "retrieval_top1_task_accuracy": top1_ok, "rounds": {"train": n_train, "generate": n_gen},
+                     "load_avg_at_start": load_at_start, "total_s": time.perf_counter() - t_start},
+        "train_info": {"train_step": train, "train_step_ratio": train_ratio,
+                       "train_step_ratio_all_tasks": train["jare_all"]["median_s"] / train["lora"]["median_s"],
+                       "train_step_cpu_ratio": train["jare_task"]["cpu_median_s"] / train["lora"]["cpu_median_s"],
+                       "train_step_paired_ratio": train_paired},
+        "generate_info": {"generate": generate, "generate_ratio": gen_ratio,
+                          "generate_ratio_without_retrieval": generate["generate_routed"]["median_s"] / lora_g,
+                          "generate_cpu_ratio": generate["jare_routed"]["cpu_median_s"]
+                          / generate["lora_merged"]["cpu_median_s"],
+                          "generate_paired_ratio": gen_paired},
+        "meta_info": meta_info(torch),
+    }
+    if not args.no_single:
+        result["generate_info"]["single_prompt_merged_ratio"] = (
+            generate["jare_merged_1"]["median_s"] / generate["lora_merged_1"]["median_s"])
+    from pipeline.artifacts import atomic_write_json
+
+    atomic_write_json(args.json, result)
+    log(f"wrote {args.json}")
+    print(f"train_step_ratio={train_ratio:.3f} generate_ratio={gen_ratio:.3f}")
+    return result
+
+
+def _rel(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def meta_info(torch) -> dict:
+    import faiss
+    import peft
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "faiss": faiss.__version__, "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "cpus_usable": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
+            "mkldnn": torch.backends.mkldnn.is_available(), "load_avg_at_end": list(os.getloadavg()),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+if __name__ == "__main__":
+    main()
