@@ -179,9 +179,10 @@ def build_store(args, tasks: list[str]):
 
 
 def alternate(variants: dict, warmup: int, rounds: int, min_rounds: int, deadline: float) -> dict:
-    """Warm up every variant, then rounds of one call of each, in order. Wall time (what the
-    ratios use) and process CPU time (both threads; less sensitive to other processes taking
-    the cores, more to spin-waiting) per call. Stops early, after min_rounds, at the deadline."""
+    """Warm up every variant, then rounds of one call of each, the order reversed every other
+    round (A B C, C B A, ...) so no variant always runs first. Wall time (what the ratios use)
+    and process CPU time (both threads; less sensitive to other processes taking the cores, more
+    to spin-waiting) per call. Stops early, after min_rounds, at the deadline."""
     for _ in range(warmup):
         for fn in variants.values():
             fn()
@@ -189,9 +190,9 @@ def alternate(variants: dict, warmup: int, rounds: int, min_rounds: int, deadlin
     cpu: dict[str, list[float]] = {k: [] for k in variants}
     for i in range(rounds):
         round_start = time.perf_counter()
-        for name, fn in variants.items():
+        for name in list(variants)[::1 if i % 2 == 0 else -1]:
             w0, c0 = time.perf_counter(), time.process_time()
-            fn()
+            variants[name]()
             wall[name].append(time.perf_counter() - w0)
             cpu[name].append(time.process_time() - c0)
         log(f"  round {i + 1}/{rounds}: " + "  ".join(f"{k} {v[-1]:.3f}s" for k, v in wall.items()))
@@ -344,14 +345,14 @@ def main(argv=None) -> dict:
     ]
     if not args.no_single:
         one_ref = generate["lora_merged_1"]
-        rows += [("generate 1", "JARe merged into W (bank.merged)", generate["jare_merged_1"], one_ref),
+        rows += [("generate 1", "JARe retrieve + merge W (bank.merged)", generate["jare_merged_1"], one_ref),
                  ("generate 1", "LoRA merged", one_ref, one_ref)]
     print()
-    print(f"{'':<11} {'variant':<36} {'wall s':>8} {'/ LoRA':>7} {'cpu s':>8} {'/ LoRA':>7}")
+    print(f"{'':<11} {'variant':<38} {'wall s':>8} {'/ LoRA':>7} {'cpu s':>8} {'/ LoRA':>7}")
     for section, name, st, ref in rows:
         cpu = (f"{st['cpu_median_s']:>8.3f} {st['cpu_median_s'] / ref['cpu_median_s']:>7.3f}"
                if "cpu_median_s" in st else "")
-        print(f"{section:<11} {name:<36} {st['median_s']:>8.3f} {st['median_s'] / ref['median_s']:>7.3f} {cpu}")
+        print(f"{section:<11} {name:<38} {st['median_s']:>8.3f} {st['median_s'] / ref['median_s']:>7.3f} {cpu}")
     n_train, n_gen = len(train["lora"]["samples_s"]), len(generate["lora_merged"]["samples_s"])
     print(f"(medians of {n_train} train / {n_gen} generate rounds, alternating; train b={args.batch} x "
           f"{args.seq_len} tokens; generate {args.prompts} prompts x {args.new_tokens} new tokens, retrieval "
