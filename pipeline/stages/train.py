@@ -53,6 +53,9 @@ class TaskData:
 def train_inputs(cfg: ExperimentConfig, layout: RunLayout, t: int) -> dict[str, str]:
     """What task t's result depends on; recorded in its DONE and checked on rerun."""
     settings = cfg.model_dump(include={"method", "seed", "model", "jare", "dtkr", "train"})
+    if cfg.method in JARE_METHODS:  # the LoRA baselines' knobs do not change a JARe task
+        for key in ("lora_rank", "lora_lr"):
+            settings["train"].pop(key)
     settings["task"] = cfg.tasks[t].model_dump()
     inputs = {"settings": sha256_json(settings), "data": marker_digest(layout.data)}
     for j in range(t):
