@@ -1,6 +1,6 @@
 """JARe vs LoRA speed: one training step and batched greedy generation, on the bundled SmolLM2-135M.
 
-    python bench/jare_vs_lora.py                        # defaults below, ~2.5 min on 2 idle CPU cores
+    python bench/jare_vs_lora.py                        # defaults below, ~3 min on 2 idle CPU cores
     python bench/jare_vs_lora.py --targets o_proj v_proj --rank 16 --seq-len 128
     python bench/jare_vs_lora.py --rounds 3 --gen-rounds 3   # a quick look
 
@@ -26,22 +26,25 @@ The last line printed is `train_step_ratio=<x> generate_ratio=<y>` (JARe / LoRA 
 generate ratio includes JARe's retrieval). Numbers + run_info go to bench/results/jare_vs_lora.json.
 Targets: train_step_ratio <= 1.10, generate_ratio <= 1.25.
 
-Measured (2 shared vCPUs, torch 2.13 CPU, defaults; four runs on a near-idle machine, load avg
-1.4-2.7 with this script's own 2 threads): train_step_ratio 0.98-1.06, generate_ratio 1.03-1.16
-(paired per-round: train 1.00-1.02, generate 1.03-1.07). Run-to-run spread is the machine's: the
-same LoRA call varies by up to 40 % between rounds. With other jobs oversubscribing the 2 cores
-(load avg 6-7) the OpenMP threads wait on each other, a step takes 10-30 s instead of ~2 s, the
-ratios are meaningless (1.6-1.7 seen) and the minimum rounds overrun the budget: the script
-warns when the load is above the core count at start; rerun when it is quiet.
+Measured (2 shared vCPUs, torch 2.13 CPU, defaults, machine otherwise idle, ~3 min a run):
+train_step_ratio 0.96-1.06, generate_ratio 1.03-1.19 over five runs, 1.14-1.19 in the last two
+(paired per-round: train 0.97-1.02, generate 1.07-1.16); the one-prompt merged line 1.06-1.14.
+Run-to-run spread is the machine's: the same LoRA call varies by up to 40 % between rounds. With
+other jobs oversubscribing the 2 cores (load avg 4-7) the OpenMP threads wait on each other, a
+step takes 10-30 s instead of ~2.4 s, the ratios are meaningless (0.7-1.7 seen) and the minimum
+rounds overrun the budget; the script warns when the load is above the threads at start.
 
-Where JARe's time goes (torch.profiler, routed generate vs base): the training step is at parity
-(the side branch is two (B, L, 16)-wide bmm's beside a 576x576 matmul; AdamW over 4x LoRA's
-parameters is ~1 ms). In generation the side branch is per-op overhead at L = 1: per layer and
-decode step, a cat of all tasks' slots (~2 % of generate), the per-sample gather (~1.5 %), two
-bmm's (~1 %). The layer used to spend about twice that: advanced indexing u[ids] instead of
-index_select, einsum dispatch, and repeat_interleave of the weights (fixed in
-pipeline/jare/layer.py; routed generate / base went from 1.10 to 1.06 in an A/B of the two
-forwards in one process). Caching the concatenated slots for inference would save the cat.
+Where JARe's time goes. Training: at parity; the side branch is a few (B, L, 16)-wide bmm's
+beside the 576x576 matmul it rides on, and AdamW over 4x LoRA's parameters is ~1 ms.
+Generation: per layer and decode step the side branch costs ~370 us against ~150 us for o_proj
+itself at 8 tokens (2 threads): cat of all tasks' slots, the per-sample gather (index_select),
+two tiny bmm's, mul, add; at ~10-30 us an op that is ~6-7 % of generate, the rest of the gap
+being retrieval (~2 %) and noise. The layer used to spend ~610 us there (advanced indexing
+u[ids], einsum dispatch, repeat_interleave of the weights; fixed in pipeline/jare/layer.py).
+The routing is fixed for a whole generate() call, so the gathered, weight-folded U/V could be
+cached per Routing object in no-grad mode: a prototype took routed/base from 1.08-1.20 to
+1.01-1.12 in the same process (identical tokens), at the price of cache state and invalidation
+(parameter versions, task add/remove, merge) in the layer.
 """
 
 from __future__ import annotations
