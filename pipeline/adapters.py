@@ -1,9 +1,9 @@
 """Build the model a method needs at a point of the sequence, from the artifacts on disk.
 
-slm / oracle_task_id: base + JARe slots of tasks 0..n-1 (frozen, loaded from their adapter
-files). seq_lora / multitask: base + one PEFT LoRA of the same rank on the same modules, with
-the state saved after a given task. Train, eval and generate all come through here, so they
-load exactly the same thing.
+JARe methods: base + JARe slots of tasks 0..n-1 (frozen, loaded from their adapter files). LoRA
+methods: base + PEFT LoRA(s) of the same rank on the same modules, with the state saved after a
+given task. The methods (pipeline/methods/) build their models from these, so train, eval,
+generate and serve load exactly the same thing.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from pipeline.jare.inject import JareBank, inject_jare
 from pipeline.layout import RunLayout
 from pipeline.models import load_base_model
 
-JARE_METHODS = ("slm", "oracle_task_id")
-LORA_METHODS = ("seq_lora", "multitask")
 KEYS_TENSOR = "keys"
 
 
@@ -52,20 +50,31 @@ def lora_model(cfg: ExperimentConfig, layout: RunLayout, state_after: int | None
                device: torch.device | None = None, model=None):
     """Base + one LoRA (alpha = rank, so no extra scaling, like JARe). `state_after`: load the
     LoRA saved after that task; None: a fresh LoRA (B = 0, so it starts as the base model)."""
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from peft import get_peft_model
 
     model = model if model is not None else base_model(cfg, device)
-    rank = cfg.train.lora_rank or cfg.jare.rank
-    peft_cfg = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules=list(cfg.jare.target_modules))
     torch.manual_seed(cfg.seed)  # LoRA A is randomly initialised
-    peft_model = get_peft_model(model, peft_cfg)
+    peft_model = get_peft_model(model, lora_config(cfg))
     if state_after is not None:
-        path = layout.adapter_file(state_after, cfg.tasks[state_after].name)
-        state = read_safetensors(path)
-        result = set_peft_model_state_dict(peft_model, state)
-        if getattr(result, "unexpected_keys", None):
-            raise CheckpointError(f"{path}: unexpected LoRA tensors {result.unexpected_keys[:3]}")
+        load_lora_state(peft_model, layout.adapter_file(state_after, cfg.tasks[state_after].name))
     return peft_model
+
+
+def lora_config(cfg: ExperimentConfig):
+    """Every LoRA-family method's LoRA: the rank and target modules of JARe, alpha = rank."""
+    from peft import LoraConfig
+
+    rank = cfg.train.lora_rank or cfg.jare.rank
+    return LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules=list(cfg.jare.target_modules))
+
+
+def load_lora_state(peft_model, path: Path, adapter_name: str = "default") -> None:
+    """Fill adapter `adapter_name` from a saved LoRA file; any tensor that does not fit is an error."""
+    from peft import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(peft_model, read_safetensors(path), adapter_name=adapter_name)
+    if getattr(result, "unexpected_keys", None):
+        raise CheckpointError(f"{path}: unexpected LoRA tensors {result.unexpected_keys[:3]}")
 
 
 def lora_trainable(model) -> list[torch.nn.Parameter]:

@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from pipeline.errors import SlmError
+from pipeline.methods import METHOD_NAMES
 
 EPILOG = """\
 overrides: any config key as dotted KEY=VALUE after the options, parsed as YAML, e.g.
@@ -39,7 +40,7 @@ COMMANDS: dict[str, str] = {
 def _common(p: argparse.ArgumentParser, overrides: bool = True) -> None:
     p.add_argument("-c", "--config", metavar="YAML",
                    help="experiment file (default: the embedded default experiment)")
-    p.add_argument("--method", choices=["slm", "seq_lora", "oracle_task_id", "multitask"],
+    p.add_argument("--method", choices=METHOD_NAMES,
                    help="override `method:`; each method writes its own output_dir/<method>")
     if overrides:
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")

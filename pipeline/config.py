@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
 
@@ -21,8 +21,10 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 BUILTIN_CONFIGS = PACKAGE_DIR / "configs"
 DEFAULT_CONFIG = BUILTIN_CONFIGS / "default.yaml"
 
-Method = Literal["slm", "seq_lora", "oracle_task_id", "multitask"]
-METHODS: tuple[str, ...] = ("slm", "seq_lora", "oracle_task_id", "multitask")
+# TrainSpec fields that belong to one method family; a method's task hash leaves out the others'
+# (pipeline.methods.base.Method.settings), so tuning replay never invalidates an slm run.
+METHOD_TRAIN_KNOBS: tuple[str, ...] = ("lora_rank", "lora_lr", "replay_ratio", "ft_lr", "ft_modules",
+                                       "o_lora_lambda1", "o_lora_lambda2")
 
 
 class Spec(BaseModel):
@@ -41,26 +43,56 @@ class ModelSpec(Spec):
     # llama2_chat: "[INST] ... [/INST]"; chat_template: the tokenizer's own; plain: "### Instruction".
     prompt_format: Literal["llama2_chat", "chat_template", "plain"] = "chat_template"
     max_seq_len: int = Field(256, gt=8)
+    # Separate caps on the prompt and the answer tokens (the reference's 512 + 512). Unset: one
+    # cap, max_seq_len, that keeps the answer and cuts the prompt's start. Set: the answer keeps
+    # its first max_answer_len tokens and the prompt loses the middle of its input, never the
+    # instruction header or the tokens where the answer starts (pipeline.batching).
+    max_prompt_len: int | None = Field(None, gt=8)
+    max_answer_len: int | None = Field(None, ge=1)
     gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _caps_fit(self) -> ModelSpec:
+        # max_seq_len stays the bound on one sequence, which the memory plan sizes activations by.
+        caps = (self.max_prompt_len or 0) + (self.max_answer_len or 0)
+        if caps > self.max_seq_len:
+            raise ValueError(f"max_prompt_len + max_answer_len = {caps} exceeds max_seq_len = {self.max_seq_len}; "
+                             f"raise max_seq_len to at least {caps} (it sizes the memory plan)")
+        return self
 
 
 class JareSpec(Spec):
     target_modules: list[str] = Field(default_factory=lambda: ["o_proj"], min_length=1)
     slots_per_task: int = Field(4, ge=1)  # P
     rank: int = Field(8, ge=1)  # r
-    top_k: int = Field(2, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "top_k" in data:
+            raise ValueError("top_k is a retrieval setting and moved to dtkr.top_k (write `dtkr: {top_k: ...}`)")
+        return data
 
 
 class DtkrSpec(Spec):
     # A sentence-transformers / HF encoder folder or hub id, or `bundled:all-minilm-l6-v2`.
     encoder: str = "bundled:all-minilm-l6-v2"
+    top_k: int = Field(2, ge=1)  # slots per sample, over all tasks' slots (capped at the allowed ones)
     # Must divide the encoder dimension: 6 for 768-d encoders (paper), 6 also divides 384.
     groups: int = Field(6, ge=1)
+    # Key learning (pipeline.dtkr.keys.learn_task_keys; bench/retrieval.py measures each choice).
+    # key_init: orthogonal (the reference), queries (random task queries), partition_mean (the
+    # reference's group_avg_initialization), kmeans (spherical k-means under DTKR's similarity).
+    key_init: Literal["orthogonal", "queries", "partition_mean", "kmeans"] = "queries"
+    # group_top2: the reference's masked top-2 per group; slot_top2: top-2 slots by mean group cosine.
+    key_objective: Literal["group_top2", "slot_top2"] = "group_top2"
     mask_ratio: float = Field(0.25, ge=0.0, lt=1.0)
+    # Weight of the reference's centrifugal term (mean cosine to earlier tasks' frozen keys).
+    centrifugal_weight: float = Field(0.0, ge=0)
     key_lr: float = Field(1e-3, gt=0)
     key_weight_decay: float = Field(0.01, ge=0)
     key_grad_clip: float = Field(0.1, gt=0)
-    key_epochs: int = Field(3, ge=1)
+    key_epochs: int = Field(3, ge=0)  # 0: the initial keys as they are (e.g. the k-means centres)
     key_batch_size: int = Field(32, ge=1)
     # normalize: weights = similarities / their sum (paper); softmax: softmax(sim / temperature).
     weighting: Literal["normalize", "softmax"] = "normalize"
@@ -108,9 +140,12 @@ class TaskSpec(Spec):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
     source: SourceSpec
     instruction: str | None = None  # default instruction when the source has none
-    metric: Literal["exact_match", "label_choice", "first_word", "rouge_l"] = "exact_match"
+    metric: Literal["exact_match", "label_choice", "first_word", "rouge_l", "bertscore"] = "exact_match"
     labels: list[str] | None = None  # classification: the label set outputs must lie in
     max_train: int | None = Field(None, ge=1)  # cap after shuffling (quick runs)
+    # Few-shot: the first k shuffled training records of each label (T5 few-shot: 16 per class),
+    # taken before max_train; needs a label set. The test split is untouched.
+    max_train_per_label: int | None = Field(None, ge=1)
     max_test: int | None = Field(None, ge=1)
 
 
@@ -139,12 +174,28 @@ class TrainSpec(Spec):
     # seq_lora / multitask learning rate (default: lr). PEFT starts A at kaiming scale while JARe's
     # V is N(0, 1), so at one lr the LoRA moves far slower; a baseline must first learn each task.
     lora_lr: float | None = Field(None, gt=0)
+    # replay: the fraction of each earlier task's training records mixed into task i's data (the
+    # paper's 1 %), at least one record per earlier task.
+    replay_ratio: float = Field(0.01, gt=0, le=1)
+    # seq_ft: full fine-tuning lr (the reference's 3e-5) and which linear layers train (name or
+    # suffix, as jare.target_modules); null = every linear layer of the decoder blocks.
+    ft_lr: float = Field(3e-5, gt=0)
+    ft_modules: list[str] | None = None
+    # o_lora: lambda_1 * sum |A_i A_j^T| (orthogonality to earlier tasks' A) + lambda_2 * ||theta||_2
+    # on the new LoRA; defaults from the O-LoRA scripts (cmnfriend/O-LoRA, scripts/order_*.sh).
+    o_lora_lambda1: float = Field(0.5, ge=0)
+    o_lora_lambda2: float = Field(0.0, ge=0)
 
 
 class EvalSpec(Spec):
     max_records_per_task: int | None = Field(100, ge=1)
     batch_size: int = Field(16, ge=1)
     max_new_tokens: int = Field(16, ge=1)
+    # bertscore tasks: BERTScore F1 (bert-score package) with this encoder, a hub id or a local
+    # folder, at this layer. The reference's `lang="en"` default is roberta-large, layer 17. No
+    # idf weighting and no baseline rescaling, as in the reference (rescaled scores are not in [0, 1]).
+    bertscore_model: str = "roberta-large"
+    bertscore_layer: int = Field(17, ge=1)
 
 
 class SlurmStageSpec(Spec):
@@ -170,7 +221,7 @@ class SlurmSpec(Spec):
 
 class ExperimentConfig(Spec):
     name: str = "experiment"
-    method: Method = "slm"
+    method: str = "slm"  # one of pipeline.methods.METHOD_NAMES
     seed: int = 42
     output_dir: str = "runs/experiment"  # relative: to the current directory
     data_root: str | None = None  # base for relative source paths (else: the YAML's folder)
@@ -185,14 +236,23 @@ class ExperimentConfig(Spec):
     # Where the YAML lives; relative paths inside it resolve from here. Set by load_config.
     config_dir: str = "."
 
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        from pipeline.methods import METHOD_NAMES  # the registry's list, no torch import
+
+        if value not in METHOD_NAMES:
+            raise ValueError(f"unknown method {value!r}; valid: {', '.join(METHOD_NAMES)}")
+        return value
+
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
         names = [t.name for t in self.tasks]
         dups = sorted({n for n in names if names.count(n) > 1})
         if dups:
             raise ValueError(f"duplicate task names {dups}: every task needs its own name")
-        if self.jare.top_k > self.jare.slots_per_task * len(self.tasks):
-            raise ValueError("jare.top_k exceeds the number of slots of all tasks")
+        if self.dtkr.top_k > self.jare.slots_per_task * len(self.tasks):
+            raise ValueError("dtkr.top_k exceeds the number of slots of all tasks")
         return self
 
     # ---- resolved paths -------------------------------------------------------------------

@@ -24,6 +24,10 @@ def _read_json(cfg: ExperimentConfig) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid JSON: {e}") from e
 
 
+def zero_stage(cfg: ExperimentConfig) -> int:
+    return int(_read_json(cfg).get("zero_optimization", {}).get("stage", 0))
+
+
 def check_quantization_pairing(cfg: ExperimentConfig, ds: dict[str, Any] | None = None) -> None:
     """A bitsandbytes 8/4-bit base pairs with ZeRO-0/1/2 only. Its weights are packed integer
     tensors placed by device_map; ZeRO-3 would have to partition (flatten, shard, all-gather) them

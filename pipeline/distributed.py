@@ -52,3 +52,14 @@ def any_rank(flag: bool) -> bool:
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def gathered(params: list[torch.nn.Parameter], state_fn):
+    """Run state_fn with full tensors: under ZeRO-3 each rank holds a shard, so gather first
+    (a collective: every rank calls it)."""
+    import deepspeed
+
+    if any(hasattr(p, "ds_id") for p in params):
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            return state_fn()
+    return state_fn()

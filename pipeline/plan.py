@@ -179,7 +179,7 @@ def shipped_mode(name: str) -> ZeroMode:
 def workload(cfg: ExperimentConfig, nodes: int, gpus_per_node: int, gpu_mem_gib: float) -> Workload:
     params, dim = encoder_size(cfg.dtkr.encoder)
     p = cfg.jare.slots_per_task
-    return Workload(tasks=len(cfg.tasks), slots_per_task=p, slots_gathered=max(p, cfg.jare.top_k),
+    return Workload(tasks=len(cfg.tasks), slots_per_task=p, slots_gathered=max(p, cfg.dtkr.top_k),
                     micro_batch=cfg.train.micro_batch_size, seq_len=cfg.model.max_seq_len, nodes=nodes,
                     gpus_per_node=gpus_per_node, gpu_mem_gib=gpu_mem_gib,
                     compute_bytes=4 if cfg.model.dtype == "float32" else 2,

@@ -154,9 +154,10 @@ def test_the_comparison_lists_every_method_with_metrics(cfg: ExperimentConfig, l
     write_rows(layout, MATRIX)
     report.run(cfg, layout)
     comparison = (layout.base / "comparison.md").read_text()
-    # slm first (METHODS order). seq_lora: AA (0.0 + 0.1 + 0.9) / 3, BWT ((0.0 - 0.9) + (0.1 - 0.9)) / 2.
+    # slm first (registry order). seq_lora: AA (0.0 + 0.1 + 0.9) / 3, BWT ((0.0 - 0.9) + (0.1 - 0.9)) / 2.
     assert comparison.index("`slm`") < comparison.index("`seq_lora`")
-    assert "| `seq_lora` | one LoRA through the sequence (forgetting floor) | 3/3 | 0.333 | -0.850 |" in comparison
+    assert "| `seq_lora` | floor | 3/3 | 0.333 | -0.850 |" in comparison
+    assert "trainable params | stored / task | train wall" in comparison
     assert "slm/eval/report.md" in comparison
     md = (layout.eval / "report.md").read_text()
     assert "## Comparison across methods" in md and "`seq_lora`" in md

@@ -9,7 +9,6 @@ input's own task (retrieval accuracy) and the confusion of true task x retrieved
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 
 import torch
@@ -17,15 +16,16 @@ from tqdm import tqdm
 
 from data_prep.prepared import load_prepared, read_manifest
 from pipeline import metrics
-from pipeline.adapters import JARE_METHODS, base_model, jare_model, lora_model
+from pipeline.adapters import base_model
 from pipeline.artifacts import atomic_write_json, marker_digest, sha256_json
-from pipeline.batching import collate, encode_prompts_left_padded, queries, tokenize_for_training
+from pipeline.batching import collate, encode_prompts_left_padded, tokenize_for_training
 from pipeline.config import ExperimentConfig
 from pipeline.errors import StageInputError
-from pipeline.jare.routing import Routing
 from pipeline.layout import RunLayout
+from pipeline.methods import get_method
+from pipeline.methods.base import Predictor
 from pipeline.models import default_device, load_tokenizer
-from pipeline.stages.index import done_tasks, load_store
+from pipeline.stages.index import done_tasks
 
 
 def eval_inputs(cfg: ExperimentConfig, layout: RunLayout, after: int) -> dict[str, str]:
@@ -85,42 +85,19 @@ def _retrieval_summary(cfg: ExperimentConfig, after: int, confusion: list[list[i
 
 
 class Scorer:
-    """The model of one row (base / JARe with tasks 0..after / LoRA after `after`) and how to
-    route and score a batch with it."""
+    """The model of one row (the untrained base, or the method's model after task `after`) and
+    how to route and score a batch with it."""
 
     def __init__(self, cfg: ExperimentConfig, layout: RunLayout, after: int) -> None:
         self.cfg, self.after = cfg, after
         self.device = default_device()
         self.tokenizer = load_tokenizer(cfg.model.name_or_path)
-        self.bank = self.store = self.encoder = None
         if after < 0:
-            self.model = base_model(cfg, self.device)
-        elif cfg.method in JARE_METHODS:
-            from pipeline.dtkr.encoder import SentenceEncoder
-
-            self.model, self.bank = jare_model(cfg, layout, after + 1, self.device)
-            self.store = load_store(cfg, layout, after + 1)
-            self.encoder = SentenceEncoder(cfg.dtkr.encoder, self.device)
+            self.predictor = Predictor(base_model(cfg, self.device))
         else:
-            self.model = lora_model(cfg, layout, after, self.device)
-        self.model.eval()
-        self.retrieves = cfg.method == "slm" and after >= 0
-
-    def _routing(self, j: int, records: list[dict]) -> tuple[Routing | None, list[int]]:
-        """Per-sample routing for task j's records, and the task index of each top-1 slot."""
-        if self.store is None:
-            return None, []
-        c = self.cfg
-        emb = self.encoder.encode(queries(records))
-        seen = [t.name for t in c.tasks[: self.after + 1]]
-        per_batch = c.dtkr.retrieval == "per_batch"
-        if c.method == "oracle_task_id":
-            if j > self.after:
-                return None, []  # the true task has no slots yet: the base model answers
-            seen = [c.tasks[j].name]
-        routing = self.store.route(emb, c.jare.top_k, c.dtkr.weighting, c.dtkr.temperature, seen, per_batch)
-        top1 = (routing.slot_ids[:, 0] // c.jare.slots_per_task).tolist()
-        return routing, top1
+            self.predictor = get_method(cfg.method).predictor(cfg, layout, after, self.device)
+        self.model = self.predictor.model.eval()
+        self.retrieves = self.predictor.top1_tasks is not None
 
     @torch.no_grad()
     def predict(self, j: int, records: list[dict], labels: list[str] | None) -> tuple[list[str], list[int]]:
@@ -130,9 +107,10 @@ class Scorer:
         task = self.cfg.tasks[j]
         for i in tqdm(range(0, len(records), bs), desc=f"eval {task.name}", leave=False):
             batch = records[i:i + bs]
-            routing, t1 = self._routing(j, batch)
-            top1 += t1
-            with self.bank.routed(routing) if self.bank is not None else contextlib.nullcontext():
+            routing = self.predictor.route(batch, j)
+            if self.retrieves:
+                top1 += self.predictor.top1_tasks(routing)
+            with self.predictor.routed(routing):
                 if task.metric == "label_choice" and labels:
                     preds += self._choose_label(batch, labels)
                 else:

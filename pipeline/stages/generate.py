@@ -10,13 +10,13 @@ import argparse
 
 import torch
 
-from pipeline.adapters import JARE_METHODS, jare_model, lora_model
-from pipeline.batching import encode_prompts_left_padded, queries
+from pipeline.batching import encode_prompts_left_padded
 from pipeline.config import ExperimentConfig
 from pipeline.errors import StageInputError
 from pipeline.layout import RunLayout
+from pipeline.methods import get_method
 from pipeline.models import default_device, load_tokenizer
-from pipeline.stages.index import done_tasks, load_store
+from pipeline.stages.index import done_tasks
 
 
 def run(cfg: ExperimentConfig, layout: RunLayout, prompt: str, input_text: str = "",
@@ -30,22 +30,18 @@ def run(cfg: ExperimentConfig, layout: RunLayout, prompt: str, input_text: str =
     enc = {k: v.to(device) for k, v in
            encode_prompts_left_padded(tokenizer, cfg.model.prompt_format, [record], cfg.model.max_seq_len).items()}
     gen = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
-    if cfg.method in JARE_METHODS:
-        from pipeline.dtkr.encoder import SentenceEncoder
-
-        model, bank = jare_model(cfg, layout, n, device)
-        store = load_store(cfg, layout, n)
-        emb = SentenceEncoder(cfg.dtkr.encoder, device).encode(queries([record]))
-        routing = store.route(emb, cfg.jare.top_k, cfg.dtkr.weighting, cfg.dtkr.temperature,
-                              [t.name for t in cfg.tasks[:n]])
+    method = get_method(cfg.method)
+    predictor = method.predictor(cfg, layout, n - 1, device)
+    model, router = predictor.model, predictor.router
+    if router is not None:  # no task id here: retrieve over every finished task
+        routing = router.route([record], tasks=[t.name for t in cfg.tasks[:n]])
         print("retrieved slots (task, slot, weight):")
-        for slot, w in zip(routing.slot_ids[0].tolist(), routing.weights[0].tolist(), strict=True):
-            print(f"  {store.task_of(slot):<16} slot {slot % cfg.jare.slots_per_task}  weight {w:.3f}")
-        with torch.no_grad(), bank.merged(routing.slot_ids[0], routing.weights[0]):
+        for r in router.describe(routing):
+            print(f"  {r['task']:<16} slot {r['slot']}  weight {r['weight']:.3f}")
+        with torch.no_grad(), predictor.bank.merged(routing.slot_ids[0], routing.weights[0]):
             out = model.generate(**enc, **gen)
     else:
-        model = lora_model(cfg, layout, n - 1, device)
-        print(f"method {cfg.method}: one LoRA after task {n - 1} ({cfg.tasks[n - 1].name}); no retrieval")
+        print(f"method {cfg.method}: {method.infers} (after task {n - 1}, {cfg.tasks[n - 1].name}); no retrieval")
         with torch.no_grad():
             out = model.generate(**enc, **gen)
     answer = tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()

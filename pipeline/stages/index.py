@@ -1,14 +1,15 @@
-"""`slm index`: one FAISS index over the keys of every finished task (JARe methods only)."""
+"""`slm index`: one FAISS index over the keys of every finished task (methods with DTKR keys)."""
 
 from __future__ import annotations
 
 import argparse
 
-from pipeline.adapters import JARE_METHODS, load_keys
+from pipeline.adapters import load_keys
 from pipeline.artifacts import marker_digest, read_done, require_done, write_done
 from pipeline.config import ExperimentConfig
 from pipeline.errors import StageInputError
 from pipeline.layout import RunLayout
+from pipeline.methods import get_method
 
 
 def done_tasks(cfg: ExperimentConfig, layout: RunLayout) -> int:
@@ -24,7 +25,7 @@ def index_inputs(cfg: ExperimentConfig, layout: RunLayout, n: int) -> dict[str, 
 
 
 def run(cfg: ExperimentConfig, layout: RunLayout) -> int:
-    if cfg.method not in JARE_METHODS:
+    if not get_method(cfg.method).learns_keys:
         print(f"index: method {cfg.method} has no DTKR keys; nothing to index")
         return 0
     n = done_tasks(cfg, layout)

@@ -4,7 +4,8 @@ Reads `eval/row-<i>.json` (row i of the matrix, written by `slm eval --after i`)
 model's `eval/row-untrained.json`, and writes, each atomically, into `eval/`:
 matrix.json, metrics.json, report.md, matrix.png, retrieval_confusion.png (methods that retrieve).
 It also rewrites `<output_dir>/comparison.md`, which compares every method under output_dir
-that has a metrics.json, so one file answers "SLM vs seq_lora vs oracle vs multitask".
+that has a metrics.json (quality, and cost: trainable parameters, bytes stored per task, training
+wall time), so one file answers "SLM vs every baseline".
 
 A run in progress has only the first rows; the report then covers the tasks learned so far and
 says so. A gap (row 2 present, row 1 missing) is an error: BWT needs every diagonal score.
@@ -23,18 +24,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pipeline import metrics
-from pipeline.artifacts import atomic_path, atomic_write_json, atomic_write_text, sha256_file
-from pipeline.config import METHODS, ExperimentConfig
+from pipeline.artifacts import atomic_path, atomic_write_json, atomic_write_text, read_done, sha256_file
+from pipeline.config import ExperimentConfig
 from pipeline.errors import StageInputError
 from pipeline.layout import RunLayout
+from pipeline.methods import METHOD_NAMES, get_method
 
-# What each baseline is there to show (DESIGN.md section 3), for the comparison table.
-METHOD_ROLES: dict[str, str] = {
-    "slm": "SLM: JARe + DTKR retrieval, no task id",
-    "seq_lora": "one LoRA through the sequence (forgetting floor)",
-    "oracle_task_id": "JARe with the true task's slots (retrieval ceiling)",
-    "multitask": "joint training on all tasks (upper bound)",
-}
 COMPARED = ("AA", "BWT", "forgetting", "FWT", "retrieval_accuracy")
 
 
@@ -152,8 +147,26 @@ def compute_metrics(cfg: ExperimentConfig, layout: RunLayout, ev: EvalRows) -> d
         "final_scores": dict(zip(ev.tasks, matrix[-1], strict=True)),
         "matrix": matrix,
         "untrained": ev.untrained_scores,
+        "training": training_summary(cfg, layout),
         "inputs": ev.inputs,
     }
+
+
+def training_summary(cfg: ExperimentConfig, layout: RunLayout) -> dict[str, Any]:
+    """Cost of the method from its task DONE markers: trainable parameters (largest task), bytes it
+    stores per task (mean over finished tasks), training wall time and peak memory (summed / max)."""
+    markers = [m for i, t in enumerate(cfg.tasks) if (m := read_done(layout.task_dir(i, t.name)))]
+    if not markers:
+        return {"tasks": 0, "trainable_params": None, "bytes_per_task": None, "wall_s": None, "peak_rss_mib": None}
+    sizes = [sum((layout.task_dir(m["index"], m["task"]) / f).stat().st_size for f in m.get("outputs", {})
+                 if (layout.task_dir(m["index"], m["task"]) / f).is_file()) for m in markers]
+    walls = [m.get("wall_s") for m in markers]
+    peaks = [m.get("peak_rss_mib") for m in markers if m.get("peak_rss_mib") is not None]
+    return {"tasks": len(markers),
+            "trainable_params": max((m.get("trainable_params") or 0) for m in markers) or None,
+            "bytes_per_task": round(sum(sizes) / len(sizes)),
+            "wall_s": round(sum(walls), 1) if all(w is not None for w in walls) else None,
+            "peak_rss_mib": max(peaks) if peaks else None}
 
 
 def row_labels(ev: EvalRows) -> list[str]:
@@ -300,11 +313,11 @@ def render_report(m: dict[str, Any], ev: EvalRows, comparison: list[str]) -> str
 
 
 def collect_methods(layout: RunLayout) -> list[dict[str, Any]]:
-    """metrics.json of every method folder under output_dir: known methods first, in METHODS order."""
+    """metrics.json of every method folder under output_dir: known methods first, in registry order."""
     if not layout.base.is_dir():
         return []
     found = [p.parent.parent for p in layout.base.glob("*/eval/metrics.json")]
-    found.sort(key=lambda d: (METHODS.index(d.name) if d.name in METHODS else len(METHODS), d.name))
+    found.sort(key=lambda d: (METHOD_NAMES.index(d.name) if d.name in METHOD_NAMES else len(METHOD_NAMES), d.name))
     out = []
     for folder in found:
         try:
@@ -324,9 +337,38 @@ def comparison_table(methods: list[dict[str, Any]], tasks: list[str]) -> list[st
         name = f"`{m['method']}`" + ("" if same else " (other tasks)")
         done = f"{m.get('rows_present', '?')}/{m.get('rows_expected', '?')}"
         values = [_fmt(m.get(k), signed=k in ("BWT", "FWT")) for k in COMPARED]
-        rows.append([name, METHOD_ROLES.get(m["method"], ""), done, *values])
-    header = ["method", "role", "rows", "AA ↑", "BWT ↑", "forgetting ↓", "FWT ↑", "retrieval acc. ↑"]
+        rows.append([name, _role(m["method"]), done, *values, *_cost(m.get("training") or {})])
+    header = ["method", "role", "rows", "AA ↑", "BWT ↑", "forgetting ↓", "FWT ↑", "retrieval acc. ↑",
+              "trainable params", "stored / task", "train wall"]
     return _table(header, rows)
+
+
+def _role(method: str) -> str:
+    if method not in METHOD_NAMES:
+        return ""
+    return get_method(method).role
+
+
+def _cost(training: dict[str, Any]) -> list[str]:
+    params, size, wall = (training.get(k) for k in ("trainable_params", "bytes_per_task", "wall_s"))
+    return [_count(params) if params else "n/a", _bytes(size) if size else "n/a",
+            f"{wall:.0f} s" if wall is not None else "n/a"]
+
+
+def _count(n: float) -> str:
+    for unit in ("", "K", "M"):
+        if n < 1000 or unit == "M":
+            return f"{n:.0f}" if not unit else f"{n:.1f}{unit}"
+        n /= 1000
+    return ""
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
 
 
 def render_comparison(methods: list[dict[str, Any]], tasks: list[str], base: Path | None) -> list[str]:

@@ -1,9 +1,10 @@
-"""`slm train --task i`: learn task i's DTKR keys, then its JARe slot values, under DeepSpeed.
+"""`slm train --task i`: train task i of the sequence with the experiment's method, under DeepSpeed.
 
-Reads top to bottom: check earlier tasks are DONE -> load data -> build the model for the
-method -> (JARe) learn keys, fix per-sample routing -> deepspeed.initialize -> resume from the
-newest good checkpoint -> steps (checkpoint every N, and on USR1/SIGTERM) -> save the task's
-files atomically -> DONE with hashes.
+Reads top to bottom: check earlier tasks are DONE -> the method's records for task i -> the
+method's Trainer (slm: DTKR keys, fixed per-sample routing, then the task's JARe slots; the
+baselines: their LoRA(s) or the full model) -> deepspeed.initialize -> resume from the newest
+good checkpoint -> steps (checkpoint every N, and on USR1/SIGTERM) -> the method saves its files
+atomically -> DONE with hashes, trainable parameters, wall time and peak memory.
 
 Data order is a pure function of (seed, step), and rank r of W takes its slice of each global
 batch, so one rank with grad_accum=W and W ranks with grad_accum=1 see the same samples per
@@ -15,47 +16,31 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import resource
 import shutil
 import sys
-from dataclasses import dataclass
+import time
 
 import torch
 
 from data_prep.prepared import load_prepared
 from pipeline import distributed
-from pipeline.adapters import (
-    JARE_METHODS,
-    jare_model,
-    lora_model,
-    lora_trainable,
-    save_keys,
-    save_lora,
-)
 from pipeline.artifacts import atomic_write_text, marker_digest, read_done, require_done, sha256_json, write_done
-from pipeline.batching import collate, queries, tokenize_for_training
+from pipeline.batching import collate, tokenize_for_training
 from pipeline.checkpoints import prune_checkpoints, resume_latest, save_checkpoint
 from pipeline.config import ExperimentConfig
 from pipeline.deepspeed_config import build_ds_config, check_quantization_pairing
 from pipeline.errors import StageInputError
-from pipeline.jare.routing import Routing
 from pipeline.layout import RunLayout
-from pipeline.models import load_base_model, release_zero3_loading
+from pipeline.methods import get_method
+from pipeline.methods.base import Trainer
+from pipeline.models import load_base_model, load_tokenizer, release_zero3_loading
 from pipeline.preemption import EXIT_PREEMPTED, EXIT_PREVIOUS_NOT_DONE, PreemptionFlag
-
-
-@dataclass
-class TaskData:
-    examples: list[dict[str, list[int]]]
-    routing: Routing | None  # per-record slots (JARe methods), fixed once keys are frozen
-    keys: torch.Tensor | None
 
 
 def train_inputs(cfg: ExperimentConfig, layout: RunLayout, t: int) -> dict[str, str]:
     """What task t's result depends on; recorded in its DONE and checked on rerun."""
-    settings = cfg.model_dump(include={"method", "seed", "model", "jare", "dtkr", "train"})
-    if cfg.method in JARE_METHODS:  # the LoRA baselines' knobs do not change a JARe task
-        for key in ("lora_rank", "lora_lr"):
-            settings["train"].pop(key)
+    settings = get_method(cfg.method).settings(cfg)
     settings["task"] = cfg.tasks[t].model_dump()
     inputs = {"settings": sha256_json(settings), "data": marker_digest(layout.data)}
     for j in range(t):
@@ -94,6 +79,7 @@ def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> 
 
 def run(cfg: ExperimentConfig, layout: RunLayout, t: int) -> int:
     check_quantization_pairing(cfg)  # a quantised base with ZeRO-3: refuse before any work
+    get_method(cfg.method).check(cfg)
     name = cfg.tasks[t].name
     task_dir = layout.task_dir(t, name)
     inputs = train_inputs(cfg, layout, t)
@@ -112,6 +98,8 @@ def run(cfg: ExperimentConfig, layout: RunLayout, t: int) -> int:
 
 def _run(cfg: ExperimentConfig, layout: RunLayout, t: int, inputs: dict[str, str], preempt: PreemptionFlag) -> int:
     name = cfg.tasks[t].name
+    method = get_method(cfg.method)
+    started = time.time()
     rank, world = distributed.setup()
     layout.root.mkdir(parents=True, exist_ok=True)
     if distributed.is_main():
@@ -119,92 +107,28 @@ def _run(cfg: ExperimentConfig, layout: RunLayout, t: int, inputs: dict[str, str
     device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if torch.cuda.is_available() else torch.device("cpu")
     # Built before the model: under ZeRO-3 the base is loaded partitioned from this config.
     ds_config = build_ds_config(cfg, world)
-    data = _task_data(cfg, layout, t, device)  # before the base: the DTKR encoder must load whole
+    records = method.training_records(cfg, layout, load_prepared(cfg, layout), t)
+    examples = tokenize_for_training(load_tokenizer(cfg.model.name_or_path), cfg.model.prompt_format, records,
+                                     cfg.model.max_seq_len)
+    m = cfg.model
+
+    def load_base(name_or_path: str | None = None) -> torch.nn.Module:
+        return load_base_model(name_or_path or m.name_or_path, m.dtype, m.quantization, device, ds_config=ds_config)
+
     try:
-        model, params, bank = _build_model(cfg, layout, t, device, ds_config)
-        status = _train_loop(cfg, layout, t, model, params, bank, data, rank, world, preempt, ds_config)
+        trainer = method.trainer(cfg, layout, t, records, device, load_base)
+        if cfg.model.gradient_checkpointing:
+            trainer.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(trainer.model, "enable_input_require_grads"):
+                trainer.model.enable_input_require_grads()
+        status = _train_loop(cfg, layout, t, method, trainer, examples, rank, world, preempt, ds_config)
         if status != 0:
             return status
-        _save_results(cfg, layout, t, model, params, bank, data, inputs)
+        _save_results(cfg, layout, t, trainer, inputs, time.time() - started)
     finally:
         release_zero3_loading()  # later stages of this process (slm run) load whole models again
     distributed.log(f"train: task {t} ({name}) done -> {layout.task_dir(t, name)}")
     return 0
-
-
-# ---- data and model --------------------------------------------------------------------------
-
-
-def _training_records(cfg: ExperimentConfig, layout: RunLayout, t: int) -> list[dict]:
-    prepared = load_prepared(cfg, layout)
-    # multitask: joint training on every task seen so far (tasks 0..t); the last row is the
-    # usual "all tasks jointly" upper bound.
-    names = [cfg.tasks[j].name for j in range(t + 1)] if cfg.method == "multitask" else [cfg.tasks[t].name]
-    return [dict(r) for n in names for r in prepared[n]["train"]]
-
-
-def _task_data(cfg: ExperimentConfig, layout: RunLayout, t: int, device: torch.device) -> TaskData:
-    from pipeline.models import load_tokenizer
-
-    records = _training_records(cfg, layout, t)
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
-    examples = tokenize_for_training(tokenizer, cfg.model.prompt_format, records, cfg.model.max_seq_len)
-    if cfg.method not in JARE_METHODS:
-        return TaskData(examples, None, None)
-    from pipeline.dtkr.encoder import SentenceEncoder
-    from pipeline.dtkr.keys import group_normalize, retrieve
-
-    embeddings = SentenceEncoder(cfg.dtkr.encoder, device).encode(queries(records), progress=distributed.is_main())
-    keys = _learn_keys(cfg, layout, t, embeddings)
-    q = group_normalize(embeddings, cfg.dtkr.groups)
-    routing, _ = retrieve(q, keys, cfg.jare.top_k, weighting=cfg.dtkr.weighting,
-                          temperature=cfg.dtkr.temperature)
-    offset = t * cfg.jare.slots_per_task  # retrieval restricted to task t's own slots
-    return TaskData(examples, Routing(routing.slot_ids + offset, routing.weights, task=t), keys)
-
-
-def _learn_keys(cfg: ExperimentConfig, layout: RunLayout, t: int, embeddings: torch.Tensor) -> torch.Tensor:
-    """Task t's keys, learned on its own inputs before any value; cached in train_state so a
-    resumed run routes exactly as the interrupted one did."""
-    from pipeline.adapters import load_keys
-    from pipeline.dtkr.keys import train_keys
-
-    name = cfg.tasks[t].name
-    cached = layout.train_state(t, name) / "keys.safetensors"
-    cached_before = cached.is_file()
-    distributed.barrier()  # every rank looks before rank 0 may write it, so all take one branch
-    if cached_before:
-        return load_keys(cached, cfg.dtkr.encoder, cfg.dtkr.groups)
-    d = cfg.dtkr
-    distributed.log(f"train: learning DTKR keys of task {t} ({name}) on {len(embeddings)} queries")
-    keys, losses = train_keys(embeddings, cfg.jare.slots_per_task, d.groups, lr=d.key_lr,
-                              weight_decay=d.key_weight_decay, grad_clip=d.key_grad_clip, epochs=d.key_epochs,
-                              batch_size=d.key_batch_size, mask_ratio=d.mask_ratio, seed=cfg.seed + t,
-                              progress=distributed.is_main())
-    distributed.log(f"train: key loss {losses[0]:.4f} -> {losses[-1]:.4f}")
-    if distributed.is_main():
-        save_keys(cached, keys, d.encoder, d.groups)
-    distributed.barrier()
-    return keys
-
-
-def _build_model(cfg: ExperimentConfig, layout: RunLayout, t: int, device: torch.device, ds_config: dict):
-    m = cfg.model
-    # Loaded here, not by adapters.base_model, to pass the DeepSpeed config (ZeRO-3: zero.Init).
-    base = load_base_model(m.name_or_path, m.dtype, m.quantization, device, ds_config=ds_config)
-    if cfg.method in JARE_METHODS:
-        model, bank = jare_model(cfg, layout, t, device, model=base)
-        bank.add_task(cfg.tasks[t].name, seed=cfg.seed + 1000 * t)
-        params = bank.train_only(t)
-    else:
-        previous = t - 1 if cfg.method == "seq_lora" and t > 0 else None
-        model, bank = lora_model(cfg, layout, previous, device, model=base), None
-        params = lora_trainable(model)
-    if cfg.model.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        if hasattr(model, "enable_input_require_grads"):
-            model.enable_input_require_grads()
-    return model, params, bank
 
 
 # ---- the loop --------------------------------------------------------------------------------
@@ -213,8 +137,7 @@ def _build_model(cfg: ExperimentConfig, layout: RunLayout, t: int, device: torch
 def total_steps(cfg: ExperimentConfig, n_examples: int, world: int, t: int) -> int:
     tr = cfg.train
     if tr.max_steps is not None:
-        # multitask at stage t sees t+1 tasks: give it the same number of steps per task.
-        return tr.max_steps * ((t + 1) if cfg.method == "multitask" else 1)
+        return tr.max_steps * get_method(cfg.method).steps_scale(t)
     per_step = tr.micro_batch_size * tr.grad_accum * world
     return max(1, math.ceil(tr.epochs * n_examples / per_step))
 
@@ -239,20 +162,19 @@ def lr_lambda(warmup: int, total: int):
     return f
 
 
-def _train_loop(cfg, layout, t, model, params, bank, data: TaskData, rank: int, world: int,
+def _train_loop(cfg, layout, t, method, trainer: Trainer, examples: list, rank: int, world: int,
                 preempt: PreemptionFlag, ds_config: dict) -> int:
     import deepspeed
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
     tr = cfg.train
-    steps = total_steps(cfg, len(data.examples), world, t)
-    order = sample_order(len(data.examples), steps * tr.micro_batch_size * tr.grad_accum * world, cfg.seed + t)
-    lr = tr.lr if cfg.method in JARE_METHODS or tr.lora_lr is None else tr.lora_lr
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=tr.weight_decay)
+    steps = total_steps(cfg, len(examples), world, t)
+    order = sample_order(len(examples), steps * tr.micro_batch_size * tr.grad_accum * world, cfg.seed + t)
+    optimizer = torch.optim.AdamW(trainer.params, lr=method.learning_rate(cfg), weight_decay=tr.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(tr.warmup_ratio * steps), steps))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=ds_config, model_parameters=params)
+    engine, _, _, _ = deepspeed.initialize(model=trainer.model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=ds_config, model_parameters=trainer.params)
     state_dir = layout.train_state(t, cfg.tasks[t].name)
     start = resume_latest(engine, state_dir)
     if start:
@@ -263,7 +185,7 @@ def _train_loop(cfg, layout, t, model, params, bank, data: TaskData, rank: int, 
                disable=not distributed.is_main())
     with bar:
         for step in bar:
-            loss = _one_step(engine, bank, data, order, step, rank, world, pad, tr)
+            loss = _one_step(engine, trainer, examples, order, step, rank, world, pad, tr)
             bar.set_postfix(loss=f"{loss:.4f}")
             if writer:
                 writer.add_scalar("train/loss", loss, step + 1)
@@ -282,15 +204,16 @@ def _train_loop(cfg, layout, t, model, params, bank, data: TaskData, rank: int, 
     return 0
 
 
-def _one_step(engine, bank, data: TaskData, order, step, rank, world, pad, tr) -> float:
+def _one_step(engine, trainer: Trainer, examples: list, order, step, rank, world, pad, tr) -> float:
     total = 0.0
     for j in range(tr.grad_accum):
         idx = micro_batch(order, step, j, rank, world, tr.micro_batch_size, tr.grad_accum)
-        batch = {k: v.to(engine.device) for k, v in collate([data.examples[i] for i in idx], pad).items()}
-        if bank is not None:
-            r = data.routing
-            bank.set_routing(Routing(r.slot_ids[idx], r.weights[idx], task=r.task))
+        batch = {k: v.to(engine.device) for k, v in collate([examples[i] for i in idx], pad).items()}
+        if trainer.before_forward is not None:
+            trainer.before_forward(idx)
         loss = engine(**batch).loss
+        if trainer.extra_loss is not None:
+            loss = loss + trainer.extra_loss()
         engine.backward(loss)
         engine.step()
         total += loss.item()
@@ -298,42 +221,19 @@ def _one_step(engine, bank, data: TaskData, order, step, rank, world, pad, tr) -
 
 
 def _pad_id(cfg: ExperimentConfig) -> int:
-    from pipeline.models import load_tokenizer
-
     return load_tokenizer(cfg.model.name_or_path).pad_token_id
 
 
 # ---- results ---------------------------------------------------------------------------------
 
 
-def _gathered_state(engine_params: list[torch.nn.Parameter], state_fn):
-    """Run state_fn with full tensors: under ZeRO-3 each rank holds a shard, so gather first."""
-    import deepspeed
-
-    if any(hasattr(p, "ds_id") for p in engine_params):
-        with deepspeed.zero.GatheredParameters(engine_params, modifier_rank=None):
-            return state_fn()
-    return state_fn()
-
-
-def _save_results(cfg, layout, t, model, params, bank, data: TaskData, inputs: dict[str, str]) -> None:
+def _save_results(cfg, layout, t, trainer: Trainer, inputs: dict[str, str], wall_s: float) -> None:
     name = cfg.tasks[t].name
     task_dir = layout.task_dir(t, name)
-    meta = {"method": cfg.method, "encoder": cfg.dtkr.encoder}
-    if bank is not None:
-        state = _gathered_state(params, lambda: bank.task_state_dict(t))
-        files = ["adapter.safetensors", "keys.safetensors"]
-        if distributed.is_main():
-            bank.save_task(t, layout.adapter_file(t, name), meta, state=state)
-            save_keys(layout.keys_file(t, name), data.keys, cfg.dtkr.encoder, cfg.dtkr.groups)
-    else:
-        from peft import get_peft_model_state_dict
-
-        state = _gathered_state(params, lambda: {k: v.clone() for k, v in get_peft_model_state_dict(model).items()})
-        files = ["adapter.safetensors"]
-        if distributed.is_main():
-            save_lora(model, layout.adapter_file(t, name), meta, state=state)
+    files = trainer.save()  # every rank: under ZeRO-3 saving gathers
     if distributed.is_main():
-        write_done(task_dir, "train", inputs=inputs, files=files, task=name, index=t, method=cfg.method)
+        write_done(task_dir, "train", inputs=inputs, files=files, task=name, index=t, method=cfg.method,
+                   trainable_params=sum(p.numel() for p in trainer.params), wall_s=round(wall_s, 1),
+                   peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), **trainer.info)
         shutil.rmtree(layout.train_state(t, name), ignore_errors=True)
     distributed.barrier()

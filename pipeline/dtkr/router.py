@@ -1,0 +1,77 @@
+"""The one path from records to per-sample routing: query text -> frozen encoder -> KeyStore -> Routing.
+
+Training (restricted to the task being learned), eval (all finished tasks, or the true task for the
+oracle), generate, serve and bench/retrieval.py all route through `Router`, so the slots a query
+gets are decided in exactly one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import DtkrSpec
+from pipeline.dtkr.keys import group_normalize, weights_from_similarity
+from pipeline.dtkr.store import KeyStore
+from pipeline.jare.routing import Routing
+
+
+class Router:
+    """Routes records over the tasks held by `store`, with the retrieval settings of `spec`."""
+
+    def __init__(self, store: KeyStore, encoder, spec: DtkrSpec) -> None:
+        self.store = store
+        self.encoder = encoder  # pipeline.dtkr.encoder.SentenceEncoder, or None for embeddings only
+        self.spec = spec
+
+    @classmethod
+    def from_keys(cls, keys: Sequence[tuple[str, torch.Tensor]], encoder, spec: DtkrSpec,
+                  slots_per_task: int) -> Router:
+        """A router over tasks given as (name, keys (P, g, D/g)) in task order, stored as `slm index` does."""
+        dim = keys[0][1].shape[1] * keys[0][1].shape[2]
+        store = KeyStore(dim, spec.groups, slots_per_task, spec.encoder)
+        for name, k in keys:
+            store.add_task(name, k)
+        return cls(store, encoder, spec)
+
+    @property
+    def tasks(self) -> list[str]:
+        return self.store.tasks
+
+    def embed(self, records: list[dict], progress: bool = False) -> torch.Tensor:
+        from pipeline.batching import queries
+
+        if self.encoder is None:
+            raise RuntimeError("this router was built without an encoder: pass embeddings to route_embeddings")
+        return self.encoder.encode(queries(records), progress=progress)
+
+    def route(self, records: list[dict], tasks: list[str] | None = None) -> Routing:
+        return self.route_embeddings(self.embed(records), tasks)
+
+    def route_embeddings(self, embeddings: torch.Tensor, tasks: list[str] | None = None) -> Routing:
+        """Top-k slots per sample among `tasks`' slots (None: every task in the store).
+
+        k is capped at the number of allowed slots (one task of P < top_k slots, the oracle, the
+        first task), so a small candidate set never yields FAISS's -1 padding ids.
+        """
+        allowed = len(tasks if tasks is not None else self.store.tasks) * self.store.slots_per_task
+        k = min(self.spec.top_k, allowed)
+        if self.spec.retrieval == "per_batch":  # the reference code's batch-averaged query
+            mean = group_normalize(embeddings.float(), self.spec.groups).mean(0, keepdim=True)
+            embeddings = F.normalize(mean, dim=-1).reshape(1, -1).expand(len(embeddings), -1)
+        sims, ids = self.store.search(embeddings, k, tasks)
+        weights = weights_from_similarity(torch.from_numpy(sims), self.spec.weighting, self.spec.temperature)
+        task = self.store.tasks.index(tasks[0]) if tasks is not None and len(tasks) == 1 else None
+        return Routing(torch.from_numpy(ids), weights, task)
+
+    def top1_tasks(self, routing: Routing) -> list[int]:
+        """The task index of each sample's top-1 slot (retrieval accuracy, confusion)."""
+        return (routing.slot_ids[:, 0] // self.store.slots_per_task).tolist()
+
+    def describe(self, routing: Routing, row: int = 0) -> list[dict]:
+        """[{task, slot, weight}] of one sample: what `slm generate` prints and `slm serve` returns."""
+        p = self.store.slots_per_task
+        return [{"task": self.store.task_of(s), "slot": s % p, "weight": w}
+                for s, w in zip(routing.slot_ids[row].tolist(), routing.weights[row].tolist(), strict=True)]

@@ -1,0 +1,103 @@
+"""The JARe family (slm, oracle_task_id): DTKR keys, then P slots per task; earlier tasks frozen.
+
+Task t: embed its queries, learn its keys (cached in train_state, so a resumed run routes exactly
+as the interrupted one), route every training record to its own task's slots, train only those
+slots. Inference: base + every finished task's slots, routed per sample by the `Router`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline import distributed
+from pipeline.adapters import jare_model, load_keys, save_keys
+from pipeline.config import ExperimentConfig
+from pipeline.jare.routing import Routing
+from pipeline.layout import RunLayout
+from pipeline.methods.base import LoadBase, Method, Predictor, Trainer
+
+ADAPTER_FILE, KEYS_FILE = "adapter.safetensors", "keys.safetensors"
+
+
+class JareMethod(Method):
+    learns_keys = True
+
+    def trainer(self, cfg: ExperimentConfig, layout: RunLayout, t: int, records: list[dict],
+                device: torch.device, load_base: LoadBase) -> Trainer:
+        from pipeline.dtkr.encoder import SentenceEncoder
+        from pipeline.dtkr.router import Router
+
+        name = cfg.tasks[t].name
+        encoder = SentenceEncoder(cfg.dtkr.encoder, device)
+        embeddings = encoder.encode(_queries(records), progress=distributed.is_main())
+        keys = learn_keys(cfg, layout, t, embeddings)
+        earlier = [(cfg.tasks[j].name, load_keys(layout.keys_file(j, cfg.tasks[j].name), cfg.dtkr.encoder,
+                                                 cfg.dtkr.groups)) for j in range(t)]
+        router = Router.from_keys([*earlier, (name, keys)], encoder, cfg.dtkr, cfg.jare.slots_per_task)
+        routing = router.route_embeddings(embeddings, tasks=[name])  # only task t's own slots
+        # The base only now: under ZeRO-3 every from_pretrained after it loads partitioned, and
+        # the encoder above must load whole.
+        model, bank = jare_model(cfg, layout, t, device, model=load_base())
+        bank.add_task(name, seed=cfg.seed + 1000 * t)
+        params = bank.train_only(t)
+
+        def before_forward(idx: list[int]) -> None:
+            bank.set_routing(Routing(routing.slot_ids[idx], routing.weights[idx], task=routing.task))
+
+        def save() -> list[str]:
+            state = distributed.gathered(params, lambda: bank.task_state_dict(t))
+            if distributed.is_main():
+                meta = {"method": cfg.method, "encoder": cfg.dtkr.encoder}
+                bank.save_task(t, layout.adapter_file(t, name), meta, state=state)
+                save_keys(layout.keys_file(t, name), keys, cfg.dtkr.encoder, cfg.dtkr.groups)
+            return [ADAPTER_FILE, KEYS_FILE]
+
+        return Trainer(model, params, save, before_forward=before_forward)
+
+    def predictor(self, cfg: ExperimentConfig, layout: RunLayout, after: int, device: torch.device) -> Predictor:
+        from pipeline.dtkr.encoder import SentenceEncoder
+        from pipeline.dtkr.router import Router
+        from pipeline.stages.index import load_store
+
+        model, bank = jare_model(cfg, layout, after + 1, device)
+        router = Router(load_store(cfg, layout, after + 1), SentenceEncoder(cfg.dtkr.encoder, device), cfg.dtkr)
+        seen = [t.name for t in cfg.tasks[: after + 1]]
+
+        def route(records: list[dict], task: int) -> Routing | None:
+            return self.route_eval(router, seen, cfg.tasks[task].name, records)
+
+        return Predictor(model, route, router.top1_tasks if self.retrieves else None, bank.routed, router, bank)
+
+    def route_eval(self, router, seen: list[str], true_task: str, records: list[dict]) -> Routing | None:
+        """Routing of an eval batch of `true_task`'s records, given the finished tasks `seen`."""
+        raise NotImplementedError
+
+
+def _queries(records: list[dict]) -> list[str]:
+    from pipeline.batching import queries
+
+    return queries(records)
+
+
+def learn_keys(cfg: ExperimentConfig, layout: RunLayout, t: int, embeddings: torch.Tensor) -> torch.Tensor:
+    """Task t's keys, learned on its own queries before any value; cached in train_state so a
+    resumed run routes exactly as the interrupted one did."""
+    from pipeline.dtkr.keys import train_keys
+
+    name = cfg.tasks[t].name
+    d = cfg.dtkr
+    cached = layout.train_state(t, name) / KEYS_FILE
+    cached_before = cached.is_file()
+    distributed.barrier()  # every rank looks before rank 0 may write it, so all take one branch
+    if cached_before:
+        return load_keys(cached, d.encoder, d.groups)
+    distributed.log(f"train: learning DTKR keys of task {t} ({name}) on {len(embeddings)} queries")
+    keys, losses = train_keys(embeddings, cfg.jare.slots_per_task, d.groups, lr=d.key_lr,
+                              weight_decay=d.key_weight_decay, grad_clip=d.key_grad_clip, epochs=d.key_epochs,
+                              batch_size=d.key_batch_size, mask_ratio=d.mask_ratio, seed=cfg.seed + t,
+                              progress=distributed.is_main())
+    distributed.log(f"train: key loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+    if distributed.is_main():
+        save_keys(cached, keys, d.encoder, d.groups)
+    distributed.barrier()
+    return keys

@@ -1,0 +1,55 @@
+"""The LoRA family (seq_lora, replay, multitask, o_lora): PEFT LoRA of the same rank, on the same
+modules as JARe (`jare.target_modules`), at `train.lora_lr`.
+
+One LoRA continues through the sequence (seq_lora, replay) or restarts at every stage (multitask);
+o_lora keeps one LoRA per task. Inference: the LoRA(s) saved after the row's task, no routing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline import distributed
+from pipeline.adapters import lora_model, lora_trainable, save_lora
+from pipeline.config import ExperimentConfig
+from pipeline.layout import RunLayout
+from pipeline.methods.base import LoadBase, Method, Predictor, Trainer
+
+ADAPTER_FILE = "adapter.safetensors"
+
+
+class LoraMethod(Method):
+    train_knobs = ("lora_rank", "lora_lr")
+
+    def learning_rate(self, cfg: ExperimentConfig) -> float:
+        # PEFT starts A at kaiming scale while JARe's V is N(0, 1): at one lr the LoRA moves far
+        # slower, so the LoRA baselines have their own (train.lora_lr; README "Fairness").
+        return cfg.train.lora_lr or cfg.train.lr
+
+    def continues_from(self, t: int) -> int | None:
+        """The task whose saved LoRA task t starts from (None: a fresh LoRA, B = 0)."""
+        return t - 1 if t > 0 else None
+
+    def trainer(self, cfg: ExperimentConfig, layout: RunLayout, t: int, records: list[dict],
+                device: torch.device, load_base: LoadBase) -> Trainer:
+        model = lora_model(cfg, layout, self.continues_from(t), device, model=load_base())
+        params = lora_trainable(model)
+        return Trainer(model, params, lambda: save_peft_state(cfg, layout, t, model, params))
+
+    def predictor(self, cfg: ExperimentConfig, layout: RunLayout, after: int, device: torch.device) -> Predictor:
+        return Predictor(lora_model(cfg, layout, after, device))
+
+
+def save_peft_state(cfg: ExperimentConfig, layout: RunLayout, t: int, model, params,
+                    adapter_name: str = "default") -> list[str]:
+    """Write one LoRA's tensors (gathered under ZeRO-3) as task t's adapter file."""
+    from peft import get_peft_model_state_dict
+
+    def state() -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in get_peft_model_state_dict(model, adapter_name=adapter_name).items()}
+
+    tensors = distributed.gathered(params, state)
+    if distributed.is_main():
+        save_lora(model, layout.adapter_file(t, cfg.tasks[t].name), {"method": cfg.method, "encoder": cfg.dtkr.encoder},
+                  state=tensors)
+    return [ADAPTER_FILE]

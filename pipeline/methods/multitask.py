@@ -1,0 +1,23 @@
+"""multitask: at stage i a fresh LoRA learns tasks 0..i jointly: the upper bound."""
+
+from __future__ import annotations
+
+from pipeline.config import ExperimentConfig
+from pipeline.layout import RunLayout
+from pipeline.methods.lora import LoraMethod
+
+
+class Multitask(LoraMethod):
+    name = "multitask"
+    role = "upper bound"
+    trains = "at stage i, one fresh LoRA on tasks 0..i jointly (i+1 times the steps)"
+    infers = "the LoRA of the last stage"
+
+    def training_records(self, cfg: ExperimentConfig, layout: RunLayout, prepared: dict, t: int) -> list[dict]:
+        return [dict(r) for j in range(t + 1) for r in prepared[cfg.tasks[j].name]["train"]]
+
+    def steps_scale(self, t: int) -> int:
+        return t + 1  # the same number of steps per task as the sequential methods
+
+    def continues_from(self, t: int) -> int | None:
+        return None

@@ -1,0 +1,18 @@
+"""oracle_task_id: SLM's slots, but each input uses its true task's slots: the retrieval ceiling."""
+
+from __future__ import annotations
+
+from pipeline.jare.routing import Routing
+from pipeline.methods.jare import JareMethod
+
+
+class OracleTaskId(JareMethod):
+    name = "oracle_task_id"
+    role = "ceiling"
+    trains = "as slm"
+    infers = "the true task's slots (the retrieval ceiling)"
+
+    def route_eval(self, router, seen: list[str], true_task: str, records: list[dict]) -> Routing | None:
+        if true_task not in seen:
+            return None  # the true task has no slots yet: the base model answers
+        return router.route(records, tasks=[true_task])

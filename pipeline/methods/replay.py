@@ -1,0 +1,69 @@
+"""replay: seq_lora plus a small seeded buffer of every earlier task's training records (the
+paper's "Replay" row, 1 % by default).
+
+The buffer of task i holds max(1, round(replay_ratio * n_j)) records of each earlier task j, a
+seeded sample, and is written to the task's folder (replay_buffer.jsonl, listed in its DONE), so a
+resumed or re-run task trains on exactly the same records; a buffer on disk that no longer matches
+the data is an error, not silently replaced.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from data_prep.records import stable_rng, stable_sample
+from pipeline import distributed
+from pipeline.artifacts import atomic_write_text
+from pipeline.config import ExperimentConfig
+from pipeline.errors import StageInputError
+from pipeline.layout import RunLayout
+from pipeline.methods.base import LoadBase, Trainer
+from pipeline.methods.lora import LoraMethod
+
+BUFFER_FILE = "replay_buffer.jsonl"
+
+
+class Replay(LoraMethod):
+    name = "replay"
+    role = "baseline"
+    trains = "as seq_lora, plus a seeded buffer of train.replay_ratio (1 %) of each earlier task's records"
+    infers = "the LoRA after the last task"
+    train_knobs = ("lora_rank", "lora_lr", "replay_ratio")
+
+    def training_records(self, cfg: ExperimentConfig, layout: RunLayout, prepared: dict, t: int) -> list[dict]:
+        own = super().training_records(cfg, layout, prepared, t)
+        buffer = replay_buffer(cfg, prepared, t)
+        _write_or_check(layout.task_dir(t, cfg.tasks[t].name) / BUFFER_FILE, buffer)
+        return own + buffer
+
+    def trainer(self, cfg: ExperimentConfig, layout: RunLayout, t: int, records: list[dict],
+                device: torch.device, load_base: LoadBase) -> Trainer:
+        trainer = super().trainer(cfg, layout, t, records, device, load_base)
+        save_adapter = trainer.save
+        trainer.save = lambda: [*save_adapter(), BUFFER_FILE]
+        return trainer
+
+
+def replay_buffer(cfg: ExperimentConfig, prepared: dict, t: int) -> list[dict]:
+    """A seeded sample of each earlier task's training records (at least one per task)."""
+    buffer: list[dict] = []
+    for j in range(t):
+        name = cfg.tasks[j].name
+        records = [dict(r) for r in prepared[name]["train"]]
+        n = max(1, round(cfg.train.replay_ratio * len(records)))
+        buffer += stable_sample(records, n, stable_rng("replay", cfg.seed, cfg.tasks[t].name, name))
+    return buffer
+
+
+def _write_or_check(path, buffer: list[dict]) -> None:
+    text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in buffer)
+    if path.is_file():
+        if path.read_text() != text:
+            raise StageInputError(f"{path} holds another replay buffer than the data now gives (earlier tasks' "
+                                  f"records or train.replay_ratio changed); delete {path.parent} to retrain it")
+        return
+    if distributed.is_main():
+        atomic_write_text(path, text)
+    distributed.barrier()

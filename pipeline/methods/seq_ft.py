@@ -1,0 +1,82 @@
+"""seq_ft: sequential full fine-tuning of the base, task after task (the paper's "Fine-tune" row).
+
+Task t starts from the model saved after task t-1 (the base at t = 0) and trains every linear
+layer of the decoder blocks (or `train.ft_modules`) at `train.ft_lr`, under the experiment's
+DeepSpeed config: here the optimizer state is the full model's, which is what ZeRO-2/3 and CPU
+offload are for. Each task's model is saved whole, as safetensors shards (in the training dtype:
+bf16 on GPUs), in <task>/model/, so eval after task i loads it like any local checkpoint.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline import distributed
+from pipeline.artifacts import atomic_path
+from pipeline.config import ExperimentConfig
+from pipeline.errors import ConfigError, NoTargetModuleError
+from pipeline.layout import RunLayout
+from pipeline.methods.base import LoadBase, Method, Predictor, Trainer
+from pipeline.models import load_base_model
+
+MODEL_DIR = "model"
+SHARD_SIZE = "2GB"
+
+
+class SeqFt(Method):
+    name = "seq_ft"
+    role = "floor"
+    trains = "every linear layer of the decoder (train.ft_modules), task after task, at train.ft_lr"
+    infers = "the model after the last task"
+    train_knobs = ("ft_lr", "ft_modules")
+
+    def check(self, cfg: ExperimentConfig) -> None:
+        if cfg.model.quantization != "none":
+            raise ConfigError(f"method seq_ft trains the base weights, which model.quantization="
+                              f"{cfg.model.quantization} stores packed; use model.quantization=none")
+
+    def learning_rate(self, cfg: ExperimentConfig) -> float:
+        return cfg.train.ft_lr
+
+    def trainer(self, cfg: ExperimentConfig, layout: RunLayout, t: int, records: list[dict],
+                device: torch.device, load_base: LoadBase) -> Trainer:
+        previous = None if t == 0 else str(layout.task_dir(t - 1, cfg.tasks[t - 1].name) / MODEL_DIR)
+        model = load_base(previous)
+        params = mark_trainable(model, cfg.train.ft_modules)
+
+        def save() -> list[str]:
+            folder = layout.task_dir(t, cfg.tasks[t].name) / MODEL_DIR
+            everything = list(model.parameters())
+            state = distributed.gathered(everything, lambda: {k: v.detach().cpu().clone()
+                                                             for k, v in model.state_dict().items()})
+            if distributed.is_main():
+                with atomic_path(folder) as tmp:
+                    model.save_pretrained(tmp, state_dict=state, safe_serialization=True, max_shard_size=SHARD_SIZE)
+            distributed.barrier()
+            return [f"{MODEL_DIR}/{p.name}" for p in sorted(folder.iterdir())]
+
+        return Trainer(model, params, save)
+
+    def predictor(self, cfg: ExperimentConfig, layout: RunLayout, after: int, device: torch.device) -> Predictor:
+        folder = layout.task_dir(after, cfg.tasks[after].name) / MODEL_DIR
+        return Predictor(load_base_model(str(folder), cfg.model.dtype, "none", device))
+
+
+def mark_trainable(model: nn.Module, modules: list[str] | None) -> list[nn.Parameter]:
+    """Unfreeze the decoder's linear layers (all, or those whose name ends in one of `modules`);
+    embeddings, norms and the LM head stay frozen. Returns the unfrozen parameters."""
+    from pipeline.jare.inject import find_targets
+
+    layers = model.get_decoder().layers
+    if modules:
+        names = find_targets(layers, modules)  # raises NoTargetModuleError naming what exists
+    else:
+        names = [n for n, m in layers.named_modules() if isinstance(m, nn.Linear)]
+        if not names:
+            raise NoTargetModuleError(f"{type(model).__name__} has no linear layers in its decoder blocks")
+    params = [p for n in names for p in layers.get_submodule(n).parameters()]
+    model.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    return params

@@ -1,0 +1,243 @@
+"""The method registry and the methods it adds (replay, seq_ft, o_lora), on tiny local models."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline.artifacts import read_done, sha256_file, sha256_json
+from pipeline.cli import build_parser
+from pipeline.cli import main as slm
+from pipeline.config import load_config
+from pipeline.errors import StageInputError
+from pipeline.methods import METHOD_NAMES, REGISTRY, get_method
+from tests.tiny import save_tiny_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> str:
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture
+def overrides(tmp_path, tiny_model_dir) -> list[str]:
+    return [f"output_dir={tmp_path / 'run'}", f"model.name_or_path={tiny_model_dir}", "data.synthetic_size=40",
+            "train.max_steps=3", "train.micro_batch_size=4", "train.save_every=3", "eval.max_records_per_task=4",
+            "eval.max_new_tokens=3", "model.max_seq_len=64"]
+
+
+def task_dir(tmp_path: Path, method: str, i: int) -> Path:
+    return next((tmp_path / "run" / method / "tasks").glob(f"{i}-*"))
+
+
+# ---- the registry ---------------------------------------------------------------------------
+
+
+def test_every_registered_method_loads_under_its_name_and_the_config_and_cli_accept_it() -> None:
+    assert set(METHOD_NAMES) == {"slm", "oracle_task_id", "seq_ft", "seq_lora", "replay", "o_lora", "multitask"}
+    choices = build_parser()._subparsers._group_actions[0].choices["run"]._option_string_actions["--method"].choices
+    assert tuple(choices) == METHOD_NAMES
+    for name in METHOD_NAMES:
+        method = get_method(name)
+        assert method.name == name and method.role and method.trains and method.infers
+        assert load_config(None, [f"method={name}"]).method == name
+
+
+def test_an_unknown_method_is_a_config_error_listing_the_registered_ones() -> None:
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown method 'ewc'.*slm, oracle_task_id"):
+        load_config(None, ["method=ewc"])
+
+
+def _method_name_tests(path: Path) -> list[str]:
+    """Method names used to decide something: compared (`== "slm"`, `in ("slm", ...)`) or used as
+    keys of a literal dict (a per-method table)."""
+    def names(node: ast.AST) -> list[ast.Constant]:
+        items = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+        return [n for n in items if isinstance(n, ast.Constant) and n.value in REGISTRY]
+
+    hits = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Compare):
+            found = [c for operand in (node.left, *node.comparators) for c in names(operand)]
+        elif isinstance(node, ast.Dict):
+            found = [c for key in node.keys if key is not None for c in names(key)]
+        else:
+            continue
+        hits += [f"{path.relative_to(REPO)}:{c.lineno} {c.value!r}" for c in found]
+    return hits
+
+
+def test_no_module_outside_the_registry_tests_a_method_name() -> None:
+    hits = [hit for path in sorted((REPO / "pipeline").rglob("*.py"))
+            if not str(path.relative_to(REPO)).startswith("pipeline/methods/") for hit in _method_name_tests(path)]
+    assert not hits, f"method names tested outside pipeline/methods/: {hits}"
+
+
+def test_the_name_check_finds_a_branch_on_a_method_name(tmp_path) -> None:
+    probe = REPO / "pipeline" / "_probe_for_test.py"
+    try:
+        probe.write_text('def f(cfg):\n    return cfg.method in ("seq_lora", "replay")\n')
+        assert len(_method_name_tests(probe)) == 2
+    finally:
+        probe.unlink()
+
+
+@pytest.mark.parametrize("name", ["slm", "oracle_task_id", "seq_lora", "multitask"])
+def test_the_registry_keeps_the_task_hash_of_the_methods_that_existed_before(name: str) -> None:
+    cfg = load_config(None, [f"method={name}"])
+    # The formula of pipeline/stages/train.py before the registry: every train knob, minus the
+    # LoRA baselines' two for a JARe method; the fields added since must not change it.
+    legacy = cfg.model_dump(include={"method", "seed", "model", "jare", "dtkr", "train"})
+    for key in ("replay_ratio", "ft_lr", "ft_modules", "o_lora_lambda1", "o_lora_lambda2"):
+        legacy["train"].pop(key)
+    if name in ("slm", "oracle_task_id"):
+        for key in ("lora_rank", "lora_lr"):
+            legacy["train"].pop(key)
+    assert sha256_json(get_method(name).settings(cfg)) == sha256_json(legacy)
+
+
+def test_a_method_knob_changes_only_its_own_method_hash() -> None:
+    base, tuned = load_config(None), load_config(None, ["train.replay_ratio=0.05"])
+    for name in METHOD_NAMES:
+        same = sha256_json(get_method(name).settings(base)) == sha256_json(get_method(name).settings(tuned))
+        assert same == (name != "replay"), name
+
+
+# ---- replay ---------------------------------------------------------------------------------
+
+
+def test_the_replay_buffer_is_a_seeded_sample_with_at_least_one_record_per_earlier_task() -> None:
+    from pipeline.methods.replay import replay_buffer
+
+    cfg = load_config(None, ["method=replay", "train.replay_ratio=0.05"])
+    names = [t.name for t in cfg.tasks]
+    prepared = {n: {"train": [{"task": n, "instruction": "i", "input": f"{n} {k}", "output": "o"} for k in range(60)]}
+                for n in names}
+    assert replay_buffer(cfg, prepared, 0) == []
+    buffer = replay_buffer(cfg, prepared, 2)
+    assert [r["task"] for r in buffer] == [names[0]] * 3 + [names[1]] * 3  # 5 % of 60 each
+    assert buffer == replay_buffer(cfg, prepared, 2)  # seeded: the same on every call
+    tiny = load_config(None, ["method=replay", "train.replay_ratio=0.001"])
+    assert len(replay_buffer(tiny, prepared, 1)) == 1  # never less than one record per task
+
+
+def test_replay_writes_its_buffer_into_the_task_folder_and_refuses_a_changed_one(tmp_path, overrides):
+    assert slm(["run", "--method", "replay", *overrides]) == 0
+    folder = task_dir(tmp_path, "replay", 1)
+    buffer = [json.loads(line) for line in (folder / "replay_buffer.jsonl").read_text().splitlines()]
+    assert len(buffer) == 1 and buffer[0]["task"] == "sentiment"
+    assert "replay_buffer.jsonl" in read_done(folder)["outputs"]
+    assert (task_dir(tmp_path, "replay", 0) / "replay_buffer.jsonl").read_text() == ""  # nothing before task 0
+    # A half-trained task whose buffer no longer matches the data: an error, not a silent replacement.
+    from pipeline.layout import RunLayout
+    from pipeline.methods.replay import Replay
+
+    cfg = load_config(None, [*overrides, "method=replay"])
+    (folder / "DONE").unlink()
+    (folder / "replay_buffer.jsonl").write_text('{"task": "x"}\n')
+    from data_prep.prepared import load_prepared
+
+    layout = RunLayout.of(cfg)
+    with pytest.raises(StageInputError, match="another replay buffer"):
+        Replay().training_records(cfg, layout, load_prepared(cfg, layout), 1)
+
+
+# ---- o_lora ---------------------------------------------------------------------------------
+
+
+class _FakeLora(torch.nn.Module):
+    def __init__(self, a: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.lora_A = torch.nn.ModuleDict()
+        for name, w in a.items():
+            lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+            lin.weight.data.copy_(w)
+            self.lora_A[name] = lin
+
+
+def test_the_orthogonality_term_is_zero_for_orthogonal_a_and_positive_otherwise() -> None:
+    from pipeline.methods.o_lora import orthogonality
+
+    q, _ = torch.linalg.qr(torch.randn(16, 16))
+    old, new = q[:4].contiguous(), q[4:8].contiguous()  # rows of one orthonormal basis
+    layer = _FakeLora({"task0": old, "task1": new})
+    assert orthogonality([layer], "task1", ["task0"]).item() == pytest.approx(0.0, abs=1e-5)
+    overlap = _FakeLora({"task0": old, "task1": new + 0.1 * old})
+    value = orthogonality([overlap], "task1", ["task0"]).item()
+    assert value == pytest.approx((0.1 * torch.eye(4)).abs().sum().item(), rel=1e-4)
+
+
+def test_o_lora_keeps_earlier_loras_byte_for_byte_and_sums_all_at_inference(tmp_path, overrides):
+    from pipeline.layout import RunLayout
+    from pipeline.methods.o_lora import adapter_name, lora_layers
+
+    assert slm(["run", "--method", "o_lora", *overrides]) == 0
+    files = [task_dir(tmp_path, "o_lora", i) / "adapter.safetensors" for i in range(3)]
+    first = load_file(str(files[0]))
+    # Each task saved only its own LoRA, and task 1/2 learned a different one.
+    assert first.keys() == load_file(str(files[1])).keys()
+    assert any(not torch.equal(first[k], load_file(str(files[1]))[k]) for k in first)
+    cfg = load_config(None, [*overrides, "method=o_lora"])
+    predictor = get_method("o_lora").predictor(cfg, RunLayout.of(cfg), 2, torch.device("cpu"))
+    layers = lora_layers(predictor.model)
+    assert layers and all(set(layer.active_adapters) == {adapter_name(j) for j in range(3)} for layer in layers)
+    # The model's task-0 LoRA is exactly the file written when task 0 finished.
+    loaded = {n: p for n, p in predictor.model.named_parameters() if f".{adapter_name(0)}." in n}
+    for key, saved in first.items():
+        match = [p for n, p in loaded.items() if n.replace(f".{adapter_name(0)}", "") == key]
+        assert len(match) == 1 and torch.equal(match[0], saved), key
+
+
+def test_o_lora_training_leaves_earlier_adapter_files_untouched(tmp_path, overrides):
+    assert slm(["prepare", "--method", "o_lora", *overrides]) == 0
+    assert slm(["train", "--method", "o_lora", "--task", "0", *overrides]) == 0
+    before = sha256_file(task_dir(tmp_path, "o_lora", 0) / "adapter.safetensors")
+    assert slm(["train", "--method", "o_lora", "--task", "1", *overrides]) == 0
+    assert sha256_file(task_dir(tmp_path, "o_lora", 0) / "adapter.safetensors") == before
+
+
+# ---- seq_ft ---------------------------------------------------------------------------------
+
+
+def test_mark_trainable_unfreezes_the_decoder_linears_or_the_named_ones(tiny_model_dir) -> None:
+    from pipeline.methods.seq_ft import mark_trainable
+    from pipeline.models import load_base_model
+
+    model = load_base_model(tiny_model_dir, "float32", "none", torch.device("cpu"))
+    params = mark_trainable(model, None)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".layers." in n and "norm" not in n for n in trainable)
+    assert len(params) == len(trainable) == 7 * len(model.model.layers)  # q k v o gate up down
+    mark_trainable(model, ["o_proj"])
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        f"model.layers.{i}.self_attn.o_proj.weight" for i in range(len(model.model.layers))}
+
+
+def test_seq_ft_saves_each_task_model_and_continues_from_the_previous_one(tmp_path, overrides, tiny_model_dir):
+    from safetensors import safe_open
+
+    assert slm(["run", "--method", "seq_ft", "train.ft_lr=1e-3", *overrides]) == 0
+    models = [task_dir(tmp_path, "seq_ft", i) / "model" for i in range(3)]
+    assert all((m / "config.json").is_file() for m in models)
+    key = "model.layers.0.self_attn.o_proj.weight"
+
+    def weight(folder: Path) -> torch.Tensor:
+        shard = next(folder.glob("*.safetensors"))
+        with safe_open(str(shard), "pt") as f:
+            return f.get_tensor(key)
+
+    base = weight(Path(tiny_model_dir))
+    w0, w1 = weight(models[0]), weight(models[1])
+    assert not torch.equal(base, w0) and not torch.equal(w0, w1)
+    done = read_done(task_dir(tmp_path, "seq_ft", 1))
+    assert any(f.startswith("model/") and f.endswith(".safetensors") for f in done["outputs"])
+    assert done["trainable_params"] > 0
