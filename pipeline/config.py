@@ -219,6 +219,13 @@ class SlurmSpec(Spec):
     finish: SlurmStageSpec = SlurmStageSpec()  # index + eval + report
 
 
+class OrderSpec(Spec):
+    """One task order of the experiment; it runs into `<output_dir>/<name>/`."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    tasks: list[str] = Field(min_length=1)
+
+
 class ExperimentConfig(Spec):
     name: str = "experiment"
     method: str = "slm"  # one of pipeline.methods.METHOD_NAMES
@@ -233,6 +240,11 @@ class ExperimentConfig(Spec):
     train: TrainSpec = TrainSpec()
     eval: EvalSpec = EvalSpec()
     slurm: SlurmSpec = SlurmSpec()
+    # Task orders to run (CL results depend on the order); each a permutation of the task names.
+    # None: the one order of `tasks`.
+    orders: list[OrderSpec] | None = None
+    # Seeds to repeat every order with (runs <order>-seed<s>); None: the one `seed`.
+    seeds: list[int] | None = Field(None, min_length=1)
     # Where the YAML lives; relative paths inside it resolve from here. Set by load_config.
     config_dir: str = "."
 
@@ -253,7 +265,23 @@ class ExperimentConfig(Spec):
             raise ValueError(f"duplicate task names {dups}: every task needs its own name")
         if self.dtkr.top_k > self.jare.slots_per_task * len(self.tasks):
             raise ValueError("dtkr.top_k exceeds the number of slots of all tasks")
+        self._check_orders(names)
         return self
+
+    def _check_orders(self, names: list[str]) -> None:
+        if self.orders is None:
+            return
+        order_names = [o.name for o in self.orders]
+        dups = sorted({n for n in order_names if order_names.count(n) > 1})
+        if dups:
+            raise ValueError(f"duplicate order names {dups}: each order runs into its own folder")
+        for o in self.orders:
+            if sorted(o.tasks) != sorted(names):
+                missing = sorted(set(names) - set(o.tasks))
+                extra = sorted(set(o.tasks) - set(names))
+                repeated = sorted({n for n in o.tasks if o.tasks.count(n) > 1})
+                raise ValueError(f"order {o.name!r} must list every task exactly once {names}; missing {missing}, "
+                                 f"unknown {extra}, repeated {repeated}")
 
     # ---- resolved paths -------------------------------------------------------------------
     def resolve_source_path(self, path: str) -> Path:

@@ -1,0 +1,232 @@
+"""Every continual-learning method on one experiment, in the same harness; results as data.
+
+    python bench/cl_methods.py -c cl_benchmark_cpu.yaml data_root=../shared/data/cl_benchmark
+    python bench/cl_methods.py -c default.yaml --methods slm,seq_lora     # a subset
+    python bench/cl_methods.py -c cl_benchmark_cpu.yaml --summary         # committed results only
+
+Each method runs as `slm run --method <m>` in its own process (so its wall time and peak memory
+are its own), into the experiment's output_dir; a method whose results file already records the
+same config hash is skipped (resumable: rerun after an interruption, `--force` redoes it). Then
+it writes, per method, bench/results/cl-<experiment>-<method>.json:
+
+    run_info    command, config sha256, git commit (+ dirty flag), data sha256 per task, date
+    train_info  wall time and peak RSS of the method's process, per-task training cost
+    metrics     AA, BWT, forgetting, FWT, retrieval accuracy, the whole matrix, the untrained row;
+                with several task orders: per order, and the mean and standard deviation
+    meta_info   library versions and the machine
+
+and, over every method with results, bench/results/cl-<experiment>.md (the comparison table) and
+cl-<experiment>.png (AA vs forgetting per method, and the matrices side by side). `--summary`
+reads the results files only and prints one line per method:
+`method=<m> AA=<x> forgetting=<y> retrieval=<z|na> wall_s=<s>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.provenance import ROOT, run_provenance  # noqa: E402
+from pipeline.artifacts import atomic_path, atomic_write_json, atomic_write_text, sha256_json  # noqa: E402
+from pipeline.config import ExperimentConfig, load_config  # noqa: E402
+from pipeline.layout import RunLayout  # noqa: E402
+from pipeline.methods import METHOD_NAMES  # noqa: E402
+from pipeline.orders import order_runs  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+METRICS = ("AA", "BWT", "forgetting", "FWT", "retrieval_accuracy")
+
+
+def config_sha256(cfg: ExperimentConfig) -> str:
+    """The experiment as run, minus where it ran (output_dir, the YAML's folder, data_root)."""
+    return sha256_json(cfg.model_dump(mode="json", exclude={"output_dir", "config_dir", "data_root"}))
+
+
+def results_path(results: Path, experiment: str, method: str) -> Path:
+    return results / f"cl-{experiment}-{method}.json"
+
+
+# ---- running one method ------------------------------------------------------------------------
+
+
+def run_method(args: argparse.Namespace, method: str) -> dict:
+    cfg = load_config(args.config, [*args.overrides, f"method={method}"])
+    log_dir = RunLayout.of(cfg).logs
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = log_dir / f"bench-cl-{method}.log"
+    argv = [sys.executable, "-m", "pipeline.cli", "run", *(["-c", args.config] if args.config else []),
+            "--method", method, *args.overrides]
+    print(f"[{method}] {' '.join(argv[2:])}  (log: {log_file})", flush=True)
+    start = time.time()
+    with open(log_file, "a") as log:
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.time() - start
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"[{method}] slm run failed with exit {code}; see {log_file}")
+    return result_record(cfg, method, wall, usage.ru_maxrss / 1024)
+
+
+def result_record(cfg: ExperimentConfig, method: str, wall_s: float, peak_rss_mib: float) -> dict:
+    runs = [(name or "as_listed", json.loads((RunLayout.of(c).root / "eval" / "metrics.json").read_text()))
+            for name, c in order_runs(cfg)]
+    manifest = json.loads(RunLayout.of(order_runs(cfg)[0][1]).manifest.read_text())
+    provenance = run_provenance()
+    return {
+        "run_info": {"experiment": cfg.name, "method": method, "config_sha256": config_sha256(cfg),
+                     "orders": {name: list(m["tasks"]) for name, m in runs},
+                     "data_sha256": {t: e["sha256"] for t, e in manifest["tasks"].items()},
+                     **{k: provenance[k] for k in ("command", "commit", "dirty", "date")}},
+        "train_info": {"wall_s": round(wall_s, 1), "peak_rss_mib": round(peak_rss_mib),
+                       "per_order": {name: m.get("training") for name, m in runs}},
+        "metrics": summarise([m for _, m in runs], [name for name, _ in runs]),
+        "meta_info": {"versions": provenance["versions"], "machine": provenance["machine"]},
+    }
+
+
+def summarise(runs: list[dict], names: list[str]) -> dict:
+    """Mean and standard deviation over orders of every metric, plus each order's full metrics."""
+    out: dict = {}
+    for key in METRICS:
+        values = [m[key] for m in runs if m.get(key) is not None]
+        out[key] = statistics.fmean(values) if values else None
+        out[f"{key}_std"] = statistics.pstdev(values) if len(values) > 1 else (0.0 if values else None)
+    out["complete"] = all(m["complete"] for m in runs)
+    out["per_order"] = {name: {k: m.get(k) for k in (*METRICS, "tasks", "matrix", "untrained", "retrieval_per_task",
+                                                     "retrieval_confusion", "final_scores", "metric")}
+                        for name, m in zip(names, runs, strict=True)}
+    return out
+
+
+# ---- the comparison ----------------------------------------------------------------------------
+
+
+def load_results(results: Path, experiment: str) -> list[dict]:
+    found = {p.stem.removeprefix(f"cl-{experiment}-"): p for p in results.glob(f"cl-{experiment}-*.json")}
+    return [json.loads(found[m].read_text()) for m in METHOD_NAMES if m in found]
+
+
+def _fmt(value: float | None, std: float | None = None, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    text = f"{value:+.3f}" if signed else f"{value:.3f}"
+    return f"{text} ± {std:.3f}" if std else text
+
+
+def comparison_markdown(rows: list[dict]) -> str:
+    n_orders = max(len(r["run_info"]["orders"]) for r in rows)
+    head = "| method | AA ↑ | BWT ↑ | forgetting ↓ | FWT ↑ | retrieval ↑ | wall s | peak RSS MiB |"
+    lines = [head, "|" + "---|" * 8]
+    for r in rows:
+        m = r["metrics"]
+        cells = [_fmt(m[k], m.get(f"{k}_std"), signed=k in ("BWT", "FWT")) for k in METRICS]
+        lines.append(f"| `{r['run_info']['method']}` | " + " | ".join(cells)
+                     + f" | {r['train_info']['wall_s']:.0f} | {r['train_info']['peak_rss_mib']} |")
+    note = f"mean ± std over {n_orders} task orders" if n_orders > 1 else "one task order"
+    return "\n".join(lines) + f"\n\n{note}; from bench/results/cl-{rows[0]['run_info']['experiment']}-*.json\n"
+
+
+def summary_lines(rows: list[dict]) -> list[str]:
+    out = []
+    for r in rows:
+        m = r["metrics"]
+        retrieval = "na" if m["retrieval_accuracy"] is None else f"{m['retrieval_accuracy']:.3f}"
+        out.append(f"method={r['run_info']['method']} AA={m['AA']:.3f} forgetting={_fmt(m['forgetting'])} "
+                   f"retrieval={retrieval} wall_s={r['train_info']['wall_s']:.0f}")
+    return out
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """AA vs forgetting per method, then each method's (first order's) matrix as a heatmap."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4 + 3 * len(rows), 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(rows) + 1, gridspec_kw={"width_ratios": [1.4] + [1] * len(rows)})
+    scatter = axes[0]
+    for r in rows:
+        m = r["metrics"]
+        scatter.errorbar(m["forgetting"] or 0.0, m["AA"], xerr=m.get("forgetting_std") or 0, yerr=m.get("AA_std") or 0,
+                         fmt="o", capsize=3)
+        scatter.annotate(r["run_info"]["method"], (m["forgetting"] or 0.0, m["AA"]), textcoords="offset points",
+                         xytext=(4, 4), fontsize=8)
+    scatter.set_xlabel("forgetting ↓")
+    scatter.set_ylabel("AA ↑")
+    scatter.set_title("AA vs forgetting", fontsize=10)
+    for ax, r in zip(axes[1:], rows, strict=True):
+        first = next(iter(r["metrics"]["per_order"].values()))
+        ax.imshow(first["matrix"], cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        for j, row in enumerate(first["matrix"]):
+            for i, v in enumerate(row):
+                ax.text(i, j, f"{v:.2f}", ha="center", va="center", fontsize=7, color="black" if v > 0.6 else "white")
+        ax.set_title(r["run_info"]["method"], fontsize=10)
+        ax.set_xticks(range(len(first["tasks"])), first["tasks"], rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(first["matrix"])), [f"after {t}" for t in first["tasks"][:len(first["matrix"])]],
+                      fontsize=7)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
+def write_comparison(results: Path, experiment: str) -> list[dict]:
+    rows = load_results(results, experiment)
+    if rows:
+        atomic_write_text(results / f"cl-{experiment}.md", comparison_markdown(rows))
+        plot(rows, results / f"cl-{experiment}.png")
+    return rows
+
+
+# ---- CLI -----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-c", "--config", default="cl_benchmark_cpu.yaml", help="experiment YAML (a shipped name works)")
+    p.add_argument("--methods", default=",".join(METHOD_NAMES), help="comma-separated subset (default: all)")
+    p.add_argument("--force", action="store_true", help="rerun methods whose results are already recorded")
+    p.add_argument("--summary", action="store_true", help="print the recorded results only; run nothing")
+    p.add_argument("--results-dir", type=Path, default=RESULTS)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, as for `slm run`")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    if args.summary:
+        rows = load_results(args.results_dir, cfg.name)
+        if not rows:
+            raise SystemExit(f"no results for experiment {cfg.name!r} in {args.results_dir}")
+        print("\n".join(summary_lines(rows)))
+        return 0
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(METHOD_NAMES))
+    if unknown:
+        raise SystemExit(f"unknown methods {unknown}; valid: {', '.join(METHOD_NAMES)}")
+    for method in methods:
+        path = results_path(args.results_dir, cfg.name, method)
+        want = config_sha256(load_config(args.config, [*args.overrides, f"method={method}"]))
+        if path.is_file() and not args.force and json.loads(path.read_text())["run_info"]["config_sha256"] == want:
+            print(f"[{method}] already recorded in {path}; skipped (--force reruns it)")
+            continue
+        atomic_write_json(path, run_method(args, method))
+        print(f"[{method}] -> {path}", flush=True)
+    rows = write_comparison(args.results_dir, cfg.name)
+    print(comparison_markdown(rows))
+    print("\n".join(summary_lines(rows)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
