@@ -1,7 +1,7 @@
-"""One task's fixed splits: load, de-duplicate, seeded shuffle, split, cap, overlap check.
+"""One task's fixed splits: load, de-duplicate, seeded shuffle, split, few-shot, cap, overlap check.
 
-Then token-length statistics of the prompt + response the model will see, so a too-small
-`model.max_seq_len` shows up at prepare time rather than as silently truncated answers.
+Then token-length statistics of the prompt + response the model will see, so too-small token
+caps show up at prepare time rather than as silently truncated answers.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from data_prep.records import Located, Record, record_key, stable_rng, stable_sh
 from data_prep.sources import load_source
 from data_prep.templates import build_prompt, build_response, prompt_add_special_tokens
 from pipeline.config import ExperimentConfig, TaskSpec
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
+from pipeline.metrics import reference_words
+from pipeline.truncation import TokenCaps
 
 
 @dataclass
@@ -27,6 +29,7 @@ class PreparedTask:
     own_test_split: bool  # the source had its own test split (else a random one was cut)
     label_dropped: int  # records skipped by source.drop_labels
     duplicates_dropped: int  # repeated inputs removed before a random split
+    train_per_label: dict[str, int] | None = None  # few-shot (max_train_per_label): records kept per label
 
 
 def build_task(task: TaskSpec, cfg: ExperimentConfig) -> PreparedTask:
@@ -46,10 +49,45 @@ def build_task(task: TaskSpec, cfg: ExperimentConfig) -> PreparedTask:
         # Shuffle the source's own splits too: files are often sorted by label, and caps then
         # take a label-mixed sample.
         train, test = stable_shuffle(src.train, rng), stable_shuffle(src.test, rng)
+    per_label = None
+    if task.max_train_per_label is not None:
+        train, per_label = few_shot(task, src.labels, train)
     train, test = train[: task.max_train], test[: task.max_test]
     check_no_overlap(task.name, train, test)
+    if task.metric == "first_word":
+        check_one_word_answers(task.name, test)
     return PreparedTask(task, src.origin, [x.record for x in train], [x.record for x in test], src.labels,
-                        src.test is not None, src.dropped, duplicates)
+                        src.test is not None, src.dropped, duplicates, per_label)
+
+
+def few_shot(task: TaskSpec, labels: list[str] | None, train: list[Located]) -> tuple[list[Located], dict[str, int]]:
+    """The first k records of each label in the (already seeded-shuffled) train order, in that order.
+
+    A label with fewer than k records keeps all of them; the counts go into the manifest.
+    """
+    k = task.max_train_per_label
+    if not labels:
+        raise ConfigError(f"task {task.name!r}: max_train_per_label={k} needs a label set, and this task has "
+                          f"none (free-text outputs); give the task `labels:` or drop max_train_per_label")
+    taken = dict.fromkeys(labels, 0)
+    kept = []
+    for item in train:
+        label = item.record["output"]
+        if taken.get(label, k) < k:  # outputs lie in the label set (checked on load)
+            taken[label] += 1
+            kept.append(item)
+    return kept, taken
+
+
+def check_one_word_answers(task: str, test: list[Located]) -> None:
+    """first_word compares one-word answers (the reference asserts it): a longer gold answer is a
+    wrong metric choice, found here rather than after training."""
+    for t in test:
+        words = reference_words(t.record["output"])
+        if len(words) != 1:
+            raise DataError(f"task {task!r}: test record {t.where} has the answer {t.record['output'][:80]!r}, "
+                            f"{len(words)} words after stripping punctuation; metric first_word needs one-word "
+                            f"answers (labels, letters). Use exact_match, rouge_l or bertscore for this task")
 
 
 def _dedupe(items: list[Located]) -> tuple[list[Located], int]:
@@ -71,21 +109,23 @@ def check_no_overlap(task: str, train: list[Located], test: list[Located]) -> No
                             f"from one of the splits")
 
 
-def token_lengths(tokenizer: Any, prompt_format: str, records: list[Record]) -> list[int]:
-    """Tokens of prompt + response per record, tokenized the way training does (batched)."""
+def token_lengths(tokenizer: Any, prompt_format: str, records: list[Record]) -> list[tuple[int, int]]:
+    """(prompt, response) tokens per record, untruncated, tokenized the way training does (batched)."""
     if not records:
         return []
     prompts = [build_prompt(tokenizer, prompt_format, r["instruction"], r["input"]) for r in records]
     responses = [build_response(tokenizer, r["output"]) for r in records]
     p_ids = tokenizer(prompts, add_special_tokens=prompt_add_special_tokens(prompt_format))["input_ids"]
     r_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
-    return [len(p) + len(r) for p, r in zip(p_ids, r_ids, strict=True)]
+    return [(len(p), len(r)) for p, r in zip(p_ids, r_ids, strict=True)]
 
 
-def length_stats(lengths: list[int], max_seq_len: int) -> dict[str, Any]:
-    """min / mean / p95 (nearest rank) / max, and how many exceed max_seq_len (truncated)."""
+def length_stats(lengths: list[tuple[int, int]], caps: int | TokenCaps) -> dict[str, Any]:
+    """min / mean / p95 (nearest rank) / max of prompt + response tokens, and how many records
+    training would cut (`caps`: max_seq_len alone, or separate prompt and answer caps)."""
     if not lengths:
         return {"min": 0, "mean": 0.0, "p95": 0, "max": 0, "truncated": 0}
-    s = sorted(lengths)
+    caps = TokenCaps.coerce(caps)
+    s = sorted(p + r for p, r in lengths)
     return {"min": s[0], "mean": round(sum(s) / len(s), 1), "p95": s[math.ceil(0.95 * len(s)) - 1],
-            "max": s[-1], "truncated": sum(n > max_seq_len for n in s)}
+            "max": s[-1], "truncated": sum(caps.truncates(p, r) for p, r in lengths)}

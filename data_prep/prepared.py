@@ -49,7 +49,11 @@ def sources_hash(cfg: ExperimentConfig) -> str:
 
 def tokenizer_hash(cfg: ExperimentConfig) -> str:
     m = cfg.model
-    return sha256_json({"name": m.name_or_path, "prompt_format": m.prompt_format, "max_seq_len": m.max_seq_len})
+    parts: dict[str, object] = {"name": m.name_or_path, "prompt_format": m.prompt_format, "max_seq_len": m.max_seq_len}
+    # The separate caps change the truncation counts; left out when unset, so older hashes hold.
+    parts.update({k: v for k, v in (("max_prompt_len", m.max_prompt_len), ("max_answer_len", m.max_answer_len))
+                  if v is not None})
+    return sha256_json(parts)
 
 
 def prepare_inputs(cfg: ExperimentConfig) -> dict[str, str]:

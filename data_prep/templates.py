@@ -50,6 +50,31 @@ def build_prompt(tokenizer: Any, prompt_format: str, instruction: str, input: st
     raise ConfigError(f"unknown prompt_format {prompt_format!r}; valid: {', '.join(PROMPT_FORMATS)}")
 
 
+# Stands in for the cuttable text while the prompt is rendered, to find where that text sits.
+_SENTINEL = "\u241fSLM-CUT\u241f"
+
+
+def prompt_parts(tokenizer: Any, prompt_format: str, instruction: str, input: str) -> tuple[str, str, str]:
+    """(head, body, tail) with head + body + tail == build_prompt(...): body is what a too-long
+    prompt may lose (the input; the instruction when there is no input), head and tail are the
+    instruction header and the text where the answer starts.
+
+    Found by rendering the prompt with a sentinel in the body's place, so it holds for every
+    format, the tokenizer's chat template included. A template that changes the body's text
+    (escaping, say) gives ("", prompt, ""): the caller then cuts the middle of the whole prompt.
+    """
+    prompt = build_prompt(tokenizer, prompt_format, instruction, input)
+    if input:
+        marked = build_prompt(tokenizer, prompt_format, instruction, _SENTINEL)
+    else:
+        marked = build_prompt(tokenizer, prompt_format, _SENTINEL, input)
+    head, found, tail = marked.partition(_SENTINEL)
+    fits = found and _SENTINEL not in tail and len(head) + len(tail) <= len(prompt)
+    if not (fits and prompt.startswith(head) and prompt.endswith(tail)):
+        return "", prompt, ""
+    return head, prompt[len(head):len(prompt) - len(tail)], tail
+
+
 def build_response(tokenizer: Any, output: str) -> str:
     """The answer text the model learns: the output followed by the EOS token's text."""
     return output + (getattr(tokenizer, "eos_token", None) or "")

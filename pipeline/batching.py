@@ -1,4 +1,8 @@
-"""Records -> token ids: prompt masked from the loss, response learned; padding for batches."""
+"""Records -> token ids: prompt masked from the loss, response learned; padding for batches.
+
+`caps` is `model.max_seq_len` (an int: one cap) or a `TokenCaps` with separate prompt and
+answer caps; `pipeline.truncation` holds the rule, shared with prepare's counts.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Any
 import torch
 
 from data_prep.templates import build_prompt, build_response, prompt_add_special_tokens, query_text
+from pipeline.truncation import TokenCaps, fit_prompt
 
 IGNORE = -100
 
@@ -20,17 +25,18 @@ def queries(records: list[dict]) -> list[str]:
 
 
 def tokenize_for_training(tokenizer: Any, prompt_format: str, records: list[dict],
-                          max_len: int) -> list[dict[str, list[int]]]:
-    """input_ids + labels (prompt tokens = IGNORE). Long examples lose the prompt's start, so
-    the response, the part that is learned, survives truncation."""
+                          caps: int | TokenCaps) -> list[dict[str, list[int]]]:
+    """input_ids + labels (prompt tokens = IGNORE). Long examples lose prompt tokens first, so
+    the response, the part that is learned, survives truncation (up to its cap)."""
+    caps = TokenCaps.coerce(caps)
     add_special = prompt_add_special_tokens(prompt_format)
     prompt_ids = tokenizer(prompts(tokenizer, prompt_format, records), add_special_tokens=add_special)["input_ids"]
     response_ids = tokenizer([build_response(tokenizer, r["output"]) for r in records],
                              add_special_tokens=False)["input_ids"]
     out = []
-    for p, r in zip(prompt_ids, response_ids, strict=True):
-        r = r[:max_len - 1]
-        p = p[-(max_len - len(r)):]
+    for record, p, r in zip(records, prompt_ids, response_ids, strict=True):
+        r = r[:caps.answer_cap()]
+        p = fit_prompt(tokenizer, prompt_format, record, p, caps.prompt_cap(len(r)), caps)
         out.append({"input_ids": p + r, "labels": [IGNORE] * len(p) + r})
     return out
 
@@ -50,11 +56,14 @@ def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, torc
 
 
 def encode_prompts_left_padded(tokenizer: Any, prompt_format: str, records: list[dict],
-                               max_len: int) -> dict[str, torch.Tensor]:
-    """Left-padded prompts for batched generation / scoring (answers start at the same column)."""
+                               caps: int | TokenCaps) -> dict[str, torch.Tensor]:
+    """Left-padded prompts for batched generation / scoring (answers start at the same column),
+    cut as training cuts them."""
+    caps = TokenCaps.coerce(caps)
     add_special = prompt_add_special_tokens(prompt_format)
     texts = prompts(tokenizer, prompt_format, records)
-    ids = [x[-max_len:] for x in tokenizer(texts, add_special_tokens=add_special)["input_ids"]]
+    ids = [fit_prompt(tokenizer, prompt_format, record, x, caps.prompt_cap(), caps)
+           for record, x in zip(records, tokenizer(texts, add_special_tokens=add_special)["input_ids"], strict=True)]
     width = max(len(x) for x in ids)
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], dtype=torch.long)

@@ -159,15 +159,28 @@ def shape_from_config(name: str, config: PretrainedConfig, targets: list[str], r
     )
 
 
+# DTKR encoders known offline: the SLM reference's retriever is roberta-base sized (its config.json).
+KNOWN_ENCODERS: dict[str, dict[str, Any]] = {
+    "sentence-transformers/nli-roberta-base-v2": {
+        "model_type": "roberta", "vocab_size": 50265, "hidden_size": 768, "num_hidden_layers": 12,
+        "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 514,
+        "type_vocab_size": 1, "pad_token_id": 1},
+}
+
+
 @lru_cache(maxsize=8)
 def encoder_size(name: str) -> tuple[int, int]:
     """(parameters, embedding dim) of the DTKR encoder, from its config on the meta device."""
     from pipeline.models import resolve_encoder_path
 
     folder = Path(resolve_encoder_path(name)).expanduser()
-    if not (folder / "config.json").is_file():
+    if name in KNOWN_ENCODERS and not (folder / "config.json").is_file():
+        known = dict(KNOWN_ENCODERS[name])
+        config = AutoConfig.for_model(known.pop("model_type"), **known)
+    elif not (folder / "config.json").is_file():
         return 110_000_000, 768  # a hub id we cannot read offline: plan for a BERT-base-sized encoder
-    config = AutoConfig.from_pretrained(folder)
+    else:
+        config = AutoConfig.from_pretrained(folder)
     with torch.device("meta"):
         model = AutoModel.from_config(config)
     return sum(p.numel() for p in model.parameters()), config.hidden_size

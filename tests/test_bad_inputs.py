@@ -165,11 +165,11 @@ def test_a_bad_task_leaves_earlier_prepared_data_untouched(write_yaml, small_exp
 def test_a_failure_while_writing_leaves_no_half_written_data(write_yaml, small_experiment, monkeypatch) -> None:
     calls = []
 
-    def boom(*args: Any) -> list[int]:
+    def boom(*args: Any) -> list[tuple[int, int]]:
         calls.append(1)
         if len(calls) == 2:  # the first task is already saved in the temporary folder by now
             raise OSError("disk full")
-        return [10]
+        return [(8, 2)]  # (prompt, answer) tokens
 
     monkeypatch.setattr(prepare, "token_lengths", boom)
     cfg = load_config(write_yaml(small_experiment))

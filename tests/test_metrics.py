@@ -14,6 +14,7 @@ from pipeline.metrics import (
     forgetting,
     forward_transfer,
     normalize_answer,
+    reference_words,
     rouge_l,
     score,
 )
@@ -128,11 +129,20 @@ def test_exact_match_compares_normalised_answers() -> None:
     assert exact_match("positive sentiment", "positive") == 0.0
 
 
-def test_first_word_accuracy_compares_only_the_first_word() -> None:
-    assert first_word_accuracy("Positive, because the review is glowing.", "positive") == 1.0
+def test_first_word_accuracy_strips_punctuation_as_the_reference_does() -> None:
+    # Pbihao/SLM Llama2_fine_tune/score.py: non-word, non-space characters become spaces, the
+    # first whitespace-separated words are compared, case included.
+    assert first_word_accuracy("positive, because the review is glowing.", "positive") == 1.0
     assert first_word_accuracy('"Paris" is the capital', "Paris.") == 1.0
+    assert first_word_accuracy("(B) 1848", "B") == 1.0
+    assert first_word_accuracy("don't know", "don") == 1.0  # the apostrophe splits the word
+    assert first_word_accuracy("Positive", "positive") == 0.0  # no case folding in the reference
     assert first_word_accuracy("negative", "positive") == 0.0
     assert first_word_accuracy("", "positive") == 0.0
+    assert first_word_accuracy("...", "positive") == 0.0
+    assert reference_words("well-known_fact: yes!") == ["well", "known_fact", "yes"]
+    with pytest.raises(ValueError, match="reference answer '!!' has no word"):
+        first_word_accuracy("yes", "!!")
 
 
 def test_rouge_l_matches_hand_computed_values() -> None:
@@ -148,7 +158,7 @@ def test_score_averages_the_chosen_metric_over_records() -> None:
     preds, refs = ["Positive.", "negative", "neutral"], ["positive", "positive", "neutral"]
     assert score("exact_match", preds, refs) == pytest.approx(2 / 3)
     assert score("label_choice", preds, refs) == pytest.approx(2 / 3)
-    assert score("first_word", ["paris is big", "rome"], ["Paris", "Milan"]) == pytest.approx(0.5)
+    assert score("first_word", ["Paris is big", "rome"], ["Paris", "Milan"]) == pytest.approx(0.5)
     assert score("rouge_l", ["the cat sat"], ["the cat sat"]) == pytest.approx(1.0)
 
 

@@ -10,7 +10,7 @@ import argparse
 
 import torch
 
-from pipeline.batching import encode_prompts_left_padded
+from pipeline.batching import TokenCaps, encode_prompts_left_padded
 from pipeline.config import ExperimentConfig
 from pipeline.errors import StageInputError
 from pipeline.layout import RunLayout
@@ -28,7 +28,7 @@ def run(cfg: ExperimentConfig, layout: RunLayout, prompt: str, input_text: str =
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     record = {"instruction": prompt, "input": input_text}
     enc = {k: v.to(device) for k, v in
-           encode_prompts_left_padded(tokenizer, cfg.model.prompt_format, [record], cfg.model.max_seq_len).items()}
+           encode_prompts_left_padded(tokenizer, cfg.model.prompt_format, [record], TokenCaps.of(cfg.model)).items()}
     gen = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
     method = get_method(cfg.method)
     predictor = method.predictor(cfg, layout, n - 1, device)

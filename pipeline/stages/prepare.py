@@ -23,6 +23,7 @@ from pipeline.artifacts import atomic_path, atomic_write_json, atomic_write_text
 from pipeline.config import ExperimentConfig
 from pipeline.errors import StageInputError
 from pipeline.layout import RunLayout
+from pipeline.truncation import TokenCaps
 
 # load_prepared is re-exported: later stages may take it from here or from data_prep.
 __all__ = ["load_prepared", "main", "run"]
@@ -88,7 +89,7 @@ def _manifest_head(cfg: ExperimentConfig, inputs: dict[str, str]) -> dict[str, A
 
 def _task_entry(index: int, task: PreparedTask, tokenizer: Any, cfg: ExperimentConfig) -> dict[str, Any]:
     lengths = token_lengths(tokenizer, cfg.model.prompt_format, task.train + task.test)
-    stats = length_stats(lengths, cfg.model.max_seq_len)
+    stats = length_stats(lengths, TokenCaps.of(cfg.model))
     return {
         "index": index, "type": task.spec.source.type, "source": task.origin,
         "train": len(task.train), "test": len(task.test), "own_test_split": task.own_test_split,
@@ -97,6 +98,7 @@ def _task_entry(index: int, task: PreparedTask, tokenizer: Any, cfg: ExperimentC
         "spec_sha256": task_spec_hash(task.spec),
         "label_dropped": task.label_dropped, "duplicates_dropped": task.duplicates_dropped,
         "tokens": {k: stats[k] for k in ("min", "mean", "p95", "max")}, "truncated": stats["truncated"],
+        "max_train_per_label": task.spec.max_train_per_label, "train_per_label": task.train_per_label,
     }
 
 

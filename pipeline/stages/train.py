@@ -26,7 +26,7 @@ import torch
 from data_prep.prepared import load_prepared
 from pipeline import distributed
 from pipeline.artifacts import atomic_write_text, marker_digest, read_done, require_done, sha256_json, write_done
-from pipeline.batching import collate, tokenize_for_training
+from pipeline.batching import TokenCaps, collate, tokenize_for_training
 from pipeline.checkpoints import prune_checkpoints, resume_latest, save_checkpoint
 from pipeline.config import ExperimentConfig
 from pipeline.deepspeed_config import build_ds_config, check_quantization_pairing
@@ -109,7 +109,7 @@ def _run(cfg: ExperimentConfig, layout: RunLayout, t: int, inputs: dict[str, str
     ds_config = build_ds_config(cfg, world)
     records = method.training_records(cfg, layout, load_prepared(cfg, layout), t)
     examples = tokenize_for_training(load_tokenizer(cfg.model.name_or_path), cfg.model.prompt_format, records,
-                                     cfg.model.max_seq_len)
+                                     TokenCaps.of(cfg.model))
     m = cfg.model
 
     def load_base(name_or_path: str | None = None) -> torch.nn.Module:
