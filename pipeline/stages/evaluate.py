@@ -18,7 +18,7 @@ from data_prep.prepared import load_prepared, read_manifest
 from pipeline import metrics
 from pipeline.adapters import base_model
 from pipeline.artifacts import atomic_write_json, marker_digest, sha256_json
-from pipeline.batching import collate, encode_prompts_left_padded, tokenize_for_training
+from pipeline.batching import TokenCaps, collate, encode_prompts_left_padded, tokenize_for_training
 from pipeline.config import ExperimentConfig
 from pipeline.errors import StageInputError
 from pipeline.layout import RunLayout
@@ -60,7 +60,7 @@ def run(cfg: ExperimentConfig, layout: RunLayout, after: int) -> int:
     for j, task in enumerate(cfg.tasks):
         records = [dict(r) for r in prepared[task.name]["test"]][: cfg.eval.max_records_per_task]
         preds, top1 = scorer.predict(j, records, labels.get(task.name))
-        row["scores"][task.name] = metrics.score(task.metric, preds, [r["output"] for r in records])
+        row["scores"][task.name] = metrics.score(task.metric, preds, [r["output"] for r in records], cfg.eval)
         row["metric"][task.name] = task.metric
         row["n_records"][task.name] = len(records)
         row["predictions"][task.name] = preds[:5]
@@ -119,7 +119,7 @@ class Scorer:
 
     def _generate(self, batch: list[dict]) -> list[str]:
         enc = encode_prompts_left_padded(self.tokenizer, self.cfg.model.prompt_format, batch,
-                                         self.cfg.model.max_seq_len)
+                                         TokenCaps.of(self.cfg.model))
         enc = {k: v.to(self.device) for k, v in enc.items()}
         out = self.model.generate(**enc, max_new_tokens=self.cfg.eval.max_new_tokens, do_sample=False,
                                   pad_token_id=self.tokenizer.pad_token_id)
@@ -131,7 +131,7 @@ class Scorer:
         over every record x label pair; rows are record-major so routing repeats per record)."""
         pairs = [dict(r, output=label) for r in batch for label in labels]
         examples = tokenize_for_training(self.tokenizer, self.cfg.model.prompt_format, pairs,
-                                         self.cfg.model.max_seq_len)
+                                         TokenCaps.of(self.cfg.model))
         b = {k: v.to(self.device) for k, v in collate(examples, self.tokenizer.pad_token_id).items()}
         logits = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
         target = b["labels"][:, 1:]
