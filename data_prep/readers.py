@@ -79,6 +79,8 @@ def load_json(path: Path) -> Any:
         raise DataError(f"{path}: no such file" + _sibling_hint(path))
     try:
         return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
     except json.JSONDecodeError as e:
         hint = "; one object per line? name the file .jsonl" if e.msg == "Extra data" else ""
         raise DataError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}){hint}") from None

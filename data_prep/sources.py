@@ -121,7 +121,7 @@ def _load_cl_benchmark(task: TaskSpec, cfg: ExperimentConfig) -> SourceRecords:
     if not folder.is_dir():
         raise DataError(f"{folder}: no such cl_benchmark folder for task {task.name!r} (expected train.json, "
                         f"test.json and labels.json inside; is data_root right?)")
-    labels = task.labels or _cl_labels(folder / "labels.json")
+    labels = task.labels or _cl_labels(folder / "labels.json", task)
     instruction = task.instruction or cl_instruction(folder, labels)
     fields = {"input": "sentence", "output": "label", **src.fields}
     train, dropped = to_records(read_file(folder / "train.json", "json"), task, labels, instruction, fields)
@@ -133,9 +133,19 @@ def _load_cl_benchmark(task: TaskSpec, cfg: ExperimentConfig) -> SourceRecords:
     return SourceRecords(str(folder), train, test, labels, dropped)
 
 
-def _cl_labels(path: Path) -> list[str] | None:
+# Metrics that score free text: a cl_benchmark task with one of these needs no label set.
+FREE_TEXT_METRICS = ("rouge_l", "bertscore")
+
+
+def _cl_labels(path: Path, task: TaskSpec) -> list[str] | None:
     if not path.is_file():
-        return None  # labels.json is optional: outputs are then free text
+        # A missing labels.json must not silently turn a classification task into free text.
+        if task.metric in FREE_TEXT_METRICS:
+            return None
+        raise DataError(f"{path}: no such file; task {task.name!r} (metric {task.metric}) is scored as "
+                        f"classification and needs its label set. Add labels.json (a JSON list of the "
+                        f"labels), give the task `labels: [...]`, or, if its answers are free text, set "
+                        f"`metric: rouge_l`")
     labels = load_json(path)
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
         raise DataError(f"{path}: expected a non-empty JSON list of label strings, got {labels!r:.80}")

@@ -1,7 +1,10 @@
 """Atomic writes, DONE markers with content hashes, and the checks a later stage makes on them.
 
 A stage writes into a temporary sibling and renames it into place (`os.replace` is atomic on
-POSIX), so a crash leaves either the old artifact or the new one, never half of one. A finished
+POSIX; a folder replacing a folder is swapped with renameat2 RENAME_EXCHANGE where the kernel
+has it), after an fsync of everything written, so a crash or power loss leaves either the old
+artifact or the new one, never half of one. Temporaries that a killed writer left behind are
+removed by the next writer of the same artifact; a live writer's never are. A finished
 stage then writes DONE: a JSON of the sha256 of every file it produced plus the hashes of the
 inputs it consumed; a later stage calls `require_done` and refuses inputs that do not match.
 """
@@ -9,11 +12,19 @@ inputs it consumed; a later stage calls `require_done` and refuses inputs that d
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import functools
+import glob
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,35 +55,195 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
+TMP_SUFFIX = ".tmp"
+OLD_SUFFIX = ".old"
+OWNER = ".owner"  # inside a temporary folder: locked by the live writer that made it
+# A leftover without a lockable OWNER file (killed within microseconds of its creation, or
+# written by an older version, or on a file system without locks) is removed after this long.
+STALE_AGE_S = 600.0
+RENAME_EXCHANGE = 2  # linux/fs.h
+AT_FDCWD = -100  # linux/fcntl.h: paths relative to the current directory
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `final`; on success rename it over `final`.
+    """Yield a temporary path beside `final`; on success put it in place of `final`.
 
-    Works for a file or a directory. On an exception the temporary is removed and `final` is
-    left exactly as it was.
+    Works for a file or a directory. Everything written is fsynced before the rename and the
+    parent folder after it, so after a crash or power loss `final` is the old artifact or the
+    whole new one. On an exception the temporary is removed and `final` is left exactly as it
+    was. Leftovers of writers of `final` that were killed are removed first; a live writer's
+    temporary (its OWNER file is locked) is never touched. The temporary folder's name is unique
+    (mkdtemp), so two writers of one artifact never share a temporary name; the last to finish wins.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    remove_leftovers(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=TMP_SUFFIX, dir=final.parent))
+    owner = _lock_owner(tmp)
     target = tmp / final.name
     try:
         yield target
-        if final.is_dir() and not final.is_symlink():
-            # os.replace cannot replace a non-empty directory: move the old one aside first.
-            old = final.parent / f".{final.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(target, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(target, final)
+        fsync_tree(target)
+        _install(target, final, tmp)
+        fsync_dir(final.parent)
+    except OSError as e:
+        if e.filename is None and e.errno is not None:  # a failed write() (disk full) names no file
+            e.filename = str(final)
+        raise
     finally:
+        if owner is not None:
+            os.close(owner)  # before the rmtree: on NFS an open deleted file would block it
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _install(target: Path, final: Path, tmp: Path) -> None:
+    """Move `target` to `final`. A folder over a folder is swapped in one step where the kernel
+    can (renameat2 RENAME_EXCHANGE, Linux >= 3.15 on ext4, xfs, btrfs, tmpfs): `final` exists at
+    every moment, so a concurrent reader sees the old or the new folder, never none. Elsewhere
+    (macOS, NFS, older kernels) os.replace cannot replace a non-empty folder, so the old one is
+    moved aside into our own temporary folder first: two renames, with a moment between them."""
+    if target.is_dir() and final.is_dir() and not final.is_symlink():
+        if exchange(target, final):
+            return  # the old folder is now at `target`, removed with `tmp`
+        os.replace(final, tmp / f"{final.name}{OLD_SUFFIX}")
+    os.replace(target, final)
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (renameat2 RENAME_EXCHANGE); False where that is unsupported."""
+    fn = _renameat2()
+    if fn is None:
+        return False
+    if fn(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EXDEV):
+        return False  # kernel or file system without RENAME_EXCHANGE
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@functools.lru_cache(maxsize=1)
+def _renameat2() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2  # glibc >= 2.28
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the names in `folder` (a rename into it) durable."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # not openable as a folder on this platform
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):  # no folder fsync here
+            raise
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync a file, or every file and folder under a folder (written files reach the disk
+    before the rename that publishes them)."""
+    if path.is_symlink() or not path.exists():
+        return
+    if path.is_file():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            fsync_tree(Path(root) / name)
+        fsync_dir(Path(root))
+
+
+def _lock_owner(tmp: Path) -> int | None:
+    """Create and lock tmp/OWNER for as long as we write: proof to `remove_leftovers` that we live."""
+    fd = os.open(tmp / OWNER, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None  # no locks here: leftovers are then judged by age only
+    return fd
+
+
+def remove_leftovers(final: Path, min_age_s: float = STALE_AGE_S) -> list[Path]:
+    """Remove the `.<name>.*.tmp` / `.<name>.*.old` siblings of `final` that killed writers left.
+
+    A temporary folder whose OWNER file we can lock belongs to no live writer; one without a
+    lockable OWNER counts as stale once it is older than `min_age_s`. Returns what was removed.
+    """
+    final = Path(final)
+    if not final.parent.is_dir():
+        return []
+    removed = []
+    for p in final.parent.glob(f".{glob.escape(final.name)}.*"):
+        if p.name.endswith((TMP_SUFFIX, OLD_SUFFIX)) and _remove_if_stale(p, min_age_s):
+            removed.append(p)
+    return removed
+
+
+def remove_leftovers_under(root: Path, min_age_s: float = STALE_AGE_S) -> list[Path]:
+    """`remove_leftovers` for every artifact under `root` (a stage may call it at its start)."""
+    removed: list[Path] = []
+    if not Path(root).is_dir():
+        return removed
+    for p in sorted(Path(root).rglob(".*")):
+        if p.name.endswith((TMP_SUFFIX, OLD_SUFFIX)) and p.exists() and _remove_if_stale(p, min_age_s):
+            removed.append(p)
+    return removed
+
+
+def _remove_if_stale(p: Path, min_age_s: float) -> bool:
+    fd = None
+    try:
+        if (p / OWNER).is_file():
+            fd = os.open(p / OWNER, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # a live writer holds it
+            except OSError:
+                os.close(fd)
+                fd = None
+                if not _older_than(p, min_age_s):
+                    return False
+        elif not _older_than(p, min_age_s):
+            return False
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        return True
+    except FileNotFoundError:
+        return False  # its writer just finished and removed it
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _older_than(p: Path, seconds: float) -> bool:
+    return time.time() - p.lstat().st_mtime > seconds
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    # atomic_path fsyncs the file before its rename.
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -94,9 +265,9 @@ def read_done(folder: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # a torn or garbled marker: the stage counts as not finished
 
 
 def is_done(folder: Path) -> bool:

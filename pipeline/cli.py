@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
-from pipeline.errors import SlmError
 from pipeline.methods import METHOD_NAMES
+
+EXIT_USER_ERROR = 2  # the config, data, paths or another writer: the message says what to do
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports it
+DEBUG_HELP = "on an error, show the full traceback (also: SLM_DEBUG=1)"
 
 EPILOG = """\
 overrides: any config key as dotted KEY=VALUE after the options, parsed as YAML, e.g.
@@ -40,8 +44,12 @@ COMMANDS: dict[str, str] = {
 def _common(p: argparse.ArgumentParser, overrides: bool = True) -> None:
     p.add_argument("-c", "--config", metavar="YAML",
                    help="experiment file (default: the embedded default experiment)")
+    # SUPPRESS: when absent here, `slm --debug COMMAND` (the top-level flag) still counts.
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     p.add_argument("--method", choices=METHOD_NAMES,
                    help="override `method:`; each method writes its own output_dir/<method>")
+    p.add_argument("--order", metavar="NAME",
+                   help="one run of an experiment with `orders:`/`seeds:` (run and report do all by default)")
     if overrides:
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
 
@@ -50,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slm", description="SLM continual learning (JARe + DTKR) for LLaMA models.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     ps = {name: sub.add_parser(name, help=h, description=h, epilog=EPILOG,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -98,21 +107,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A failure the user can fix prints `error: ...` and `hint: ...` on stderr and
+    exits 2; the traceback only with --debug or SLM_DEBUG=1. Anything else is a bug: traceback."""
     args = build_parser().parse_args(argv)
+    debug = bool(getattr(args, "debug", False)) or os.environ.get("SLM_DEBUG", "") not in ("", "0")
+    try:
+        return run_command(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        from pipeline.error_report import user_message
+
+        found = None if debug else user_message(e)
+        if found is None:
+            raise
+        message, hint = found
+        print(f"error: {message}\nhint: {hint}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def run_command(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.layout import RunLayout
 
-    try:
-        overrides = list(args.overrides or [])
-        if args.method:
-            overrides.append(f"method={args.method}")
-        cfg = load_config(args.config, overrides)
-        layout = RunLayout.of(cfg)
-        module = importlib.import_module(f"pipeline.stages.{MODULES.get(args.command, args.command)}")
-        return int(module.main(cfg, layout, args) or 0)
-    except SlmError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    overrides = list(args.overrides or [])
+    if args.method:
+        overrides.append(f"method={args.method}")
+    cfg = load_config(args.config, overrides)
+    layout = RunLayout.of(cfg)
+    module = importlib.import_module(f"pipeline.stages.{MODULES.get(args.command, args.command)}")
+    return int(module.main(cfg, layout, args) or 0)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,18 @@ class DtkrSpec(Spec):
     # behaviour, only right when a batch holds one task).
     retrieval: Literal["per_sample", "per_batch"] = "per_sample"
 
+    @model_validator(mode="after")
+    def _groups_divide_encoder_dim(self) -> DtkrSpec:
+        # Found here, from the encoder's config.json, rather than after every query is encoded.
+        from pipeline.encoder_config import divisors, encoder_dim
+
+        found = encoder_dim(self.encoder)
+        if found and found[0] % self.groups:
+            dim, path = found
+            raise ValueError(f"groups={self.groups} does not divide the dimension {dim} of encoder "
+                             f"{self.encoder!r} (hidden_size in {path}); use one of {divisors(dim)}")
+        return self
+
 
 class SourceSpec(Spec):
     """Where a task's records come from. Which fields apply depends on `type`."""
@@ -147,6 +159,15 @@ class TaskSpec(Spec):
     # taken before max_train; needs a label set. The test split is untouched.
     max_train_per_label: int | None = Field(None, ge=1)
     max_test: int | None = Field(None, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_dot_name(cls, value: str) -> str:
+        # `.` and `..` would put the task's data on its parent folder, and a leading dot makes it
+        # look like a temporary (`.x.tmp`) that leftover cleaning removes.
+        if value.startswith("."):
+            raise ValueError(f"task name {value!r} must not start with '.'")
+        return value
 
 
 class DataSpec(Spec):
@@ -198,12 +219,29 @@ class EvalSpec(Spec):
     bertscore_layer: int = Field(17, ge=1)
 
 
+def _single_line(value: str | list[str] | None) -> str | list[str] | None:
+    """Refuse control characters in a Slurm value: a newline would end its `#SBATCH` line and
+    the batch shell would run the rest as a command."""
+    for i, text in enumerate(value if isinstance(value, list) else [value]):
+        bad = sorted({c for c in text or "" if ord(c) < 32 or ord(c) == 127})
+        if bad:
+            where = f"entry {i} " if isinstance(value, list) else ""
+            raise ValueError(f"{where}contains the control character(s) {', '.join(repr(c) for c in bad)}: "
+                             f"a Slurm value must be one line (give several lines as list entries)")
+    return value
+
+
 class SlurmStageSpec(Spec):
     nodes: int = Field(1, ge=1)
     gpus_per_node: int = Field(0, ge=0)
     cpus_per_task: int = Field(2, ge=1)
     mem: str = "8G"
     time: str = "01:00:00"
+
+    @field_validator("mem", "time")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        return _single_line(value)
 
 
 class SlurmSpec(Spec):
@@ -217,6 +255,11 @@ class SlurmSpec(Spec):
     prepare: SlurmStageSpec = SlurmStageSpec()
     train: SlurmStageSpec = SlurmStageSpec()
     finish: SlurmStageSpec = SlurmStageSpec()  # index + eval + report
+
+    @field_validator("partition", "account", "qos", "constraint", "extra_sbatch", "setup")
+    @classmethod
+    def _one_line(cls, value: str | list[str] | None) -> str | list[str] | None:
+        return _single_line(value)
 
 
 class OrderSpec(Spec):
@@ -318,7 +361,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.max_steps=10)")
-        value = yaml.safe_load(text) if text else ""
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem}); quote it, "
+                              f"e.g. {key}='\"...\"'") from None
         node: Any = out
         parts = key.split(".")
         for i, part in enumerate(parts):
@@ -388,9 +436,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         else:
             raise ConfigError(f"{path}: no such experiment file (shipped configs: {', '.join(shipped)})")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
     raw = apply_overrides(raw, overrides or [])

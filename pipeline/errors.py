@@ -1,8 +1,17 @@
-"""One small error hierarchy: every user-facing failure says what was wrong, where, and what to do next."""
+"""One small error hierarchy: every user-facing failure says what was wrong, where, and what to do next.
+
+`pipeline.cli.main` turns any of these (and the OS errors a user can cause) into one line on
+stderr plus a hint line, exit code 2. `hint` is the line after: what to do, when the message
+itself does not already say it.
+"""
 
 
 class SlmError(Exception):
     """Base class of every error the pipeline raises on purpose."""
+
+    def __init__(self, message: str = "", *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 class ConfigError(SlmError, ValueError):
@@ -23,3 +32,7 @@ class NoTargetModuleError(SlmError, ValueError):
 
 class CheckpointError(SlmError, RuntimeError):
     """A saved slot bank, key bank or index does not match the model/encoder it is loaded into."""
+
+
+class LockError(SlmError, RuntimeError):
+    """Another live process writes the same output folder: names its pid, host and Slurm job."""

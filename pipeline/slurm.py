@@ -19,8 +19,9 @@ import yaml
 
 from pipeline.artifacts import DONE
 from pipeline.config import ExperimentConfig, SlurmStageSpec
+from pipeline.errors import ConfigError
 from pipeline.layout import RunLayout
-from pipeline.preemption import EXIT_PREEMPTED, EXIT_PREVIOUS_NOT_DONE, PREEMPT_SIGNAL_NAME
+from pipeline.preemption import EXIT_PREEMPTED, EXIT_PREVIOUS_NOT_DONE, EXIT_TERMINATED, PREEMPT_SIGNAL_NAME
 
 TEMPLATES = Path(__file__).resolve().parent / "slurm_templates"
 JOB_KINDS: tuple[str, ...] = ("prepare", "train", "finish")  # submission order; each waits for the one before
@@ -100,7 +101,13 @@ def fill(template: str, values: Mapping[str, str]) -> str:
 
 
 def sbatch_flag(key: str, value: object) -> str:
-    return f"#SBATCH --{key}" if value is True else f"#SBATCH --{key}={shlex.quote(str(value))}"
+    text = str(value)
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        # The config refuses these in slurm values; output_dir and the name also reach #SBATCH lines,
+        # where a newline would end the line and the shell would run the rest.
+        raise ConfigError(f"the Slurm option --{key} would hold a control character ({text!r}); "
+                          f"remove newlines and tabs from output_dir / name / slurm values")
+    return f"#SBATCH --{key}" if value is True else f"#SBATCH --{key}={shlex.quote(text)}"
 
 
 def sbatch_options(cfg: ExperimentConfig, layout: RunLayout, kind: str) -> dict[str, object]:
@@ -164,6 +171,7 @@ def _body_values(cfg: ExperimentConfig, layout: RunLayout) -> dict[str, str]:
         "done_markers": " ".join(shlex.quote(str(p)) for p in done),
         "exit_preempted": str(EXIT_PREEMPTED),
         "exit_previous_not_done": str(EXIT_PREVIOUS_NOT_DONE),
+        "exit_terminated": str(EXIT_TERMINATED),
         "signal": PREEMPT_SIGNAL_NAME,
         "signal_seconds": str(cfg.slurm.signal_seconds),
         "nproc": str(gpus or 1),  # one process per GPU; one on a CPU node

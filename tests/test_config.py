@@ -121,3 +121,57 @@ def test_prepare_writes_the_resolved_config_before_any_work(write_yaml, small_ex
     assert written["train"]["max_steps"] == 9, "overrides are part of the resolved config"
     assert written["tasks"][1]["source"]["path"] == "missing.jsonl"
     assert not layout.data.exists()
+
+
+@pytest.mark.parametrize("name", [".", "..", ".hidden"])
+def test_a_task_name_starting_with_a_dot_is_refused(write_yaml, small_experiment, name: str) -> None:
+    small_experiment["tasks"][0]["name"] = name
+    with pytest.raises(ConfigError, match=r"tasks\.0\.name: .*must not start with '\.'"):
+        load_config(write_yaml(small_experiment))
+
+
+@pytest.mark.parametrize(("override", "field"), [
+    ('slurm.extra_sbatch=["--exclusive\\necho owned"]', "slurm.extra_sbatch"),
+    ('slurm.setup=["module load x", "a\\rb"]', "slurm.setup"),
+    ('slurm.partition="gpu\\necho owned"', "slurm.partition"),
+    ('slurm.train.mem="8G\\techo"', "slurm.train.mem"),
+    ('slurm.finish.time="1:00:00\\n"', "slurm.finish.time"),
+])
+def test_a_control_character_in_a_slurm_value_is_refused(override: str, field: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{field}: .*control character"):
+        load_config(None, [override])
+
+
+def test_dtkr_groups_that_do_not_divide_the_encoder_dimension_are_refused_at_load() -> None:
+    # The bundled all-MiniLM-L6-v2 is 384-d; 5 does not divide it. Found from its config.json.
+    expected = r"groups=5 does not divide the dimension 384 .*config\.json.*\[1, 2, 3, 4, 6"
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, ["dtkr.groups=5"])
+    assert load_config(None, ["dtkr.groups=8"]).dtkr.groups == 8
+
+
+def test_a_local_encoder_folder_is_checked_from_its_config_json(tmp_path: Path) -> None:
+    (tmp_path / "enc").mkdir()
+    (tmp_path / "enc" / "config.json").write_text('{"hidden_size": 768}')
+    with pytest.raises(ConfigError, match="dimension 768"):
+        load_config(None, [f"dtkr.encoder={tmp_path / 'enc'}", "dtkr.groups=5"])
+    assert load_config(None, [f"dtkr.encoder={tmp_path / 'enc'}", "dtkr.groups=6"]).dtkr.groups == 6
+
+
+def test_the_light_bundled_encoder_table_matches_the_model_loader() -> None:
+    from pipeline.encoder_config import BUNDLED_ENCODER_MODULES
+    from pipeline.models import BUNDLED_ENCODERS
+
+    assert BUNDLED_ENCODER_MODULES == {name: module for name, (module, _pip) in BUNDLED_ENCODERS.items()}
+
+
+def test_a_non_utf8_experiment_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=rf"{path}: not UTF-8 text"):
+        load_config(path)
+
+
+def test_an_override_value_that_is_not_yaml_names_the_override() -> None:
+    with pytest.raises(ConfigError, match=r"override 'train.max_steps=\[1': the value is not valid YAML"):
+        load_config(None, ["train.max_steps=[1"])

@@ -120,6 +120,15 @@ def test_the_preemption_signal_comes_from_one_constant(monkeypatch: pytest.Monke
         assert needle in usr2
 
 
+def test_a_newline_in_output_dir_is_refused_before_it_reaches_an_sbatch_line(capsys) -> None:
+    # output_dir is no Slurm value, but it lands in #SBATCH --output=...: a newline there would end
+    # the comment line and the batch shell would run the rest.
+    assert cli.main(["submit", "--dry-run", 'output_dir="/tmp/a\\nrm -rf ~"']) == 2
+    captured = capsys.readouterr()
+    assert "control character" in captured.err and "output_dir" in captured.err
+    assert "#SBATCH" not in captured.out
+
+
 def test_sbatch_commands_chain_each_job_after_the_one_before() -> None:
     layout = RunLayout.of(shape_config("1n1g"))
     lines = slurm.sbatch_commands(layout)
@@ -252,6 +261,12 @@ echo "$*" > "$FAKE_DIR/args"
 case $FAKE_MODE in
   preempt)
     trap 'echo "got USR1" >> "$FAKE_DIR/trainer.log"; exit 75' USR1
+    trap 'echo "got TERM" >> "$FAKE_DIR/trainer.log"; exit 143' TERM
+    touch "$FAKE_DIR/started"
+    while :; do sleep 0.05; done ;;
+  slow_checkpoint)  # still saving after USR1 when SIGTERM comes
+    trap 'echo "got USR1" >> "$FAKE_DIR/trainer.log"' USR1
+    trap 'echo "got TERM" >> "$FAKE_DIR/trainer.log"; exit 143' TERM
     touch "$FAKE_DIR/started"
     while :; do sleep 0.05; done ;;
   done) mkdir -p "$DONE_DIR" && touch "$DONE_DIR/DONE" ;;
@@ -320,6 +335,50 @@ def test_usr1_to_the_batch_shell_reaches_training_and_requeues_the_task(tmp_path
     args = read(tmp_path, "args")
     assert "--node_rank=0 --nnodes=1 --nproc_per_node=1" in args and "--signals_to_handle=SIGUSR1," in args
     assert args.endswith(f"train -c {tmp_path}/out dir/slurm/slm/config.yaml --task 1\n")
+
+
+def test_sigterm_to_the_batch_shell_checkpoints_and_stops_without_requeue(tmp_path, fake_cluster) -> None:
+    import signal
+
+    from pipeline.preemption import EXIT_TERMINATED
+
+    fake_cluster["FAKE_MODE"] = "preempt"
+    proc = subprocess.Popen(["bash", str(train_script(tmp_path, fake_cluster))], env=fake_cluster,
+                            stdout=subprocess.PIPE, text=True)
+    wait_for(tmp_path / "started")
+    proc.send_signal(signal.SIGTERM)  # what scancel sends
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == EXIT_TERMINATED, out
+    assert read(tmp_path, "trainer.log") == "got TERM\n"
+    assert "requeue" not in read(tmp_path, "scontrol.log") and "hold" not in read(tmp_path, "scontrol.log")
+    assert "not requeued" in out
+
+
+def test_sigterm_after_usr1_wins_and_the_task_is_not_requeued(tmp_path, fake_cluster) -> None:
+    import signal
+
+    from pipeline.preemption import EXIT_TERMINATED
+
+    fake_cluster["FAKE_MODE"] = "slow_checkpoint"
+    proc = subprocess.Popen(["bash", str(train_script(tmp_path, fake_cluster))], env=fake_cluster,
+                            stdout=subprocess.PIPE, text=True)
+    wait_for(tmp_path / "started")
+    proc.send_signal(signal.SIGUSR1)
+    wait_for_text(tmp_path / "trainer.log", "got USR1")
+    proc.send_signal(signal.SIGTERM)  # the user cancels while the preemption checkpoint is saved
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == EXIT_TERMINATED, out
+    assert read(tmp_path, "trainer.log") == "got USR1\ngot TERM\n"
+    assert "requeue" not in read(tmp_path, "scontrol.log")
+
+
+def wait_for_text(path: Path, text: str, seconds: float = 10) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while text not in read(path.parent, path.name):
+        assert time.monotonic() < deadline, f"{text!r} did not appear in {path}"
+        time.sleep(0.05)
 
 
 def test_a_task_that_finishes_exits_0_without_requeue(tmp_path, fake_cluster) -> None:

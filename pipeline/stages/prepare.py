@@ -23,6 +23,7 @@ from pipeline.artifacts import atomic_path, atomic_write_json, atomic_write_text
 from pipeline.config import ExperimentConfig
 from pipeline.errors import StageInputError
 from pipeline.layout import RunLayout
+from pipeline.locks import data_lock
 from pipeline.truncation import TokenCaps
 
 # load_prepared is re-exported: later stages may take it from here or from data_prep.
@@ -38,8 +39,17 @@ def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> 
 
 
 def run(cfg: ExperimentConfig, layout: RunLayout, force: bool = False) -> dict[str, Any]:
-    """Prepare every task of `cfg` (idempotent) and return the manifest."""
+    """Prepare every task of `cfg` (idempotent) and return the manifest.
+
+    Holds the data lock throughout: a second prepare of the same output_dir waits for this one,
+    then finds the data DONE instead of building it again.
+    """
     atomic_write_text(layout.config, cfg.to_yaml())
+    with data_lock(layout):
+        return _prepare(cfg, layout, force)
+
+
+def _prepare(cfg: ExperimentConfig, layout: RunLayout, force: bool) -> dict[str, Any]:
     inputs = prepare_inputs(cfg)
     if not force and _up_to_date(layout, inputs):
         print(f"prepare: already done ({layout.data}, {len(cfg.tasks)} tasks; --force rebuilds)")
