@@ -14,18 +14,24 @@ from types import TracebackType
 
 import yaml
 
-from pipeline.errors import SlmError
+from pipeline.errors import ConfigError, DataError, SlmError
 
 DEBUG_HINT = "add --debug (or set SLM_DEBUG=1) for the full traceback"
 # Modules whose plain ValueErrors are about the user's settings or files, not bugs: a config
 # value, or keys/an index that do not fit the encoder (`dtkr.groups`, a task added twice).
 VALUE_ERROR_MODULES = ("pipeline.config", "pipeline.dtkr.keys", "pipeline.dtkr.store")
+# The hint of an error that brings none of its own.
+DEFAULT_HINTS: dict[type[SlmError], str] = {
+    ConfigError: "fix the key named above in the YAML or the KEY=VALUE override, then run the command again",
+    DataError: "fix the file or record named above, or the task's `source:` settings, then run the command again",
+}
 
 
 def user_message(e: BaseException) -> tuple[str, str] | None:
     """(message, hint) for a failure the user can fix; None for a bug (show the traceback)."""
     if isinstance(e, SlmError):
-        return str(e), e.hint or DEBUG_HINT
+        default = next((h for cls, h in DEFAULT_HINTS.items() if isinstance(e, cls)), DEBUG_HINT)
+        return str(e), e.hint or default
     if isinstance(e, UnicodeDecodeError):  # a subclass of ValueError: before the ValueError case
         return (f"a file is not UTF-8 text ({e.reason} at byte {e.start})",
                 "save the file as UTF-8; " + DEBUG_HINT + " to see which file was being read")

@@ -116,12 +116,14 @@ def holder(path: Path) -> dict | None:
 
     For readers such as `slm status`: it never blocks and never takes the lock for long.
     """
-    if not path.is_file():
+    try:
+        fd = os.open(path, os.O_RDONLY)  # read-only: a reader may lack write access to the run
+    except OSError:
         return None
-    fd = os.open(path, os.O_RDWR)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # A shared lock fails only while a writer holds its exclusive one.
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             return _read_holder(fd)
         except OSError:
@@ -200,7 +202,7 @@ def _acquire(path: Path, what: str) -> int | None:
 
 def _flock_or_busy(fd: int) -> None:
     """flock(LOCK_EX | LOCK_NB), retried for a moment while the holder has written no details:
-    that is `holder()` probing the lock (it holds it for microseconds), or a writer that has
+    that is `holder()` probing the lock (a shared lock, for microseconds), or a writer that has
     just taken it."""
     for _ in range(PROBE_RETRIES):
         try:

@@ -287,6 +287,17 @@ def test_an_old_leftover_without_an_owner_is_removed_and_a_fresh_one_is_kept(tmp
     assert fresh.exists(), "too young to be sure its writer is gone"
 
 
+def test_two_writers_of_one_artifact_never_share_a_temporary_and_the_last_wins(tmp_path: Path) -> None:
+    final = tmp_path / "data"
+    with atomic_path(final) as first, atomic_path(final) as second:  # two prepares at once
+        assert first.parent != second.parent and first.parent.exists(), "the second left the first's alone"
+        for folder, text in ((first, "first"), (second, "second")):
+            folder.mkdir()
+            (folder / "x").write_text(text)
+    assert (final / "x").read_text() == "first"  # the second finished first; the first replaced it whole
+    assert not temporaries(tmp_path)
+
+
 @pytest.mark.parametrize("kernel_swap", [True, False], ids=["renameat2", "two-renames"])
 def test_a_folder_is_replaced_whole_and_no_old_copy_remains(tmp_path: Path, monkeypatch, kernel_swap: bool) -> None:
     final = tmp_path / "data"
@@ -332,11 +343,22 @@ def test_a_second_writer_of_one_output_folder_fails_at_once_naming_the_holder(tm
                          str(layout.root), str(locks.lock_path(layout))):
             assert fragment in message, message
         assert "scancel 4242" in (err.value.hint or "")
-        assert locks.holder(locks.lock_path(layout))["pid"] == holder.pid  # what `slm status` can show
+        assert locks.holder(locks.lock_path(layout))["pid"] == holder.pid
         with locks.writer_lock(layout.for_method("seq_lora")):
             pass  # another method of the same output_dir is another folder: no conflict
     finally:
         kill(holder)
+
+
+def test_status_shows_the_writer_without_waiting_for_it(tmp_path: Path, capsys) -> None:
+    layout = RunLayout.of(load_config(None, [f"output_dir={tmp_path / 'out'}"]))
+    holder = spawn(HOLDER, str(locks.lock_path(layout)), env={"SLURM_JOB_ID": "77"})
+    try:
+        assert cli.main(["status", f"output_dir={tmp_path / 'out'}"]) == 0
+    finally:
+        kill(holder)
+    assert f"output folder is being written by pid {holder.pid} on host {socket.gethostname()} (Slurm job 77)" \
+        in capsys.readouterr().out
 
 
 def test_a_writer_killed_by_sigkill_leaves_no_stale_lock(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import slurm
+from pipeline import locks, slurm
 from pipeline.artifacts import is_done
 from pipeline.config import ExperimentConfig
 from pipeline.layout import RunLayout
@@ -205,5 +205,8 @@ def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace | No
     rows = [prepare_row(cfg, layout, jobs, view), *task_rows(cfg, layout, jobs, view),
             *finish_rows(cfg, layout, jobs, view)]
     print(format_table(rows))
+    for what, path in (("output folder", locks.lock_path(layout)), ("data", locks.data_lock_path(layout))):
+        if holder := locks.holder(path):  # a look, not a hold: status never waits for a writer
+            print(f"{what} is being written by {locks.describe(holder)}")
     print(f"logs: {layout.logs}")
     return 0
