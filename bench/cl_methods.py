@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ from pipeline.config import ExperimentConfig, load_config  # noqa: E402
 from pipeline.layout import RunLayout  # noqa: E402
 from pipeline.methods import METHOD_NAMES  # noqa: E402
 from pipeline.orders import order_runs  # noqa: E402
+from pipeline.stages.report import mean_std  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 METRICS = ("AA", "BWT", "forgetting", "FWT", "retrieval_accuracy")
@@ -98,9 +98,7 @@ def summarise(runs: list[dict], names: list[str]) -> dict:
     """Mean and standard deviation over orders of every metric, plus each order's full metrics."""
     out: dict = {}
     for key in METRICS:
-        values = [m[key] for m in runs if m.get(key) is not None]
-        out[key] = statistics.fmean(values) if values else None
-        out[f"{key}_std"] = statistics.pstdev(values) if len(values) > 1 else (0.0 if values else None)
+        out[key], out[f"{key}_std"] = mean_std([m.get(key) for m in runs])
     out["complete"] = all(m["complete"] for m in runs)
     out["per_order"] = {name: {k: m.get(k) for k in (*METRICS, "tasks", "matrix", "untrained", "retrieval_per_task",
                                                      "retrieval_confusion", "final_scores", "metric")}

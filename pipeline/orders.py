@@ -8,10 +8,12 @@ unchanged. `slm report` then adds the mean and standard deviation over the runs.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from pipeline.config import ExperimentConfig
 from pipeline.errors import ConfigError
+from pipeline.layout import RunLayout
 
 
 def order_runs(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
@@ -44,3 +46,15 @@ def select_run(cfg: ExperimentConfig, name: str | None) -> ExperimentConfig:
             return run_cfg
     names = ", ".join(n for n, _ in runs if n) or "(none: it lists no orders or seeds)"
     raise ConfigError(f"--order {name!r}: experiment {cfg.name!r} has the runs {names}")
+
+
+def selected_runs(cfg: ExperimentConfig, args: argparse.Namespace) -> list[tuple[str, ExperimentConfig]]:
+    """Every run, or only the one `--order` names (stages that handle all runs: run, report)."""
+    name = getattr(args, "order", None)
+    return order_runs(cfg) if name is None else [(name, select_run(cfg, name))]
+
+
+def single_run(cfg: ExperimentConfig, args: argparse.Namespace) -> tuple[ExperimentConfig, RunLayout]:
+    """The one run a per-run stage (train, index, eval, generate) works on, and its layout."""
+    run_cfg = select_run(cfg, getattr(args, "order", None))
+    return run_cfg, RunLayout.of(run_cfg)

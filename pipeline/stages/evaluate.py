@@ -25,6 +25,7 @@ from pipeline.layout import RunLayout
 from pipeline.methods import get_method
 from pipeline.methods.base import Predictor
 from pipeline.models import default_device, load_tokenizer
+from pipeline.orders import single_run
 from pipeline.stages.index import done_tasks
 
 
@@ -141,6 +142,7 @@ class Scorer:
 
 
 def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:
+    cfg, layout = single_run(cfg, args)
     after = args.after
     if after is None:
         after = done_tasks(cfg, layout) - 1

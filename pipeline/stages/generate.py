@@ -16,6 +16,7 @@ from pipeline.errors import StageInputError
 from pipeline.layout import RunLayout
 from pipeline.methods import get_method
 from pipeline.models import default_device, load_tokenizer
+from pipeline.orders import single_run
 from pipeline.stages.index import done_tasks
 
 
@@ -50,5 +51,6 @@ def run(cfg: ExperimentConfig, layout: RunLayout, prompt: str, input_text: str =
 
 
 def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:
+    cfg, layout = single_run(cfg, args)
     run(cfg, layout, args.prompt, args.input, args.max_new_tokens)
     return 0

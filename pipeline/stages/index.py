@@ -10,6 +10,7 @@ from pipeline.config import ExperimentConfig
 from pipeline.errors import StageInputError
 from pipeline.layout import RunLayout
 from pipeline.methods import get_method
+from pipeline.orders import single_run
 
 
 def done_tasks(cfg: ExperimentConfig, layout: RunLayout) -> int:
@@ -68,4 +69,4 @@ def load_store(cfg: ExperimentConfig, layout: RunLayout, n_tasks: int):
 
 
 def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:
-    return run(cfg, layout)
+    return run(*single_run(cfg, args))

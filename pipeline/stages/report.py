@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from pipeline.config import ExperimentConfig
 from pipeline.errors import StageInputError
 from pipeline.layout import RunLayout
 from pipeline.methods import METHOD_NAMES, get_method
+from pipeline.orders import order_runs, selected_runs
 
 COMPARED = ("AA", "BWT", "forgetting", "FWT", "retrieval_accuracy")
 
@@ -415,12 +417,73 @@ def run(cfg: ExperimentConfig, layout: RunLayout) -> dict[str, Any]:
     return m
 
 
+# ---- several task orders / seeds -------------------------------------------------------------
+
+
+def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and (population) standard deviation of the defined values; (None, None) if none are."""
+    defined = [v for v in values if v is not None]
+    if not defined:
+        return None, None
+    return statistics.fmean(defined), statistics.pstdev(defined)
+
+
+def orders_summary(cfg: ExperimentConfig, method: str) -> dict[str, Any]:
+    """Per-run metrics of `method` over every order/seed run of `cfg`, with mean and std per metric."""
+    runs = {}
+    for name, run_cfg in order_runs(cfg):
+        path = RunLayout.of(run_cfg).for_method(method).eval / "metrics.json"
+        runs[name] = json.loads(path.read_text()) if path.is_file() else None
+    done = [m for m in runs.values() if m is not None and m["complete"]]
+    stats = {k: dict(zip(("mean", "std"), mean_std([m[k] for m in done]), strict=True)) for k in COMPARED}
+    return {"method": method, "runs": {n: (None if m is None else {k: m[k] for k in (*COMPARED, "tasks", "matrix")})
+                                       for n, m in runs.items()},
+            "complete_runs": len(done), "expected_runs": len(runs), "mean_std": stats}
+
+
+def render_orders(cfg: ExperimentConfig, summaries: list[dict[str, Any]]) -> str:
+    names = [n for n, _ in order_runs(cfg)]
+    lines = [f"# Experiment `{cfg.name}` over {len(names)} runs (task orders x seeds)", "",
+             "Mean ± standard deviation over the finished runs; each run is its own sequential experiment in "
+             f"`{cfg.output_dir}/<run>/`.", ""]
+    header = ["method", "runs", *[f"{k} (mean ± std)" for k in COMPARED]]
+    rows = []
+    for s in summaries:
+        cells = []
+        for k in COMPARED:
+            mean, std = s["mean_std"][k]["mean"], s["mean_std"][k]["std"]
+            cells.append("n/a" if mean is None else f"{_fmt(mean, k in ('BWT', 'FWT'))} ± {std:.3f}")
+        rows.append([f"`{s['method']}`", f"{s['complete_runs']}/{s['expected_runs']}", *cells])
+    lines += [*_table(header, rows), "", "Per run:", ""]
+    per_run = [[f"`{s['method']}`", n, *[_fmt(r[k]) if (r := s["runs"][n]) else "not run" for k in COMPARED]]
+               for s in summaries for n in names]
+    lines += _table(["method", "run", *COMPARED], per_run)
+    return "\n".join(lines) + "\n"
+
+
+def write_orders_summary(cfg: ExperimentConfig, base: Path) -> Path:
+    """orders.json and orders.md under output_dir: every method that has results in any run."""
+    methods = sorted({p.parent.parent.name for name, c in order_runs(cfg)
+                      for p in (Path(c.output_dir).expanduser().resolve()).glob("*/eval/metrics.json")},
+                     key=lambda m: METHOD_NAMES.index(m) if m in METHOD_NAMES else len(METHOD_NAMES))
+    summaries = [orders_summary(cfg, m) for m in methods]
+    atomic_write_json(base / "orders.json", {"experiment": cfg.name, "runs": [n for n, _ in order_runs(cfg)],
+                                             "methods": summaries})
+    atomic_write_text(base / "orders.md", render_orders(cfg, summaries))
+    return base / "orders.md"
+
+
 def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace | None = None) -> int:
-    m = run(cfg, layout)
-    status = "" if m["complete"] else f" (partial: {m['rows_present']}/{m['rows_expected']} rows)"
-    print(f"{layout.method}{status}: AA {_fmt(m['AA'])}  BWT {_fmt(m['BWT'], True)}  "
-          f"forgetting {_fmt(m['forgetting'])}  FWT {_fmt(m['FWT'], True)}  "
-          f"retrieval {_fmt(m['retrieval_accuracy'])}")
-    print(f"comparison: {layout.base / 'comparison.md'}")
-    print(layout.eval / "report.md")
+    runs = selected_runs(cfg, args) if args is not None else order_runs(cfg)
+    for name, run_cfg in runs:
+        run_layout = RunLayout.of(run_cfg)
+        m = run(run_cfg, run_layout)
+        status = "" if m["complete"] else f" (partial: {m['rows_present']}/{m['rows_expected']} rows)"
+        print(f"{name + ': ' if name else ''}{run_layout.method}{status}: AA {_fmt(m['AA'])}  "
+              f"BWT {_fmt(m['BWT'], True)}  forgetting {_fmt(m['forgetting'])}  FWT {_fmt(m['FWT'], True)}  "
+              f"retrieval {_fmt(m['retrieval_accuracy'])}")
+        print(f"comparison: {run_layout.base / 'comparison.md'}")
+        print(run_layout.eval / "report.md")
+    if len(order_runs(cfg)) > 1:
+        print(f"over all runs: {write_orders_summary(cfg, layout.base)}")
     return 0

@@ -1,7 +1,9 @@
 """`slm run`: every stage locally, in order, skipping finished work.
 
 prepare -> for each task i: train i, index, eval row i -> eval of the untrained model -> report.
-Each stage checks its own DONE marker / row inputs, so a second run does nothing and says so.
+Each stage checks its own DONE marker / row inputs, so a second run does nothing and says so. An
+experiment with several task orders (or seeds) runs each into <output_dir>/<run>/, then writes
+the mean and standard deviation over the runs (<output_dir>/orders.md).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import time
 
 from pipeline.config import ExperimentConfig
 from pipeline.layout import RunLayout
+from pipeline.orders import order_runs, selected_runs
 from pipeline.stages import evaluate, index, prepare, report, train
 
 
@@ -30,4 +33,14 @@ def run(cfg: ExperimentConfig, layout: RunLayout) -> int:
 
 
 def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:
-    return run(cfg, layout)
+    """Every order/seed run of the experiment (or the one `--order` names), each into its own folder."""
+    runs = selected_runs(cfg, args)
+    for name, run_cfg in runs:
+        if name:
+            print(f"run: order {name!r} -> {run_cfg.output_dir}")
+        status = run(run_cfg, RunLayout.of(run_cfg))
+        if status != 0:
+            return status
+    if len(order_runs(cfg)) > 1:
+        print(f"run: over all runs: {report.write_orders_summary(cfg, layout.base)}")
+    return 0

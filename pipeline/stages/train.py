@@ -35,7 +35,8 @@ from pipeline.layout import RunLayout
 from pipeline.methods import get_method
 from pipeline.methods.base import Trainer
 from pipeline.models import load_base_model, load_tokenizer, release_zero3_loading
-from pipeline.preemption import EXIT_PREEMPTED, EXIT_PREVIOUS_NOT_DONE, PreemptionFlag
+from pipeline.orders import single_run
+from pipeline.preemption import EXIT_PREEMPTED, EXIT_PREVIOUS_NOT_DONE, EXIT_TERMINATED, PreemptionFlag
 
 
 def train_inputs(cfg: ExperimentConfig, layout: RunLayout, t: int) -> dict[str, str]:
@@ -68,6 +69,7 @@ def resolve_task_index(cfg: ExperimentConfig, task: int | None) -> int:
 
 
 def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:
+    cfg, layout = single_run(cfg, args)
     t = resolve_task_index(cfg, args.task)
     try:
         check_previous_done(cfg, layout, t)
@@ -193,9 +195,12 @@ def _train_loop(cfg, layout, t, method, trainer: Trainer, examples: list, rank: 
             last = step + 1 == steps
             if distributed.any_rank(preempt.requested):
                 save_checkpoint(engine, state_dir, step + 1)
-                distributed.log(f"train: signal received; checkpoint at step {step + 1} saved, exiting "
-                                f"{EXIT_PREEMPTED} (requeue to resume)")
-                return EXIT_PREEMPTED
+                # A SIGTERM on any rank (scancel, drain) is a stop, not a preemption: every rank exits 143.
+                code = EXIT_TERMINATED if distributed.any_rank(preempt.terminated) else EXIT_PREEMPTED
+                why = ("stop signal (SIGTERM): not requeued; rerun to resume" if code == EXIT_TERMINATED
+                       else "preemption signal: requeue to resume")
+                distributed.log(f"train: checkpoint at step {step + 1} saved; exiting {code} ({why})")
+                return code
             if (step + 1) % tr.save_every == 0 or last:
                 save_checkpoint(engine, state_dir, step + 1)
                 prune_checkpoints(state_dir, tr.keep_checkpoints)
