@@ -7,6 +7,13 @@ matmuls (the einsums "bli,bsi->bls" and "bls,bso->blo", written as the bmm's the
 No dense (d_out, d_in) increment is ever built in forward; `merge` builds one on purpose, once,
 when a whole batch shares one weighting (re-parameterisation for generation / serving).
 
+Decoding reuses one routing for every step, so in no-grad mode the gathered V and the
+weight-folded U of that routing are cached (`_BranchCache`) instead of being gathered again per
+token. The cache is keyed on the routing object, the batch size, the device and the version and
+storage of every slot tensor, and cleared on task add/remove and merge/unmerge: any change gives
+a fresh gather. Cached or not, the arithmetic is the same (w is folded into U in both), so the
+tokens are identical.
+
 Slots of task t are registered directly on this module as `jare_U_<t>` / `jare_V_<t>` (not in a
 ParameterList submodule): DeepSpeed ZeRO-3 gathers a module's own parameters before its forward,
 and a ParameterList is never called, so its shards would stay empty.
@@ -14,10 +21,20 @@ and a ParameterList is never called, so its shards would stay empty.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from pipeline.jare.routing import RoutingState
+from pipeline.jare.routing import Routing, RoutingState
+
+
+@dataclass(frozen=True)
+class _BranchCache:
+    routing: Routing  # held, so its id cannot be reused by a new object while cached
+    key: tuple
+    v: torch.Tensor  # (B, k*r, d_in)
+    uw: torch.Tensor  # (B, k*r, d_out), U scaled by each slot's weight
 
 
 class JareLinear(nn.Module):
@@ -35,6 +52,8 @@ class JareLinear(nn.Module):
         self.jare_num_tasks = 0
         self._routing_state = state  # shared, not a submodule
         self._merged_delta: torch.Tensor | None = None
+        self.jare_cache = True  # cache the gathered branch across decode steps (no-grad only)
+        self._branch_cache: _BranchCache | None = None
 
     # ---- task lifecycle ---------------------------------------------------------------------
     def add_task(self, generator: torch.Generator | None = None) -> int:
@@ -46,6 +65,7 @@ class JareLinear(nn.Module):
         self.register_parameter(f"jare_U_{t}", nn.Parameter(u))
         self.register_parameter(f"jare_V_{t}", nn.Parameter(v))
         self.jare_num_tasks += 1
+        self._branch_cache = None
         return t
 
     def remove_task(self, t: int) -> None:
@@ -57,6 +77,7 @@ class JareLinear(nn.Module):
                 if i > t:
                     self.register_parameter(f"jare_{f}_{i - 1}", param)
         self.jare_num_tasks -= 1
+        self._branch_cache = None
 
     def task_parameters(self, t: int) -> list[nn.Parameter]:
         return [getattr(self, f"jare_U_{t}"), getattr(self, f"jare_V_{t}")]
@@ -88,20 +109,39 @@ class JareLinear(nn.Module):
         routing = self._routing_state.routing
         if routing is None or self.jare_num_tasks == 0 or self._merged_delta is not None:
             return y
-        routing = routing.for_batch(x.shape[0])
-        u, v = self._gather(routing.slot_ids.to(x.device), routing.task)
-        b, k, r, _ = v.shape
+        v, uw = self._branch(routing, x.shape[0], x.device)
+        b = v.shape[0]
         xs = x.reshape(b, -1, self.in_features).to(v.dtype)  # (B, L, d_in)
-        v = v.reshape(b, k * r, self.in_features)  # (B, k*r, d_in)
-        u = u.reshape(b, k * r, self.out_features)  # (B, k*r, d_out)
-        w = routing.weights.to(device=x.device, dtype=v.dtype)  # (B, k)
-        # The two einsums ("bli,bsi->bls", "bls,bso->blo") written as the bmm's they lower to,
-        # and w applied per slot by broadcasting instead of repeat_interleave(r): same
-        # arithmetic, ~10 fewer small ops per layer, which matters at decode (L = 1).
+        # The two einsums ("bli,bsi->bls", "bls,bso->blo") written as the bmm's they lower to:
+        # fewer small ops per layer, which matters at decode (L = 1).
         h = torch.bmm(xs, v.transpose(1, 2))  # (B, L, k*r)
-        h = (h.view(b, -1, k, r) * w[:, None, :, None]).view(b, -1, k * r)
-        delta = torch.bmm(h, u)  # (B, L, d_out)
+        delta = torch.bmm(h, uw)  # (B, L, d_out)
         return y + delta.reshape(y.shape).to(y.dtype)
+
+    def _branch(self, routing: Routing, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """V (B, k*r, d_in) and w-scaled U (B, k*r, d_out) of `routing`, cached in no-grad mode."""
+        cache = self._branch_cache
+        key = None
+        if self.jare_cache and not torch.is_grad_enabled():
+            key = self._cache_key(routing, batch, device)
+            if cache is not None and cache.routing is routing and cache.key == key:
+                return cache.v, cache.uw
+        routed = routing.for_batch(batch)
+        u, v = self._gather(routed.slot_ids.to(device), routed.task)  # (B, k, r, d_out), (B, k, r, d_in)
+        b, k, r, _ = v.shape
+        w = routed.weights.to(device=device, dtype=v.dtype)  # (B, k)
+        # w folded into U once per routing (not into h at every step): what the cache stores.
+        uw = (u * w[:, :, None, None]).reshape(b, k * r, self.out_features)
+        v = v.reshape(b, k * r, self.in_features)
+        self._branch_cache = _BranchCache(routing, key, v, uw) if key is not None else None
+        return v, uw
+
+    def _cache_key(self, routing: Routing, batch: int, device: torch.device) -> tuple:
+        """What a cached branch depends on besides the routing object: an optimizer step or a
+        copy_ bumps a tensor's version, and a ZeRO-3 gather or `.data =` swaps its storage."""
+        tasks = range(self.jare_num_tasks) if routing.task is None else (routing.task,)
+        params = [p for t in tasks for p in self.task_parameters(t)]
+        return (batch, device, self.jare_num_tasks, tuple((p._version, p.data_ptr()) for p in params))
 
     # ---- re-parameterisation ----------------------------------------------------------------
     def delta_weight(self, slot_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -122,6 +162,7 @@ class JareLinear(nn.Module):
         delta = self.delta_weight(slot_ids.to(weight.device), weights.to(weight.device)).to(weight.dtype)
         weight.add_(delta)
         self._merged_delta = delta
+        self._branch_cache = None
 
     @torch.no_grad()
     def unmerge(self) -> None:
@@ -129,6 +170,7 @@ class JareLinear(nn.Module):
             return
         self.base_layer.weight.sub_(self._merged_delta)
         self._merged_delta = None
+        self._branch_cache = None
 
     def extra_repr(self) -> str:
         return f"tasks={self.jare_num_tasks}, slots_per_task={self.jare_slots}, rank={self.jare_rank}"
