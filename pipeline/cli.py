@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "report": "metrics (AA, BWT, forgetting, FWT), plots and report.md from the matrix",
     "run": "prepare, then train/index/eval each task in order, then report, skipping finished work",
     "generate": "answer a prompt with retrieval; shows which tasks and slots were used",
+    "serve": "OpenAI-compatible HTTP API: retrieval per request, mixed tasks batched, new tasks loaded live",
     "submit": "render the stages as Slurm jobs (prepare -> array over tasks -> finish) and submit",
     "status": "which tasks are done, running, pending or failed, with Slurm job ids",
     "plan": "per-GPU memory plan for the experiment's model and tasks, from the config alone",
@@ -90,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     ps["generate"].add_argument("--max-new-tokens", type=int, default=64)
     ps["generate"].add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                                 help="config override (repeatable)")
+
+    _common(ps["serve"])
+    ps["serve"].add_argument("--host", default=None, help="address to listen on (default: serve.host, 127.0.0.1)")
+    ps["serve"].add_argument("--port", type=int, default=None, help="port (default: serve.port, 8000; 0: any free)")
 
     _common(ps["submit"])
     ps["submit"].add_argument("--dry-run", action="store_true", help="print scripts and sbatch commands only")

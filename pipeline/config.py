@@ -219,6 +219,27 @@ class EvalSpec(Spec):
     bertscore_layer: int = Field(17, ge=1)
 
 
+class ServeSpec(Spec):
+    """`slm serve`: batching, request limits and the pickup of newly finished tasks."""
+
+    host: str = "127.0.0.1"  # loopback by default: the API has no authentication
+    port: int = Field(8000, ge=0, le=65535)  # 0: any free port (printed at start)
+    max_batch_size: int = Field(8, ge=1)  # requests decoded together, each with its own slots
+    # How long the first request of a batch waits for others: a few ms buys batching under load
+    # at little latency when idle.
+    max_wait_ms: float = Field(10.0, ge=0)
+    max_tokens: int = Field(64, ge=1)  # a request's default max_tokens (slm generate's default)
+    max_tokens_limit: int = Field(512, ge=1)  # the most one request may ask for
+    request_timeout_s: float = Field(300.0, gt=0)  # queued + decoding; then cancelled (HTTP 408)
+    max_body_bytes: int = Field(1_000_000, ge=1024)  # a larger request body gets HTTP 413
+    # Seconds between looks for newly DONE tasks (between batches); 0: only on POST /admin/reload.
+    reload_poll_s: float = Field(10.0, ge=0)
+    # Retrieval off: this task's slots (equal weights) merged into W and used for every request,
+    # i.e. one merged LoRA-like adapter; the baseline bench/serve.py compares against.
+    merged_task: str | None = None
+    model_name: str | None = None  # the `model` id clients send (default: the experiment's name)
+
+
 def _single_line(value: str | list[str] | None) -> str | list[str] | None:
     """Refuse control characters in a Slurm value: a newline would end its `#SBATCH` line and
     the batch shell would run the rest as a command."""
@@ -282,6 +303,7 @@ class ExperimentConfig(Spec):
     tasks: list[TaskSpec] = Field(min_length=1)
     train: TrainSpec = TrainSpec()
     eval: EvalSpec = EvalSpec()
+    serve: ServeSpec = ServeSpec()
     slurm: SlurmSpec = SlurmSpec()
     # Task orders to run (CL results depend on the order); each a permutation of the task names.
     # None: the one order of `tasks`.

@@ -36,3 +36,14 @@ class CheckpointError(SlmError, RuntimeError):
 
 class LockError(SlmError, RuntimeError):
     """Another live process writes the same output folder: names its pid, host and Slurm job."""
+
+
+class RequestError(SlmError, ValueError):
+    """A request to `slm serve` that the server refuses: `status` is its HTTP 4xx code."""
+
+    def __init__(self, message: str, status: int = 400, kind: str = "invalid_request_error",
+                 param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind  # the OpenAI error `type`
+        self.param = param  # the request field at fault, when there is one

@@ -1,7 +1,9 @@
 """`slm generate "prompt"`: answer with retrieval and show which tasks' knowledge was used.
 
-One prompt shares one weighting, so the retrieved slots are merged into W for generation
-(re-parameterisation: no side branch per token) and removed afterwards.
+JARe methods answer through the same inference session and decode loop as `slm serve`
+(pipeline/serve/): the prompt's retrieved slots on the per-sample side branch, with the gathered
+slots cached across decode steps. So `slm generate` and a served request give the same tokens
+for the same prompt, by construction. Other methods generate with their one adapter.
 """
 
 from __future__ import annotations
@@ -25,27 +27,33 @@ def run(cfg: ExperimentConfig, layout: RunLayout, prompt: str, input_text: str =
     n = done_tasks(cfg, layout)
     if n == 0:
         raise StageInputError(f"no task is DONE under {layout.root / 'tasks'}: train first (`slm run`)")
+    record = {"instruction": prompt, "input": input_text}
+    method = get_method(cfg.method)
+    if method.learns_keys:  # no task id here: retrieve over every finished task
+        return _generate_with_retrieval(cfg, layout, record, max_new_tokens)
     device = default_device()
     tokenizer = load_tokenizer(cfg.model.name_or_path)
-    record = {"instruction": prompt, "input": input_text}
     enc = {k: v.to(device) for k, v in
            encode_prompts_left_padded(tokenizer, cfg.model.prompt_format, [record], TokenCaps.of(cfg.model)).items()}
     gen = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
-    method = get_method(cfg.method)
-    predictor = method.predictor(cfg, layout, n - 1, device)
-    model, router = predictor.model, predictor.router
-    if router is not None:  # no task id here: retrieve over every finished task
-        routing = router.route([record], tasks=[t.name for t in cfg.tasks[:n]])
-        print("retrieved slots (task, slot, weight):")
-        for r in router.describe(routing):
-            print(f"  {r['task']:<16} slot {r['slot']}  weight {r['weight']:.3f}")
-        with torch.no_grad(), predictor.bank.merged(routing.slot_ids[0], routing.weights[0]):
-            out = model.generate(**enc, **gen)
-    else:
-        print(f"method {cfg.method}: {method.infers} (after task {n - 1}, {cfg.tasks[n - 1].name}); no retrieval")
-        with torch.no_grad():
-            out = model.generate(**enc, **gen)
+    model = method.predictor(cfg, layout, n - 1, device).model
+    print(f"method {cfg.method}: {method.infers} (after task {n - 1}, {cfg.tasks[n - 1].name}); no retrieval")
+    with torch.no_grad():
+        out = model.generate(**enc, **gen)
     answer = tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    print(f"answer: {answer}")
+    return answer
+
+
+def _generate_with_retrieval(cfg: ExperimentConfig, layout: RunLayout, record: dict, max_new_tokens: int) -> str:
+    from pipeline.serve.decode import generate_one
+    from pipeline.serve.session import load_session
+
+    text, retrieval = generate_one(load_session(cfg, layout), record, max_new_tokens)
+    print("retrieved slots (task, slot, weight):")
+    for r in retrieval:
+        print(f"  {r['task']:<16} slot {r['slot']}  weight {r['weight']:.3f}")
+    answer = text.strip()
     print(f"answer: {answer}")
     return answer
 

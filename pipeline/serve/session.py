@@ -1,0 +1,215 @@
+"""InferenceSession: the model, its DTKR router and the tokenizer, loaded once and used for many prompts.
+
+`slm generate` (one prompt) and `slm serve` (batches of concurrent requests) both answer through
+a session, so the same prompt gets the same tokens from either. The model comes from the method
+registry (`load_session` is the one place that asks it); a batch is routed per sample, each row
+to its own retrieved slots, through JARe's side branch.
+
+Tasks finished while a session runs are added by `refresh` (slots into the JARe bank, keys into
+the router's KeyStore, after the task's DONE hashes check out). Only the thread that runs the
+model calls it, between batches, so a batch in flight always finishes on the task set it began with.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from pipeline.adapters import load_keys
+from pipeline.artifacts import read_done, require_done
+from pipeline.batching import prompts
+from pipeline.config import ExperimentConfig
+from pipeline.errors import ConfigError, RequestError, SlmError, StageInputError
+from pipeline.jare.routing import Routing
+from pipeline.layout import RunLayout
+from pipeline.truncation import TokenCaps, fit_prompt
+
+log = logging.getLogger("slm.serve")
+
+
+@dataclass
+class TaskUpdate:
+    """What one `refresh` did: tasks added, and tasks refused with the reason."""
+
+    added: list[str] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class BatchRouting:
+    routing: Routing | None  # None: the merged adapter (retrieval off) answers every row
+    retrieval: list[list[dict]]  # per row: [{task, slot, weight}], what the response reports
+
+
+class InferenceSession:
+    def __init__(self, cfg: ExperimentConfig, layout: RunLayout, model, bank, router, tokenizer,
+                 device: torch.device) -> None:
+        self.cfg, self.layout = cfg, layout
+        self.model, self.bank, self.router, self.tokenizer = model, bank, router, tokenizer
+        self.device = device
+        self.caps = TokenCaps.of(cfg.model)
+        self.rejected: dict[str, str] = {}  # task -> why it is not loaded (latest refresh)
+        self.merged_task: str | None = None
+        self._merged_retrieval: list[dict] = []
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.bank.task_names)
+
+    # ---- prompts ----------------------------------------------------------------------------
+    def prompt_limit(self) -> int:
+        return self.caps.prompt_cap()
+
+    def encode(self, record: dict, truncate: bool = False) -> list[int]:
+        """Prompt token ids of {instruction, input} in the experiment's prompt format. Too long:
+        cut as training cuts (`truncate`, slm generate) or refused (RequestError, slm serve)."""
+        from data_prep.templates import prompt_add_special_tokens
+
+        fmt = self.cfg.model.prompt_format
+        ids = self.tokenizer(prompts(self.tokenizer, fmt, [record]),
+                             add_special_tokens=prompt_add_special_tokens(fmt))["input_ids"][0]
+        cap = self.prompt_limit()
+        if len(ids) > cap:
+            if not truncate:
+                raise RequestError(f"the prompt is {len(ids)} tokens; this model takes at most {cap} "
+                                   "(model.max_seq_len / model.max_prompt_len)", param="messages")
+            ids = fit_prompt(self.tokenizer, fmt, record, ids, cap, self.caps)
+        return ids
+
+    def check_task(self, task: str | None) -> None:
+        if task is None:
+            return
+        if self.merged_task is not None:
+            raise RequestError(f"this server runs with retrieval off (serve.merged_task={self.merged_task}); "
+                               "it cannot force a task", param="task")
+        if task not in self.bank.task_names:
+            raise RequestError(f"unknown task {task!r}; loaded tasks: {', '.join(self.tasks)}", param="task")
+
+    # ---- routing ----------------------------------------------------------------------------
+    def route(self, records: list[dict], forced: list[str | None]) -> BatchRouting:
+        """Per-row slots: DTKR retrieval over every loaded task, or over the forced task's slots
+        only (the oracle). Rows forced to one task are routed together, the rest together."""
+        if self.merged_task is not None:
+            return BatchRouting(None, [self._merged_retrieval for _ in records])
+        groups: dict[str | None, list[int]] = {}
+        for i, task in enumerate(forced):
+            groups.setdefault(task, []).append(i)
+        parts: dict[int, tuple[list[int], list[float]]] = {}
+        retrieval: list[list[dict]] = [[] for _ in records]
+        for task, rows in groups.items():
+            routed = self.router.route([records[i] for i in rows], tasks=None if task is None else [task])
+            for j, i in enumerate(rows):
+                parts[i] = (routed.slot_ids[j].tolist(), routed.weights[j].tolist())
+                retrieval[i] = self.router.describe(routed, j)
+        return BatchRouting(_stack(parts, len(records), self._task_hint(forced)), retrieval)
+
+    def _task_hint(self, forced: list[str | None]) -> int | None:
+        """All rows forced to one task: layers may index that task's slots directly."""
+        if forced and forced[0] is not None and all(t == forced[0] for t in forced):
+            return self.bank.task_names.index(forced[0])
+        return None
+
+    # ---- retrieval off ------------------------------------------------------------------------
+    def merge_task(self, name: str) -> None:
+        """Merge task `name`'s slots (equal weights, i.e. one adapter of rank P*r) into W for good."""
+        if name not in self.bank.task_names:
+            raise ConfigError(f"serve.merged_task {name!r} is not a loaded task; loaded: {', '.join(self.tasks)}")
+        t = self.bank.task_names.index(name)
+        one = Routing.single_task(t, self.cfg.jare.slots_per_task, 1)
+        for layer in self.bank.layers.values():
+            layer.merge(one.slot_ids[0], one.weights[0])
+        self.bank.set_routing(None)
+        self.merged_task = name
+        p = self.cfg.jare.slots_per_task
+        self._merged_retrieval = [{"task": name, "slot": s, "weight": 1.0 / p} for s in range(p)]
+
+    # ---- new tasks ----------------------------------------------------------------------------
+    def refresh(self) -> TaskUpdate:
+        """Load every task after the loaded ones whose DONE is there and whose files hash as recorded,
+        in order; the first that fails is reported (and retried on the next refresh), later ones wait."""
+        update = TaskUpdate()
+        while len(self.bank.task_names) < len(self.cfg.tasks):
+            t = len(self.bank.task_names)
+            name = self.cfg.tasks[t].name
+            folder = self.layout.task_dir(t, name)
+            if read_done(folder) is None:
+                break
+            try:
+                self._load_task(t, name)
+            except SlmError as e:
+                update.rejected[name] = str(e)
+                if self.rejected.get(name) != str(e):
+                    log.warning("serve: task %d (%s) not loaded: %s; still serving %d task(s)", t, name, e,
+                                len(self.bank.task_names))
+                break
+            update.added.append(name)
+            log.info("serve: loaded task %d (%s); now serving %d task(s): %s", t, name, len(self.tasks),
+                     ", ".join(self.tasks))
+        self.rejected = update.rejected
+        return update
+
+    def _load_task(self, t: int, name: str) -> None:
+        folder = self.layout.task_dir(t, name)
+        require_done(folder, f"task {t} ({name})", rerun=f"slm train --task {t}")
+        d = self.cfg.dtkr
+        keys = load_keys(self.layout.keys_file(t, name), d.encoder, d.groups)
+        self.bank.load_task(name, self.layout.adapter_file(t, name), expect_meta={"task": name})
+        try:
+            self.router.store.add_task(name, keys)
+        except Exception:
+            self.bank.remove_task(name)  # keep the bank and the store in step
+            raise
+
+
+def _stack(parts: dict[int, tuple[list[int], list[float]]], n: int, task: int | None) -> Routing:
+    """Rows of possibly different k (a forced task with fewer than top_k slots) as one (B, k)
+    routing: short rows are padded with their own first slot at weight 0, which adds exactly 0."""
+    k = max(len(parts[i][0]) for i in range(n))
+    ids = [parts[i][0] + [parts[i][0][0]] * (k - len(parts[i][0])) for i in range(n)]
+    ws = [parts[i][1] + [0.0] * (k - len(parts[i][1])) for i in range(n)]
+    return Routing(torch.tensor(ids, dtype=torch.long), torch.tensor(ws, dtype=torch.float32), task)
+
+
+def load_session(cfg: ExperimentConfig, layout: RunLayout, device: torch.device | None = None) -> InferenceSession:
+    """The model of every finished task (through the method registry), its router and tokenizer.
+
+    Needs `slm index` over at least the first task; finished tasks the index does not cover yet
+    are loaded from their own folders (as `refresh` does for tasks finished later).
+    """
+    from pipeline.methods import get_method
+    from pipeline.models import default_device, load_tokenizer
+    from pipeline.stages.index import done_tasks
+
+    method = get_method(cfg.method)
+    if not method.learns_keys:
+        raise ConfigError(f"slm serve serves the JARe methods (retrieval per request); method {cfg.method!r} "
+                          "has no DTKR keys")
+    n = min(done_tasks(cfg, layout), _indexed_tasks(layout))
+    if n == 0:
+        raise StageInputError(f"no finished, indexed task under {layout.root}: run `slm run` (or `slm train "
+                              "--task 0` and `slm index`) before `slm serve`")
+    for j in range(n):
+        name = cfg.tasks[j].name
+        require_done(layout.task_dir(j, name), f"task {j} ({name})", rerun=f"slm train --task {j}")
+    device = device or default_device()
+    predictor = method.predictor(cfg, layout, n - 1, device)
+    if predictor.bank is None or predictor.router is None:
+        raise ConfigError(f"method {cfg.method!r} gives no JARe bank and router to serve")
+    for extra in predictor.router.tasks[n:]:  # indexed, but its DONE is gone (being retrained?)
+        log.warning("serve: task %s is in the index but not DONE; not served until it is", extra)
+        predictor.router.store.remove_task(extra)
+    if predictor.router.tasks != predictor.bank.task_names:
+        raise StageInputError(f"the index in {layout.index} holds tasks {predictor.router.tasks}, the model "
+                              f"{predictor.bank.task_names}: rerun `slm index`")
+    predictor.model.eval()
+    session = InferenceSession(cfg, layout, predictor.model, predictor.bank, predictor.router,
+                               load_tokenizer(cfg.model.name_or_path), device)
+    session.refresh()
+    return session
+
+
+def _indexed_tasks(layout: RunLayout) -> int:
+    marker = read_done(layout.index)
+    return len(marker.get("tasks", [])) if marker else 0
