@@ -233,6 +233,8 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_keeps_serving(sessio
         with pytest.raises(openai.BadRequestError, match="cooking"):
             ask(client(url), name, prompts(1)[0], task="cooking")
         assert post(url, "/v1/chat/completions", ok).status_code == 200  # still serving
+        exact = post(url, "/v1/chat/completions", {**ok, "max_tokens": 4, "ignore_eos": True}).json()
+        assert exact["usage"]["completion_tokens"] == 4 and exact["choices"][0]["finish_reason"] == "length"
 
 
 def test_a_request_past_its_timeout_is_cancelled_and_frees_its_batch_slot(session):

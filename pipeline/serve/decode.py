@@ -30,6 +30,7 @@ class Sampling:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False  # decode exactly max_tokens (benchmarks compare equal work)
 
 
 @dataclass
@@ -108,7 +109,7 @@ def _advance(row: Row, token: int, eos: set[int], tokenizer) -> bool:
     """Take one token; False when the row is finished (EOS, a stop string, max_tokens, cancelled)."""
     if _cancel(row):
         return False
-    if token in eos:
+    if token in eos and not row.sampling.ignore_eos:
         return _finish(row, "stop")
     row.tokens.append(token)
     row.text = tokenizer.decode(row.tokens, skip_special_tokens=True)

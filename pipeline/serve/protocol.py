@@ -8,9 +8,9 @@ logprobs, tools) are refused rather than silently dropped.
 
 Both endpoints put the text through the experiment's prompt format, as training did: the slots
 were learned on that format. Chat: the last user message is the instruction (earlier turns are
-not used: the tasks are single-turn). Completions: `prompt` is the instruction. Either may carry
-an `input` (the task input, as `slm generate --input`) and a `task` (answer with that task's
-slots only, the oracle), both extensions.
+not used: the tasks are single-turn). Completions: `prompt` is the instruction. Extensions, on
+either: `input` (the task input, as `slm generate --input`), `task` (answer with that task's slots
+only, the oracle) and `ignore_eos` (decode exactly max_tokens, vLLM's name; for benchmarks).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class _Request(BaseModel):
     n: int = Field(1, ge=1, le=1)
     input: str = ""  # extension: the task input of the instruction
     task: str | None = None  # extension: answer with this task's slots only
+    ignore_eos: bool = False  # extension (vLLM's name): always decode max_tokens tokens
 
     def sampling(self, default_tokens: int, limit: int) -> Sampling:
         wanted = self.max_completion_tokens or self.max_tokens or default_tokens
@@ -67,7 +68,7 @@ class _Request(BaseModel):
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         if len(stops) > 4 or any(not s for s in stops):
             raise RequestError("stop: at most 4 non-empty strings", param="stop")
-        return Sampling(wanted, self.temperature or 0.0, self.top_p or 1.0, tuple(stops), self.seed)
+        return Sampling(wanted, self.temperature or 0.0, self.top_p or 1.0, tuple(stops), self.seed, self.ignore_eos)
 
 
 class ChatRequest(_Request):

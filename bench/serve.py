@@ -1,0 +1,239 @@
+"""`slm serve` under load: retrieval per request vs the same server with one adapter merged into W.
+
+    slm run                                  # once: the embedded default (SmolLM2-135M, 3 tasks)
+    python bench/serve.py                    # 8 clients x 64 requests a round, 3 rounds, ~5 min on 2 cores
+    python bench/serve.py --quick            # 4 clients x 16 requests, 1 round: does it work
+    python bench/serve.py -c my.yaml --set output_dir=runs/x --clients 16
+
+Two servers of the same finished run start side by side on loopback (each `slm serve` in its own
+process, on a free port): `retrieval` (DTKR per request, per-sample slots on the side branch,
+mixed tasks batched) and `merged` (retrieval off, `serve.merged_task` = the first task, its slots
+merged into W: one merged adapter, what serving a merged LoRA costs). Each round sends the same
+requests to both, one server after the other, in alternating order (A B, B A, ...) so both see
+the same background load. A round: `--clients` threads, each with its own official `openai`
+client, share `--requests` chat requests round-robin over every task's test records; greedy,
+`ignore_eos` so both servers decode exactly `--max-tokens` tokens per request (equal work).
+
+Reported per server: requests/s (requests / wall time of the round), p50 / p95 latency, medians
+over rounds; and retrieval/merged ratios: `rps_ratio` (< 1: retrieval serves fewer requests per
+second) and `p50_ratio` / `p95_ratio`. The last line printed is `rps_ratio=<x> p50_ratio=<y>`.
+Results: bench/results/serve.json (command, commit, machine, every round).
+
+Timings on a shared machine are noise: the script records the load average at start and end;
+rerun on a quiet machine for numbers worth quoting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("-c", "--config", default=None, help="experiment YAML (default: the embedded default)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for both servers (repeatable)")
+    p.add_argument("--clients", type=int, default=8, help="concurrent openai clients")
+    p.add_argument("--requests", type=int, default=64, help="requests per round and server")
+    p.add_argument("--max-tokens", type=int, default=16, help="tokens decoded per request (ignore_eos)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=None, help="untimed requests per server first (default: clients)")
+    p.add_argument("--batch-size", type=int, default=8, help="serve.max_batch_size of both servers")
+    p.add_argument("--wait-ms", type=float, default=10.0, help="serve.max_wait_ms of both servers")
+    p.add_argument("--quick", action="store_true", help="4 clients x 16 requests, 8 tokens, 1 round")
+    p.add_argument("--start-timeout-s", type=float, default=600.0)
+    p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "serve.json")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.clients, args.requests, args.max_tokens, args.rounds = 4, 16, 8, 1
+    if args.warmup is None:
+        args.warmup = args.clients
+    return args
+
+
+# ---- the servers -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server(args, name: str, extra: list[str], logs: Path):
+    """One `slm serve` process on a free loopback port; yields its base URL once /health answers."""
+    import httpx
+
+    port = free_port()
+    sets = [f"serve.max_batch_size={args.batch_size}", f"serve.max_wait_ms={args.wait_ms}",
+            f"serve.max_tokens_limit={max(512, args.max_tokens)}", "serve.reload_poll_s=0", *args.overrides, *extra]
+    cmd = [sys.executable, "-m", "pipeline.cli", "serve", "--port", str(port), "--host", "127.0.0.1",
+           *(["-c", args.config] if args.config else []), *sets]
+    out = (logs / f"{name}.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        end = time.monotonic() + args.start_timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"{name} server exited with {proc.returncode}:\n"
+                                 + (logs / f"{name}.log").read_text()[-3000:])
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > end:
+                raise SystemExit(f"{name} server did not answer /health within {args.start_timeout_s:.0f} s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        out.close()
+
+
+# ---- the load ----------------------------------------------------------------------------------
+
+
+def test_records(args) -> tuple[list[dict], list[str]]:
+    """Every task's test records, interleaved task by task, and the task names (checks the run first)."""
+    from data_prep.prepared import load_prepared
+    from pipeline.config import load_config
+    from pipeline.layout import RunLayout
+    from pipeline.stages.index import done_tasks
+
+    cfg = load_config(args.config, args.overrides)
+    layout = RunLayout.of(cfg)
+    n = done_tasks(cfg, layout)
+    if n == 0 or not (layout.index / "DONE").is_file():
+        raise SystemExit(f"no finished, indexed run under {layout.root}: run `slm run` first")
+    prepared = load_prepared(cfg, layout)
+    per_task = [[dict(r) for r in prepared[t.name]["test"]] for t in cfg.tasks[:n]]
+    mixed = [recs[i] for i in range(max(len(r) for r in per_task)) for recs in per_task if i < len(recs)]
+    return mixed, [t.name for t in cfg.tasks[:n]]
+
+
+def one_request(client, model: str, record: dict, max_tokens: int) -> float:
+    t0 = time.perf_counter()
+    reply = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": record["instruction"]}], max_tokens=max_tokens,
+        extra_body={"input": record["input"], "ignore_eos": True})
+    if reply.usage.completion_tokens != max_tokens:
+        raise RuntimeError(f"asked for {max_tokens} tokens, got {reply.usage.completion_tokens}")
+    return time.perf_counter() - t0
+
+
+def load_round(url: str, args, records: list[dict], n_requests: int) -> dict:
+    """`n_requests` requests over `args.clients` concurrent clients; wall time and each latency."""
+    import openai
+
+    clients = [openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
+               for _ in range(args.clients)]
+    model = clients[0].models.list().data[0].id
+    work = [records[i % len(records)] for i in range(n_requests)]
+
+    def client_loop(c: int) -> list[float]:
+        return [one_request(clients[c], model, work[i], args.max_tokens) for i in range(c, n_requests, args.clients)]
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(args.clients) as pool:
+        latencies = [x for part in pool.map(client_loop, range(args.clients)) for x in part]
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "rps": n_requests / wall, "tokens_per_s": n_requests * args.max_tokens / wall,
+            "p50_s": percentile(latencies, 50), "p95_s": percentile(latencies, 95), "latencies_s": latencies}
+
+
+def percentile(xs: list[float], q: float) -> float:
+    return statistics.quantiles(xs, n=100, method="inclusive")[q - 1] if len(xs) > 1 else xs[0]
+
+
+def summarize(rounds: list[dict]) -> dict:
+    keys = ("rps", "tokens_per_s", "p50_s", "p95_s")
+    return {k: statistics.median(r[k] for r in rounds) for k in keys}
+
+
+# ---- main --------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    load_at_start = list(os.getloadavg())
+    records, tasks = test_records(args)
+    log(f"{len(records)} test records of {tasks}; {args.clients} clients x {args.requests} requests x "
+        f"{args.max_tokens} tokens, {args.rounds} round(s); load avg {load_at_start}")
+    variants = {"retrieval": [], "merged": [f"serve.merged_task={tasks[0]}"]}
+    results: dict[str, list[dict]] = {v: [] for v in variants}
+    with tempfile.TemporaryDirectory(prefix="slm-bench-serve-") as tmp, contextlib.ExitStack() as stack:
+        urls = {v: stack.enter_context(server(args, v, extra, Path(tmp))) for v, extra in variants.items()}
+        log(f"servers up: {urls}")
+        for url in urls.values():
+            load_round(url, args, records, args.warmup)  # first-call costs: threads, caches, allocator
+        for i in range(args.rounds):
+            for v in list(variants)[:: 1 if i % 2 == 0 else -1]:
+                r = load_round(urls[v], args, records, args.requests)
+                results[v].append(r)
+                log(f"  round {i + 1}/{args.rounds} {v:<9}: {r['rps']:.2f} req/s, p50 {r['p50_s']:.3f} s, "
+                    f"p95 {r['p95_s']:.3f} s")
+    summary = {v: summarize(rs) for v, rs in results.items()}
+    ret, mer = summary["retrieval"], summary["merged"]
+    ratios = {"rps_ratio": ret["rps"] / mer["rps"], "p50_ratio": ret["p50_s"] / mer["p50_s"],
+              "p95_ratio": ret["p95_s"] / mer["p95_s"]}
+    print()
+    print(f"{'server':<10} {'req/s':>8} {'tok/s':>8} {'p50 s':>8} {'p95 s':>8}")
+    for v, st in summary.items():
+        print(f"{v:<10} {st['rps']:>8.2f} {st['tokens_per_s']:>8.1f} {st['p50_s']:>8.3f} {st['p95_s']:>8.3f}")
+    result = {
+        "run_info": {"script": "bench/serve.py", "command": " ".join([sys.executable, *sys.argv]),
+                     "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                     "tasks": tasks, "merged_task": tasks[0], "records": len(records),
+                     "load_avg_at_start": load_at_start, "total_s": time.perf_counter() - t_start},
+        "serve_info": {"summary": summary, **ratios, "rounds": results},
+        "meta_info": meta_info(),
+    }
+    from pipeline.artifacts import atomic_write_json
+
+    atomic_write_json(args.json, result)
+    log(f"wrote {args.json}")
+    print(f"rps_ratio={ratios['rps_ratio']:.3f} p50_ratio={ratios['p50_ratio']:.3f}")
+    return result
+
+
+def meta_info() -> dict:
+    import torch
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                capture_output=True, text=True).stdout.strip())
+    return {"commit": commit, "dirty_tree": dirty, "python": platform.python_version(), "torch": torch.__version__,
+            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "load_avg_at_end": list(os.getloadavg()), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+if __name__ == "__main__":
+    main()
