@@ -3,24 +3,32 @@
     python bench/plan_vs_measured.py                      # random ~34M LLaMA, checkpointing off and on
     python bench/plan_vs_measured.py --dtype bfloat16     # the GPU path's dtype (fp32 norm copies, fp32 loss)
     python bench/plan_vs_measured.py --model smollm2      # SmolLM2-135M's shape (GQA), random weights
+    python bench/plan_vs_measured.py --method full_ft --json bench/results/plan_vs_measured-random-full_ft.json
 
-A frozen fp32 LLaMA with JARe slots on o_proj (pipeline.jare: T tasks x P slots resident, task
-T-1's P slots trainable, AdamW) runs two steps on CPU; the second runs with the optimizer state
-resident, as under DeepSpeed. Memory is measured in a fresh subprocess as the growth of the
+--method jare (default): a frozen LLaMA with JARe slots on o_proj (pipeline.jare: T tasks x P
+slots resident, task T-1's P slots trainable, AdamW) runs two steps on CPU; the second runs with
+the optimizer state resident, as under DeepSpeed. --method full_ft: seq_ft's full fine-tuning
+(every decoder linear trainable, chosen by pipeline.methods.seq_ft.mark_trainable), fp32 only
+(torch's AdamW keeps no fp32 master copy of bf16 weights, so bf16 would not be DeepSpeed's
+18 B/param); each of the two steps accumulates two micro-batches, as train.grad_accum does, so
+the second micro-batch runs with the weights' gradients and Adam's m and v all resident, which
+is what the plan sums. Memory is measured in a fresh subprocess as the growth of the
 process's peak RSS (`resource.getrusage(...).ru_maxrss`) over its RSS just before the model is
 built: tracemalloc does not see torch's allocations, and torch keeps no CPU allocator statistics.
 glibc's dynamic mmap threshold is pinned (MALLOC_MMAP_THRESHOLD_) so that freed tensors go back
 to the OS instead of fragmenting the heap, which would inflate RSS above what is live.
 
-The plan side is `pipeline.plan.estimate` for the same shape and dtype with on_gpu=False:
-weights + slots + optimizer + activations, without the GPU-only terms (CUDA context, ZeRO
-buckets, fragmentation, encoder).
+The plan side is `pipeline.plan.estimate` for the same shape, dtype and method with on_gpu=False
+under ZeRO-0: weights + adapters + optimizer + activations, without the GPU-only terms (CUDA
+context, ZeRO buckets, fragmentation, encoder).
 
 Results on 2 shared cores (plan / measured; b x s = 4 x 256 unless noted), no fitted constants:
   random 34M fp32      ckpt off 0.502 / 0.506 GiB = 0.99   ckpt on 0.276 / 0.290 = 0.95
   random 34M bf16      ckpt off 0.318 / 0.323 GiB = 0.98   ckpt on 0.189 / 0.201 = 0.94
   random 34M fp32 2x512                        0.98                         0.95
   SmolLM2-135M fp32 2x256  ckpt off 1.405 / 1.437 = 0.98   ckpt on 0.935 / 0.965 = 0.97
+  full_ft random 34M fp32  ckpt off 0.854 / 0.859 = 0.99   ckpt on 0.557 / 0.572 = 0.97
+(full_ft without the trained linears' saved inputs in the plan: 0.764 / 0.859 = 0.89.)
 With checkpointing ~12-14 MiB stay unexplained at this size (the saved tensors match the plan
 exactly, per saved_tensors_hooks; the rest is RSS that is no tensor); on a 70B step it is noise.
 """
@@ -75,34 +83,47 @@ def _batch(vocab: int, batch: int, seq: int):
     return ids, mask, labels
 
 
-def _train_steps(config, args: argparse.Namespace, batch: int, seq: int, steps: int) -> float:
-    """Build a frozen LLaMA with JARe slots and run `steps` AdamW steps; seconds per step."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
+def _jare_params(model, args: argparse.Namespace, batch: int) -> list:
+    """JARe slots of T tasks on o_proj, routed to the last task's, whose P slots train."""
     from pipeline.jare.inject import inject_jare
     from pipeline.jare.routing import Routing
 
-    dtype = getattr(torch, args.dtype)
-    ids, mask, labels = _batch(config.vocab_size, batch, seq)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)  # random weights: memory is what matters
-    model.requires_grad_(False)
-    model.train()
-    if args.checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    bank = inject_jare(model, ["o_proj"], args.rank, args.slots, dtype=dtype)
+    bank = inject_jare(model, ["o_proj"], args.rank, args.slots, dtype=model.dtype)
     for t in range(args.tasks):
         bank.add_task(f"task{t}", seed=t)
     params = bank.train_only(args.tasks - 1)
     bank.set_routing(Routing.single_task(args.tasks - 1, args.slots, batch))
+    return params
+
+
+def micro_batches(args: argparse.Namespace) -> int:
+    return 2 if args.method == "full_ft" else 1
+
+
+def _train_steps(config, args: argparse.Namespace, batch: int, seq: int, steps: int) -> float:
+    """Build the model, set up the method's trainable parameters and run `steps` AdamW steps of
+    `micro_batches(args)` micro-batches each; seconds per step."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.methods.seq_ft import mark_trainable
+
+    ids, mask, labels = _batch(config.vocab_size, batch, seq)
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, args.dtype))  # random weights
+    model.requires_grad_(False)
+    model.train()
+    if args.checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    params = mark_trainable(model, None) if args.method == "full_ft" else _jare_params(model, args, batch)
     optimizer = torch.optim.AdamW(params, lr=1e-3)
     start = time.perf_counter()
     for _ in range(steps):
-        out = model(input_ids=ids, attention_mask=mask, labels=labels)  # `out` keeps the logits alive
-        out.loss.backward()
+        for _ in range(micro_batches(args)):
+            out = model(input_ids=ids, attention_mask=mask, labels=labels)  # `out` keeps the logits alive
+            out.loss.backward()  # adds to the previous micro-batch's gradients
+            del out
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        del out
     return (time.perf_counter() - start) / steps
 
 
@@ -128,6 +149,7 @@ def planned(args: argparse.Namespace) -> dict[str, float]:
     """pipeline.plan's CPU-equivalent estimate for the same model and step, in GiB."""
     from pipeline.model_shapes import shape_from_config
     from pipeline.plan import Workload, estimate, shipped_mode
+    from pipeline.plan_methods import full_ft_load
 
     shape = shape_from_config(args.model, bench_config(args.model), ["o_proj"], args.rank)
     work_bytes = 2 if args.dtype == "bfloat16" else 4
@@ -135,15 +157,17 @@ def planned(args: argparse.Namespace) -> dict[str, float]:
                     micro_batch=args.batch, seq_len=args.seq, nodes=1, gpus_per_node=1,
                     gpu_mem_gib=float("inf"), compute_bytes=work_bytes, encoder_params=0, encoder_dim=0,
                     on_gpu=False)
-    row = estimate(shape, work, shipped_mode("zero0"), 8 * work_bytes, args.checkpointing)
-    return {"params": shape.total_params, "weights": row.weights_gib, "slots": row.slots_gib,
+    load = full_ft_load(shape, args.tasks, work_bytes) if args.method == "full_ft" else None  # None: JARe
+    row = estimate(shape, work, shipped_mode("zero0"), 8 * work_bytes, args.checkpointing, load)
+    return {"params": shape.total_params, "weights": row.weights_gib, "adapters": row.adapters_gib,
             "optim": row.optim_gib, "activations": row.activations_gib, "total": row.total_gib}
 
 
 def run_child(args: argparse.Namespace, checkpointing: bool) -> dict:
     cmd = [sys.executable, __file__, "--child", "--model", args.model, "--batch", str(args.batch),
            "--seq", str(args.seq), "--rank", str(args.rank), "--slots", str(args.slots),
-           "--tasks", str(args.tasks), "--threads", str(args.threads), "--dtype", args.dtype]
+           "--tasks", str(args.tasks), "--threads", str(args.threads), "--dtype", args.dtype,
+           "--method", args.method]
     cmd += ["--checkpointing"] if checkpointing else []
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
@@ -157,18 +181,22 @@ def report(args: argparse.Namespace, checkpointing: bool) -> dict:
     measured = (got["peak"] - got["baseline"]) / GIB
     ratio = plan["total"] / measured
     note = "" if got["peak"] > got["import_peak"] else "  (peak not above the import peak: invalid)"
-    print(f"{args.model} {args.dtype} ({plan['params'] / 1e6:.1f}M params) b={args.batch} s={args.seq} "
+    print(f"{args.method} {args.model} {args.dtype} ({plan['params'] / 1e6:.1f}M params) b={args.batch} "
+          f"s={args.seq} "
           f"ckpt={'on' if checkpointing else 'off'}: plan_gib={plan['total']:.3f} measured_gib={measured:.3f} "
-          f"ratio={ratio:.3f}  [weights {plan['weights']:.3f} slots {plan['slots']:.4f} optim "
+          f"ratio={ratio:.3f}  [weights {plan['weights']:.3f} adapters {plan['adapters']:.4f} optim "
           f"{plan['optim']:.4f} activations {plan['activations']:.3f}; {got['step_s']:.1f} s/step]{note}")
-    return {"model": args.model, "dtype": args.dtype, "batch": args.batch, "seq": args.seq,
-            "checkpointing": checkpointing, "plan_gib": plan, "measured_gib": measured,
+    return {"method": args.method, "model": args.model, "dtype": args.dtype, "batch": args.batch,
+            "seq": args.seq, "micro_batches_per_step": micro_batches(args), "checkpointing": checkpointing,
+            "plan_gib": plan, "measured_gib": measured, "step_s": got["step_s"],
             "ratio": ratio}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["random", "smollm2"], default="random")
+    parser.add_argument("--method", choices=["jare", "full_ft"], default="jare",
+                        help="full_ft: seq_ft's full fine-tuning (fp32, 2 micro-batches per step)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--rank", type=int, default=8)
@@ -181,13 +209,18 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the numbers here (e.g. bench/results/...json)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.method == "full_ft" and args.dtype != "float32":
+        parser.error("--method full_ft measures fp32 only: torch's AdamW keeps no fp32 master copy of bf16 "
+                     "weights, so a bf16 step would not be the 18 B/param the plan charges")
     if args.child:
         print(json.dumps(measure(args)))
         return
     settings = [True] if args.checkpointing else [False, True]
     results = [report(args, ckpt) for ckpt in settings]
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        from bench.provenance import run_provenance
+
+        args.json.write_text(json.dumps({"provenance": run_provenance(), "results": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@
 Anything else is a `ConfigError`: the hub is never contacted (DESIGN: no downloads at run time).
 
 `model_shape` builds the model on the meta device (no memory, no weights) and reads what the
-memory plan (pipeline.plan) needs: exact parameter counts and the target linears' features.
+memory plan (pipeline.plan) needs: exact parameter counts, the target linears' features (JARe
+slots, LoRA) and the linears full fine-tuning trains (seq_ft, selected by its own rule).
 """
 
 from __future__ import annotations
@@ -118,15 +119,46 @@ class ModelShape:
     largest_linear_params: int  # the biggest quantized linear, dequantised whole in matmul
     slot_params: int  # one JARe slot over every target linear: r * (d_in + d_out) summed
     side_input_features: int  # features the side branches save per token, summed over layers
+    target_features: int  # d_in + d_out summed over the target linears: a rank-r LoRA is r times this
+    ft_params: int  # what full fine-tuning trains (pipeline.methods.seq_ft.mark_trainable's selection)
+    ft_linears: int  # how many linear layers that is
+    ft_input_features: int  # features those linears save per token for their weight gradient, summed
 
 
 @lru_cache(maxsize=8)
-def model_shape(name_or_path: str, target_modules: tuple[str, ...], rank: int) -> ModelShape:
+def model_shape(name_or_path: str, target_modules: tuple[str, ...], rank: int,
+                ft_modules: tuple[str, ...] | None = None) -> ModelShape:
     """Build the model on the meta device (no memory, no weights) and measure what the plan needs."""
-    return shape_from_config(name_or_path, config_for(name_or_path), list(target_modules), rank)
+    return shape_from_config(name_or_path, config_for(name_or_path), list(target_modules), rank,
+                             list(ft_modules) if ft_modules else None)
 
 
-def shape_from_config(name: str, config: PretrainedConfig, targets: list[str], rank: int) -> ModelShape:
+def _saved_input_features(modules: dict[str, torch.nn.Module], names: list[str]) -> int:
+    """Features per token that the inputs of linears `names` hold, each distinct tensor once
+    (q/k/v read one tensor, gate/up another)."""
+    inputs = {}
+    for n in names:
+        parent, _, leaf = n.rpartition(".")
+        inputs[(parent, _SHARED_INPUT.get(leaf, leaf))] = modules[n].in_features
+    return sum(inputs.values())
+
+
+def _full_ft_linears(model: torch.nn.Module, ft_modules: list[str] | None) -> tuple[int, list[str]]:
+    """(trainable parameters, trainable linears' names) of seq_ft, selected by the method's own
+    `mark_trainable` on this meta model, so the plan can never count other layers than it trains."""
+    from pipeline.methods.seq_ft import mark_trainable
+
+    try:
+        trained = {id(p) for p in mark_trainable(model, ft_modules)}
+    except AttributeError:  # no get_decoder().layers (not a LLaMA-style model): seq_ft cannot run it
+        return 0, []
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and id(m.weight) in trained]
+    model.requires_grad_(False)
+    return sum(p.numel() for p in model.parameters() if id(p) in trained), names
+
+
+def shape_from_config(name: str, config: PretrainedConfig, targets: list[str], rank: int,
+                      ft_modules: list[str] | None = None) -> ModelShape:
     """The plan's view of any causal-LM `config`, built on the meta device (about 1 s for 70B)."""
     from pipeline.jare.inject import find_targets  # the same matching rule as inject_jare
 
@@ -138,10 +170,8 @@ def shape_from_config(name: str, config: PretrainedConfig, targets: list[str], r
     modules = dict(model.named_modules())
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    side_inputs = {}
-    for n in target_names:
-        parent, _, leaf = n.rpartition(".")
-        side_inputs[(parent, _SHARED_INPUT.get(leaf, leaf))] = modules[n].in_features
+    target_features = sum(modules[n].in_features + modules[n].out_features for n in target_names)
+    ft_params, ft_names = _full_ft_linears(model, ft_modules)
     return ModelShape(
         name=name,
         total_params=sum(p.numel() for p in model.parameters()),
@@ -154,8 +184,12 @@ def shape_from_config(name: str, config: PretrainedConfig, targets: list[str], r
         quantizable_rows=sum(m.out_features for m in linears.values()),
         largest_module_params=max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()),
         largest_linear_params=max((m.weight.numel() for m in linears.values()), default=0),
-        slot_params=sum(rank * (modules[n].in_features + modules[n].out_features) for n in target_names),
-        side_input_features=sum(side_inputs.values()),
+        slot_params=rank * target_features,
+        side_input_features=_saved_input_features(modules, target_names),
+        target_features=target_features,
+        ft_params=ft_params,
+        ft_linears=len(ft_names),
+        ft_input_features=_saved_input_features(modules, ft_names),
     )
 
 

@@ -1,32 +1,48 @@
 """Per-GPU memory plan of one training step, from the experiment config alone (no weights).
 
 The model is built on the meta device to count its parameters exactly and to read the target
-linears' in/out features (which size the JARe slots). Every term below is per GPU, in bytes:
+linears' in/out features (which size the JARe slots and LoRAs) and the linears full fine-tuning
+trains. What the experiment's method adds (which parameters are resident, which train, which
+inputs they save, what a task stores) comes from pipeline.plan_methods. Every term below is per
+GPU, in bytes:
 
-weights      frozen base. 16-bit: 2 B/param, replicated under ZeRO-0/2; under ZeRO-3 sharded over
-             all GPUs plus a gathered working set (4 B x the largest module, DeepSpeed's own
-             convention, + the prefetch bucket); with ZeRO-3 param offload only the working set.
+weights      the base (frozen, or trained by seq_ft: the same 16-bit weights; their gradients and
+             optimizer state are in optim+grads). 16-bit: 2 B/param, replicated under ZeRO-0/2;
+             under ZeRO-3 sharded over all GPUs plus a gathered working set (4 B x the largest
+             module, DeepSpeed's own convention, + the prefetch bucket); with ZeRO-3 param offload
+             only the working set.
              8-bit: 1 B per decoder-linear weight + one fp32 scale per row; 4-bit NF4: 0.5 B + an
              fp32 absmax per 64-block (pipeline.models sets no double quantisation). Embeddings,
              lm_head and norms stay 16-bit; one linear is dequantised to 16-bit in matmul/backward.
-slots        all T tasks' JARe slots, T*P*r*(d_in+d_out) per target linear, in the compute dtype;
-             sharded under ZeRO-3.
-optim+grads  the current task's P slots only: 18 B/param in bf16 mixed precision (16-bit grad,
-             fp32 grad, fp32 master, Adam m and v: DeepSpeed's accounting), 12 B/param in fp32;
-             divided over all GPUs under ZeRO-2/3, on the host with optimizer offload.
+adapters     the method's resident adapter parameters, in the compute dtype, sharded under ZeRO-3:
+             JARe: all T tasks' slots, T*P*r*(d_in+d_out) per target linear; a LoRA method: its
+             LoRA, r*(d_in+d_out) per target (o_lora: T of them); seq_ft: none.
+optim+grads  the trainable parameters only (JARe: task t's P slots; LoRA: one; seq_ft: the decoder
+             linears): 18 B/param in bf16 mixed precision (16-bit grad, fp32 grad, fp32 master,
+             Adam m and v: DeepSpeed's accounting, estimate_zero2_model_states_mem_needs), 12 B/param
+             in fp32 (grad, m, v). ZeRO-1 shards the optimizer state, ZeRO-2/3 the gradients too
+             (over all GPUs); with optimizer offload all of it lives on the host. Summed with the
+             activations although the fp32 gradient copy (4 B/param, sharded) exists only during the
+             optimizer step: exact under gradient accumulation, where the grads stay across
+             micro-batches; up to 4 B/param/GPU high for full fine-tuning at grad_accum 1.
 activations  tensors saved for backward at micro_batch x max_seq_len, derived for a LLaMA block
-             with a *frozen* base and SDPA (flash / memory-efficient) attention. Korthikanti et al.
+             with SDPA (flash / memory-efficient) attention. Korthikanti et al.
              (2022) give 34*s*b*h + 5*a*s^2*b bytes per GPT layer with every weight trainable; with
-             flash attention the s^2 term goes, and with a frozen base a linear saves no input
-             (autograd saves it only to compute the weight's gradient). Per token and layer:
+             flash attention the s^2 term goes, and a frozen linear saves no input (autograd saves
+             it only to compute the weight's gradient), so a *trainable* linear or side branch adds
+             its input. Per token and layer:
                  8h          two RMSNorms, each saves its fp32 up-cast input (4 B/elem)
                + 4*q*e       SDPA saves q, k, v, out (k, v repeated to all heads when batches
                              are padded, which makes transformers call repeat_kv for GQA)
                + 3*I*e       SwiGLU: SiLU input, SiLU output, up_proj output
-               + d_in*e      each JARe side branch saves its input (shared q/k/v, gate/up inputs
-                             count once)
-             plus, per sample and layer, the gathered slots k*r*(d_in+d_out)*e; e = 2 (bf16) or 4.
-             For LLaMA-2-7B this is 34.1*h bytes per token and layer (Korthikanti: 34*h).
+               + d_in*e      each trainable linear, JARe side branch or LoRA saves its input
+                             (shared q/k/v, gate/up inputs count once). seq_ft with every linear
+                             trained: h (q/k/v) + q (o_proj) + h (gate/up) + I (down_proj's input,
+                             the SwiGLU product, which a frozen down_proj never keeps)
+             plus, for JARe, per sample and layer, the gathered slots k*r*(d_in+d_out)*e; e = 2 (bf16)
+             or 4. The rank-r intermediates (V x, A x: r/d_in of an input) are left out.
+             For LLaMA-2-7B this is 34.1*h bytes per token and layer with JARe on o_proj
+             (Korthikanti: 34*h) and 43.5*h with every linear trained (seq_ft).
              Outside the blocks: final norm 4h per token, a padding mask of b*s^2 bools, and the
              loss's logits: b*s*V*(e + 12) at the peak of backward (e-dtype logits, the fp32
              log-softmax output, its gradient and the NLL gradient; the fp32 up-cast of the forward
@@ -35,7 +51,7 @@ activations  tensors saved for backward at micro_batch x max_seq_len, derived fo
              (h*e per token) stays, and one layer at a time is recomputed:
                  L*h*e*b*s + max(logit peak, e-dtype logits + one layer's full activations).
              No fitted constants: bench/plan_vs_measured.py measures a real step (fp32 and bf16,
-             MHA and GQA, checkpointing off/on) within 1-6% of this (plan slightly low).
+             MHA and GQA, checkpointing off/on; JARe, and full fine-tuning in fp32) against this.
 load         today `pipeline.models.load_base_model` moves the whole base to each GPU and only
              then does DeepSpeed partition it, so ZeRO-3 needs the whole 16-bit base to fit on one
              GPU at load time; a row where that fails reads "no (load)". The loader flips this by
@@ -44,6 +60,8 @@ other        DTKR encoder (fp32) and FAISS keys, ZeRO's contiguous-gradient redu
              (reduce_bucket_size elements of bf16, allocated whole however few parameters train),
              plus CUDA_CONTEXT_GIB for the CUDA context, cuBLAS workspaces and NCCL buffers, plus
              FRAGMENTATION of everything else for the caching allocator.
+stored       disk per task (not GPU memory; pipeline.plan_methods): JARe P slots + keys, a LoRA
+             method one adapter, seq_ft the whole model in the training dtype; and over T tasks.
 """
 
 from __future__ import annotations
@@ -56,6 +74,7 @@ from pathlib import Path
 from pipeline.config import PACKAGE_DIR, ExperimentConfig
 from pipeline.errors import ConfigError
 from pipeline.model_shapes import ModelShape, encoder_size, model_shape
+from pipeline.plan_methods import MethodLoad, jare_load, method_load, refusal, trains_base
 
 GIB = 2**30
 CUDA_CONTEXT_GIB = 1.5  # CUDA context ~0.5, cuBLAS/cuDNN workspaces ~0.3, NCCL buffers ~0.5 (8 ranks)
@@ -67,6 +86,8 @@ OPTIM_BYTES_FP32 = 12  # fp32 params are their own master: grad + Adam m + v
 SHARD_GIB = 10.0  # host RAM for one checkpoint shard while a rank loads it (LLaMA-2 shards: ~10 GB)
 HOST_BASE_GIB = 8.0  # per rank: Python, CUDA host allocations, tokenizer, data loader
 GRID_DEEPSPEED = ("zero2", "zero3", "zero3_offload")
+# Full fine-tuning holds the whole model's optimizer state, which ZeRO-2 can move to the host.
+GRID_DEEPSPEED_FULL_FT = ("zero2", "zero2_offload", "zero3", "zero3_offload")
 UNSUPPORTED_QUANT_ZERO3 = (
     "bitsandbytes places 8/4-bit weights with device_map and stores them packed; ZeRO-3 cannot "
     "partition them (pipeline.models sets no bnb_4bit_quant_storage): pair a quantized base with zero2")
@@ -120,7 +141,7 @@ class PlanRow:
     gpus: int
     gpu_mem_gib: float
     weights_gib: float
-    slots_gib: float
+    adapters_gib: float
     optim_gib: float
     activations_gib: float  # including the logits' loss buffers
     logits_gib: float
@@ -128,10 +149,11 @@ class PlanRow:
     host_gib: float  # host RAM per node (rough: see _host_bytes)
     load_gib: float = 0.0  # peak on one GPU while the base loads, before DeepSpeed partitions it
     unsupported: str | None = None
+    method: str = "slm"
 
     @property
     def total_gib(self) -> float:
-        return self.weights_gib + self.slots_gib + self.optim_gib + self.activations_gib + self.other_gib
+        return self.weights_gib + self.adapters_gib + self.optim_gib + self.activations_gib + self.other_gib
 
     @property
     def fits_at_load(self) -> bool:
@@ -143,7 +165,7 @@ class PlanRow:
 
     @property
     def quantization(self) -> str:
-        return {8: "8bit", 4: "4bit"}.get(self.base_bits, "none")
+        return _quantization(self.base_bits)
 
 
 # ---- reading the DeepSpeed JSON -----------------------------------------------------------------
@@ -187,7 +209,19 @@ def workload(cfg: ExperimentConfig, nodes: int, gpus_per_node: int, gpu_mem_gib:
 
 
 def shape_of_config(cfg: ExperimentConfig) -> ModelShape:
-    return model_shape(cfg.model.name_or_path, tuple(cfg.jare.target_modules), cfg.jare.rank)
+    # train.ft_modules only selects what seq_ft trains; other methods ignore it (and its errors).
+    ft = tuple(cfg.train.ft_modules) if cfg.train.ft_modules and trains_base(cfg) else None
+    return model_shape(cfg.model.name_or_path, tuple(cfg.jare.target_modules), cfg.jare.rank, ft)
+
+
+def load_of_config(cfg: ExperimentConfig, shape: ModelShape | None = None) -> MethodLoad:
+    """The experiment's method in the plan (pipeline.plan_methods)."""
+    return method_load(cfg, shape or shape_of_config(cfg), encoder_size(cfg.dtkr.encoder)[1])
+
+
+def _jare_of_workload(shape: ModelShape, work: Workload) -> MethodLoad:
+    return jare_load(shape, work.tasks, work.slots_per_task, work.slots_gathered, work.encoder_dim,
+                     work.compute_bytes)
 
 
 # ---- the terms --------------------------------------------------------------------------------
@@ -219,34 +253,39 @@ def _weight_bytes(shape: ModelShape, work: Workload, mode: ZeroMode, bits: int) 
     return working if mode.offload_param else dense / work.gpus + working
 
 
-def _slot_bytes(shape: ModelShape, work: Workload, mode: ZeroMode) -> float:
-    total = work.tasks * work.slots_per_task * shape.slot_params * work.compute_bytes
+def _adapter_bytes(load: MethodLoad, work: Workload, mode: ZeroMode) -> float:
+    total = load.resident_params * work.compute_bytes
     if mode.stage < 3:
         return total
     return 0.0 if mode.offload_param else total / work.gpus  # gathered with their layer when offloaded
 
 
-def _optim_bytes(shape: ModelShape, work: Workload, mode: ZeroMode) -> float:
+def _optim_bytes(load: MethodLoad, work: Workload, mode: ZeroMode) -> float:
     if mode.offload_optimizer:
         return 0.0  # grads stream to the host through the reduce bucket (counted in other)
     per_param = OPTIM_BYTES_MIXED if work.compute_bytes == 2 else OPTIM_BYTES_FP32
-    total = work.slots_per_task * shape.slot_params * per_param
-    return total / work.gpus if mode.stage >= 1 else total
+    grad = work.compute_bytes  # the gradient in the compute dtype: replicated below ZeRO-2
+    if mode.stage == 0:
+        return load.trainable_params * per_param
+    replicated = grad if mode.stage == 1 else 0
+    return load.trainable_params * (replicated + (per_param - replicated) / work.gpus)
 
 
-def layer_activation_bytes(shape: ModelShape, work: Workload) -> float:
+def layer_activation_bytes(shape: ModelShape, work: Workload, load: MethodLoad | None = None) -> float:
     """Bytes one decoder layer saves for backward at micro_batch x seq_len (see module doc)."""
+    load = load or _jare_of_workload(shape, work)
     e = work.compute_bytes
     per_token = (8 * shape.hidden_size + 4 * shape.q_size * e + 3 * shape.intermediate_size * e
-                 + shape.side_input_features / shape.num_layers * e)
-    gathered = work.micro_batch * work.slots_gathered * shape.slot_params / shape.num_layers * e
+                 + load.saved_input_features / shape.num_layers * e)
+    gathered = work.micro_batch * load.gathered_params / shape.num_layers * e
     return work.micro_batch * work.seq_len * per_token + gathered
 
 
-def _activation_bytes(shape: ModelShape, work: Workload, checkpointing: bool) -> tuple[float, float]:
+def _activation_bytes(shape: ModelShape, work: Workload, load: MethodLoad,
+                      checkpointing: bool) -> tuple[float, float]:
     """(activations including the logits, the logits' share) at the peak of one step."""
     e, tokens = work.compute_bytes, work.micro_batch * work.seq_len
-    layer = layer_activation_bytes(shape, work)
+    layer = layer_activation_bytes(shape, work, load)
     logits_out = tokens * shape.vocab_size * e
     logits_peak = tokens * shape.vocab_size * (e + 12)
     outside = tokens * 4 * shape.hidden_size + work.micro_batch * work.seq_len**2  # final norm, mask
@@ -275,7 +314,7 @@ def _load_bytes(shape: ModelShape, mode: ZeroMode, bits: int) -> float:
     return shape.total_params * bits / 8 + CUDA_CONTEXT_GIB * GIB
 
 
-def _host_bytes(shape: ModelShape, work: Workload, mode: ZeroMode, bits: int) -> float:
+def _host_bytes(shape: ModelShape, work: Workload, mode: ZeroMode, bits: int, load: MethodLoad) -> float:
     """Host RAM per node, rough: what each rank holds while loading, plus offloaded state.
 
     pipeline.models loads an unquantized base on the host and then moves it, so under ZeRO-0/2
@@ -289,43 +328,54 @@ def _host_bytes(shape: ModelShape, work: Workload, mode: ZeroMode, bits: int) ->
     if mode.offload_param:
         offloaded += shape.total_params * 2 / work.nodes
     if mode.offload_optimizer:
-        offloaded += work.slots_per_task * shape.slot_params * 16 / work.nodes
+        offloaded += load.trainable_params * 16 / work.nodes  # fp32 master, m, v, grad
     return ranks * (HOST_BASE_GIB * GIB + loading) + offloaded
 
 
 # ---- rows, recommendation, table ---------------------------------------------------------------
 
 
-def estimate(shape: ModelShape, work: Workload, mode: ZeroMode, base_bits: int, checkpointing: bool) -> PlanRow:
-    """One configuration's per-GPU plan. ZeRO-3 with a quantized base is marked unsupported."""
+def estimate(shape: ModelShape, work: Workload, mode: ZeroMode, base_bits: int, checkpointing: bool,
+             load: MethodLoad | None = None, unsupported: str | None = None) -> PlanRow:
+    """One configuration's per-GPU plan for the method `load` (default: JARe from `work`).
+    `unsupported` (the method's refusal) and ZeRO-3 with a quantized base give a row without numbers."""
+    load = load or _jare_of_workload(shape, work)
     nan = float("nan")
     row = PlanRow(zero=mode.label, deepspeed=mode.name, base_bits=base_bits, checkpointing=checkpointing,
-                  gpus=work.gpus, gpu_mem_gib=work.gpu_mem_gib, weights_gib=nan, slots_gib=nan, optim_gib=nan,
-                  activations_gib=nan, logits_gib=nan, other_gib=nan, host_gib=nan)
-    if mode.stage == 3 and base_bits < 16:
-        return replace(row, unsupported=UNSUPPORTED_QUANT_ZERO3)
-    acts, logits = _activation_bytes(shape, work, checkpointing)
-    planned = (_weight_bytes(shape, work, mode, base_bits), _slot_bytes(shape, work, mode),
-               _optim_bytes(shape, work, mode), acts)
+                  gpus=work.gpus, gpu_mem_gib=work.gpu_mem_gib, weights_gib=nan, adapters_gib=nan, optim_gib=nan,
+                  activations_gib=nan, logits_gib=nan, other_gib=nan, host_gib=nan, method=load.method)
+    if unsupported or (mode.stage == 3 and base_bits < 16):
+        return replace(row, unsupported=unsupported or UNSUPPORTED_QUANT_ZERO3)
+    acts, logits = _activation_bytes(shape, work, load, checkpointing)
+    planned = (_weight_bytes(shape, work, mode, base_bits), _adapter_bytes(load, work, mode),
+               _optim_bytes(load, work, mode), acts)
     other = _other_bytes(shape, work, mode)
     other += FRAGMENTATION * (sum(planned) + other) if work.on_gpu else 0.0
-    weights, slots, optim, acts = (b / GIB for b in planned)
-    return replace(row, weights_gib=weights, slots_gib=slots, optim_gib=optim, activations_gib=acts,
+    weights, adapters, optim, acts = (b / GIB for b in planned)
+    return replace(row, weights_gib=weights, adapters_gib=adapters, optim_gib=optim, activations_gib=acts,
                    logits_gib=logits / GIB, other_gib=other / GIB,
-                   host_gib=_host_bytes(shape, work, mode, base_bits) / GIB,
+                   host_gib=_host_bytes(shape, work, mode, base_bits, load) / GIB,
                    load_gib=_load_bytes(shape, mode, base_bits) / GIB if work.on_gpu else 0.0)
 
 
 def plan_memory(cfg: ExperimentConfig, nodes: int | None = None, gpus_per_node: int | None = None,
                 gpu_mem_gib: float = DEFAULT_GPU_MEM_GIB) -> list[PlanRow]:
-    """Every ZeRO mode (2, 3, 3+offload) x base precision (16, 8, 4 bit) x checkpointing (off, on)."""
+    """Every ZeRO mode (2, 3, 3+offload; full fine-tuning also 2+offload) x base precision (16, 8,
+    4 bit) x checkpointing (off, on), for the experiment's method; rows its `check` refuses are
+    marked unsupported."""
     nodes = nodes or cfg.slurm.train.nodes
     gpus_per_node = gpus_per_node or max(1, cfg.slurm.train.gpus_per_node)
     shape = shape_of_config(cfg)
+    load = load_of_config(cfg, shape)
     work = workload(cfg, nodes, gpus_per_node, gpu_mem_gib)
     dense_bits = 8 * work.compute_bytes
-    return [estimate(shape, work, shipped_mode(ds), bits, ckpt)
-            for ds in GRID_DEEPSPEED for bits in (dense_bits, 8, 4) for ckpt in (False, True)]
+    grid = GRID_DEEPSPEED_FULL_FT if load.trains_base else GRID_DEEPSPEED
+    return [estimate(shape, work, shipped_mode(ds), bits, ckpt, load, refusal(cfg, ds, _quantization(bits)))
+            for ds in grid for bits in (dense_bits, 8, 4) for ckpt in (False, True)]
+
+
+def _quantization(bits: int) -> str:
+    return {8: "8bit", 4: "4bit"}.get(bits, "none")
 
 
 def recommend(rows: list[PlanRow]) -> PlanRow | None:
@@ -353,26 +403,39 @@ def _cell(value: float) -> str:
     return "-" if value != value else f"{value:.1f}"  # NaN: unsupported rows have no numbers
 
 
-def format_plan(rows: list[PlanRow], recommended: PlanRow | None = None) -> str:
-    head = ("zero", "base bits", "ckpt", "weights", "slots", "optim+grads", "activations", "other",
-            "total GiB/GPU", "fits?")
+def format_plan(rows: list[PlanRow], recommended: PlanRow | None = None, load: MethodLoad | None = None) -> str:
+    """The table; with `load`, titled with the method it plans and followed by its disk per task."""
+    head = ("zero", "base bits", "ckpt", "weights", load.adapter_label if load else "slots", "optim+grads",
+            "activations", "other", "total GiB/GPU", "fits?")
     lines = [[r.zero, str(r.base_bits), "on" if r.checkpointing else "off", _cell(r.weights_gib),
-              _cell(r.slots_gib), _cell(r.optim_gib), _cell(r.activations_gib), _cell(r.other_gib),
+              _cell(r.adapters_gib), _cell(r.optim_gib), _cell(r.activations_gib), _cell(r.other_gib),
               _cell(r.total_gib), _fits_cell(r)] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *lines, strict=True)]
     marks = ["* " if r is recommended else "  " for r in rows]
-    out = ["  " + "  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True))]
+    out = [f"method {load.method}: {load.summary}"] if load else []
+    out += ["  " + "  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True))]
     out += [m + "  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for m, line in zip(marks, lines,
                                                                                                    strict=True)]
     reasons = sorted({r.unsupported for r in rows if r.unsupported})
     out += [f"unsupported: {reason}" for reason in reasons]
-    load = max((r.load_gib for r in rows if not r.fits_at_load), default=0.0)
-    if load:
-        out.append(f"no (load): pipeline.models loads the whole base onto each GPU ({load:.1f} GiB with the "
+    load_peak = max((r.load_gib for r in rows if not r.fits_at_load), default=0.0)
+    if load_peak:
+        out.append(f"no (load): pipeline.models loads the whole base onto each GPU ({load_peak:.1f} GiB with the "
                    f"CUDA context) before ZeRO-3 partitions it; that needs zero.Init loading")
     if recommended is not None:
         out.append("* recommended")
+    if load:
+        out.append(stored_line(load))
     return "\n".join(out)
+
+
+def stored_line(load: MethodLoad) -> str:
+    return (f"stored per task: {_bytes(load.stored_per_task_bytes)} ({load.stored_what}); "
+            f"over the T={load.tasks} tasks: {_bytes(load.stored_total_bytes)}")
+
+
+def _bytes(n: float) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB / 10 else f"{n / 2**20:.1f} MiB"
 
 
 def dense_reference_gib(shape: ModelShape, nodes: int, gpus_per_node: int) -> dict[str, float]:
@@ -408,7 +471,9 @@ def own_row(cfg: ExperimentConfig, nodes: int, gpus_per_node: int, gpu_mem_gib: 
     work = workload(cfg, nodes, gpus_per_node, gpu_mem_gib)
     bits = {"8bit": 8, "4bit": 4}.get(cfg.model.quantization, 8 * work.compute_bytes)
     mode = zero_mode(cfg.deepspeed_config_path(), cfg.train.deepspeed)
-    return estimate(shape_of_config(cfg), work, mode, bits, cfg.model.gradient_checkpointing)
+    shape = shape_of_config(cfg)
+    return estimate(shape, work, mode, bits, cfg.model.gradient_checkpointing, load_of_config(cfg, shape),
+                    refusal(cfg, cfg.train.deepspeed, cfg.model.quantization))
 
 
 def check_fits(cfg: ExperimentConfig, gpu_mem_gib: float | None = None) -> tuple[bool, str]:
@@ -423,7 +488,8 @@ def check_fits(cfg: ExperimentConfig, gpu_mem_gib: float | None = None) -> tuple
     row = own_row(cfg, nodes, gpn, gpu_mem)
     text = [f"memory plan for {cfg.model.name_or_path} on {nodes} x {gpn} GPUs of {gpu_mem:g} GiB "
             f"(train.deepspeed={cfg.train.deepspeed}, model.quantization={cfg.model.quantization}, "
-            f"model.gradient_checkpointing={str(cfg.model.gradient_checkpointing).lower()}):", format_plan([row])]
+            f"model.gradient_checkpointing={str(cfg.model.gradient_checkpointing).lower()}):",
+            format_plan([row], load=load_of_config(cfg))]
     if not row.fits:
         best = recommend(plan_memory(cfg, nodes, gpn, gpu_mem))
         text.append("does not fit; " + (f"the plan recommends {overrides_for(best)}" if best else

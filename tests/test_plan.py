@@ -13,6 +13,7 @@ import pipeline.models
 from pipeline import cli
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
+from pipeline.methods import METHOD_NAMES
 from pipeline.model_shapes import LLAMA2_CONFIGS, config_for, model_shape
 from pipeline.plan import (
     PlanRow,
@@ -101,7 +102,7 @@ def test_zero3_fits_70b_only_once_the_loader_loads_sharded(llama70b, monkeypatch
 def test_recommend_prefers_precision_then_no_offload_then_zero2_then_no_checkpointing() -> None:
     def row(zero: str, bits: int, ckpt: bool) -> PlanRow:
         return PlanRow(zero=zero, deepspeed="x", base_bits=bits, checkpointing=ckpt, gpus=8, gpu_mem_gib=80,
-                       weights_gib=1, slots_gib=0, optim_gib=0, activations_gib=1, logits_gib=0, other_gib=1,
+                       weights_gib=1, adapters_gib=0, optim_gib=0, activations_gib=1, logits_gib=0, other_gib=1,
                        host_gib=1)
 
     rows = [row("2", 8, False), row("3+off", 16, False), row("3", 16, True), row("2", 16, True)]
@@ -127,7 +128,7 @@ def test_slm_plan_prints_the_table_for_70b(capsys) -> None:
     out = capsys.readouterr().out
     assert code == 0
     assert "68.98B parameters" in out and "total GiB/GPU" in out and "fits?" in out
-    # bf16 under ZeRO-3 fits (73.1 GiB) now that the base loads sharded; precision comes first
+    # bf16 under ZeRO-3 fits (73.5 GiB) now that the base loads sharded; precision comes first
     assert "recommended  train.deepspeed=zero3 model.quantization=none" in out
 
 
@@ -171,3 +172,152 @@ def test_a_local_folder_is_read_and_a_missing_cluster_path_falls_back_to_its_kno
     LLAMA2_CONFIGS["meta-llama/Llama-2-7b-hf"].save_pretrained(tmp_path / "my-llama")
     assert config_for(str(tmp_path / "my-llama")).hidden_size == 4096
     assert config_for("/cluster/models/Llama-2-13b-chat-hf").hidden_size == 5120
+
+
+# ---- the method: full fine-tuning (seq_ft), the LoRA family, disk per task --------------------
+
+GIB = 2**30
+H, FF, L, V = 4096, 11008, 32, 32000  # LLaMA-2-7B (the published config.json)
+P_7B = 6_738_415_616
+
+
+def _seven_b(method: str, *overrides: str):
+    return load_config("llama2_7b.yaml", [f"method={method}", "slurm.train.gpus_per_node=8", *overrides])
+
+
+def test_full_ft_rows_of_llama2_7b_on_8_gpus_match_a_hand_calculation() -> None:
+    """bf16, micro batch 4 x 1024, every decoder linear trained, ZeRO-2 and ZeRO-3 on 1 x 8 GPUs."""
+    rows = plan_memory(_seven_b("seq_ft"), 1, 8, 80.0)
+    trained = L * (4 * H * H + 3 * H * FF)  # q, k, v, o + gate, up, down in every layer
+    optim = 18 * trained / 8  # 16-bit grad, fp32 grad, master, Adam m and v, sharded over 8 GPUs
+    tokens = 4 * 1024
+    # per token and layer: 2 fp32 norm inputs, SDPA q/k/v/out, SwiGLU's 3, and the trained linears'
+    # inputs: attention input (q/k/v share it), o_proj's, MLP input (gate/up share it), down_proj's
+    layer = 8 * H + 4 * H * 2 + 3 * FF * 2 + (H + H + H + FF) * 2
+    acts = L * layer * tokens + tokens * 4 * H + 4 * 1024**2 + tokens * V * (2 + 12)
+    other = 125e6 * 4 + 5e8 * 2 + 1.5 * GIB  # RoBERTa encoder fp32, one reduce bucket (5e8 bf16), CUDA
+    weights = {"2": 2 * P_7B, "3": 2 * P_7B / 8 + 4 * V * H + 2 * 5e7}  # ZeRO-3: shard + working set
+    assert trained == 6_476_005_376
+    for zero in ("2", "3"):
+        row = _row(rows, zero, 16, False)
+        assert row.weights_gib == pytest.approx(weights[zero] / GIB, rel=1e-3)
+        assert row.optim_gib == pytest.approx(optim / GIB, rel=1e-3)
+        assert row.activations_gib == pytest.approx(acts / GIB, rel=1e-3)
+        hand_total = (weights[zero] + optim + acts + other) * 1.05  # + 5 % allocator fragmentation
+        assert row.total_gib == pytest.approx(hand_total / GIB, rel=0.01)  # the keys index is left out
+    assert _row(rows, "2", 16, False).total_gib == pytest.approx(55.2, abs=0.06)  # pinned
+
+
+def test_full_ft_zero2_model_states_agree_with_deepspeeds_estimator() -> None:
+    """DeepSpeed's estimate trains every parameter; seq_ft leaves embeddings and lm_head (3.9 %) frozen."""
+    from pipeline.plan import dense_reference_gib, shape_of_config
+
+    cfg = _seven_b("seq_ft")
+    row = _row(plan_memory(cfg, 1, 8, 80.0), "2", 16, True)
+    deepspeed = dense_reference_gib(shape_of_config(cfg), 1, 8)["zero2"]
+    assert row.weights_gib + row.optim_gib == pytest.approx(deepspeed, rel=0.03)
+    assert row.weights_gib + row.optim_gib < deepspeed
+
+
+def test_trained_linears_save_their_inputs_in_the_activation_plan() -> None:
+    jare = _row(plan_memory(_seven_b("slm"), 1, 8, 80.0), "2", 16, False)
+    full = _row(plan_memory(_seven_b("seq_ft"), 1, 8, 80.0), "2", 16, False)
+    # JARe on o_proj saves o_proj's input (H); seq_ft saves 3 H + FF per layer. JARe's gathered
+    # slots (4 x 4 slots x 8 x 8192 per layer, bf16) come on top of its own row.
+    gathered = L * 4 * 4 * 8 * (H + H) * 2
+    extra = L * 4 * 1024 * (2 * H + FF) * 2
+    assert (full.activations_gib - jare.activations_gib) * GIB == pytest.approx(extra - gathered, rel=1e-6)
+
+
+def test_seq_ft_stores_the_whole_model_per_task_in_bf16() -> None:
+    from pipeline.plan import load_of_config
+
+    cfg = _seven_b("seq_ft")
+    load = load_of_config(cfg)
+    assert (load.stored_per_task_bytes, load.stored_total_bytes) == (2 * P_7B, 3 * 2 * P_7B)
+    _, text = check_fits(cfg, gpu_mem_gib=80.0)
+    assert "method seq_ft: full fine-tuning" in text
+    assert f"stored per task: {2 * P_7B / GIB:.2f} GiB (the whole model" in text
+    assert f"over the T=3 tasks: {3 * 2 * P_7B / GIB:.2f} GiB" in text
+
+
+def test_jare_and_lora_store_their_adapters_per_task() -> None:
+    from pipeline.plan import load_of_config
+
+    slot = L * 8 * (H + H)  # rank 8 on o_proj
+    assert load_of_config(_seven_b("slm")).stored_per_task_bytes == 4 * slot * 2 + 4 * 768 * 4  # + fp32 keys
+    assert load_of_config(_seven_b("seq_lora")).stored_per_task_bytes == slot * 2
+    assert load_of_config(_seven_b("o_lora", "train.lora_rank=16")).stored_per_task_bytes == 2 * slot * 2
+    assert load_of_config(_seven_b("seq_lora", "model.dtype=float32")).stored_per_task_bytes == slot * 4
+
+
+def test_o_lora_keeps_every_tasks_lora_resident_and_trains_one() -> None:
+    from pipeline.plan import load_of_config
+
+    one, per_task = load_of_config(_seven_b("seq_lora")), load_of_config(_seven_b("o_lora"))
+    assert per_task.resident_params == 3 * one.resident_params
+    assert per_task.trainable_params == one.trainable_params == L * 8 * (H + H)
+    rows = plan_memory(_seven_b("o_lora"), 1, 8, 80.0)
+    assert all(r.unsupported and "o_lora does not support ZeRO-3" in r.unsupported for r in rows if "3" in r.zero)
+    assert _row(rows, "2", 16, True).fits
+
+
+def test_a_quantized_seq_ft_row_is_unsupported() -> None:
+    rows = plan_memory(_seven_b("seq_ft"), 1, 8, 80.0)
+    for zero in ("2", "2+off", "3", "3+off"):
+        for bits in (8, 4):
+            row = _row(rows, zero, bits, True)
+            assert row.unsupported and "seq_ft trains the base weights" in row.unsupported and not row.fits
+    assert recommend(rows) is not None and recommend(rows).base_bits == 16
+    fits, text = check_fits(_seven_b("seq_ft", "model.quantization=8bit"), gpu_mem_gib=80.0)
+    assert not fits and "unsupported: method seq_ft trains the base weights" in text
+    assert "the plan recommends train.deepspeed=zero2 model.quantization=none" in text
+
+
+def test_full_ft_adds_zero2_offload_which_moves_the_optimizer_state_to_the_host() -> None:
+    rows = plan_memory(_seven_b("seq_ft"), 1, 8, 80.0)
+    on_gpu, offload = _row(rows, "2", 16, True), _row(rows, "2+off", 16, True)
+    assert offload.optim_gib == 0.0 and offload.weights_gib == on_gpu.weights_gib
+    trained = L * (4 * H * H + 3 * H * FF)
+    assert (offload.host_gib - on_gpu.host_gib) * GIB == pytest.approx(16 * trained, rel=1e-9)
+    assert "2+off" not in {r.zero for r in plan_memory(_seven_b("slm"), 1, 8, 80.0)}
+
+
+def test_train_ft_modules_selects_what_the_plan_counts_and_only_seq_ft_reads_it() -> None:
+    from pipeline.errors import NoTargetModuleError
+    from pipeline.plan import load_of_config, shape_of_config
+
+    shape = shape_of_config(_seven_b("seq_ft", "train.ft_modules=[q_proj,v_proj]"))
+    assert (shape.ft_params, shape.ft_linears) == (L * 2 * H * H, 2 * L)
+    assert shape.ft_input_features == L * H  # q and v read one saved input
+    assert load_of_config(_seven_b("slm", "train.ft_modules=[nope]")).method == "slm"  # ignored
+    with pytest.raises(NoTargetModuleError):
+        plan_memory(_seven_b("seq_ft", "train.ft_modules=[nope]"))
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_every_methods_plan_runs_and_names_the_method(method: str, capsys) -> None:
+    cfg = _seven_b(method)
+    rows = plan_memory(cfg, 1, 8, 80.0)
+    assert recommend(rows) is not None and all(r.method == method for r in rows)
+    fits, text = check_fits(cfg, gpu_mem_gib=80.0)  # what `slm submit` runs first
+    assert fits, text
+    assert f"method {method}: " in text and "stored per task: " in text
+    assert cli.main(["plan", "-c", "llama2_7b.yaml", "--method", method, "--gpus-per-node", "8"]) == 0
+    out = capsys.readouterr().out
+    assert f"method     {method} (" in out and f"method {method}: " in out and "stored per task" in out
+
+
+def test_a_method_of_a_new_family_is_planned_as_jare_and_the_table_says_so(monkeypatch) -> None:
+    import pipeline.methods
+    from pipeline.methods.base import Method
+    from pipeline.plan import load_of_config
+
+    class Ewc(Method):  # derives from no family the plan knows
+        name, role, trains, infers = "ewc", "baseline", "everything, with a penalty", "the last model"
+
+    monkeypatch.setattr(pipeline.methods, "get_method", lambda name: Ewc())
+    cfg = _seven_b("slm")
+    load = load_of_config(cfg)
+    assert load.resident_params == 3 * 4 * L * 8 * (H + H)  # JARe's slots
+    assert "no plan for Ewc's family: JARe's rows" in format_plan(plan_memory(cfg, 1, 8, 80.0), load=load)

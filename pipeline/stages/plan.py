@@ -1,4 +1,4 @@
-"""`slm plan`: the per-GPU memory plan of the experiment, printed before anything is submitted.
+"""`slm plan`: the per-GPU memory plan of the experiment's method, printed before anything is submitted.
 
 Reads only the config: the model is built on the meta device (LLaMA-2-70B in about a second).
 Exit status 1 when no configuration fits the GPUs given, so scripts can stop early.
@@ -11,10 +11,12 @@ import time
 
 from pipeline.config import ExperimentConfig
 from pipeline.layout import RunLayout
+from pipeline.methods import get_method
 from pipeline.plan import (
     PlanRow,
     dense_reference_gib,
     format_plan,
+    load_of_config,
     overrides_for,
     own_row,
     plan_memory,
@@ -34,16 +36,18 @@ def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> 
     rows = plan_memory(cfg, nodes, gpn, args.gpu_mem_gib)
     best = recommend(rows)
     shape = shape_of_config(cfg)
-    tasks, p, r = len(cfg.tasks), cfg.jare.slots_per_task, cfg.jare.rank
+    load = load_of_config(cfg, shape)
     print(f"model      {cfg.model.name_or_path}: {_billions(shape.total_params)} parameters "
           f"({shape.total_params:,}), {shape.num_layers} layers, hidden {shape.hidden_size}")
-    print(f"JARe       T={tasks} tasks x P={p} slots, rank r={r} on {', '.join(cfg.jare.target_modules)}: "
-          f"{_billions(tasks * p * shape.slot_params)} slot parameters, "
-          f"{_billions(p * shape.slot_params)} trainable per task")
+    method = get_method(cfg.method)
+    resident = (f", {_billions(load.resident_params)} adapter parameters resident on "
+                f"{', '.join(cfg.jare.target_modules)}" if load.resident_params else "")
+    print(f"method     {cfg.method} ({method.role}): {method.trains}; "
+          f"{_billions(load.trainable_params)} trainable parameters per task{resident}")
     print(f"step       micro batch {cfg.train.micro_batch_size} x {cfg.model.max_seq_len} tokens; "
           f"{nodes} node(s) x {gpn} GPU(s) of {args.gpu_mem_gib:g} GiB")
     print()
-    print(format_plan(rows, best))
+    print(format_plan(rows, best, load))
     print()
     _print_verdict(cfg, nodes, gpn, args.gpu_mem_gib, best)
     dense = dense_reference_gib(shape, nodes, gpn)
