@@ -59,7 +59,7 @@ def test_an_unknown_method_is_a_config_error_listing_the_registered_ones() -> No
 
 def _method_name_tests(path: Path) -> list[str]:
     """Method names used to decide something: compared (`== "slm"`, `in ("slm", ...)`) or used as
-    keys of a literal dict (a per-method table)."""
+    keys of a literal dict of several methods (a per-method table)."""
     def names(node: ast.AST) -> list[ast.Constant]:
         items = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
         return [n for n in items if isinstance(n, ast.Constant) and n.value in REGISTRY]
@@ -68,8 +68,9 @@ def _method_name_tests(path: Path) -> list[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Compare):
             found = [c for operand in (node.left, *node.comparators) for c in names(operand)]
-        elif isinstance(node, ast.Dict):
+        elif isinstance(node, ast.Dict):  # a per-method table; one "slm" key is the API's field name
             found = [c for key in node.keys if key is not None for c in names(key)]
+            found = found if len(found) > 1 else []
         else:
             continue
         hits += [f"{path.relative_to(REPO)}:{c.lineno} {c.value!r}" for c in found]
