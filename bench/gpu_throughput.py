@@ -185,18 +185,19 @@ def random_key_store(seed: int):
 
 def jare_routings(store, n: int, batch: int, routing: str, seed: int, device: torch.device) -> list:
     """One per-sample Routing per step, on the GPU, from random query embeddings."""
-    from pipeline.jare.routing import Routing
+    from pipeline.config import DtkrSpec
+    from pipeline.dtkr.router import Router
 
+    router = Router(store, None, DtkrSpec(groups=GROUPS, top_k=TOP_K))  # the stages' routing path
     gen = torch.Generator().manual_seed(seed + 1)
     trained = f"task{TASKS - 1}"
     out = []
     for _ in range(n):
         queries = torch.randn(batch, ENCODER_DIM, generator=gen)
         if routing == "all":
-            r = store.route(queries, TOP_K)
-        else:  # slm train: restricted to the trained task, which lets the layers index it directly
-            r = store.route(queries, TOP_K, tasks=[trained])
-            r = Routing(r.slot_ids, r.weights, task=TASKS - 1)
+            r = router.route_embeddings(queries)
+        else:  # slm train: restricted to the trained task (one task: the router sets Routing.task)
+            r = router.route_embeddings(queries, tasks=[trained])
         out.append(r.to(device))
     return out
 

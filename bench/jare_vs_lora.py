@@ -288,6 +288,10 @@ def main(argv=None) -> dict:
     bank.train_only(None)
     lora_merged = lora.merge_and_unload().eval()
     encoder, store, prompts = build_store(args, tasks)
+    from pipeline.config import DtkrSpec
+    from pipeline.dtkr.router import Router
+
+    router = Router(store, encoder, DtkrSpec(groups=args.groups, top_k=args.top_k))  # what slm generate routes with
     fmt = "chat_template"
     enc = encode_prompts_left_padded(tok, fmt, prompts, 512)
     texts = queries(prompts)
@@ -299,7 +303,7 @@ def main(argv=None) -> dict:
     @torch.no_grad()
     def jare_gen():
         t0 = time.perf_counter()
-        routing = store.route(encoder.encode(texts), args.top_k)  # per sample, over all tasks' slots
+        routing = router.route_embeddings(encoder.encode(texts))  # per sample, over all tasks' slots
         t1 = time.perf_counter()
         with bank.routed(routing):
             out = jare.generate(**enc, **gen_kw)
@@ -311,7 +315,7 @@ def main(argv=None) -> dict:
 
     @torch.no_grad()
     def jare_gen_nocache():
-        routing = store.route(encoder.encode(texts), args.top_k)
+        routing = router.route_embeddings(encoder.encode(texts))
         for layer in bank.layers.values():
             layer.jare_cache = False
         try:
@@ -331,7 +335,7 @@ def main(argv=None) -> dict:
 
     @torch.no_grad()
     def jare_single_merged():
-        routing = store.route(encoder.encode(one_text), args.top_k)
+        routing = router.route_embeddings(encoder.encode(one_text))
         with bank.merged(routing.slot_ids[0], routing.weights[0]):
             jare.generate(**one, **gen_kw)
 

@@ -2,7 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.dtkr.keys import group_normalize, key_loss, retrieve, similarity, train_keys
+from pipeline.config import DtkrSpec
+from pipeline.dtkr.keys import (
+    centrifugal_loss,
+    group_normalize,
+    initial_keys,
+    key_loss,
+    learn_task_keys,
+    retrieve,
+    similarity,
+)
 from pipeline.dtkr.store import KeyStore
 from pipeline.errors import CheckpointError
 
@@ -92,22 +101,76 @@ def test_key_loss_rewards_keys_near_the_queries():
     assert key_loss(q, near, 0.0) < key_loss(q, far, 0.0)
 
 
-def test_learned_keys_identify_their_task_on_held_out_queries():
-    # three well separated clusters stand in for three domains' query embeddings
-    gen = torch.Generator().manual_seed(0)
-    centers = torch.randn(3, 48, generator=gen) * 3
-    def sample(t, n):
-        return centers[t] + torch.randn(n, 48, generator=gen)
-    store = KeyStore(48, 6, 4, "test")
-    for t in range(3):
-        keys, _ = train_keys(sample(t, 200), 4, 6, lr=1e-3, weight_decay=0.01, grad_clip=0.1, epochs=3,
-                                  batch_size=32, mask_ratio=0.25, seed=t, progress=False)
+def clustered_tasks(n_per_task: int, tasks: int = 3, dim: int = 48, seed: int = 0, spread: float = 3.0):
+    """Well separated clusters stand in for different domains' query embeddings."""
+    gen = torch.Generator().manual_seed(seed)
+    centers = torch.randn(tasks, dim, generator=gen) * spread
+    return [centers[t] + torch.randn(n_per_task, dim, generator=gen) for t in range(tasks)]
+
+
+def retrieval_accuracy(spec: DtkrSpec, train, held_out, slots: int = 4) -> float:
+    store = KeyStore(train[0].shape[1], spec.groups, slots, "test")
+    learned = []
+    for t, emb in enumerate(train):
+        keys, _ = learn_task_keys(emb, spec, slots, seed=t, previous_keys=torch.cat(learned) if learned else None)
+        learned.append(keys)
         store.add_task(str(t), keys)
-    held_out = torch.cat([sample(t, 50) for t in range(3)])
-    truth = torch.arange(3).repeat_interleave(50)
-    _, ids = store.search(held_out, 1)
-    accuracy = (torch.from_numpy(ids[:, 0]) // 4 == truth).float().mean()
-    assert accuracy >= 0.95
+    truth = torch.arange(len(held_out)).repeat_interleave(len(held_out[0]))
+    _, ids = store.search(torch.cat(held_out), 1)
+    return (torch.from_numpy(ids[:, 0]) // slots == truth).float().mean().item()
+
+
+def test_learned_keys_identify_their_task_on_held_out_queries():
+    data = clustered_tasks(250)
+    spec = DtkrSpec()  # the shipped defaults
+    assert retrieval_accuracy(spec, [d[:200] for d in data], [d[200:] for d in data]) >= 0.95
+
+
+def test_the_key_objective_is_what_makes_random_keys_retrieve():
+    """From the reference's orthogonal (random) init, only the masked top-2 objective moves the
+    keys onto their task: without learning (0 epochs) retrieval is near chance."""
+    data = clustered_tasks(250)
+    train, held_out = [d[:200] for d in data], [d[200:] for d in data]
+    for objective in ("group_top2", "slot_top2"):
+        learned = DtkrSpec(key_init="orthogonal", key_objective=objective, key_lr=0.05, key_epochs=10)
+        assert retrieval_accuracy(learned, train, held_out) >= 0.95, objective
+        assert retrieval_accuracy(learned.model_copy(update={"key_epochs": 0}), train, held_out) < 0.7
+
+
+def test_learn_task_keys_is_deterministic_per_seed_and_normalised():
+    emb = clustered_tasks(120)[0]
+    for init in ("orthogonal", "queries", "partition_mean", "kmeans"):
+        spec = DtkrSpec(key_init=init)
+        a, losses = learn_task_keys(emb, spec, 4, seed=5)
+        b, _ = learn_task_keys(emb, spec, 4, seed=5)
+        c, _ = learn_task_keys(emb, spec, 4, seed=6)
+        assert torch.equal(a, b) and not torch.equal(a, c), init
+        assert a.shape == (4, 6, 8) and torch.allclose(a.norm(dim=-1), torch.ones(4, 6), atol=1e-5)
+        assert len(losses) == spec.key_epochs * 4  # 120 queries / batch 32 -> 4 steps an epoch
+
+
+def test_kmeans_init_finds_the_sub_clusters_of_a_task():
+    gen = torch.Generator().manual_seed(0)
+    modes = torch.randn(4, 48, generator=gen) * 4
+    emb = torch.cat([m + torch.randn(50, 48, generator=gen) for m in modes])
+    keys = initial_keys(group_normalize(emb, 6), 4, "kmeans", gen)
+    owner = similarity(group_normalize(modes, 6), torch.nn.functional.normalize(keys, dim=-1)).argmax(1)
+    assert sorted(owner.tolist()) == [0, 1, 2, 3]  # one key per mode
+
+
+def test_centrifugal_term_pushes_new_keys_away_from_earlier_keys():
+    data = clustered_tasks(200, tasks=2, spread=0.7)  # two overlapping tasks
+    old, _ = learn_task_keys(data[0], DtkrSpec(centrifugal_weight=0.0), 4, seed=0)
+    plain, _ = learn_task_keys(data[1], DtkrSpec(centrifugal_weight=0.0), 4, seed=1, previous_keys=old)
+    pushed, _ = learn_task_keys(data[1], DtkrSpec(centrifugal_weight=1.0), 4, seed=1, previous_keys=old)
+    assert centrifugal_loss(pushed, old) < centrifugal_loss(plain, old) - 0.01
+    # without earlier keys the term is off: the first task learns the same keys either way
+    assert torch.equal(learn_task_keys(data[0], DtkrSpec(centrifugal_weight=1.0), 4, seed=0)[0], old)
+
+
+def test_a_task_without_queries_is_a_clear_error():
+    with pytest.raises(ValueError, match="at least one query"):
+        learn_task_keys(torch.empty(0, 48), DtkrSpec(), 4, seed=0)
 
 
 def test_keys_learned_with_the_real_encoder_retrieve_three_builtin_tasks_at_95_percent():
@@ -118,13 +181,14 @@ def test_keys_learned_with_the_real_encoder_retrieve_three_builtin_tasks_at_95_p
     from pipeline.dtkr.encoder import SentenceEncoder
 
     encoder = SentenceEncoder("bundled:all-minilm-l6-v2")
-    store = KeyStore(encoder.dim, 6, 4, encoder.name)
-    held_out, truth = [], []
+    spec = DtkrSpec()
+    store = KeyStore(encoder.dim, spec.groups, 4, encoder.name)
+    held_out, truth, learned = [], [], []
     for t, name in enumerate(("sentiment", "geography", "animal_class")):
         records = get_generator(name).generate(300, seed=0)
         emb = encoder.encode([query_text(r["instruction"], r["input"]) for r in records])
-        keys, _ = train_keys(emb[:200], 4, 6, lr=1e-3, weight_decay=0.01, grad_clip=0.1, epochs=3,
-                             batch_size=32, mask_ratio=0.25, seed=t, progress=False)
+        keys, _ = learn_task_keys(emb[:200], spec, 4, seed=t, previous_keys=torch.cat(learned) if learned else None)
+        learned.append(keys)
         store.add_task(name, keys)
         held_out.append(emb[200:])
         truth += [t] * 100

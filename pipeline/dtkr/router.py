@@ -75,3 +75,24 @@ class Router:
         p = self.store.slots_per_task
         return [{"task": self.store.task_of(s), "slot": s % p, "weight": w}
                 for s, w in zip(routing.slot_ids[row].tolist(), routing.weights[row].tolist(), strict=True)]
+
+
+def capture_rates(router: Router, embeddings_by_task: dict[str, torch.Tensor]) -> dict[str, float]:
+    """For each earlier task: the fraction of its held-out query embeddings whose top-1 slot
+    (over every task in the store) now belongs to the newest task, the store's last one.
+
+    What `slm train` and `slm report` warn about: a new task whose keys capture an old task's
+    queries sends them to the wrong slots, before any value is trained or evaluated.
+    """
+    if not router.tasks:
+        return {}
+    newest = len(router.tasks) - 1
+    rates = {}
+    for name, emb in embeddings_by_task.items():
+        if name == router.tasks[newest] or len(emb) == 0:
+            continue
+        if name not in router.tasks:
+            raise ValueError(f"capture_rates: task {name!r} is not in the store (tasks: {router.tasks})")
+        top1 = torch.tensor(router.top1_tasks(router.route_embeddings(emb)))
+        rates[name] = float((top1 == newest).float().mean())
+    return rates

@@ -7,8 +7,11 @@ inner-product search returns the top-k slots without a per-group merge step. (Eq
 vector per (slot, group) with a per-group index, at 1/g of the searches.) The sidecar maps ids
 to (task, slot) and records the encoder, dims and a content hash, checked on load.
 
-A GPU copy of the index serves searches when faiss-gpu and a GPU are present; the CPU index is
-the master (what is saved, and what add/remove edit).
+A GPU copy of the index serves every search when faiss-gpu and a GPU are present; the CPU index
+is the master (what is saved, and what add/remove edit). A search restricted to some tasks'
+slots (training, eval, generate) searches all slots and keeps the allowed ones: GPU flat indexes
+ignore FAISS id selectors, and with a few slots per task the full ranking costs what a top-k
+does. One code path on both devices, so the CPU tests exercise what runs on the GPU.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from pipeline.errors import CheckpointError
 from pipeline.jare.routing import Routing
 
 INDEX_FILE = "keys.faiss"
+# faiss GPU flat search returns at most this many neighbours; a larger store searches on the CPU
+GPU_MAX_K = 2048
 SIDECAR_FILE = "keys.json"
 
 
@@ -74,26 +79,29 @@ class KeyStore:
 
     # ---- search -----------------------------------------------------------------------------
     def _searcher(self):
-        if faiss_gpu_available():
+        if faiss_gpu_available() and self.index.ntotal <= GPU_MAX_K:
             if self._gpu_index is None:
                 self._gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, self.index)
             return self._gpu_index
         return self.index
 
     def search(self, queries: torch.Tensor, k: int, tasks: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """queries (B, D) raw embeddings -> (mean group cosine (B, k), global slot ids (B, k))."""
+        """queries (B, D) raw embeddings -> (mean group cosine (B, k), global slot ids (B, k)).
+
+        `tasks` restricts the candidates to those tasks' slots; k is at most their number.
+        """
         q = group_normalize(queries.float(), self.groups).reshape(len(queries), self.dim)
         q_np = np.ascontiguousarray(q.cpu().numpy(), dtype=np.float32)
         if tasks is None:
             sims, ids = self._searcher().search(q_np, k)
-        else:  # restricted search: an id selector (CPU index; GPU flat indexes ignore selectors)
+        else:
             allowed = np.concatenate([self.slot_ids(t) for t in tasks]).astype(np.int64)
-            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
-            sims, ids = self.index.search(q_np, k, params=params)
+            sims, ids = search_allowed(self._searcher(), q_np, k, allowed)
         return sims / self.groups, ids
 
     def route(self, queries: torch.Tensor, k: int, weighting: str = "normalize", temperature: float = 0.1,
               tasks: list[str] | None = None, per_batch: bool = False) -> Routing:
+        """Kept for callers outside the stages; `pipeline.dtkr.router.Router` is the routing path."""
         if per_batch:
             mean = group_normalize(queries.float(), self.groups).mean(0, keepdim=True)
             queries = torch.nn.functional.normalize(mean, dim=-1).reshape(1, -1).expand(len(queries), -1)
@@ -154,6 +162,17 @@ class KeyStore:
         if store.content_hash() != side["content_sha256"]:
             raise CheckpointError(f"{folder}: index content does not match its sidecar hash; rebuild with `slm index`")
         return store
+
+
+def search_allowed(index, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k among the `allowed` ids of a flat `index` (CPU or GPU): rank every stored vector,
+    keep the allowed ones in rank order. (B, k) similarities and ids, as index.search returns."""
+    if k > len(allowed):
+        raise ValueError(f"k={k} exceeds the {len(allowed)} allowed slots")
+    sims, ids = index.search(queries, index.ntotal)  # (B, S) ranked
+    keep = np.isin(ids, allowed)  # every row keeps exactly len(allowed) entries
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # allowed entries first, rank preserved
+    return np.take_along_axis(sims, order, 1), np.take_along_axis(ids, order, 1)
 
 
 def faiss_gpu_available() -> bool:

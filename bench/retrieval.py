@@ -1,0 +1,386 @@
+"""DTKR task retrieval vs nearest-centroid and 1-NN baselines, on real CL_Benchmark task sequences.
+
+    python bench/retrieval.py                                  # the five sequences below, ~5 min cold
+    python bench/retrieval.py --tasks amazon,yelp --name amazon_yelp
+    python bench/retrieval.py --data-root /data/CL_Benchmark --tasks agnews,dbpedia
+    python bench/retrieval.py dtkr.key_init=orthogonal dtkr.key_objective=group_top2   # any dtkr override
+    python bench/retrieval.py --ablation                       # the lever grid -> retrieval-ablation.json
+
+For every task of a sequence: its records are built as `slm prepare` builds them
+(data_prep.build.build_task on the experiment's TaskSpec, same caps, the source's own test
+split), its query texts are `pipeline.batching.queries` (instruction + " ### " + input), and
+its keys are learned by `pipeline.dtkr.keys.learn_task_keys` with the experiment's DtkrSpec,
+P = jare.slots_per_task, seed = experiment seed + task position, the earlier tasks' keys as
+`previous_keys` (what `slm train` does). The store is built as `slm index` builds it
+(KeyStore.add_task in task order) and every test query is routed by `Router` over all tasks.
+
+Per task, on the same embeddings of its test queries:
+  dtkr      top-1 task-retrieval accuracy: the task of the query's top-1 slot
+  centroid  nearest centroid of each task's training queries (same grouped cosine as DTKR)
+  knn       1-nearest neighbour over the first --knn-per-task training queries of each task
+  sample    the reference code's "sample accuracy": every group votes with its top-k slots
+            (top_k = dtkr.top_k), the task with most of the g x k votes wins
+  margin    dtkr - centroid (>= 0 is the bar: learned keys must not lose to a centroid)
+
+Query embeddings are cached under $SLM_CACHE/retrieval-embeddings/ keyed by encoder + max
+length + the texts' hash, so reruns and the ablation spend their time on keys only. The table is
+printed and written to bench/results/retrieval-<name>.json with the command, config hash,
+commit and machine. The last line is
+`retrieval_min_margin=<x> same_family_min_mean=<y>`: x = the smallest margin over every task of
+every sequence, y = the smallest mean DTKR accuracy over the same-family sequences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+# name -> task folders; None = the experiment's own task list (the five shipped tasks)
+SEQUENCES: dict[str, tuple[str, ...] | None] = {
+    "cl_benchmark": None,
+    "topic": ("agnews", "dbpedia"),
+    "sentiment": ("amazon", "yelp", "IMDB"),
+    "passage": ("BoolQA", "MultiRC"),
+    "all_nine": ("agnews", "amazon", "MNLI", "QQP", "BoolQA", "dbpedia", "yelp", "IMDB", "MultiRC"),
+}
+SAME_FAMILY = ("topic", "sentiment", "passage")  # share an instruction family
+DEFAULT_CAPS = (1000, 500)  # train / test records of a task the experiment does not list (as cl_benchmark.yaml)
+
+# The ablation grid: one lever changed at a time from the default, plus the reference setting.
+# Values are dtkr.* overrides; "encoder" rows need their own embeddings (see the README).
+ABLATION: dict[str, dict[str, object]] = {
+    "default": {},  # key_init=partition_mean, group_top2, 3 epochs, lr 1e-3, mask 0.25, g=6, no centrifugal
+    "reference": {"key_init": "orthogonal"},  # the reference code's init with its objective and settings
+    "reference_10_epochs": {"key_init": "orthogonal", "key_epochs": 10},
+    "init=queries": {"key_init": "queries"},  # the previous default
+    "init=kmeans": {"key_init": "kmeans"},
+    "objective=slot_top2": {"key_objective": "slot_top2"},
+    "epochs=0": {"key_epochs": 0},  # the initial keys as they are: partition means
+    "epochs=1": {"key_epochs": 1},
+    "epochs=10": {"key_epochs": 10},
+    "lr=1e-2": {"key_lr": 1e-2},
+    "lr=1e-4": {"key_lr": 1e-4},
+    "mask=0": {"mask_ratio": 0.0},
+    "mask=0.5": {"mask_ratio": 0.5},
+    "centrifugal=0.05": {"centrifugal_weight": 0.05},
+    "centrifugal=1": {"centrifugal_weight": 1.0},
+    "groups=1": {"groups": 1},
+    "groups=3": {"groups": 3},
+    "groups=12": {"groups": 12},
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("-c", "--config", default="cl_benchmark.yaml",
+                   help="experiment whose dtkr/jare settings, seed and task specs are used")
+    p.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data" / "cl_benchmark",
+                   help="folder of CL_Benchmark tasks (one sub-folder per task)")
+    p.add_argument("--tasks", help="one sequence of task folders, comma separated (default: the five sequences)")
+    p.add_argument("--name", help="results name (default: the experiment's name, or the --tasks joined by _)")
+    p.add_argument("--knn-per-task", type=int, default=200, help="training queries per task for the 1-NN baseline")
+    p.add_argument("--ablation", action="store_true", help="run the lever grid; write retrieval-ablation.json")
+    p.add_argument("--only", help="ablation: comma-separated setting names to run (default: all)")
+    p.add_argument("--json", type=Path, help="output file (default: bench/results/retrieval-<name>.json)")
+    p.add_argument("overrides", nargs="*", help="experiment overrides, e.g. dtkr.key_init=orthogonal")
+    return p.parse_args(argv)
+
+
+# ---- records and embeddings -------------------------------------------------------------------
+def task_spec(cfg, name: str):
+    """The experiment's TaskSpec for `name`, else a CL_Benchmark folder task with the default caps."""
+    from pipeline.config import SourceSpec, TaskSpec
+
+    for t in cfg.tasks:
+        if t.name == name:
+            return t
+    return TaskSpec(name=name, source=SourceSpec(type="cl_benchmark", path=name),
+                    max_train=DEFAULT_CAPS[0], max_test=DEFAULT_CAPS[1])
+
+
+def task_records(spec, cfg) -> tuple[list[dict], list[dict], int]:
+    """(train, test, test records dropped) as `slm prepare` builds them.
+
+    prepare refuses a task whose capped test split repeats a training input (MultiRC has one
+    such pair, differing only in case and label); here those test records are dropped instead,
+    and counted, so one dirty record does not hide a task. The build itself stays prepare's:
+    only its overlap check is suspended, the training side is unchanged.
+    """
+    from unittest import mock
+
+    import data_prep.build as build
+    from data_prep.records import record_key
+    from pipeline.errors import DataError
+
+    try:
+        prepared = build.build_task(spec, cfg)
+        return prepared.train, prepared.test, 0
+    except DataError as e:
+        if "also a training record" not in str(e):
+            raise
+        log(f"{spec.name}: {str(e).split(' after normalisation')[0]}; dropping such test records")
+    with mock.patch.object(build, "check_no_overlap"):
+        prepared = build.build_task(spec.model_copy(update={"max_test": None}), cfg)
+    seen = {record_key(r) for r in prepared.train}
+    test = [r for r in prepared.test if record_key(r) not in seen]
+    return prepared.train, test[: spec.max_test], len(prepared.test) - len(test)
+
+
+class EmbeddingCache:
+    """Query embeddings on disk, keyed by encoder + max length + texts; the encoder loads on a miss."""
+
+    def __init__(self, encoder_name: str, max_length: int = 256) -> None:
+        from pipeline.models import cache_dir
+
+        self.encoder_name, self.max_length = encoder_name, max_length
+        self.folder = cache_dir() / "retrieval-embeddings"
+        self._encoder = None
+        self.hits = self.misses = 0
+
+    def key(self, texts: list[str]) -> str:
+        h = hashlib.sha256(f"{self.encoder_name}\n{self.max_length}\n{len(texts)}\n".encode())
+        for text in texts:
+            h.update(hashlib.sha256(text.encode()).digest())
+        return h.hexdigest()[:32]
+
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        from safetensors.torch import load_file, save_file
+
+        from pipeline.artifacts import atomic_path
+
+        path = self.folder / f"{self.key(texts)}.safetensors"
+        if path.is_file():
+            self.hits += 1
+            return load_file(path)["embeddings"]
+        self.misses += 1
+        emb = self.encoder().encode(texts).contiguous()
+        with atomic_path(path) as tmp:
+            save_file({"embeddings": emb}, str(tmp), metadata={"encoder": self.encoder_name, "n": str(len(texts))})
+        return emb
+
+    def encoder(self):
+        if self._encoder is None:
+            from pipeline.dtkr.encoder import SentenceEncoder
+
+            log(f"loading encoder {self.encoder_name}")
+            self._encoder = SentenceEncoder(self.encoder_name, max_length=self.max_length)
+        return self._encoder
+
+
+def task_embeddings(cfg, names: list[str], cache: EmbeddingCache) -> dict[str, dict]:
+    """name -> {train (N, D), test (M, D), dropped}: each task's query embeddings."""
+    from pipeline.batching import queries
+
+    out = {}
+    for name in names:
+        t0 = time.perf_counter()
+        train, test, dropped = task_records(task_spec(cfg, name), cfg)
+        out[name] = {"train": cache.embed(queries(train)), "test": cache.embed(queries(test)), "dropped": dropped}
+        log(f"{name}: {len(train)} train / {len(test)} test queries ({time.perf_counter() - t0:.0f} s)")
+    return out
+
+
+# ---- retrieval and baselines ------------------------------------------------------------------
+def learn_sequence_keys(names: list[str], emb: dict[str, dict], dtkr, slots: int, seed: int) -> list:
+    """[(task, keys)] learned in task order, as `slm train` does, each seeing earlier keys only."""
+    from pipeline.dtkr.keys import learn_task_keys
+
+    learned: list[tuple[str, torch.Tensor]] = []
+    for t, name in enumerate(names):
+        previous = torch.cat([k for _, k in learned]) if learned else None
+        keys, _ = learn_task_keys(emb[name]["train"], dtkr, slots, seed + t, previous)
+        learned.append((name, keys))
+    return learned
+
+
+def dtkr_predictions(learned: list, test: torch.Tensor, dtkr, slots: int) -> torch.Tensor:
+    from pipeline.dtkr.router import Router
+
+    router = Router.from_keys(learned, None, dtkr, slots)
+    return torch.tensor(router.top1_tasks(router.route_embeddings(test)))
+
+
+def sample_predictions(learned: list, test: torch.Tensor, dtkr, slots: int) -> torch.Tensor:
+    """The reference's sample accuracy: each group's top-k slots vote for their task."""
+    from pipeline.dtkr.keys import group_normalize
+
+    keys = torch.cat([k for _, k in learned])  # (S, g, dg)
+    q = group_normalize(test.float(), dtkr.groups)  # (B, g, dg)
+    sims = torch.einsum("bgd,sgd->bgs", q, keys)
+    top = sims.topk(min(dtkr.top_k, len(keys)), dim=-1)  # (B, g, k)
+    picks = (top.indices // slots).flatten(1)  # the task of every pick
+    votes = torch.zeros(len(q), len(learned)).scatter_add_(1, picks, torch.ones(picks.shape))  # (B, T)
+    # a tie goes to the task whose votes have the larger summed similarity
+    tie_break = torch.zeros_like(votes).scatter_add_(1, picks, top.values.flatten(1))
+    return (votes + 1e-3 * tie_break / picks.shape[1]).argmax(1)
+
+
+def centroid_predictions(names: list[str], emb: dict[str, dict], test: torch.Tensor, groups: int) -> torch.Tensor:
+    from pipeline.dtkr.keys import group_normalize, similarity
+
+    cents = torch.stack([torch.nn.functional.normalize(group_normalize(emb[n]["train"].float(), groups).mean(0), dim=-1)
+                         for n in names])  # (T, g, dg)
+    return similarity(group_normalize(test.float(), groups), cents).argmax(1)
+
+
+def knn_predictions(names: list[str], emb: dict[str, dict], test: torch.Tensor, groups: int,
+                    per_task: int) -> torch.Tensor:
+    from pipeline.dtkr.keys import group_normalize, similarity
+
+    bank = [group_normalize(emb[n]["train"][:per_task].float(), groups) for n in names]
+    owner = torch.cat([torch.full((len(b),), t) for t, b in enumerate(bank)])
+    return owner[similarity(group_normalize(test.float(), groups), torch.cat(bank)).argmax(1)]
+
+
+def evaluate_sequence(names: list[str], emb: dict[str, dict], dtkr, slots: int, seed: int,
+                      knn_per_task: int) -> dict:
+    learned = learn_sequence_keys(names, emb, dtkr, slots, seed)
+    test = torch.cat([emb[n]["test"] for n in names])
+    truth = torch.cat([torch.full((len(emb[n]["test"]),), t) for t, n in enumerate(names)])
+    preds = {"dtkr": dtkr_predictions(learned, test, dtkr, slots),
+             "centroid": centroid_predictions(names, emb, test, dtkr.groups),
+             "knn": knn_predictions(names, emb, test, dtkr.groups, knn_per_task),
+             "sample": sample_predictions(learned, test, dtkr, slots)}
+    rows = []
+    for t, name in enumerate(names):
+        own = truth == t
+        row = {"task": name, "n_test": int(own.sum()), "test_dropped": emb[name]["dropped"]}
+        row.update({m: float((p[own] == t).float().mean()) for m, p in preds.items()})
+        row["margin"] = row["dtkr"] - row["centroid"]
+        row["confused_with"] = {names[j]: int(((preds["dtkr"] == j) & own).sum())
+                                for j in range(len(names)) if j != t and ((preds["dtkr"] == j) & own).any()}
+        rows.append(row)
+    return {"tasks": names, "rows": rows, "mean": {m: sum(r[m] for r in rows) / len(rows) for m in preds},
+            "min_margin": min(r["margin"] for r in rows)}
+
+
+# ---- driver -----------------------------------------------------------------------------------
+def sequences_to_run(args: argparse.Namespace, cfg) -> dict[str, list[str]]:
+    if args.tasks:
+        names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        return {args.name or "_".join(names): names}
+    return {name: list(tasks) if tasks else [t.name for t in cfg.tasks] for name, tasks in SEQUENCES.items()}
+
+
+def summary(results: dict[str, dict]) -> dict[str, float | None]:
+    family = [results[s]["mean"]["dtkr"] for s in SAME_FAMILY if s in results]
+    return {"retrieval_min_margin": min(r["min_margin"] for r in results.values()),
+            "same_family_min_mean": min(family) if family else None}
+
+
+def run_all(seqs: dict[str, list[str]], emb: dict, dtkr, slots: int, seed: int, knn: int) -> dict[str, dict]:
+    return {name: evaluate_sequence(names, emb, dtkr, slots, seed, knn) for name, names in seqs.items()}
+
+
+def print_table(results: dict[str, dict]) -> None:
+    print(f"{'sequence':<13} {'task':<9} {'n':>4} {'dtkr':>6} {'centroid':>8} {'1-NN':>6} {'sample':>6} {'margin':>7}")
+    for seq, res in results.items():
+        for r in res["rows"]:
+            flag = "  <-- below centroid" if r["margin"] < 0 else ""
+            print(f"{seq:<13} {r['task']:<9} {r['n_test']:>4} {r['dtkr']:>6.3f} {r['centroid']:>8.3f} {r['knn']:>6.3f} "
+                  f"{r['sample']:>6.3f} {r['margin']:>+7.3f}{flag}")
+        m = res["mean"]
+        print(f"{seq:<13} {'mean':<9} {'':>4} {m['dtkr']:>6.3f} {m['centroid']:>8.3f} {m['knn']:>6.3f} "
+              f"{m['sample']:>6.3f}")
+
+
+def ablation(seqs: dict[str, list[str]], emb: dict, cfg, args: argparse.Namespace) -> dict[str, dict]:
+    from pipeline.config import DtkrSpec
+
+    only = set(args.only.split(",")) if args.only else None
+    out = {}
+    for setting, changes in ABLATION.items():
+        if only and setting not in only:
+            continue
+        dtkr = DtkrSpec.model_validate({**cfg.dtkr.model_dump(), **changes})
+        t0 = time.perf_counter()
+        res = run_all(seqs, emb, dtkr, cfg.jare.slots_per_task, cfg.seed, args.knn_per_task)
+        out[setting] = {"dtkr_changes": changes, **summary(res),
+                        "sequences": {s: {"mean": r["mean"], "min_margin": r["min_margin"],
+                                          "dtkr": {row["task"]: row["dtkr"] for row in r["rows"]},
+                                          "centroid": {row["task"]: row["centroid"] for row in r["rows"]}}
+                                      for s, r in res.items()},
+                        "seconds": time.perf_counter() - t0}
+        cells = " ".join(f"{s}={r['mean']['dtkr']:.3f}" for s, r in res.items())
+        log(f"{setting:<22} min_margin={out[setting]['retrieval_min_margin']:+.3f} {cells}")
+    return out
+
+
+def run_info(args: argparse.Namespace, cfg, seqs: dict[str, list[str]], t_start: float, cache: EmbeddingCache) -> dict:
+    from pipeline.artifacts import sha256_json
+
+    hashed = {"dtkr": cfg.dtkr.model_dump(mode="json"), "slots_per_task": cfg.jare.slots_per_task, "seed": cfg.seed,
+              "tasks": {n: task_spec(cfg, n).model_dump(mode="json") for names in seqs.values() for n in names}}
+    return {"script": "bench/retrieval.py", "command": " ".join(["python", "bench/retrieval.py", *sys.argv[1:]]),
+            "config": args.config, "config_hash": sha256_json(hashed), "data_root": str(args.data_root),
+            "commit": _git("rev-parse", "HEAD"),
+            "dirty": bool(_git("status", "--porcelain", "--", "pipeline", "bench", "data_prep")),
+            "dtkr": hashed["dtkr"], "slots_per_task": cfg.jare.slots_per_task, "seed": cfg.seed,
+            "knn_per_task": args.knn_per_task, "embedding_cache": {"hits": cache.hits, "misses": cache.misses},
+            "wall_s": time.perf_counter() - t_start, "machine": machine()}
+
+
+def machine() -> dict:
+    import faiss
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "faiss": faiss.__version__,
+            "load_avg_at_end": list(os.getloadavg()), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _git(*cmd: str) -> str:
+    try:
+        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from pipeline.artifacts import atomic_write_json
+    from pipeline.config import load_config
+
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    cfg = load_config(args.config, [f"data_root={args.data_root.resolve()}", *args.overrides])
+    seqs = sequences_to_run(args, cfg)
+    log(f"load average {os.getloadavg()[0]:.1f} on {len(os.sched_getaffinity(0))} cores; encoder {cfg.dtkr.encoder}")
+    cache = EmbeddingCache(cfg.dtkr.encoder)
+    emb = task_embeddings(cfg, list(dict.fromkeys(n for names in seqs.values() for n in names)), cache)
+    if args.ablation:
+        result = {"settings": ablation(seqs, emb, cfg, args)}
+        path = args.json or ROOT / "bench" / "results" / "retrieval-ablation.json"
+    else:
+        results = run_all(seqs, emb, cfg.dtkr, cfg.jare.slots_per_task, cfg.seed, args.knn_per_task)
+        print_table(results)
+        result = {"sequences": results, **summary(results)}
+        path = args.json or ROOT / "bench" / "results" / f"retrieval-{args.name or cfg.name}.json"
+    result = {"run_info": run_info(args, cfg, seqs, t_start, cache), **result}
+    atomic_write_json(path, result)
+    log(f"wrote {path} ({result['run_info']['wall_s']:.0f} s)")
+    if not args.ablation:
+        y = result["same_family_min_mean"]
+        print(f"retrieval_min_margin={result['retrieval_min_margin']:.3f} "
+              f"same_family_min_mean={'n/a' if y is None else f'{y:.3f}'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
