@@ -20,7 +20,10 @@ second) and `p50_ratio` / `p95_ratio`. The last line printed is `rps_ratio=<x> p
 Results: bench/results/serve.json (command, commit, machine, every round).
 
 Timings on a shared machine are noise: the script records the load average at start and end;
-rerun on a quiet machine for numbers worth quoting.
+rerun on a quiet machine for numbers worth quoting. On an oversubscribed CPU, pass `--threads 1`:
+with 2 OpenMP threads per server, every small op of the side branch waits for a descheduled
+thread, and routed decoding was measured 9x slower than with 1 (the merged server, with fewer
+ops per step, suffers much less), so the ratio then measures the machine, not the server.
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="untimed requests per server first (default: clients)")
     p.add_argument("--batch-size", type=int, default=8, help="serve.max_batch_size of both servers")
     p.add_argument("--wait-ms", type=float, default=10.0, help="serve.max_wait_ms of both servers")
+    p.add_argument("--threads", type=int, default=None,
+                   help="serve.threads of both servers (torch threads of the decoding worker; 1 on a shared CPU)")
     p.add_argument("--quick", action="store_true", help="4 clients x 16 requests, 8 tokens, 1 round")
     p.add_argument("--start-timeout-s", type=float, default=600.0)
     p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "serve.json")
@@ -87,7 +92,8 @@ def server(args, name: str, extra: list[str], logs: Path):
 
     port = free_port()
     sets = [f"serve.max_batch_size={args.batch_size}", f"serve.max_wait_ms={args.wait_ms}",
-            f"serve.max_tokens_limit={max(512, args.max_tokens)}", "serve.reload_poll_s=0", *args.overrides, *extra]
+            f"serve.max_tokens_limit={max(512, args.max_tokens)}", "serve.reload_poll_s=0",
+            *([f"serve.threads={args.threads}"] if args.threads else []), *args.overrides, *extra]
     cmd = [sys.executable, "-m", "pipeline.cli", "serve", "--port", str(port), "--host", "127.0.0.1",
            *(["-c", args.config] if args.config else []), *sets]
     out = (logs / f"{name}.log").open("w")

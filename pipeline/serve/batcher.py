@@ -106,6 +106,10 @@ class Batcher:
 
     # ---- worker thread ------------------------------------------------------------------------
     def _run(self) -> None:
+        if self.spec.threads is not None:
+            import torch
+
+            torch.set_num_threads(self.spec.threads)
         while not self._stop.is_set():
             jobs = self._gather()
             self._reload_if_due()
