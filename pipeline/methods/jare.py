@@ -17,6 +17,9 @@ from pipeline.layout import RunLayout
 from pipeline.methods.base import LoadBase, Method, Predictor, Trainer
 
 ADAPTER_FILE, KEYS_FILE = "adapter.safetensors", "keys.safetensors"
+# Warn when a new task's keys take the top-1 slot of more than this share of an earlier task's
+# held-out queries (measured on up to CAPTURE_QUERIES of them per task).
+CAPTURE_WARN, CAPTURE_QUERIES = 0.05, 200
 
 
 class JareMethod(Method):
@@ -30,11 +33,12 @@ class JareMethod(Method):
         name = cfg.tasks[t].name
         encoder = SentenceEncoder(cfg.dtkr.encoder, device)
         embeddings = encoder.encode(_queries(records), progress=distributed.is_main())
-        keys = learn_keys(cfg, layout, t, embeddings)
         earlier = [(cfg.tasks[j].name, load_keys(layout.keys_file(j, cfg.tasks[j].name), cfg.dtkr.encoder,
                                                  cfg.dtkr.groups)) for j in range(t)]
+        keys = learn_keys(cfg, layout, t, embeddings, earlier)
         router = Router.from_keys([*earlier, (name, keys)], encoder, cfg.dtkr, cfg.jare.slots_per_task)
         routing = router.route_embeddings(embeddings, tasks=[name])  # only task t's own slots
+        captured = capture_warning(cfg, layout, t, router)
         # The base only now: under ZeRO-3 every from_pretrained after it loads partitioned, and
         # the encoder above must load whole.
         model, bank = jare_model(cfg, layout, t, device, model=load_base())
@@ -52,7 +56,7 @@ class JareMethod(Method):
                 save_keys(layout.keys_file(t, name), keys, cfg.dtkr.encoder, cfg.dtkr.groups)
             return [ADAPTER_FILE, KEYS_FILE]
 
-        return Trainer(model, params, save, before_forward=before_forward)
+        return Trainer(model, params, save, before_forward=before_forward, info={"capture": captured})
 
     def predictor(self, cfg: ExperimentConfig, layout: RunLayout, after: int, device: torch.device) -> Predictor:
         from pipeline.dtkr.encoder import SentenceEncoder
@@ -79,10 +83,12 @@ def _queries(records: list[dict]) -> list[str]:
     return queries(records)
 
 
-def learn_keys(cfg: ExperimentConfig, layout: RunLayout, t: int, embeddings: torch.Tensor) -> torch.Tensor:
-    """Task t's keys, learned on its own queries before any value; cached in train_state so a
-    resumed run routes exactly as the interrupted one did."""
-    from pipeline.dtkr.keys import train_keys
+def learn_keys(cfg: ExperimentConfig, layout: RunLayout, t: int, embeddings: torch.Tensor,
+               earlier: list[tuple[str, torch.Tensor]]) -> torch.Tensor:
+    """Task t's keys, learned on its own queries (and the earlier tasks' frozen keys, for the
+    centrifugal term) before any value; cached in train_state so a resumed run routes exactly as
+    the interrupted one did."""
+    from pipeline.dtkr.keys import learn_task_keys
 
     name = cfg.tasks[t].name
     d = cfg.dtkr
@@ -92,12 +98,32 @@ def learn_keys(cfg: ExperimentConfig, layout: RunLayout, t: int, embeddings: tor
     if cached_before:
         return load_keys(cached, d.encoder, d.groups)
     distributed.log(f"train: learning DTKR keys of task {t} ({name}) on {len(embeddings)} queries")
-    keys, losses = train_keys(embeddings, cfg.jare.slots_per_task, d.groups, lr=d.key_lr,
-                              weight_decay=d.key_weight_decay, grad_clip=d.key_grad_clip, epochs=d.key_epochs,
-                              batch_size=d.key_batch_size, mask_ratio=d.mask_ratio, seed=cfg.seed + t,
-                              progress=distributed.is_main())
-    distributed.log(f"train: key loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+    previous = torch.cat([k for _, k in earlier]) if earlier else None
+    keys, losses = learn_task_keys(embeddings, d, cfg.jare.slots_per_task, seed=cfg.seed + t,
+                                   previous_keys=previous, progress=distributed.is_main())
+    if losses:
+        distributed.log(f"train: key loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     if distributed.is_main():
         save_keys(cached, keys, d.encoder, d.groups)
     distributed.barrier()
     return keys
+
+
+def capture_warning(cfg: ExperimentConfig, layout: RunLayout, t: int, router) -> dict[str, float]:
+    """How much of each earlier task's held-out queries task t's keys now capture (top-1), warned
+    about above CAPTURE_WARN: the user should know before any evaluation. Recorded in the DONE."""
+    from data_prep.prepared import load_prepared
+    from pipeline.dtkr.router import capture_rates
+
+    if t == 0:
+        return {}
+    prepared = load_prepared(cfg, layout)
+    names = [cfg.tasks[j].name for j in range(t)]
+    held_out = {n: router.embed([dict(r) for r in prepared[n]["test"]][:CAPTURE_QUERIES]) for n in names}
+    rates = capture_rates(router, held_out)
+    for task, rate in rates.items():
+        if rate > CAPTURE_WARN:
+            distributed.log(f"warning: the keys of task {t} ({cfg.tasks[t].name}) capture {rate:.0%} of task "
+                            f"{task!r}'s held-out queries (top-1 slot); those inputs will use the new task's "
+                            "slots. See bench/retrieval.py and the dtkr.* key settings.")
+    return {k: round(v, 4) for k, v in rates.items()}
