@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
+import torch
 
 from data_prep.synthetic import get_generator
 from pipeline.cli import main as slm
@@ -190,6 +191,9 @@ def test_polling_picks_up_a_task_without_being_asked(session, tmp_path):
     if "animals" in session.tasks:  # the reload test ran first: drop the task again to re-add it
         session.bank.remove_task("animals")
         session.router.store.remove_task("animals")
+    folder = RunLayout.of(session.cfg).task_dir(2, "animals")
+    if (folder / "DONE.hidden").exists():  # run on its own: the DONE appears now
+        (folder / "DONE.hidden").rename(folder / "DONE")
     with server(session, reload_poll_s=0.2) as (url, _):
         end = time.monotonic() + 30
         while "animals" not in httpx.get(f"{url}/v1/models").json()["data"][0]["slm"]["tasks"]:
@@ -238,12 +242,14 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_keeps_serving(sessio
 
 
 def test_a_request_past_its_timeout_is_cancelled_and_frees_its_batch_slot(session):
-    # Every forward sleeps 20 ms, so 500 tokens take >= 10 s, far past the 4 s timeout; the long
-    # wait for company puts the long and the short request in one batch however slow the machine.
-    slow_steps = session.model.register_forward_pre_hook(lambda *a: time.sleep(0.02))
+    # Every forward sleeps 30 ms, so 500 tokens take >= 15 s, far past the 6 s timeout; the long
+    # wait for company puts the long and the short request in one batch however slow the machine,
+    # and one worker thread keeps a loaded machine from stretching the short one's 3 steps.
+    threads = torch.get_num_threads()
+    slow_steps = session.model.register_forward_pre_hook(lambda *a: time.sleep(0.03))
     try:
-        with server(session, request_timeout_s=4.0, max_tokens_limit=500, max_batch_size=2,
-                    max_wait_ms=1500) as (url, app):
+        with server(session, request_timeout_s=6.0, max_tokens_limit=500, max_batch_size=2,
+                    max_wait_ms=1500, threads=1) as (url, app):
             c = client(url)
             name = c.models.list().data[0].id
             record = prompts(1)[0]
@@ -264,6 +270,7 @@ def test_a_request_past_its_timeout_is_cancelled_and_frees_its_batch_slot(sessio
                 list(streamed)
     finally:
         slow_steps.remove()
+        torch.set_num_threads(threads)
 
 
 def test_serve_refuses_a_run_without_an_index_and_non_jare_methods(tmp_path, run_overrides):

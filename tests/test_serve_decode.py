@@ -46,8 +46,12 @@ def hf_greedy(session, ids: list[int], routing: Routing, new: int) -> list[int]:
 def test_a_mixed_batch_decodes_each_row_as_hf_generate_does_alone(session):
     ids = prompts(session.tokenizer)
     lengths = [12, 4, 9]  # rows leave the batch at different steps
+    finished: list[tuple[int, int]] = []  # (row, tokens decoded by the longest row so far)
     rows = [Row(p, Sampling(n, ignore_eos=True)) for p, n in zip(ids, lengths, strict=True)]
+    for i, row in enumerate(rows):
+        row.on_finish = lambda r, i=i: finished.append((i, len(rows[0].tokens)))
     decode(session, rows, ROUTING)
+    assert finished == [(1, 4), (2, 9), (0, 12)]  # each answer is out the step it is complete
     for i, row in enumerate(rows):
         alone = Routing(ROUTING.slot_ids[i:i + 1], ROUTING.weights[i:i + 1])
         hf = hf_greedy(session, ids[i], alone, lengths[i])

@@ -163,15 +163,19 @@ class Batcher:
             routed = self.session.route([j.record for j in jobs], [j.task for j in jobs])
             for job, retrieval in zip(jobs, routed.retrieval, strict=True):
                 job.retrieval = retrieval
+                job.row.on_finish = lambda row, job=job: _answer(job)
             decode(self.session, [j.row for j in jobs], routed.routing)
         except Exception as e:
             log.exception("serve: a batch of %d request(s) failed", len(jobs))
             for job in jobs:
-                job.post("error", e)
-            return
-        for job in jobs:
-            if job.row.finish_reason == "cancelled":
-                job.post("error", job.timeout_error())
-            else:
-                job.post("done", job.row)
+                if job.row.finish_reason is None:
+                    job.post("error", e)
+
+
+def _answer(job: Job) -> None:
+    """A row just finished: its answer (or its timeout) goes out now, not when the batch ends."""
+    if job.row.finish_reason == "cancelled":
+        job.post("error", job.timeout_error())
+    else:
+        job.post("done", job.row)
 

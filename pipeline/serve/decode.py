@@ -41,6 +41,8 @@ class Row:
     sampling: Sampling
     emit: Callable[[str], None] | None = None  # called with each newly final piece of text
     cancelled: Callable[[], bool] = lambda: False
+    # called once, the moment the row finishes: its answer goes out while the batch decodes on
+    on_finish: Callable[[Row], None] | None = None
     tokens: list[int] = field(default_factory=list)  # generated, EOS excluded
     text: str = ""
     sent: int = 0  # characters of `text` already emitted
@@ -125,13 +127,16 @@ def _advance(row: Row, token: int, eos: set[int], tokenizer) -> bool:
 
 def _finish(row: Row, reason: str) -> bool:
     row.finish_reason = reason
-    _emit(row, len(row.text))
+    if reason != "cancelled":
+        _emit(row, len(row.text))
+    if row.on_finish is not None:
+        row.on_finish(row)
     return False
 
 
 def _cancel(row: Row) -> bool:
     if row.cancelled():
-        row.finish_reason = "cancelled"
+        _finish(row, "cancelled")
         return True
     return False
 
