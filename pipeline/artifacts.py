@@ -32,6 +32,10 @@ from typing import Any
 from pipeline.errors import StageInputError
 
 DONE = "DONE"
+# The code format of every DONE marker and eval row: bump it when the meaning or layout of a
+# stage's outputs changes, so results of an older (or newer) slm are refused with "rerun <stage>"
+# instead of being read wrongly. Markers written before the field existed are format 1.
+DONE_FORMAT = 1
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -252,10 +256,10 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def write_done(folder: Path, stage: str, inputs: dict[str, str] | None = None,
                files: list[str] | None = None, **extra: Any) -> dict:
-    """Mark `folder` finished: hashes of its files (or of `files` only) plus the input hashes it
-    was built from."""
+    """Mark `folder` finished: the code format, hashes of its files (or of `files` only) plus the
+    input hashes it was built from."""
     outputs = sha256_tree(folder) if files is None else {f: sha256_file(folder / f) for f in files}
-    marker = {"stage": stage, "outputs": outputs, "inputs": inputs or {}, **extra}
+    marker = {"stage": stage, "format": DONE_FORMAT, "outputs": outputs, "inputs": inputs or {}, **extra}
     atomic_write_json(folder / DONE, marker)
     return marker
 
@@ -265,36 +269,58 @@ def read_done(folder: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        marker = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None  # a torn or garbled marker: the stage counts as not finished
+    return marker if isinstance(marker, dict) else None
 
 
 def is_done(folder: Path) -> bool:
     return read_done(folder) is not None
 
 
+def format_of(record: dict) -> Any:
+    """The code format a DONE marker or eval row was written in (1: before the field existed)."""
+    return record.get("format", 1)
+
+
 def marker_digest(folder: Path) -> str:
     """One hash standing for a finished stage's outputs: what a later stage records as input."""
     marker = read_done(folder)
-    return sha256_json(marker["outputs"]) if marker else ""
+    return sha256_json(marker.get("outputs")) if marker else ""
 
 
-def require_done(folder: Path, stage: str, rerun: str, verify: bool = True) -> dict:
-    """The DONE marker of `folder`, after checking that its files still hash as recorded.
-
-    `rerun` is the command that rebuilds this input; it goes into the error message.
-    """
+def read_done_checked(folder: Path, stage: str, rerun: str) -> dict:
+    """The DONE marker of `folder`, refused when missing or written in another code format."""
     marker = read_done(folder)
     if marker is None:
         raise StageInputError(f"{stage} has not finished: {folder / DONE} is missing. Run `{rerun}` first.")
+    if format_of(marker) != DONE_FORMAT:
+        raise StageInputError(f"{folder / DONE} was written in format {format_of(marker)!r} by another version of "
+                              f"slm; this one reads format {DONE_FORMAT}. Rerun `{rerun}`.")
+    return marker
+
+
+def verify_outputs(folder: Path, marker: dict, stage: str, rerun: str) -> None:
+    """Every file the marker lists is there and hashes as recorded."""
+    if not isinstance(marker.get("outputs"), dict):
+        raise StageInputError(f"{folder / DONE} lists no outputs (not written by slm?). Rerun `{rerun}`.")
+    for rel, digest in marker["outputs"].items():
+        path = folder / rel
+        if not path.is_file():
+            raise StageInputError(f"{stage} output {path} is missing (listed in {folder / DONE}). "
+                                  f"Rerun `{rerun}`.")
+        if sha256_file(path) != digest:
+            raise StageInputError(f"{stage} output {path} changed after it was written (sha256 differs "
+                                  f"from {folder / DONE}). Rerun `{rerun}`.")
+
+
+def require_done(folder: Path, stage: str, rerun: str, verify: bool = True) -> dict:
+    """The DONE marker of `folder`, after checking its format and that its files still hash as
+    recorded. `rerun` is the command that rebuilds this input; it goes into the error message.
+    (Checking the marker's inputs against the current config is pipeline.validity's job.)
+    """
+    marker = read_done_checked(folder, stage, rerun)
     if verify:
-        for rel, digest in marker["outputs"].items():
-            path = folder / rel
-            if not path.is_file():
-                raise StageInputError(f"{stage} output {path} is missing (listed in {folder / DONE}). "
-                                      f"Rerun `{rerun}`.")
-            if sha256_file(path) != digest:
-                raise StageInputError(f"{stage} output {path} changed after it was written (sha256 differs "
-                                      f"from {folder / DONE}). Rerun `{rerun}`.")
+        verify_outputs(folder, marker, stage, rerun)
     return marker

@@ -16,6 +16,9 @@ from pipeline.methods import METHOD_NAMES
 EXIT_USER_ERROR = 2  # the config, data, paths or another writer: the message says what to do
 EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports it
 DEBUG_HELP = "on an error, show the full traceback (also: SLM_DEBUG=1)"
+RESTART_HELP = ("train unfinished tasks from step 0: discard their train_state (checkpoints, cached keys) and any "
+                "DONE that no longer matches the config, data or earlier tasks (without it: refused; a valid "
+                "DONE is always kept)")
 
 EPILOG = """\
 overrides: any config key as dotted KEY=VALUE after the options, parsed as YAML, e.g.
@@ -73,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ps["train"])
     ps["train"].add_argument("--task", type=int, default=None, metavar="I",
                              help="0-based task index (default: $SLURM_ARRAY_TASK_ID)")
+    ps["train"].add_argument("--restart", action="store_true", help=RESTART_HELP)
+    ps["train"].add_argument("--check", action="store_true",
+                             help="only check that task I is DONE and matches the current config, data and earlier "
+                                  "tasks: exit 0 if so, 1 if it has not finished, 2 naming what changed")
 
     _common(ps["index"])
 
@@ -84,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ps["report"])
 
     _common(ps["run"])
+    ps["run"].add_argument("--restart", action="store_true", help=RESTART_HELP)
 
     _common(ps["generate"], overrides=False)
     ps["generate"].add_argument("prompt", help="the instruction / question to answer")

@@ -1,6 +1,6 @@
 """One writer per output folder: advisory locks held by the process that writes.
 
-    with writer_lock(layout):   # <output_dir>/locks/<method>.lock: train, index, eval, run, report rows
+    with writer_stage(layout):  # <output_dir>/locks/<method>.lock: train, index, eval, run
         ...
     with data_lock(layout):     # <output_dir>/locks/data.lock: prepare (data is shared by every method)
         ...
@@ -71,6 +71,21 @@ def data_lock_path(layout: RunLayout) -> Path:
 def writer_lock(layout: RunLayout) -> Iterator[None]:
     """Hold the lock of `layout.root` for the block: one writing process per output folder and method."""
     with hold(lock_path(layout), f"output folder {layout.root} (method {layout.method})"):
+        yield
+
+
+@contextlib.contextmanager
+def writer_stage(layout: RunLayout) -> Iterator[None]:
+    """What a writer stage (train, index, eval, run) wraps its work in: the writer lock, and, when
+    this process first takes it, the removal of temporaries that killed writers left under
+    `layout.root` (a live writer's are never touched: see pipeline.artifacts.remove_leftovers)."""
+    from pipeline.artifacts import remove_leftovers_under
+
+    first = str(lock_path(layout).resolve()) not in _HELD
+    with writer_lock(layout):
+        if first and _is_locking_rank():
+            for path in remove_leftovers_under(layout.root):
+                print(f"removed {path}, left by a killed writer")
         yield
 
 

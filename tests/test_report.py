@@ -51,7 +51,21 @@ def write_row(layout: RunLayout, after: int, scores: list[float], retrieval: boo
     }
     path = layout.eval_row(after)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(row))
+    path.write_text(json.dumps(as_scored(layout, row, after)))
+
+
+def as_scored(layout: RunLayout, row: dict, after: int) -> dict:
+    """`row` as `slm eval` records it, over fake finished tasks 0..after: the report checks each
+    task's DONE against the config and each row's inputs against the tasks on disk."""
+    from pipeline import validity
+    from pipeline.artifacts import write_done
+
+    cfg = load_config(None, [f"output_dir={layout.base}", "tasks.0.name=sentiment", "tasks.1.name=arithmetic",
+                             "tasks.2.name=geography"])  # the `cfg` fixture, which every test reports with
+    for j in range(after + 1):
+        write_done(layout.task_dir(j, cfg.tasks[j].name), "train", inputs=validity.task_inputs(cfg, layout, j),
+                   files=[])
+    return {**row, "inputs": validity.eval_inputs(cfg, layout, after)}
 
 
 def write_rows(layout: RunLayout, rows: list[list[float]], untrained: bool = True, retrieval: bool = True) -> None:

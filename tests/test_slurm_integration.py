@@ -127,7 +127,8 @@ def queue_is_empty(ids: set[str]) -> bool:
 @pytest.fixture(scope="module")
 def runs(local_slurm, tmp_path_factory) -> Iterator[tuple[Submitted, Submitted]]:
     """`good`: slm, preempted during task 1. `bad`: seq_lora in the same output_dir, whose task 0
-    DONE marker is a fake, so task 1 fails at its input check."""
+    DONE marker is a fake: task 0 fails at `slm train --check` (its DONE records none of the current
+    inputs) instead of being skipped, and task 1 at its input check."""
     out = tmp_path_factory.mktemp("slurm") / "run dir; it's"  # the scripts must survive this path
     good = submit([f"output_dir={out}", *OVERRIDES])
     bad_cfg = load_config(None, [f"output_dir={out}", "method=seq_lora", *OVERRIDES])
@@ -184,7 +185,9 @@ def test_a_failed_task_stops_the_later_tasks_and_the_finish_job(runs, capsys) ->
     assert not (bad.layout.task_dir(1, bad.cfg.tasks[1].name) / "DONE").exists()
     assert not (bad.layout.task_dir(2, bad.cfg.tasks[2].name) / "DONE").exists()
     states = {j.task: j.state for j in status.recent_jobs(bad.jobs["train"])}
-    assert states == {0: "COMPLETED", 1: "FAILED", 2: "FAILED"}, log_tails(bad.layout)
+    assert states == {0: "FAILED", 1: "FAILED", 2: "FAILED"}, log_tails(bad.layout)
+    task0 = read(bad.log(0)) + read(bad.log(0, "err"))
+    assert "does not match the current inputs" in task0 and "--restart" in task0, task0
     assert "task 1 is not DONE" in read(bad.log(2))
     assert {j.state for j in status.recent_jobs(bad.jobs["finish"])} <= {"CANCELLED"}
     assert cli.main(["status", f"output_dir={bad.layout.base}", "method=seq_lora", *OVERRIDES]) == 0

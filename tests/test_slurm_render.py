@@ -257,6 +257,7 @@ def test_a_failed_sbatch_cancels_the_jobs_already_submitted(tmp_path, monkeypatc
 # ---- the train script's preemption trap, in bash, with stub Slurm commands ----------------------------
 
 FAKE_TRAINER = """\
+if [[ " $* " == *" --check "* ]]; then echo "$*" >> "$FAKE_DIR/check.log"; exit "${FAKE_CHECK_RC:-0}"; fi
 echo "$*" > "$FAKE_DIR/args"
 case $FAKE_MODE in
   preempt)
@@ -421,3 +422,19 @@ def test_a_restarted_task_releases_the_later_tasks(tmp_path, fake_cluster) -> No
     subprocess.run(["bash", str(train_script(tmp_path, fake_cluster))], env=fake_cluster,
                    capture_output=True, text=True, timeout=20, check=True)
     assert read(tmp_path, "scontrol.log").splitlines()[0] == "release 100_[2-2]"
+
+
+@pytest.mark.parametrize(("check_rc", "code", "trains"), [(0, 0, False), (2, 2, False), (1, 0, True)],
+                         ids=["valid-done-skips", "stale-done-fails", "unfinished-trains"])
+def test_a_task_with_a_done_marker_is_skipped_only_if_slm_train_check_accepts_it(
+        tmp_path, fake_cluster, check_rc: int, code: int, trains: bool) -> None:
+    script = train_script(tmp_path, fake_cluster)
+    Path(fake_cluster["DONE_DIR"]).mkdir(parents=True)
+    (Path(fake_cluster["DONE_DIR"]) / "DONE").write_text("{}")
+    fake_cluster["FAKE_CHECK_RC"] = str(check_rc)
+    proc = subprocess.run(["bash", str(script)], env=fake_cluster, capture_output=True, text=True, timeout=20)
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert read(tmp_path, "check.log").endswith(f"train --task 1 --check -c {tmp_path}/out dir/slurm/slm/config.yaml\n")
+    assert (tmp_path / "args").exists() == trains
+    if check_rc == 2:
+        assert "does not match the current inputs" in proc.stdout and "requeue" not in read(tmp_path, "scontrol.log")

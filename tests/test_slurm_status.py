@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cli, slurm
+from pipeline import cli, slurm, validity
+from pipeline.artifacts import write_done
 from pipeline.config import load_config
 from pipeline.layout import RunLayout
 from pipeline.stages import status
@@ -34,9 +35,9 @@ def run_dir(tmp_path: Path) -> RunLayout:
     """A run with prepare and task 0 DONE and jobs 101 (prepare), 102 (train), 105 (finish) recorded."""
     cfg = load_config(None, [f"output_dir={tmp_path / 'run'}"])
     layout = RunLayout.of(cfg)
-    for folder in (layout.data, layout.task_dir(0, cfg.tasks[0].name)):
-        folder.mkdir(parents=True)
-        (folder / "DONE").write_text("{}")
+    # Markers as the stages write them (status shows a DONE that no longer matches as stale).
+    write_done(layout.data, "prepare", files=[])
+    write_done(layout.task_dir(0, cfg.tasks[0].name), "train", inputs=validity.task_inputs(cfg, layout, 0), files=[])
     slurm.script_dir(layout).mkdir(parents=True)
     jobs = {"submitted": "2026-01-01T00:00:00", "jobs": {k: {"id": v} for k, v in
                                                         (("prepare", "101"), ("train", "102"), ("finish", "105"))}}

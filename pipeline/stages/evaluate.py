@@ -4,6 +4,11 @@ No task id is given to the model: for slm each test input retrieves its slots fr
 of tasks 0..i (per sample), and the row also records how often the top-1 slot belongs to the
 input's own task (retrieval accuracy) and the confusion of true task x retrieved task.
 `--after -1` scores the untrained base model (the b_i of FWT).
+
+Nothing is loaded before tasks 0..i are checked against the current config, data and earlier
+tasks, and their files against their DONE (pipeline/validity.py): a changed split is never
+scored with adapters trained on its test records. A row records its inputs and format; a row
+that no longer matches is scored again. Runs under the writer lock of the output folder.
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ import torch
 from tqdm import tqdm
 
 from data_prep.prepared import load_prepared, read_manifest
-from pipeline import metrics
+from pipeline import metrics, validity
 from pipeline.adapters import base_model
-from pipeline.artifacts import atomic_write_json, marker_digest, sha256_json
+from pipeline.artifacts import DONE_FORMAT, atomic_write_json
 from pipeline.batching import TokenCaps, collate, encode_prompts_left_padded, tokenize_for_training
 from pipeline.config import ExperimentConfig
 from pipeline.errors import StageInputError
 from pipeline.layout import RunLayout
+from pipeline.locks import writer_stage
 from pipeline.methods import get_method
 from pipeline.methods.base import Predictor
 from pipeline.models import default_device, load_tokenizer
@@ -29,27 +35,35 @@ from pipeline.orders import single_run
 from pipeline.stages.index import done_tasks
 
 
-def eval_inputs(cfg: ExperimentConfig, layout: RunLayout, after: int) -> dict[str, str]:
-    inputs = {"data": marker_digest(layout.data),
-              "settings": sha256_json(cfg.model_dump(include={"method", "model", "jare", "dtkr", "eval"}))}
-    for j in range(after + 1):
-        inputs[f"task{j}"] = marker_digest(layout.task_dir(j, cfg.tasks[j].name))
-    return inputs
-
-
 def read_row(layout: RunLayout, after: int) -> dict | None:
+    """Row `after`, or None when it is missing or cannot be parsed (torn, not UTF-8): scored again."""
     path = layout.eval_row(after)
-    return json.loads(path.read_text()) if path.is_file() else None
+    try:
+        row = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (ValueError, OSError) as e:
+        print(f"eval: {path} cannot be read ({type(e).__name__}); scoring row {after} again")
+        return None
+    return row if isinstance(row, dict) else None
 
 
 def run(cfg: ExperimentConfig, layout: RunLayout, after: int) -> int:
+    with writer_stage(layout):
+        return _run(cfg, layout, after)
+
+
+def _run(cfg: ExperimentConfig, layout: RunLayout, after: int) -> int:
     n_done = done_tasks(cfg, layout)
     if after >= n_done:
         raise StageInputError(f"cannot evaluate after task {after}: only {n_done} task(s) are DONE under "
                               f"{layout.root / 'tasks'}; run `slm train --task {n_done}` first")
-    inputs = eval_inputs(cfg, layout, after)
+    validity.require_tasks(cfg, layout, after + 1)  # before any adapter or key is loaded
+    if after >= 0 and get_method(cfg.method).learns_keys:
+        validity.require_index(cfg, layout, after + 1)
+    inputs = validity.eval_inputs(cfg, layout, after)
     row = read_row(layout, after)
-    if row and row.get("inputs") == inputs:
+    if row is not None and validity.problem_of(lambda: validity.require_row(cfg, layout, after, row)) is None:
         print(f"eval: row {after} already done ({layout.eval_row(after)})")
         return 0
     prepared = load_prepared(cfg, layout)
@@ -69,7 +83,7 @@ def run(cfg: ExperimentConfig, layout: RunLayout, after: int) -> int:
             confusion[j][s] += 1
         print(f"eval after {after}: {task.name:<16} {task.metric:<12} {row['scores'][task.name]:.3f}")
     row["retrieval"] = _retrieval_summary(cfg, after, confusion, scorer.retrieves)
-    row["inputs"] = inputs
+    row.update(format=DONE_FORMAT, inputs=inputs, settings=validity.eval_settings(cfg))
     atomic_write_json(layout.eval_row(after), row)
     print(f"eval: row {after} -> {layout.eval_row(after)}")
     return 0

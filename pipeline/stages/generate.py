@@ -4,6 +4,9 @@ JARe methods answer through the same inference session and decode loop as `slm s
 (pipeline/serve/): the prompt's retrieved slots on the per-sample side branch, with the gathered
 slots cached across decode steps. So `slm generate` and a served request give the same tokens
 for the same prompt, by construction. Other methods generate with their one adapter.
+
+Every finished task, and the index, is checked against the current config and its DONE
+(pipeline/validity.py) before anything is loaded.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import argparse
 
 import torch
 
+from pipeline import validity
+from pipeline.artifacts import read_done
 from pipeline.batching import TokenCaps, encode_prompts_left_padded
 from pipeline.config import ExperimentConfig
 from pipeline.errors import StageInputError
@@ -29,7 +34,10 @@ def run(cfg: ExperimentConfig, layout: RunLayout, prompt: str, input_text: str =
         raise StageInputError(f"no task is DONE under {layout.root / 'tasks'}: train first (`slm run`)")
     record = {"instruction": prompt, "input": input_text}
     method = get_method(cfg.method)
+    validity.require_tasks(cfg, layout, n)
     if method.learns_keys:  # no task id here: retrieve over every finished task
+        indexed = len((read_done(layout.index) or {}).get("tasks", []))
+        validity.require_index(cfg, layout, max(1, min(n, indexed)))
         return _generate_with_retrieval(cfg, layout, record, max_new_tokens)
     device = default_device()
     tokenizer = load_tokenizer(cfg.model.name_or_path)

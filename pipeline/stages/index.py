@@ -1,14 +1,21 @@
-"""`slm index`: one FAISS index over the keys of every finished task (methods with DTKR keys)."""
+"""`slm index`: one FAISS index over the keys of every finished task (methods with DTKR keys).
+
+Each task is checked against the current config first (pipeline/validity.py); the index's DONE
+records the tasks' hashes, and its readers (`load_store`, generate, serve) check them, and the
+index files, before use. Runs under the writer lock of the output folder.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from pipeline import validity
 from pipeline.adapters import load_keys
-from pipeline.artifacts import marker_digest, read_done, require_done, write_done
+from pipeline.artifacts import read_done, write_done
 from pipeline.config import ExperimentConfig
 from pipeline.errors import StageInputError
 from pipeline.layout import RunLayout
+from pipeline.locks import writer_stage
 from pipeline.methods import get_method
 from pipeline.orders import single_run
 
@@ -21,30 +28,30 @@ def done_tasks(cfg: ExperimentConfig, layout: RunLayout) -> int:
     return n
 
 
-def index_inputs(cfg: ExperimentConfig, layout: RunLayout, n: int) -> dict[str, str]:
-    return {f"task{j}": marker_digest(layout.task_dir(j, cfg.tasks[j].name)) for j in range(n)}
-
-
 def run(cfg: ExperimentConfig, layout: RunLayout) -> int:
     if not get_method(cfg.method).learns_keys:
         print(f"index: method {cfg.method} has no DTKR keys; nothing to index")
         return 0
-    n = done_tasks(cfg, layout)
-    if n == 0:
-        raise StageInputError(f"no task is DONE under {layout.root / 'tasks'}: run `slm train --task 0` "
-                              "(or `slm run`) before `slm index`")
-    inputs = index_inputs(cfg, layout, n)
-    done = read_done(layout.index)
-    if done and done.get("inputs") == inputs:
-        print(f"index: already up to date with {n} task(s) ({layout.index})")
-        return 0
+    with writer_stage(layout):
+        return _build(cfg, layout)
+
+
+def _build(cfg: ExperimentConfig, layout: RunLayout) -> int:
+    n = valid_tasks(cfg, layout)
+    inputs = validity.index_inputs(cfg, layout, n)
+    if read_done(layout.index) is not None:
+        problem = validity.problem_of(lambda: validity.require_valid(
+            layout.index, "index", validity.index_command(cfg), inputs, validity.labeller(cfg, layout)))
+        if problem is None:
+            print(f"index: already up to date with {n} task(s) ({layout.index})")
+            return 0
+        print(f"index: rebuilding: {problem}")
     from pipeline.dtkr.store import KeyStore
 
     d = cfg.dtkr
     store = None
     for j in range(n):
         name = cfg.tasks[j].name
-        require_done(layout.task_dir(j, name), f"task {j} ({name})", rerun=f"slm train --task {j}")
         keys = load_keys(layout.keys_file(j, name), d.encoder, d.groups)
         if store is None:
             store = KeyStore(keys.shape[1] * keys.shape[2], d.groups, cfg.jare.slots_per_task, d.encoder)
@@ -56,15 +63,29 @@ def run(cfg: ExperimentConfig, layout: RunLayout) -> int:
     return 0
 
 
+def valid_tasks(cfg: ExperimentConfig, layout: RunLayout) -> int:
+    """How many leading tasks are DONE and match the config (their keys verified). A stale task
+    after them (task 0 was just retrained by `slm run --restart`) is left out with a warning; a
+    stale first task is an error, as is no finished task."""
+    n = done_tasks(cfg, layout)
+    if n == 0:
+        raise StageInputError(f"no task is DONE under {layout.root / 'tasks'}: run `slm train --task 0` "
+                              "(or `slm run`) before `slm index`")
+    for j in range(n):
+        problem = validity.problem_of(lambda j=j: validity.require_task(cfg, layout, j))
+        if problem and j == 0:
+            validity.require_task(cfg, layout, 0)  # raises, with its hint
+        if problem:
+            print(f"warning: index: {problem}; indexing tasks 0..{j - 1} only")
+            return j
+    return n
+
+
 def load_store(cfg: ExperimentConfig, layout: RunLayout, n_tasks: int):
-    """The saved index, checked to hold exactly the keys of tasks 0..n_tasks-1 or more."""
+    """The saved index, checked (files, format, and the keys of tasks 0..n_tasks-1 as they are now)."""
     from pipeline.dtkr.store import KeyStore
 
-    marker = require_done(layout.index, "index", rerun="slm index")
-    for j in range(n_tasks):
-        if marker["inputs"].get(f"task{j}") != marker_digest(layout.task_dir(j, cfg.tasks[j].name)):
-            raise StageInputError(f"the index in {layout.index} does not match task {j} ({cfg.tasks[j].name}) "
-                                  "on disk; rerun `slm index`")
+    validity.require_index(cfg, layout, n_tasks)
     return KeyStore.load(layout.index, encoder=cfg.dtkr.encoder)
 
 

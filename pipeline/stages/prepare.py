@@ -1,7 +1,8 @@
 """`slm prepare`: every task's source -> fixed train/test splits on disk, plus a manifest.
 
-Reads top to bottom: write the resolved config; skip if DONE with the same input hashes; load
-and check every task (no file is written until all of them pass); measure token lengths with
+Reads top to bottom: skip if DONE with the same input hashes; load and check every task (no
+file is written until all of them pass); write the resolved config (only now: a failed prepare
+must not leave a config.yaml describing the config that failed); measure token lengths with
 the experiment's tokenizer; write all datasets, the manifest and DONE into a temporary folder
 that replaces <output_dir>/data in one rename. A bad task therefore leaves no half-written data.
 """
@@ -44,7 +45,6 @@ def run(cfg: ExperimentConfig, layout: RunLayout, force: bool = False) -> dict[s
     Holds the data lock throughout: a second prepare of the same output_dir waits for this one,
     then finds the data DONE instead of building it again.
     """
-    atomic_write_text(layout.config, cfg.to_yaml())
     with data_lock(layout):
         return _prepare(cfg, layout, force)
 
@@ -52,10 +52,12 @@ def run(cfg: ExperimentConfig, layout: RunLayout, force: bool = False) -> dict[s
 def _prepare(cfg: ExperimentConfig, layout: RunLayout, force: bool) -> dict[str, Any]:
     inputs = prepare_inputs(cfg)
     if not force and _up_to_date(layout, inputs):
+        atomic_write_text(layout.config, cfg.to_yaml())
         print(f"prepare: already done ({layout.data}, {len(cfg.tasks)} tasks; --force rebuilds)")
         return read_manifest(layout)
 
     prepared = [build_task(t, cfg) for t in tqdm(cfg.tasks, desc="prepare: load + check", disable=None)]
+    atomic_write_text(layout.config, cfg.to_yaml())  # the data checks passed: this config is the one used
 
     tokenizer = _tokenizer(cfg.model.name_or_path)  # imports torch: only once the data is known good
     manifest = _manifest_head(cfg, inputs)

@@ -8,7 +8,10 @@ that has a metrics.json (quality, and cost: trainable parameters, bytes stored p
 wall time), so one file answers "SLM vs every baseline".
 
 A run in progress has only the first rows; the report then covers the tasks learned so far and
-says so. A gap (row 2 present, row 1 missing) is an error: BWT needs every diagonal score.
+says so. A gap (row 2 present, row 1 missing) is an error: BWT needs every diagonal score. So is
+a row whose recorded inputs (data, settings, tasks 0..i) no longer match the tasks on disk, or a
+task whose DONE no longer matches the config (pipeline/validity.py): the message names the row
+or task and the command that rebuilds it. Reading takes no lock.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from pipeline import metrics
+from pipeline import metrics, validity
 from pipeline.artifacts import atomic_path, atomic_write_json, atomic_write_text, read_done, sha256_file
 from pipeline.config import ExperimentConfig
 from pipeline.errors import StageInputError
@@ -64,9 +67,9 @@ def _read_row(path: Path, after: int, tasks: list[str], method: str) -> dict[str
     """One row file, checked against the experiment: same index, method and task list."""
     rerun = _eval_command(after, method)
     try:
-        row = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise StageInputError(f"{path} cannot be read as JSON ({e}). Rerun `{rerun}`.") from None
+        row = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: torn JSON, or not UTF-8
+        raise StageInputError(f"{path} cannot be read as JSON ({type(e).__name__}: {e}). Rerun `{rerun}`.") from None
     if not isinstance(row, dict) or not isinstance(row.get("scores"), dict):
         raise StageInputError(f"{path} is not an eval row (no `scores` mapping). Rerun `{rerun}`.")
     if row.get("after") != after:
@@ -102,6 +105,7 @@ def load_rows(cfg: ExperimentConfig, layout: RunLayout) -> EvalRows:
     rows = [_read_row(layout.eval_row(i), i, tasks, layout.method) for i in range(n_rows)]
     untrained_path = layout.eval_row(-1)
     untrained = _read_row(untrained_path, -1, tasks, layout.method) if untrained_path.is_file() else None
+    _require_current(cfg, layout, rows, untrained)
     paths = [layout.eval_row(i) for i in range(n_rows)] + ([untrained_path] if untrained else [])
     loaded = EvalRows(tasks, rows, untrained, {p.name: sha256_file(p) for p in paths})
     try:
@@ -111,6 +115,21 @@ def load_rows(cfg: ExperimentConfig, layout: RunLayout) -> EvalRows:
     except ValueError as e:
         raise StageInputError(f"bad scores in {layout.eval}: {e}. Rerun `slm eval` for that row.") from None
     return loaded
+
+
+def _require_current(cfg: ExperimentConfig, layout: RunLayout, rows: list[dict], untrained: dict | None) -> None:
+    """Every task the rows scored still matches the config, and every row was scored from the
+    tasks, data and settings as they are now."""
+    try:
+        validity.require_tasks(cfg, layout, len(rows), verify=False)  # eval verified the files it loaded
+    except StageInputError as e:
+        raise StageInputError(f"{e} The eval rows after it were scored with that result.",
+                              hint="retrain it, then `slm eval` those rows and `slm report` again; "
+                                   "`slm run --restart` does all of it") from None
+    for i, row in enumerate(rows):
+        validity.require_row(cfg, layout, i, row)
+    if untrained is not None:
+        validity.require_row(cfg, layout, -1, untrained)
 
 
 # ---- metrics --------------------------------------------------------------------------------

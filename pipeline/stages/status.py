@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import locks, slurm
+from pipeline import locks, slurm, validity
 from pipeline.artifacts import is_done
 from pipeline.config import ExperimentConfig
 from pipeline.layout import RunLayout
@@ -138,9 +138,17 @@ def task_rows(cfg: ExperimentConfig, layout: RunLayout, jobs: dict[str, Any] | N
     for i, task in enumerate(cfg.tasks):
         job = _array_task(view, train_id, i) if train_id else None
         state = "done" if is_done(layout.task_dir(i, task.name)) else describe_job(job) or "not done"
+        if state == "done" and stale_reason(cfg, layout, i):
+            state = "stale (see below)"
         log = slurm.log_file(layout, name, train_id, i) if train_id else None
         rows.append([f"task {i}", task.name, state, f"{train_id}_{i}" if train_id else "", existing(log)])
     return rows
+
+
+def stale_reason(cfg: ExperimentConfig, layout: RunLayout, i: int) -> str | None:
+    """Why task i's DONE no longer counts (config, data or an earlier task changed), or None.
+    Compares the recorded inputs only: status does not hash the task's files."""
+    return validity.problem_of(lambda: validity.require_task(cfg, layout, i, verify=False))
 
 
 def _single_job(cfg: ExperimentConfig, layout: RunLayout, jobs: dict[str, Any] | None,
@@ -205,6 +213,9 @@ def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace | No
     rows = [prepare_row(cfg, layout, jobs, view), *task_rows(cfg, layout, jobs, view),
             *finish_rows(cfg, layout, jobs, view)]
     print(format_table(rows))
+    for i, task in enumerate(cfg.tasks):
+        if is_done(layout.task_dir(i, task.name)) and (reason := stale_reason(cfg, layout, i)):
+            print(f"stale: {reason}")
     for what, path in (("output folder", locks.lock_path(layout)), ("data", locks.data_lock_path(layout))):
         if holder := locks.holder(path):  # a look, not a hold: status never waits for a writer
             print(f"{what} is being written by {locks.describe(holder)}")

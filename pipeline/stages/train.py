@@ -6,6 +6,11 @@ baselines: their LoRA(s) or the full model) -> deepspeed.initialize -> resume fr
 good checkpoint -> steps (checkpoint every N, and on USR1/SIGTERM) -> the method saves its files
 atomically -> DONE with hashes, trainable parameters, wall time and peak memory.
 
+A result is valid only for the inputs it records (pipeline/validity.py): a DONE that no longer
+matches the config, data or earlier tasks is refused, and so is a train_state/ (checkpoints and
+cached keys) started from other inputs; `--restart` discards either and says so. The whole stage
+holds the writer lock of the output folder, so two writers never share a train_state.
+
 Data order is a pure function of (seed, step), and rank r of W takes its slice of each global
 batch, so one rank with grad_accum=W and W ranks with grad_accum=1 see the same samples per
 optimizer step, and a resumed run continues exactly where the killed one stopped.
@@ -14,6 +19,7 @@ optimizer step, and a resumed run continues exactly where the killed one stopped
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import resource
@@ -24,36 +30,33 @@ import time
 import torch
 
 from data_prep.prepared import load_prepared
-from pipeline import distributed
-from pipeline.artifacts import atomic_write_text, marker_digest, read_done, require_done, sha256_json, write_done
+from pipeline import distributed, validity
+from pipeline.artifacts import DONE, atomic_write_json, atomic_write_text, read_done, sha256_file, write_done
 from pipeline.batching import TokenCaps, collate, tokenize_for_training
-from pipeline.checkpoints import prune_checkpoints, resume_latest, save_checkpoint
+from pipeline.checkpoints import make_private, prune_checkpoints, resume_latest, save_checkpoint
 from pipeline.config import ExperimentConfig
 from pipeline.deepspeed_config import build_ds_config, check_quantization_pairing
 from pipeline.errors import StageInputError
 from pipeline.layout import RunLayout
+from pipeline.locks import writer_stage
 from pipeline.methods import get_method
 from pipeline.methods.base import Trainer
 from pipeline.models import load_base_model, load_tokenizer, release_zero3_loading
 from pipeline.orders import single_run
 from pipeline.preemption import EXIT_PREEMPTED, EXIT_PREVIOUS_NOT_DONE, EXIT_TERMINATED, PreemptionFlag
 
-
-def train_inputs(cfg: ExperimentConfig, layout: RunLayout, t: int) -> dict[str, str]:
-    """What task t's result depends on; recorded in its DONE and checked on rerun."""
-    settings = get_method(cfg.method).settings(cfg)
-    settings["task"] = cfg.tasks[t].model_dump()
-    inputs = {"settings": sha256_json(settings), "data": marker_digest(layout.data)}
-    for j in range(t):
-        inputs[f"task{j}"] = marker_digest(layout.task_dir(j, cfg.tasks[j].name))
-    return inputs
+STATE_INPUTS = "INPUTS.json"  # in train_state/: the inputs it was started from, written before its first file
+EXIT_NOT_FINISHED = 1  # `slm train --check`: the task has no DONE yet
 
 
-def check_previous_done(cfg: ExperimentConfig, layout: RunLayout, t: int) -> None:
+def previous_not_done(cfg: ExperimentConfig, layout: RunLayout, t: int) -> str | None:
+    """Why task t cannot start yet (an earlier task has no DONE), or None."""
     for j in range(t):
         name = cfg.tasks[j].name
-        require_done(layout.task_dir(j, name), f"task {j} ({name})",
-                     rerun=f"slm train -c {layout.config} --task {j}")
+        if read_done(layout.task_dir(j, name)) is None:
+            return (f"task {j} ({name}) has not finished: {layout.task_dir(j, name) / DONE} is missing. "
+                    f"Run `slm train --task {j}` first.")
+    return None
 
 
 def resolve_task_index(cfg: ExperimentConfig, task: int | None) -> int:
@@ -71,39 +74,147 @@ def resolve_task_index(cfg: ExperimentConfig, task: int | None) -> int:
 def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:
     cfg, layout = single_run(cfg, args)
     t = resolve_task_index(cfg, args.task)
-    try:
-        check_previous_done(cfg, layout, t)
-    except StageInputError as e:
-        print(f"error: {e}", file=sys.stderr)
+    if getattr(args, "check", False):
+        return check(cfg, layout, t)
+    if problem := previous_not_done(cfg, layout, t):
+        print(f"error: {problem}", file=sys.stderr)
         return EXIT_PREVIOUS_NOT_DONE
-    return run(cfg, layout, t)
+    return run(cfg, layout, t, restart=bool(getattr(args, "restart", False)))
 
 
-def run(cfg: ExperimentConfig, layout: RunLayout, t: int) -> int:
+def check(cfg: ExperimentConfig, layout: RunLayout, t: int) -> int:
+    """`slm train --check` (what the Slurm script runs before it skips a task): 0 when task t is
+    DONE and still matches the config, data and earlier tasks; 1 when it has not finished; a
+    StageInputError (exit 2) naming what changed otherwise. Reads only: no lock."""
+    name = cfg.tasks[t].name
+    if read_done(layout.task_dir(t, name)) is None:
+        print(f"train: task {t} ({name}) has not finished ({layout.task_dir(t, name) / DONE} is missing)")
+        return EXIT_NOT_FINISHED
+    validity.require_tasks(cfg, layout, t, verify=False)  # the inputs chain; its own files below
+    validity.require_task(cfg, layout, t)
+    print(f"train: task {t} ({name}) is already done and matches the current inputs ({layout.task_dir(t, name)})")
+    return 0
+
+
+def run(cfg: ExperimentConfig, layout: RunLayout, t: int, restart: bool = False) -> int:
     check_quantization_pairing(cfg)  # a quantised base with ZeRO-3: refuse before any work
     get_method(cfg.method).check(cfg)
+    with writer_stage(layout):  # one writer per output folder: nobody else touches this train_state
+        validity.require_tasks(cfg, layout, t, verify=False)  # earlier tasks still match the config and data
+        if _already_done(cfg, layout, t, restart):
+            return 0
+        validity.require_tasks(cfg, layout, t)  # and their files, which training loads, are intact
+        # Handlers go in before any slow work: a USR1 during model loading must not kill the job.
+        with PreemptionFlag() as preempt:
+            return _run(cfg, layout, t, validity.task_inputs(cfg, layout, t), preempt, restart)
+
+
+def _already_done(cfg: ExperimentConfig, layout: RunLayout, t: int, restart: bool) -> bool:
+    """True when task t is DONE and valid. A stale DONE is refused, or with --restart discarded."""
     name = cfg.tasks[t].name
     task_dir = layout.task_dir(t, name)
-    inputs = train_inputs(cfg, layout, t)
-    done = read_done(task_dir)
-    if done and done.get("inputs") == inputs:
+    if read_done(task_dir) is None:
+        return False
+    problem = validity.problem_of(lambda: validity.require_task(cfg, layout, t))
+    if problem is None:
         distributed.log(f"train: task {t} ({name}) already done ({task_dir}); nothing to do")
-        return 0
-    if done:  # settings or earlier tasks changed: this result is stale
-        raise StageInputError(f"{task_dir} is DONE but was trained from other inputs (config, data or earlier "
-                              f"tasks changed). Delete {task_dir} (and later tasks) to retrain it.")
-    check_previous_done(cfg, layout, t)
-    # Handlers go in before any slow work: a USR1 during model loading must not kill the job.
-    with PreemptionFlag() as preempt:
-        return _run(cfg, layout, t, inputs, preempt)
+        return True
+    if not restart:
+        raise StageInputError(problem, hint=f"`{validity.train_command(cfg, t)}` retrains it (the later tasks then "
+                                            f"retrain too), or delete {task_dir}; `slm run --restart` does it all")
+    distributed.log(f"train: --restart: discarding the result of task {t} ({name}): {problem}")
+    return False  # _claim_state removes it with the rest of the task folder
 
 
-def _run(cfg: ExperimentConfig, layout: RunLayout, t: int, inputs: dict[str, str], preempt: PreemptionFlag) -> int:
+# ---- train_state belongs to the inputs it was started from ---------------------------------------
+
+
+def _claim_state(cfg: ExperimentConfig, layout: RunLayout, t: int, inputs: dict[str, str], restart: bool) -> None:
+    """Refuse a train_state of other inputs, or with --restart discard the whole task folder (a stale
+    result, a train_state, files of an unfinished attempt such as a replay buffer); then record
+    our inputs before the state's first file. Every rank reads before rank 0 changes anything, so
+    all take the same branch."""
+    task_dir, state_dir = layout.task_dir(t, cfg.tasks[t].name), layout.train_state(t, cfg.tasks[t].name)
+    problem = _state_problem(cfg, layout, t, inputs)
+    has_state = state_dir.is_dir() and any(state_dir.iterdir())
+    has_files = task_dir.is_dir() and any(task_dir.iterdir())
+    distributed.barrier()
+    if problem and not restart:
+        raise StageInputError(problem, hint=f"`slm train --task {t} --restart` discards it and trains task {t} from "
+                                            "step 0; or restore the config (and data) it was started with")
+    if restart and has_files:
+        distributed.log(f"train: --restart: discarding {task_dir} ({problem or 'as asked'})")
+        if distributed.is_main():
+            shutil.rmtree(task_dir)
+    elif has_state:
+        _drop_unverified_caches(state_dir)
+    if distributed.is_main() and not (state_dir / STATE_INPUTS).is_file():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        make_private(state_dir)
+        atomic_write_json(state_dir / STATE_INPUTS, {"format": 1, "task": cfg.tasks[t].name, "inputs": inputs,
+                                                     "settings": validity.task_settings(cfg, t), "caches": {}})
+    distributed.barrier()
+
+
+def _state_problem(cfg: ExperimentConfig, layout: RunLayout, t: int, inputs: dict[str, str]) -> str | None:
+    """Why the train_state of task t must not be resumed with `inputs` (None: absent, empty or ours)."""
+    state_dir = layout.train_state(t, cfg.tasks[t].name)
+    if not state_dir.is_dir() or not any(state_dir.iterdir()):
+        return None
+    record = _read_state_inputs(state_dir)
+    if isinstance(record, str):
+        return record
+    if record.get("inputs") != inputs:
+        what = validity.what_changed(record.get("inputs") or {}, inputs, validity.labeller(cfg, layout),
+                                     record.get("settings"), validity.task_settings(cfg, t))
+        return f"{state_dir} (checkpoints and cached keys) was started from other inputs: {what}"
+    return None
+
+
+def _read_state_inputs(state_dir) -> dict | str:
+    """The state's record, or why it cannot be trusted."""
+    path = state_dir / STATE_INPUTS
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"{state_dir} records no inputs ({STATE_INPUTS} is missing: left by an older slm, or not by slm)"
+    except (ValueError, OSError) as e:  # torn, not UTF-8, unreadable
+        return f"{path} cannot be read ({type(e).__name__}: {e}), so {state_dir} cannot be checked"
+    if not isinstance(record, dict) or not isinstance(record.get("inputs"), dict):
+        return f"{path} is not a train_state record (no `inputs` mapping)"
+    return record
+
+
+def _drop_unverified_caches(state_dir) -> None:
+    """A cached file (the task's learned keys) is reused only if it hashes as recorded: a changed
+    one would route every later step, and the saved keys, differently. Others are learned again."""
+    record = _read_state_inputs(state_dir)
+    caches = record.get("caches", {}) if isinstance(record, dict) else {}
+    for path in sorted(state_dir.glob("*.safetensors")):
+        if caches.get(path.name) != sha256_file(path):
+            distributed.log(f"warning: {path} does not match the sha256 recorded in {state_dir / STATE_INPUTS} "
+                            "(changed, or its run was killed before recording it); learning it again")
+            if distributed.is_main():
+                path.unlink()
+
+
+def _record_caches(state_dir) -> None:
+    """After the method built its trainer: the sha256 of every file it cached in train_state."""
+    if not distributed.is_main():
+        return
+    record = _read_state_inputs(state_dir)
+    if isinstance(record, dict):
+        record["caches"] = {p.name: sha256_file(p) for p in sorted(state_dir.glob("*.safetensors"))}
+        atomic_write_json(state_dir / STATE_INPUTS, record)
+
+
+def _run(cfg: ExperimentConfig, layout: RunLayout, t: int, inputs: dict[str, str], preempt: PreemptionFlag,
+         restart: bool) -> int:
     name = cfg.tasks[t].name
     method = get_method(cfg.method)
     started = time.time()
     rank, world = distributed.setup()
-    layout.root.mkdir(parents=True, exist_ok=True)
+    _claim_state(cfg, layout, t, inputs, restart)  # before any write: a refused resume changes nothing
     if distributed.is_main():
         atomic_write_text(layout.config, cfg.to_yaml())
     device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if torch.cuda.is_available() else torch.device("cpu")
@@ -119,6 +230,7 @@ def _run(cfg: ExperimentConfig, layout: RunLayout, t: int, inputs: dict[str, str
 
     try:
         trainer = method.trainer(cfg, layout, t, records, device, load_base)
+        _record_caches(layout.train_state(t, name))
         if cfg.model.gradient_checkpointing:
             trainer.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(trainer.model, "enable_input_require_grads"):
@@ -238,6 +350,7 @@ def _save_results(cfg, layout, t, trainer: Trainer, inputs: dict[str, str], wall
     files = trainer.save()  # every rank: under ZeRO-3 saving gathers
     if distributed.is_main():
         write_done(task_dir, "train", inputs=inputs, files=files, task=name, index=t, method=cfg.method,
+                   settings=validity.task_settings(cfg, t),
                    trainable_params=sum(p.numel() for p in trainer.params), wall_s=round(wall_s, 1),
                    peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), **trainer.info)
         shutil.rmtree(layout.train_state(t, name), ignore_errors=True)
