@@ -23,6 +23,9 @@ stops adding rounds after --min-rounds once the next would pass --budget-s (270 
     base model. Extra lines: the same routed generation with JARe's per-routing branch cache
     switched off (`jare_cache = False` on every layer: the gather of every decode step, as before
     the cache); one prompt, JARe merged into W (`bank.merged`) vs the merged LoRA.
+(c) decode step = one KV-cached greedy step of the same 8 prompts after their prefill, median over
+    16 steps a call: the side branch's own cost, without generate()'s overhead or retrieval.
+    JARe routed (cache on, cache off) vs the merged LoRA; `decode_step_ratio` in the JSON.
 
 The last line printed is `train_step_ratio=<x> generate_ratio=<y>` (JARe / LoRA medians; the
 generate ratio includes JARe's retrieval). Numbers + run_info go to bench/results/jare_vs_lora.json.
@@ -54,6 +57,7 @@ routed/base from 1.08-1.20 to 1.01-1.12 in one process, identical tokens); the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -218,6 +222,45 @@ def train_step(model, optimizer, batch) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
+def alternate_values(variants: dict, rounds: int) -> dict:
+    """Like `alternate`, for functions that time themselves: the median of what each returns."""
+    for fn in variants.values():
+        fn()  # warm-up
+    got: dict[str, list[float]] = {k: [] for k in variants}
+    for i in range(rounds):
+        for name in list(variants)[::1 if i % 2 == 0 else -1]:
+            got[name].append(variants[name]())
+        log(f"  round {i + 1}/{rounds}: " + "  ".join(f"{k} {v[-1] * 1000:.1f}ms" for k, v in got.items()))
+    return {k: {"median_s": median(v), "samples_s": v} for k, v in got.items()}
+
+
+def decode_step_s(model, bank, routing, enc: dict, steps: int, cache: bool = True) -> float:
+    """Median wall time of one greedy decode step (B prompts, KV cache, after their prefill)."""
+    import torch
+    from transformers import DynamicCache
+
+    layers = bank.layers.values() if bank is not None else []
+    for layer in layers:
+        layer.jare_cache = cache
+    routed = bank.routed(routing) if bank is not None else contextlib.nullcontext()
+    times = []
+    try:
+        with torch.no_grad(), routed:
+            kv = DynamicCache(config=model.config)
+            out = model(**enc, cache=kv, use_cache=True, logits_to_keep=1)
+            mask = enc["attention_mask"]
+            for _ in range(steps):
+                nxt = out.logits[:, -1].argmax(-1)[:, None]
+                mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
+                t0 = time.perf_counter()
+                out = model(input_ids=nxt, attention_mask=mask, cache=kv, use_cache=True)
+                times.append(time.perf_counter() - t0)
+    finally:
+        for layer in layers:
+            layer.jare_cache = True
+    return median(times)
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
@@ -354,6 +397,15 @@ def main(argv=None) -> dict:
     lora_g = generate["lora_merged"]["median_s"]
     gen_ratio = generate["jare_routed"]["median_s"] / lora_g
     truth = [j % len(tasks) for j in range(args.prompts)]  # the round-robin above
+
+    # ---- (c) one decode step: the side branch's own cost, without generate() or retrieval ----------
+    step_routing = store.route(encoder.encode(texts), args.top_k)
+    svariants = {"jare_step": lambda: decode_step_s(jare, bank, step_routing, enc, args.new_tokens),
+                 "lora_step": lambda: decode_step_s(lora_merged, None, None, enc, args.new_tokens),
+                 "jare_step_nocache": lambda: decode_step_s(jare, bank, step_routing, enc, args.new_tokens, False)}
+    log(f"decode step: median of {args.new_tokens} KV-cached steps per call, {list(svariants)}")
+    steps = alternate_values(svariants, args.gen_rounds)
+    step_ratio = steps["jare_step"]["median_s"] / steps["lora_step"]["median_s"]
     top1_ok = sum(s[0] // args.slots == t for s, t in zip(routed_slots, truth, strict=True)) / len(truth)
 
     # ---- report ------------------------------------------------------------------------------
@@ -366,6 +418,9 @@ def main(argv=None) -> dict:
         ("generate", "  of which routed generate()", generate["generate_routed"], generate["lora_merged"]),
         ("generate", "JARe routed, branch cache off", generate["jare_routed_nocache"], generate["lora_merged"]),
         ("generate", "LoRA merged (= base model)", generate["lora_merged"], generate["lora_merged"]),
+        ("decode step", "JARe routed, one KV-cached step", steps["jare_step"], steps["lora_step"]),
+        ("decode step", "JARe routed, branch cache off", steps["jare_step_nocache"], steps["lora_step"]),
+        ("decode step", "LoRA merged", steps["lora_step"], steps["lora_step"]),
     ]
     if not args.no_single:
         one_ref = generate["lora_merged_1"]
@@ -403,6 +458,9 @@ def main(argv=None) -> dict:
                           "generate_cpu_ratio": generate["jare_routed"]["cpu_median_s"]
                           / generate["lora_merged"]["cpu_median_s"],
                           "generate_paired_ratio": gen_paired},
+        "decode_step_info": {"decode_step": steps, "decode_step_ratio": step_ratio,
+                             "decode_step_ratio_cache_off": steps["jare_step_nocache"]["median_s"]
+                             / steps["lora_step"]["median_s"]},
         "meta_info": meta_info(torch),
     }
     if not args.no_single:
