@@ -56,6 +56,9 @@ SEQUENCES: dict[str, tuple[str, ...] | None] = {
     "passage": ("BoolQA", "MultiRC"),
     "all_nine": ("agnews", "amazon", "MNLI", "QQP", "BoolQA", "dbpedia", "yelp", "IMDB", "MultiRC"),
 }
+# Overrides applied before the command line's: a test record that repeats a training input is
+# dropped (and counted) rather than hiding the task, exactly as `slm prepare` does with this option.
+BENCH_DEFAULTS = ("data.on_overlap=drop_test",)
 SAME_FAMILY = ("topic", "sentiment", "passage")  # share an instruction family
 DEFAULT_CAPS = (1000, 500)  # train / test records of a task the experiment does not list (as cl_benchmark.yaml)
 
@@ -80,6 +83,15 @@ ABLATION: dict[str, dict[str, object]] = {
     "groups=1": {"groups": 1},
     "groups=3": {"groups": 3},
     "groups=12": {"groups": 12},
+    # the task scored from all its slots, not its best one (dtkr.task_score, pipeline.dtkr.router)
+    "task_score=logsumexp": {"task_score": "logsumexp"},  # task_temperature 0.02
+    "task_score=logsumexp+T=0.05": {"task_score": "logsumexp", "task_temperature": 0.05},
+    "task_score=logsumexp+T=0.01": {"task_score": "logsumexp", "task_temperature": 0.01},
+    "init=centroid_partition": {"key_init": "centroid_partition"},
+    "init=centroid_partition+logsumexp": {"key_init": "centroid_partition", "task_score": "logsumexp"},
+    # two levers that each kept the same-family mean, together
+    "epochs=10+mask=0.5": {"key_epochs": 10, "mask_ratio": 0.5},
+    "lr=1e-4+epochs=10": {"key_lr": 1e-4, "key_epochs": 10},
 }
 
 
@@ -96,6 +108,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", help="one sequence of task folders, comma separated (default: the five sequences)")
     p.add_argument("--name", help="results name (default: the experiment's name, or the --tasks joined by _)")
     p.add_argument("--knn-per-task", type=int, default=200, help="training queries per task for the 1-NN baseline")
+    p.add_argument("--seeds", default="",
+                   help="more key-learning seeds, comma separated: every sequence again with seed=each (the "
+                        "baselines do not depend on it), summarised per seed, to tell a margin of a few queries "
+                        "from noise; with --ablation, every setting is run with each")
     p.add_argument("--ablation", action="store_true", help="run the lever grid; write retrieval-ablation.json")
     p.add_argument("--only", help="ablation: comma-separated setting names to run (default: all)")
     p.add_argument("--json", type=Path, help="output file (default: bench/results/retrieval-<name>.json)")
@@ -116,31 +132,13 @@ def task_spec(cfg, name: str):
 
 
 def task_records(spec, cfg) -> tuple[list[dict], list[dict], int]:
-    """(train, test, test records dropped) as `slm prepare` builds them.
+    """(train, test, test records dropped for repeating a training input), as `slm prepare`
+    builds them with the same data.on_overlap (the bench defaults it to drop_test: MultiRC's
+    test split repeats one training input with the other label)."""
+    from data_prep.build import build_task
 
-    prepare refuses a task whose capped test split repeats a training input (MultiRC has one
-    such pair, differing only in case and label); here those test records are dropped instead,
-    and counted, so one dirty record does not hide a task. The build itself stays prepare's:
-    only its overlap check is suspended, the training side is unchanged.
-    """
-    from unittest import mock
-
-    import data_prep.build as build
-    from data_prep.records import record_key
-    from pipeline.errors import DataError
-
-    try:
-        prepared = build.build_task(spec, cfg)
-        return prepared.train, prepared.test, 0
-    except DataError as e:
-        if "also a training record" not in str(e):
-            raise
-        log(f"{spec.name}: {str(e).split(' after normalisation')[0]}; dropping such test records")
-    with mock.patch.object(build, "check_no_overlap"):
-        prepared = build.build_task(spec.model_copy(update={"max_test": None}), cfg)
-    seen = {record_key(r) for r in prepared.train}
-    test = [r for r in prepared.test if record_key(r) not in seen]
-    return prepared.train, test[: spec.max_test], len(prepared.test) - len(test)
+    prepared = build_task(spec, cfg)
+    return prepared.train, prepared.test, prepared.overlap_dropped
 
 
 class EmbeddingCache:
@@ -198,15 +196,30 @@ def task_embeddings(cfg, names: list[str], cache: EmbeddingCache) -> dict[str, d
 
 
 # ---- retrieval and baselines ------------------------------------------------------------------
+# DtkrSpec fields that only change how a query is routed, never the keys a task learns
+ROUTING_ONLY = ("top_k", "weighting", "temperature", "retrieval", "task_score", "task_temperature")
+_learned_keys: dict[tuple, torch.Tensor] = {}  # one process: a task's keys, learned once per setting
+
+
 def learn_sequence_keys(names: list[str], emb: dict[str, dict], dtkr, slots: int, seed: int) -> list:
-    """[(task, keys)] learned in task order, as `slm train` does, each seeing earlier keys only."""
+    """[(task, keys)] learned in task order, as `slm train` does, each seeing earlier keys only.
+
+    learn_task_keys is deterministic, so a task's keys are reused when the same task, position,
+    seed, key settings (and, with the centrifugal term on, the same earlier keys) come again: a
+    sequence that starts like another, or ablation rows that differ only in routing.
+    """
     from pipeline.dtkr.keys import learn_task_keys
 
+    settings = tuple(sorted(dtkr.model_dump(exclude=set(ROUTING_ONLY)).items()))
     learned: list[tuple[str, torch.Tensor]] = []
     for t, name in enumerate(names):
         previous = torch.cat([k for _, k in learned]) if learned else None
-        keys, _ = learn_task_keys(emb[name]["train"], dtkr, slots, seed + t, previous)
-        learned.append((name, keys))
+        uses_previous = previous is not None and dtkr.centrifugal_weight > 0
+        memo = (name, t, seed, slots, settings,
+                hashlib.sha256(previous.numpy().tobytes()).hexdigest() if uses_previous else None)
+        if memo not in _learned_keys:
+            _learned_keys[memo] = learn_task_keys(emb[name]["train"], dtkr, slots, seed + t, previous)[0]
+        learned.append((name, _learned_keys[memo]))
     return learned
 
 
@@ -289,6 +302,32 @@ def run_all(seqs: dict[str, list[str]], emb: dict, dtkr, slots: int, seed: int, 
     return {name: evaluate_sequence(names, emb, dtkr, slots, seed, knn) for name, names in seqs.items()}
 
 
+def seed_summary(results: dict[str, dict]) -> dict:
+    """One seed's headline numbers, DTKR accuracy per task, and every task below the centroid."""
+    return {**summary(results),
+            "dtkr": {s: {row["task"]: row["dtkr"] for row in r["rows"]} for s, r in results.items()},
+            "below_centroid": [[s, row["task"], row["margin"]] for s, r in results.items()
+                               for row in r["rows"] if row["margin"] < 0]}
+
+
+def run_seeds(seqs: dict[str, list[str]], emb: dict, dtkr, cfg, args: argparse.Namespace,
+              first: dict[str, dict]) -> dict[str, dict]:
+    """seed -> seed_summary, for the experiment's seed (`first`, already run) and every --seeds one,
+    plus the worst case over them."""
+    out = {str(cfg.seed): seed_summary(first)}
+    for seed in extra_seeds(args, cfg):
+        out[str(seed)] = seed_summary(run_all(seqs, emb, dtkr, cfg.jare.slots_per_task, seed, args.knn_per_task))
+    family = [v["same_family_min_mean"] for v in out.values() if v["same_family_min_mean"] is not None]
+    worst = {"retrieval_min_margin": min(v["retrieval_min_margin"] for v in out.values()),
+             "same_family_min_mean": min(family) if family else None}
+    return {"per_seed": out, "worst": worst}
+
+
+def extra_seeds(args: argparse.Namespace, cfg) -> list[int]:
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    return [s for s in dict.fromkeys(seeds) if s != cfg.seed]
+
+
 def print_table(results: dict[str, dict]) -> None:
     print(f"{'sequence':<13} {'task':<9} {'n':>4} {'dtkr':>6} {'centroid':>8} {'1-NN':>6} {'sample':>6} {'margin':>7}")
     for seq, res in results.items():
@@ -299,6 +338,16 @@ def print_table(results: dict[str, dict]) -> None:
         m = res["mean"]
         print(f"{seq:<13} {'mean':<9} {'':>4} {m['dtkr']:>6.3f} {m['centroid']:>8.3f} {m['knn']:>6.3f} "
               f"{m['sample']:>6.3f}")
+
+
+def print_seeds(seeds: dict) -> None:
+    for seed, v in seeds["per_seed"].items():
+        below = ", ".join(f"{s}/{t} {m:+.3f}" for s, t, m in v["below_centroid"]) or "none"
+        print(f"seed {seed}: min_margin={v['retrieval_min_margin']:+.3f} "
+              f"same_family_min_mean={v['same_family_min_mean']:.3f}  below centroid: {below}")
+    w = seeds["worst"]
+    print(f"worst over seeds: min_margin={w['retrieval_min_margin']:+.3f} "
+          f"same_family_min_mean={w['same_family_min_mean']:.3f}")
 
 
 def ablation(seqs: dict[str, list[str]], emb: dict, cfg, args: argparse.Namespace) -> dict[str, dict]:
@@ -316,9 +365,14 @@ def ablation(seqs: dict[str, list[str]], emb: dict, cfg, args: argparse.Namespac
                         "sequences": {s: {"mean": r["mean"], "min_margin": r["min_margin"],
                                           "dtkr": {row["task"]: row["dtkr"] for row in r["rows"]},
                                           "centroid": {row["task"]: row["centroid"] for row in r["rows"]}}
-                                      for s, r in res.items()},
-                        "seconds": time.perf_counter() - t0}
+                                      for s, r in res.items()}}
         cells = " ".join(f"{s}={r['mean']['dtkr']:.3f}" for s, r in res.items())
+        if extra_seeds(args, cfg):
+            out[setting]["seeds"] = run_seeds(seqs, emb, dtkr, cfg, args, res)
+            worst = out[setting]["seeds"]["worst"]
+            cells += (f" | over seeds: min_margin={worst['retrieval_min_margin']:+.3f} "
+                      f"same_family_min_mean={worst['same_family_min_mean']:.3f}")
+        out[setting]["seconds"] = time.perf_counter() - t0
         log(f"{setting:<22} min_margin={out[setting]['retrieval_min_margin']:+.3f} {cells}")
     return out
 
@@ -326,13 +380,15 @@ def ablation(seqs: dict[str, list[str]], emb: dict, cfg, args: argparse.Namespac
 def run_info(args: argparse.Namespace, cfg, seqs: dict[str, list[str]], t_start: float, cache: EmbeddingCache) -> dict:
     from pipeline.artifacts import sha256_json
 
-    hashed = {"dtkr": cfg.dtkr.model_dump(mode="json"), "slots_per_task": cfg.jare.slots_per_task, "seed": cfg.seed,
+    hashed = {"dtkr": cfg.dtkr.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json"),
+              "slots_per_task": cfg.jare.slots_per_task, "seed": cfg.seed, "seeds": [cfg.seed, *extra_seeds(args, cfg)],
               "tasks": {n: task_spec(cfg, n).model_dump(mode="json") for names in seqs.values() for n in names}}
     return {"script": "bench/retrieval.py", "command": " ".join(["python", "bench/retrieval.py", *sys.argv[1:]]),
             "config": args.config, "config_hash": sha256_json(hashed), "data_root": str(args.data_root),
             "commit": _git("rev-parse", "HEAD"),
             "dirty": bool(_git("status", "--porcelain", "--", "pipeline", "bench", "data_prep")),
-            "dtkr": hashed["dtkr"], "slots_per_task": cfg.jare.slots_per_task, "seed": cfg.seed,
+            "dtkr": hashed["dtkr"], "data": hashed["data"], "slots_per_task": cfg.jare.slots_per_task,
+            "seed": cfg.seed, "seeds": hashed["seeds"],
             "knn_per_task": args.knn_per_task, "embedding_cache": {"hits": cache.hits, "misses": cache.misses},
             "wall_s": time.perf_counter() - t_start, "machine": machine()}
 
@@ -359,7 +415,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     args = parse_args(argv)
     t_start = time.perf_counter()
-    cfg = load_config(args.config, [f"data_root={args.data_root.resolve()}", *args.overrides])
+    cfg = load_config(args.config, [f"data_root={args.data_root.resolve()}", *BENCH_DEFAULTS, *args.overrides])
     seqs = sequences_to_run(args, cfg)
     log(f"load average {os.getloadavg()[0]:.1f} on {len(os.sched_getaffinity(0))} cores; encoder {cfg.dtkr.encoder}")
     cache = EmbeddingCache(cfg.dtkr.encoder)
@@ -371,6 +427,9 @@ def main(argv: list[str] | None = None) -> dict:
         results = run_all(seqs, emb, cfg.dtkr, cfg.jare.slots_per_task, cfg.seed, args.knn_per_task)
         print_table(results)
         result = {"sequences": results, **summary(results)}
+        if extra_seeds(args, cfg):
+            result["seeds"] = run_seeds(seqs, emb, cfg.dtkr, cfg, args, results)
+            print_seeds(result["seeds"])
         path = args.json or ROOT / "bench" / "results" / f"retrieval-{args.name or cfg.name}.json"
     result = {"run_info": run_info(args, cfg, seqs, t_start, cache), **result}
     atomic_write_json(path, result)

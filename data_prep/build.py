@@ -30,6 +30,7 @@ class PreparedTask:
     label_dropped: int  # records skipped by source.drop_labels
     duplicates_dropped: int  # repeated inputs removed before a random split
     train_per_label: dict[str, int] | None = None  # few-shot (max_train_per_label): records kept per label
+    overlap_dropped: int = 0  # test records repeating a training input, dropped (data.on_overlap=drop_test)
 
 
 def build_task(task: TaskSpec, cfg: ExperimentConfig) -> PreparedTask:
@@ -52,12 +53,12 @@ def build_task(task: TaskSpec, cfg: ExperimentConfig) -> PreparedTask:
     per_label = None
     if task.max_train_per_label is not None:
         train, per_label = few_shot(task, src.labels, train)
-    train, test = train[: task.max_train], test[: task.max_test]
-    check_no_overlap(task.name, train, test)
+    train = train[: task.max_train]
+    test, overlap_dropped = resolve_overlap(task.name, train, test, task.max_test, cfg.data.on_overlap)
     if task.metric == "first_word":
         check_one_word_answers(task.name, test)
     return PreparedTask(task, src.origin, [x.record for x in train], [x.record for x in test], src.labels,
-                        src.test is not None, src.dropped, duplicates, per_label)
+                        src.test is not None, src.dropped, duplicates, per_label, overlap_dropped)
 
 
 def few_shot(task: TaskSpec, labels: list[str] | None, train: list[Located]) -> tuple[list[Located], dict[str, int]]:
@@ -97,16 +98,30 @@ def _dedupe(items: list[Located]) -> tuple[list[Located], int]:
     return list(seen.values()), len(items) - len(seen)
 
 
-def check_no_overlap(task: str, train: list[Located], test: list[Located]) -> None:
-    """No test example may also be a training example (normalised instruction ### input)."""
+def resolve_overlap(task: str, train: list[Located], test: list[Located], max_test: int | None,
+                    on_overlap: str) -> tuple[list[Located], int]:
+    """The first `max_test` test records, none of which repeats a training example (normalised
+    instruction ### input): on_overlap=error refuses a repeat among them, drop_test skips it and
+    takes the next test record instead. Returns (test, records skipped). Both give the same test
+    records whenever `error` passes."""
     by_key = {record_key(x.record): x for x in train}
+    kept: list[Located] = []
+    dropped = 0
     for t in test:
+        if max_test is not None and len(kept) == max_test:
+            break
         hit = by_key.get(record_key(t.record))
-        if hit is not None:
+        if hit is None:
+            kept.append(t)
+        elif on_overlap == "drop_test":
+            dropped += 1
+        else:
             raise DataError(f"task {task!r}: test record {t.where} is also a training record ({hit.where}) "
                             f"after normalisation (lowercase, collapsed whitespace): input "
                             f"{t.record['input'][:100]!r}. Train and test must not overlap: remove it "
-                            f"from one of the splits")
+                            f"from one of the splits, or set data.on_overlap=drop_test to drop such test "
+                            f"records (counted in the manifest as overlap_dropped)")
+    return kept, dropped
 
 
 def token_lengths(tokenizer: Any, prompt_format: str, records: list[Record]) -> list[tuple[int, int]]:

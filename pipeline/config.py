@@ -84,7 +84,8 @@ class DtkrSpec(Spec):
     # bench/results/retrieval-ablation.json). key_init: partition_mean (the reference's
     # group_avg_initialization, measured best), orthogonal (the reference's default: needs many
     # more steps than 3 epochs of 1000 queries), queries (random task queries), kmeans.
-    key_init: Literal["orthogonal", "queries", "partition_mean", "kmeans"] = "partition_mean"
+    # centroid_partition: slot 0 at the task's mean query, the other P-1 at partition means.
+    key_init: Literal["orthogonal", "queries", "partition_mean", "centroid_partition", "kmeans"] = "partition_mean"
     # group_top2: the reference's masked top-2 per group; slot_top2: top-2 slots by mean group cosine.
     key_objective: Literal["group_top2", "slot_top2"] = "group_top2"
     mask_ratio: float = Field(0.25, ge=0.0, lt=1.0)
@@ -95,6 +96,13 @@ class DtkrSpec(Spec):
     key_grad_clip: float = Field(0.1, gt=0)
     key_epochs: int = Field(3, ge=0)  # 0: the initial keys as they are (e.g. the k-means centres)
     key_batch_size: int = Field(32, ge=1)
+    # How a task is scored from its slots' similarities (pipeline.dtkr.router, used by train,
+    # eval, generate, serve and the bench alike). max: the best slot, and the top-k slots over
+    # all tasks (the paper). logsumexp: task_temperature * log mean exp(sim / task_temperature)
+    # over the task's P slots; the best-scoring task is the sample's task and gives its top-k
+    # slots (a top_k above P continues with the next-best task's slots).
+    task_score: Literal["max", "logsumexp"] = "max"
+    task_temperature: float = Field(0.02, gt=0)
     # normalize: weights = similarities / their sum (paper); softmax: softmax(sim / temperature).
     weighting: Literal["normalize", "softmax"] = "normalize"
     temperature: float = Field(0.1, gt=0)
@@ -176,6 +184,10 @@ class DataSpec(Spec):
     seed: int = 0
     # Synthetic generators: records per task before the split.
     synthetic_size: int = Field(500, ge=10)
+    # A test record that repeats a training input (after normalisation): error refuses the task;
+    # drop_test skips such test records (the next ones fill max_test) and counts them in the
+    # manifest as overlap_dropped. CL_Benchmark's MultiRC has one, with a different label.
+    on_overlap: Literal["error", "drop_test"] = "error"
 
 
 class TrainSpec(Spec):

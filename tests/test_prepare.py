@@ -15,7 +15,7 @@ from data_prep.records import normalise_text, record_key
 from data_prep.synthetic import SYNTHETIC, describe_generators
 from pipeline.artifacts import read_done
 from pipeline.config import load_config
-from pipeline.errors import StageInputError
+from pipeline.errors import DataError, StageInputError
 from pipeline.layout import RunLayout
 from pipeline.stages import prepare
 
@@ -324,3 +324,52 @@ def test_duplicates_are_dropped_before_a_random_split(write_yaml, small_experime
     task = build_task(cfg.tasks[0], cfg)
     assert task.duplicates_dropped == 21 and len(task.train) + len(task.test) == 10
     assert not _keys(task.train) & _keys(task.test)
+
+
+def _overlapping_source(tmp_path: Path) -> dict[str, Any]:
+    """Train a0..a7; test b0, then "  A3 " (a3 after normalisation, another label), then b1..b3."""
+    _write_table(tmp_path / "tr.jsonl", [{"instruction": "I", "input": f"a{i}", "output": "o"} for i in range(8)])
+    test = [{"instruction": "I", "input": "b0", "output": "o"}, {"instruction": "I", "input": "  A3 ", "output": "x"}]
+    _write_table(tmp_path / "te.jsonl", test + [{"instruction": "I", "input": f"b{i}", "output": "o"}
+                                                for i in range(1, 4)])
+    return {"type": "file", "path": "tr.jsonl", "test_split": "te.jsonl"}
+
+
+def test_a_test_record_repeating_a_training_input_is_refused_naming_the_option(write_yaml, small_experiment,
+                                                                               tmp_path: Path) -> None:
+    cfg, _ = _config(write_yaml, _task(small_experiment, "t", _overlapping_source(tmp_path)))
+    with pytest.raises(DataError, match=r"te\.jsonl.* is also a training record .*data\.on_overlap=drop_test"):
+        build_task(cfg.tasks[0], cfg)
+
+
+def test_drop_test_skips_repeats_and_fills_max_test_with_the_next_records(write_yaml, small_experiment,
+                                                                          tmp_path: Path) -> None:
+    # 5 test records, one a repeat: max_test=4 needs every other one, wherever the shuffle puts it
+    raw = _task(small_experiment, "t", _overlapping_source(tmp_path), max_test=4)
+    cfg, _ = _config(write_yaml, raw, ["data.on_overlap=drop_test"])
+    task = build_task(cfg.tasks[0], cfg)
+    assert task.overlap_dropped == 1 and len(task.train) == 8
+    assert sorted(r["input"] for r in task.test) == ["b0", "b1", "b2", "b3"]
+    # without an overlap the option changes nothing: the same records as on_overlap=error
+    clean = _task(small_experiment, "t", {"type": "file", "path": "tr.jsonl"}, max_test=1)
+    built = [build_task(c.tasks[0], c) for c in (_config(write_yaml, clean)[0],
+                                                 _config(write_yaml, clean, ["data.on_overlap=drop_test"])[0])]
+    assert (built[0].train, built[0].test) == (built[1].train, built[1].test) and built[1].overlap_dropped == 0
+
+
+def test_the_real_multirc_prepares_with_drop_test(cl_benchmark_dir: Path) -> None:
+    from pipeline.config import SourceSpec, TaskSpec
+
+    cfg = load_config("cl_benchmark.yaml", [f"data_root={cl_benchmark_dir}", "data.on_overlap=drop_test"])
+    task = build_task(TaskSpec(name="MultiRC", source=SourceSpec(type="cl_benchmark", path="MultiRC")), cfg)
+    assert task.overlap_dropped == 1 and not _keys(task.train) & _keys(task.test)
+    with pytest.raises(DataError, match="on_overlap"):
+        build_task(task.spec, load_config("cl_benchmark.yaml", [f"data_root={cl_benchmark_dir}"]))
+
+
+def test_the_manifest_counts_the_dropped_test_records(write_yaml, small_experiment, tmp_path: Path) -> None:
+    cfg, layout = _config(write_yaml, _task(small_experiment, "t", _overlapping_source(tmp_path)),
+                          ["data.on_overlap=drop_test"])
+    manifest = prepare.run(cfg, layout)
+    assert manifest["data"]["on_overlap"] == "drop_test"
+    assert manifest["tasks"]["t"]["overlap_dropped"] == 1 and manifest["tasks"]["t"]["test"] == 4

@@ -175,3 +175,21 @@ def test_the_comparison_lists_every_method_with_metrics(cfg: ExperimentConfig, l
     assert "slm/eval/report.md" in comparison
     md = (layout.eval / "report.md").read_text()
     assert "## Comparison across methods" in md and "`seq_lora`" in md
+
+
+def test_keys_that_captured_an_earlier_task_are_warned_about_in_the_report(
+        cfg: ExperimentConfig, layout: RunLayout, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline import validity
+    from pipeline.artifacts import write_done
+
+    write_rows(layout, MATRIX)
+    # what `slm train` records for task 2: the share of each earlier task's held-out queries it takes
+    write_done(layout.task_dir(2, "geography"), "train", inputs=validity.task_inputs(cfg, layout, 2), files=[],
+               capture={"sentiment": 0.3, "arithmetic": 0.01})
+    assert report.main(cfg, layout, None) == 0
+
+    m = json.loads((layout.eval / "metrics.json").read_text())
+    assert m["training"]["capture_warnings"] == ["task 2 (geography) captures 30% of sentiment's held-out queries"]
+    assert "captures 30% of sentiment's held-out queries" in (layout.eval / "report.md").read_text()
+    out = capsys.readouterr().out
+    assert "warning: task 2 (geography) captures 30%" in out and "arithmetic's" not in out

@@ -1,13 +1,15 @@
 """The one routing path: Router over a KeyStore (restricted, all tasks, per_batch, top_k caps),
 the restricted FAISS search that also runs on the GPU, and capture rates."""
 
+import math
+
 import faiss
 import numpy as np
 import pytest
 import torch
 
 from pipeline.config import DtkrSpec
-from pipeline.dtkr.keys import group_normalize, retrieve
+from pipeline.dtkr.keys import group_normalize, retrieve, similarity
 from pipeline.dtkr.router import Router, capture_rates
 from pipeline.dtkr.store import KeyStore, faiss_gpu_available, search_allowed
 
@@ -72,6 +74,66 @@ def test_per_batch_routing_gives_every_sample_the_slots_of_the_mean_query():
     alone = make_router().route_embeddings(mean)
     assert torch.equal(routing.slot_ids[0], alone.slot_ids[0])
     assert len({tuple(r) for r in make_router().route_embeddings(q).slot_ids.tolist()}) > 1  # per sample differs
+
+
+def brute_force_task_routing(q: torch.Tensor, keys: torch.Tensor, k: int, temperature: float) -> torch.Tensor:
+    """dtkr.task_score=logsumexp written out per sample: tasks by T*log(mean exp(sim/T)) over their
+    slots, then each task's slots by similarity, the first k of that order."""
+    sims = similarity(group_normalize(q, GROUPS), keys).double()  # (B, S)
+    rows = []
+    for row in sims:
+        per_task = row.reshape(-1, SLOTS)
+        scores = [temperature * math.log(float(torch.exp(s / temperature).mean())) for s in per_task]
+        order = sorted(range(len(scores)), key=lambda t: -scores[t])
+        rows.append([t * SLOTS + int(p) for t in order for p in per_task[t].argsort(descending=True)][:k])
+    return torch.tensor(rows)
+
+
+@pytest.mark.parametrize("top_k", [1, 2, SLOTS + 2])  # SLOTS + 2: the next-best task fills the rest
+def test_logsumexp_task_score_routes_to_the_best_scoring_task_then_its_best_slots(top_k: int):
+    router = make_router(tasks=tuple("abcde"), top_k=top_k, task_score="logsumexp", task_temperature=0.05)
+    q = queries(64)
+    routing = router.route_embeddings(q)
+    assert torch.equal(routing.slot_ids, brute_force_task_routing(q, router.store.all_keys(), top_k, 0.05))
+    assert torch.allclose(routing.weights.sum(-1), torch.ones(64), atol=1e-6)
+    restricted = router.route_embeddings(q, tasks=["b", "d"])
+    assert set(router.top1_tasks(restricted)) <= {1, 3}
+    own = router.route_embeddings(q, tasks=["c"])  # training / oracle: the task's own best slots
+    plain = make_router(tasks=tuple("abcde"), top_k=top_k).route_embeddings(q, tasks=["c"])
+    assert torch.equal(own.slot_ids, plain.slot_ids) and own.task == 2
+
+
+def keys_at_cosines(q: torch.Tensor, cosines: list[float], seed: int) -> torch.Tensor:
+    """Keys (len(cosines), g, dg) whose every group has exactly the given cosine to the query's."""
+    qg = group_normalize(q, GROUPS)[0]  # (g, dg)
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for c in cosines:
+        u = torch.randn(qg.shape, generator=gen)
+        u = torch.nn.functional.normalize(u - (u * qg).sum(-1, keepdim=True) * qg, dim=-1)  # unit, orthogonal to q
+        out.append(c * qg + math.sqrt(1 - c * c) * u)
+    return torch.stack(out)
+
+
+def test_logsumexp_prefers_a_task_whose_slots_agree_over_one_stray_slot():
+    """The query sits near one slot of task "stray" (its other slots are orthogonal to it) and a
+    little less near all four slots of task "agree": max takes the stray slot, logsumexp the task
+    that agrees (0.1 log mean exp(sim / 0.1): stray 0.81, agree 0.90)."""
+    q = queries(1)
+    keys = [("stray", keys_at_cosines(q, [0.95, 0.0, 0.0, 0.0], 1)), ("agree", keys_at_cosines(q, [0.9] * 4, 2))]
+    by_max = Router.from_keys(keys, None, DtkrSpec(groups=GROUPS), SLOTS)
+    by_lse = Router.from_keys(keys, None, DtkrSpec(groups=GROUPS, task_score="logsumexp", task_temperature=0.1),
+                              SLOTS)
+    assert by_max.top1_tasks(by_max.route_embeddings(q)) == [0]
+    routing = by_lse.route_embeddings(q)
+    assert by_lse.top1_tasks(routing) == [1] and set(routing.slot_ids[0].tolist()) <= {4, 5, 6, 7}
+
+
+def test_logsumexp_at_a_low_temperature_picks_the_task_of_the_top_1_slot():
+    q = queries(128)
+    by_max = make_router(tasks=tuple("abcdef"))
+    by_lse = make_router(tasks=tuple("abcdef"), task_score="logsumexp", task_temperature=1e-4)
+    assert by_lse.top1_tasks(by_lse.route_embeddings(q)) == by_max.top1_tasks(by_max.route_embeddings(q))
 
 
 def test_describe_names_task_slot_and_weight_of_each_pick():

@@ -42,6 +42,10 @@ def initial_keys(queries: torch.Tensor, slots: int, init: str, gen: torch.Genera
     if init == "partition_mean":  # the reference's group_avg_initialization: means of P random parts
         order = torch.randperm(n, generator=gen)
         return torch.stack([_mean_direction(queries[order[p::slots]]) for p in range(slots)])
+    if init == "centroid_partition":  # slot 0 at the task's mean query, the rest partition means
+        order = torch.randperm(n, generator=gen)
+        rest = [_mean_direction(queries[order[p::slots - 1]]) for p in range(slots - 1)]
+        return torch.stack([_mean_direction(queries), *rest])
     if init == "kmeans":
         return spherical_kmeans(queries, slots, gen, kmeans_iters)
     raise ValueError(f"unknown dtkr.key_init {init!r}")

@@ -7,6 +7,7 @@ gets are decided in exactly one place.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -53,6 +54,11 @@ class Router:
     def route_embeddings(self, embeddings: torch.Tensor, tasks: list[str] | None = None) -> Routing:
         """Top-k slots per sample among `tasks`' slots (None: every task in the store).
 
+        dtkr.task_score=max: the k most similar slots over all allowed slots; the sample's task is
+        the task of its top-1 slot. logsumexp: the sample's task is the one with the best
+        `task_scores`, and its slots are that task's k most similar ones (`rank_slots_by_task`).
+        Either way slot_ids[:, 0] is the retrieved task's best slot (`top1_tasks`).
+
         k is capped at the number of allowed slots (one task of P < top_k slots, the oracle, the
         first task), so a small candidate set never yields FAISS's -1 padding ids.
         """
@@ -61,10 +67,17 @@ class Router:
         if self.spec.retrieval == "per_batch":  # the reference code's batch-averaged query
             mean = group_normalize(embeddings.float(), self.spec.groups).mean(0, keepdim=True)
             embeddings = F.normalize(mean, dim=-1).reshape(1, -1).expand(len(embeddings), -1)
-        sims, ids = self.store.search(embeddings, k, tasks)
-        weights = weights_from_similarity(torch.from_numpy(sims), self.spec.weighting, self.spec.temperature)
+        if self.spec.task_score == "max":  # top-k slots over all allowed slots (the paper)
+            sims_np, ids_np = self.store.search(embeddings, k, tasks)
+            sims, ids = torch.from_numpy(sims_np), torch.from_numpy(ids_np)
+        else:  # every allowed slot, then tasks ranked by their aggregated score
+            sims_np, ids_np = self.store.search(embeddings, allowed, tasks)
+            sims, ids = rank_slots_by_task(torch.from_numpy(sims_np), torch.from_numpy(ids_np),
+                                           self.store.slots_per_task, self.spec.task_temperature)
+            sims, ids = sims[:, :k], ids[:, :k]
+        weights = weights_from_similarity(sims, self.spec.weighting, self.spec.temperature)
         task = self.store.tasks.index(tasks[0]) if tasks is not None and len(tasks) == 1 else None
-        return Routing(torch.from_numpy(ids), weights, task)
+        return Routing(ids, weights, task)
 
     def top1_tasks(self, routing: Routing) -> list[int]:
         """The task index of each sample's top-1 slot (retrieval accuracy, confusion)."""
@@ -75,6 +88,33 @@ class Router:
         p = self.store.slots_per_task
         return [{"task": self.store.task_of(s), "slot": s % p, "weight": w}
                 for s, w in zip(routing.slot_ids[row].tolist(), routing.weights[row].tolist(), strict=True)]
+
+
+def task_scores(slot_sims: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(..., P) similarities of a task's slots -> (...) its logsumexp score on the similarity scale:
+    temperature * log(mean_p exp(sim_p / temperature)). It tends to the best slot (`max`) as the
+    temperature falls and to the mean of the slots as it grows; in between, one stray slot near
+    another task's queries counts for less than several slots that agree."""
+    p = slot_sims.shape[-1]
+    return temperature * (torch.logsumexp(slot_sims / temperature, dim=-1) - math.log(p))
+
+
+def rank_slots_by_task(sims: torch.Tensor, ids: torch.Tensor, slots_per_task: int,
+                       temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reorder every allowed slot of each sample: tasks by `task_scores`, best first, and within a
+    task its slots by similarity. sims, ids (B, A): all slots of the allowed tasks, as the store
+    returns them. The first k of the result are the sample's slots: with k <= P all come from the
+    top-scoring task, a larger k continues with the next task's best slots.
+    """
+    b, a = ids.shape
+    by_id = ids.argsort(dim=1)  # (B, A): task-major, slot order inside each task
+    grouped_ids = ids.gather(1, by_id).reshape(b, a // slots_per_task, slots_per_task)  # (B, T, P)
+    grouped = sims.gather(1, by_id).reshape(grouped_ids.shape)  # (B, T, P)
+    task_rank = task_scores(grouped, temperature).argsort(dim=1, descending=True, stable=True)  # (B, T)
+    pick = task_rank[:, :, None].expand_as(grouped)
+    grouped, grouped_ids = grouped.gather(1, pick), grouped_ids.gather(1, pick)  # tasks best first
+    slot_rank = grouped.argsort(dim=2, descending=True, stable=True)  # (B, T, P)
+    return grouped.gather(2, slot_rank).reshape(b, a), grouped_ids.gather(2, slot_rank).reshape(b, a)
 
 
 def capture_rates(router: Router, embeddings_by_task: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -109,6 +109,7 @@ def _task_entry(index: int, task: PreparedTask, tokenizer: Any, cfg: ExperimentC
         "sha256": {"train": records_sha256(task.train), "test": records_sha256(task.test)},
         "spec_sha256": task_spec_hash(task.spec),
         "label_dropped": task.label_dropped, "duplicates_dropped": task.duplicates_dropped,
+        "overlap_dropped": task.overlap_dropped,
         "tokens": {k: stats[k] for k in ("min", "mean", "p95", "max")}, "truncated": stats["truncated"],
         "max_train_per_label": task.spec.max_train_per_label, "train_per_label": task.train_per_label,
     }

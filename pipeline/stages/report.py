@@ -176,18 +176,30 @@ def compute_metrics(cfg: ExperimentConfig, layout: RunLayout, ev: EvalRows) -> d
 def training_summary(cfg: ExperimentConfig, layout: RunLayout) -> dict[str, Any]:
     """Cost of the method from its task DONE markers: trainable parameters (largest task), bytes it
     stores per task (mean over finished tasks), training wall time and peak memory (summed / max)."""
-    markers = [m for i, t in enumerate(cfg.tasks) if (m := read_done(layout.task_dir(i, t.name)))]
+    done = [(i, t.name, m) for i, t in enumerate(cfg.tasks) if (m := read_done(layout.task_dir(i, t.name)))]
+    markers = [m for _, _, m in done]
     if not markers:
-        return {"tasks": 0, "trainable_params": None, "bytes_per_task": None, "wall_s": None, "peak_rss_mib": None}
-    sizes = [sum((layout.task_dir(m["index"], m["task"]) / f).stat().st_size for f in m.get("outputs", {})
-                 if (layout.task_dir(m["index"], m["task"]) / f).is_file()) for m in markers]
+        return {"tasks": 0, "capture_warnings": [], "trainable_params": None, "bytes_per_task": None,
+                "wall_s": None, "peak_rss_mib": None}
+    sizes = [sum((layout.task_dir(i, name) / f).stat().st_size for f in m.get("outputs", {})
+                 if (layout.task_dir(i, name) / f).is_file()) for i, name, m in done]
     walls = [m.get("wall_s") for m in markers]
     peaks = [m.get("peak_rss_mib") for m in markers if m.get("peak_rss_mib") is not None]
     return {"tasks": len(markers),
+            "capture_warnings": capture_warnings(done),
             "trainable_params": max((m.get("trainable_params") or 0) for m in markers) or None,
             "bytes_per_task": round(sum(sizes) / len(sizes)),
             "wall_s": round(sum(walls), 1) if all(w is not None for w in walls) else None,
             "peak_rss_mib": max(peaks) if peaks else None}
+
+
+def capture_warnings(done: list[tuple[int, str, dict[str, Any]]]) -> list[str]:
+    """DTKR methods record in each task's DONE how much of every earlier task's held-out queries
+    the new task's keys take (top-1); above CAPTURE_WARN those inputs run the wrong slots."""
+    from pipeline.methods.jare import CAPTURE_WARN
+
+    return [f"task {i} ({name}) captures {rate:.0%} of {earlier}'s held-out queries"
+            for i, name, m in done for earlier, rate in (m.get("capture") or {}).items() if rate > CAPTURE_WARN]
 
 
 def row_labels(ev: EvalRows) -> list[str]:
@@ -307,6 +319,10 @@ def _retrieval_section(m: dict[str, Any]) -> list[str]:
         return lines + [f"Method `{m['method']}` does not retrieve slots, so it has no retrieval accuracy.", ""]
     lines += [f"Top-1 retrieval accuracy after the last task (held-out queries whose top-1 slot belongs "
               f"to their own task): **{_fmt(m['retrieval_accuracy'])}**.", ""]
+    warnings = (m.get("training") or {}).get("capture_warnings") or []
+    if warnings:
+        lines += ["**Warning, keys capturing an earlier task** (recorded by `slm train`): "
+                  + "; ".join(warnings) + ". Those inputs use the newer task's slots.", ""]
     if m["retrieval_per_task"]:
         lines += [*_table(["task", "retrieval accuracy"],
                           [[t, _fmt(m["retrieval_per_task"].get(t))] for t in m["tasks"]
@@ -501,6 +517,8 @@ def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace | No
         print(f"{name + ': ' if name else ''}{run_layout.method}{status}: AA {_fmt(m['AA'])}  "
               f"BWT {_fmt(m['BWT'], True)}  forgetting {_fmt(m['forgetting'])}  FWT {_fmt(m['FWT'], True)}  "
               f"retrieval {_fmt(m['retrieval_accuracy'])}")
+        for warning in m["training"]["capture_warnings"]:
+            print(f"warning: {warning}")
         print(f"comparison: {run_layout.base / 'comparison.md'}")
         print(run_layout.eval / "report.md")
     if len(order_runs(cfg)) > 1:
