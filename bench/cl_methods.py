@@ -2,6 +2,7 @@
 
     python bench/cl_methods.py -c cl_benchmark_cpu.yaml data_root=../shared/data/cl_benchmark
     python bench/cl_methods.py -c default.yaml --methods slm,seq_lora     # a subset
+    python bench/cl_methods.py -c cl_benchmark_cpu.yaml --order order1    # one task order
     python bench/cl_methods.py -c cl_benchmark_cpu.yaml --summary         # committed results only
 
 Each method runs as `slm run --method <m>` in its own process (so its wall time and peak memory
@@ -64,7 +65,7 @@ def run_method(args: argparse.Namespace, method: str) -> dict:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"bench-cl-{method}.log"
     argv = [sys.executable, "-m", "pipeline.cli", "run", *(["-c", args.config] if args.config else []),
-            "--method", method, *args.overrides]
+            "--method", method, *(["--order", args.order] if args.order else []), *args.overrides]
     print(f"[{method}] {' '.join(argv[2:])}  (log: {log_file})", flush=True)
     start = time.time()
     with open(log_file, "a") as log:
@@ -74,13 +75,25 @@ def run_method(args: argparse.Namespace, method: str) -> dict:
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"[{method}] slm run failed with exit {code}; see {log_file}")
-    return result_record(cfg, method, wall, usage.ru_maxrss / 1024)
+    return result_record(cfg, method, wall, usage.ru_maxrss / 1024, args.order)
 
 
-def result_record(cfg: ExperimentConfig, method: str, wall_s: float, peak_rss_mib: float) -> dict:
+def runs_of(cfg: ExperimentConfig, order: str | None) -> list[tuple[str, ExperimentConfig]]:
+    """The task orders a bench run covers: all of the experiment's, or the one --order names."""
+    runs = order_runs(cfg)
+    if order is None:
+        return runs
+    chosen = [(name, c) for name, c in runs if name == order]
+    if not chosen:
+        raise SystemExit(f"--order {order!r}: the experiment's orders are {[n for n, _ in runs]}")
+    return chosen
+
+
+def result_record(cfg: ExperimentConfig, method: str, wall_s: float, peak_rss_mib: float,
+                  order: str | None = None) -> dict:
     runs = [(name or "as_listed", json.loads((RunLayout.of(c).root / "eval" / "metrics.json").read_text()))
-            for name, c in order_runs(cfg)]
-    manifest = json.loads(RunLayout.of(order_runs(cfg)[0][1]).manifest.read_text())
+            for name, c in runs_of(cfg, order)]
+    manifest = json.loads(RunLayout.of(runs_of(cfg, order)[0][1]).manifest.read_text())
     provenance = run_provenance()
     return {
         "run_info": {"experiment": cfg.name, "method": method, "config_sha256": config_sha256(cfg),
@@ -195,6 +208,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--force", action="store_true", help="rerun methods whose results are already recorded")
     p.add_argument("--summary", action="store_true", help="print the recorded results only; run nothing")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
+    p.add_argument("--order", metavar="NAME", help="run one of the experiment's task orders only (default: all)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, as for `slm run`")
     return p.parse_args(argv)
 
@@ -215,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     for method in methods:
         path = results_path(args.results_dir, cfg.name, method)
         want = config_sha256(load_config(args.config, [*args.overrides, f"method={method}"]))
-        if path.is_file() and not args.force and json.loads(path.read_text())["run_info"]["config_sha256"] == want:
+        orders = [name or "as_listed" for name, _ in runs_of(cfg, args.order)]
+        recorded = json.loads(path.read_text())["run_info"] if path.is_file() else {}
+        if not args.force and recorded.get("config_sha256") == want and list(recorded.get("orders", {})) == orders:
             print(f"[{method}] already recorded in {path}; skipped (--force reruns it)")
             continue
         atomic_write_json(path, run_method(args, method))
