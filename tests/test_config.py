@@ -109,18 +109,23 @@ def test_relative_source_paths_resolve_from_data_root_else_the_yaml_folder(write
     assert cfg.resolve_source_path("/abs/c.csv") == Path("/abs/c.csv")
 
 
-def test_prepare_writes_the_resolved_config_before_any_work(write_yaml, small_experiment) -> None:
+def test_prepare_writes_the_resolved_config_only_once_its_checks_pass(write_yaml, small_experiment) -> None:
+    """A failed prepare leaves nothing that looks like a run (no config.yaml, no data); a passing
+    one records the config as resolved, overrides included."""
     from pipeline.stages import prepare
 
+    good = {**small_experiment, "tasks": [dict(t) for t in small_experiment["tasks"]]}
     small_experiment["tasks"][1]["source"] = {"type": "file", "path": "missing.jsonl"}
     cfg = load_config(write_yaml(small_experiment), ["train.max_steps=9"])
     layout = RunLayout.of(cfg)
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="missing.jsonl"):
         prepare.run(cfg, layout)
-    written = yaml.safe_load(layout.config.read_text())
+    assert not layout.config.exists() and not layout.data.exists()
+
+    cfg = load_config(write_yaml(good), ["train.max_steps=9"])
+    prepare.run(cfg, RunLayout.of(cfg))
+    written = yaml.safe_load(RunLayout.of(cfg).config.read_text())
     assert written["train"]["max_steps"] == 9, "overrides are part of the resolved config"
-    assert written["tasks"][1]["source"]["path"] == "missing.jsonl"
-    assert not layout.data.exists()
 
 
 @pytest.mark.parametrize("name", [".", "..", ".hidden"])
