@@ -64,8 +64,9 @@ def run_method(args: argparse.Namespace, method: str) -> dict:
     log_dir = RunLayout.of(cfg).logs
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"bench-cl-{method}.log"
+    order = getattr(args, "order", None)  # bench/lr_sweep.py's arguments have none
     argv = [sys.executable, "-m", "pipeline.cli", "run", *(["-c", args.config] if args.config else []),
-            "--method", method, *(["--order", args.order] if args.order else []), *args.overrides]
+            "--method", method, *(["--order", order] if order else []), *args.overrides]
     print(f"[{method}] {' '.join(argv[2:])}  (log: {log_file})", flush=True)
     start = time.time()
     with open(log_file, "a") as log:
@@ -75,7 +76,7 @@ def run_method(args: argparse.Namespace, method: str) -> dict:
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"[{method}] slm run failed with exit {code}; see {log_file}")
-    return result_record(cfg, method, wall, usage.ru_maxrss / 1024, args.order)
+    return result_record(cfg, method, wall, usage.ru_maxrss / 1024, order)
 
 
 def runs_of(cfg: ExperimentConfig, order: str | None) -> list[tuple[str, ExperimentConfig]]:
@@ -134,14 +135,25 @@ def _fmt(value: float | None, std: float | None = None, signed: bool = False) ->
     return f"{text} ± {std:.3f}" if std else text
 
 
+def _count(n: int | None) -> str:
+    return "n/a" if not n else f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.0f} k"
+
+
+def _bytes(n: int | None) -> str:
+    return "n/a" if not n else f"{n / 2**20:.1f} MiB"
+
+
 def comparison_markdown(rows: list[dict]) -> str:
     n_orders = max(len(r["run_info"]["orders"]) for r in rows)
-    head = "| method | AA ↑ | BWT ↑ | forgetting ↓ | FWT ↑ | retrieval ↑ | wall s | peak RSS MiB |"
-    lines = [head, "|" + "---|" * 8]
+    head = ("| method | AA ↑ | BWT ↑ | forgetting ↓ | FWT ↑ | retrieval ↑ | trainable params | stored / task "
+            "| wall s | peak RSS MiB |")
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         m = r["metrics"]
         cells = [_fmt(m[k], m.get(f"{k}_std"), signed=k in ("BWT", "FWT")) for k in METRICS]
+        cost = next(iter(r["train_info"]["per_order"].values())) or {}
         lines.append(f"| `{r['run_info']['method']}` | " + " | ".join(cells)
+                     + f" | {_count(cost.get('trainable_params'))} | {_bytes(cost.get('bytes_per_task'))}"
                      + f" | {r['train_info']['wall_s']:.0f} | {r['train_info']['peak_rss_mib']} |")
     note = f"mean ± std over {n_orders} task orders" if n_orders > 1 else "one task order"
     return "\n".join(lines) + f"\n\n{note}; from bench/results/cl-{rows[0]['run_info']['experiment']}-*.json\n"

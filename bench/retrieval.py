@@ -328,6 +328,26 @@ def extra_seeds(args: argparse.Namespace, cfg) -> list[int]:
     return [s for s in dict.fromkeys(seeds) if s != cfg.seed]
 
 
+def markdown(result: dict) -> str:
+    """The README's table of a main run: per sequence, mean top-1 retrieval accuracy of DTKR and
+    the baselines, and its worst task against the centroid baseline."""
+    lines = ["| sequence | tasks | DTKR | centroid | 1-NN | per-sample centroid | worst task vs centroid |",
+             "|---|---|---|---|---|---|---|"]
+    for seq, r in result["sequences"].items():
+        m = r["mean"]
+        worst = min(r["rows"], key=lambda row: row["margin"])
+        lines.append(f"| {seq} | {', '.join(row['task'] for row in r['rows'])} | {m['dtkr']:.3f} | "
+                     f"{m['centroid']:.3f} | {m['knn']:.3f} | {m['sample']:.3f} | "
+                     f"{worst['task']} {worst['margin']:+.3f} |")
+    seeds = result.get("seeds")
+    note = (f"; worst over seeds {', '.join(seeds['per_seed'])}: min margin "
+            f"{seeds['worst']['retrieval_min_margin']:+.3f}, same-family min mean "
+            f"{seeds['worst']['same_family_min_mean']:.3f}") if seeds else ""
+    return "\n".join(lines) + (f"\n\nmin margin {result['retrieval_min_margin']:+.3f}, same-family min mean "
+                               f"{result['same_family_min_mean']:.3f}{note}; from bench/results/"
+                               f"retrieval-{result['run_info']['name']}.json\n")
+
+
 def print_table(results: dict[str, dict]) -> None:
     print(f"{'sequence':<13} {'task':<9} {'n':>4} {'dtkr':>6} {'centroid':>8} {'1-NN':>6} {'sample':>6} {'margin':>7}")
     for seq, res in results.items():
@@ -383,7 +403,8 @@ def run_info(args: argparse.Namespace, cfg, seqs: dict[str, list[str]], t_start:
     hashed = {"dtkr": cfg.dtkr.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json"),
               "slots_per_task": cfg.jare.slots_per_task, "seed": cfg.seed, "seeds": [cfg.seed, *extra_seeds(args, cfg)],
               "tasks": {n: task_spec(cfg, n).model_dump(mode="json") for names in seqs.values() for n in names}}
-    return {"script": "bench/retrieval.py", "command": " ".join(["python", "bench/retrieval.py", *sys.argv[1:]]),
+    return {"script": "bench/retrieval.py", "name": args.name or cfg.name,
+            "command": " ".join(["python", "bench/retrieval.py", *sys.argv[1:]]),
             "config": args.config, "config_hash": sha256_json(hashed), "data_root": str(args.data_root),
             "commit": _git("rev-parse", "HEAD"),
             "dirty": bool(_git("status", "--porcelain", "--", "pipeline", "bench", "data_prep")),
@@ -410,7 +431,7 @@ def _git(*cmd: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from pipeline.artifacts import atomic_write_json
+    from pipeline.artifacts import atomic_write_json, atomic_write_text
     from pipeline.config import load_config
 
     args = parse_args(argv)
@@ -433,6 +454,8 @@ def main(argv: list[str] | None = None) -> dict:
         path = args.json or ROOT / "bench" / "results" / f"retrieval-{args.name or cfg.name}.json"
     result = {"run_info": run_info(args, cfg, seqs, t_start, cache), **result}
     atomic_write_json(path, result)
+    if not args.ablation and args.json is None:  # the README's table (tests/test_readme.py compares)
+        atomic_write_text(path.with_suffix(".md"), markdown(result))
     log(f"wrote {path} ({result['run_info']['wall_s']:.0f} s)")
     if not args.ablation:
         y = result["same_family_min_mean"]

@@ -61,8 +61,10 @@ def _write_or_check(path, buffer: list[dict]) -> None:
     text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in buffer)
     if path.is_file():
         if path.read_text() != text:
-            raise StageInputError(f"{path} holds another replay buffer than the data now gives (earlier tasks' "
-                                  f"records or train.replay_ratio changed); delete {path.parent} to retrain it")
+            raise StageInputError(f"{path} holds another replay buffer than the data now gives (earlier "
+                                  "tasks' records or train.replay_ratio changed)",
+                                  hint=f"`slm run --restart` (or `slm train --task <i> --restart`) discards "
+                                       f"{path.parent} and retrains it with the new buffer")
         return
     if distributed.is_main():
         atomic_write_text(path, text)

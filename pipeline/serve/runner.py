@@ -15,7 +15,10 @@ def serving(app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeout_s: flo
     """Serve `app` on host:port (0: a free port) until the block ends; yields the base URL."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    # log_config=None: uvicorn's default dictConfig would rebind the process's loggers to the
+    # sys.stderr of this moment (under pytest, one test's capture stream, closed after that test).
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
+                                           log_config=None))
     thread = threading.Thread(target=server.run, name="slm-serve-uvicorn", daemon=True)
     thread.start()
     end = time.monotonic() + timeout_s

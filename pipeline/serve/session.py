@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pipeline import validity
 from pipeline.adapters import load_keys
-from pipeline.artifacts import read_done, require_done
+from pipeline.artifacts import read_done
 from pipeline.batching import prompts
 from pipeline.config import ExperimentConfig
 from pipeline.errors import ConfigError, RequestError, SlmError, StageInputError
@@ -151,8 +152,7 @@ class InferenceSession:
         return update
 
     def _load_task(self, t: int, name: str) -> None:
-        folder = self.layout.task_dir(t, name)
-        require_done(folder, f"task {t} ({name})", rerun=f"slm train --task {t}")
+        validity.require_task(self.cfg, self.layout, t)  # DONE, its files, and built from these inputs
         d = self.cfg.dtkr
         keys = load_keys(self.layout.keys_file(t, name), d.encoder, d.groups)
         self.bank.load_task(name, self.layout.adapter_file(t, name), expect_meta={"task": name})
@@ -190,9 +190,7 @@ def load_session(cfg: ExperimentConfig, layout: RunLayout, device: torch.device 
     if n == 0:
         raise StageInputError(f"no finished, indexed task under {layout.root}: run `slm run` (or `slm train "
                               "--task 0` and `slm index`) before `slm serve`")
-    for j in range(n):
-        name = cfg.tasks[j].name
-        require_done(layout.task_dir(j, name), f"task {j} ({name})", rerun=f"slm train --task {j}")
+    validity.require_tasks(cfg, layout, n)  # each DONE, its files, and built from the current inputs
     device = device or default_device()
     predictor = method.predictor(cfg, layout, n - 1, device)
     if predictor.bank is None or predictor.router is None:
