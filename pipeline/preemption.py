@@ -61,9 +61,3 @@ class PreemptionFlag:
     @property
     def terminated(self) -> bool:
         return signal.SIGTERM in self.received
-
-    def describe(self) -> str:
-        """For the log line after the checkpoint."""
-        if self.terminated:
-            return f"SIGTERM received; checkpoint saved, exiting {EXIT_TERMINATED} (not requeued; rerun to resume)"
-        return f"SIG{PREEMPT_SIGNAL_NAME} received; checkpoint saved, exiting {EXIT_PREEMPTED} (requeue to resume)"

@@ -171,7 +171,7 @@ def test_usr1_checkpoints_and_exits_75_and_a_corrupt_newest_checkpoint_falls_bac
     proc.send_signal(signal.SIGUSR1)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_PREEMPTED, out
-    assert "signal received" in out
+    assert f"saved; exiting {EXIT_PREEMPTED} (preemption signal: requeue to resume)" in out
     tags = sorted(state.glob("step-*"))
     assert len(tags) >= 2
     newest, previous = tags[-1], tags[-2]
