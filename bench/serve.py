@@ -137,26 +137,25 @@ def test_records(args) -> tuple[list[dict], list[str]]:
     if n == 0 or not (layout.index / "DONE").is_file():
         raise SystemExit(f"no finished, indexed run under {layout.root}: run `slm run` first")
     prepared = load_prepared(cfg, layout)
-    fits = prompt_fits(cfg)  # the server refuses a longer prompt (400) instead of cutting it
-    per_task = [[dict(r) for r in prepared[t.name]["test"] if fits(dict(r))] for t in cfg.tasks[:n]]
+    per_task = []
+    for t in cfg.tasks[:n]:  # the server refuses a longer prompt (400) instead of cutting it
+        records = [dict(r) for r in prepared[t.name]["test"]]
+        per_task.append([r for r, fits in zip(records, prompt_fits(cfg, records), strict=True) if fits])
     if not all(per_task):
         raise SystemExit(f"no test record of some task fits model.max_prompt_len: {[len(r) for r in per_task]}")
     mixed = [recs[i] for i in range(max(len(r) for r in per_task)) for recs in per_task if i < len(recs)]
     return mixed, [t.name for t in cfg.tasks[:n]]
 
 
-def prompt_fits(cfg):
-    """record -> whether its prompt fits the server's prompt cap (as InferenceSession.encode counts)."""
-    from data_prep.templates import prompt_add_special_tokens
-    from pipeline.batching import prompts
+def prompt_fits(cfg, records: list[dict]) -> list[bool]:
+    """Whether each record's prompt fits the server's prompt cap, counted as prepare counts it."""
+    from data_prep.build import token_lengths
     from pipeline.models import load_tokenizer
     from pipeline.truncation import TokenCaps
 
-    tokenizer, fmt = load_tokenizer(cfg.model.name_or_path), cfg.model.prompt_format
     cap = TokenCaps.of(cfg.model).prompt_cap()
-    special = prompt_add_special_tokens(fmt)
-    return lambda record: len(tokenizer(prompts(tokenizer, fmt, [record]), add_special_tokens=special)
-                              ["input_ids"][0]) <= cap
+    lengths = token_lengths(load_tokenizer(cfg.model.name_or_path), cfg.model.prompt_format, records)
+    return [prompt <= cap for prompt, _ in lengths]
 
 
 def one_request(client, model: str, record: dict, max_tokens: int) -> float:
