@@ -92,9 +92,10 @@ def runs_of(cfg: ExperimentConfig, order: str | None) -> list[tuple[str, Experim
 
 def result_record(cfg: ExperimentConfig, method: str, wall_s: float, peak_rss_mib: float,
                   order: str | None = None) -> dict:
+    chosen = runs_of(cfg, order)
     runs = [(name or "as_listed", json.loads((RunLayout.of(c).root / "eval" / "metrics.json").read_text()))
-            for name, c in runs_of(cfg, order)]
-    manifest = json.loads(RunLayout.of(runs_of(cfg, order)[0][1]).manifest.read_text())
+            for name, c in chosen]
+    manifest = json.loads(RunLayout.of(chosen[0][1]).manifest.read_text())
     provenance = run_provenance()
     return {
         "run_info": {"experiment": cfg.name, "method": method, "config_sha256": config_sha256(cfg),
