@@ -2,6 +2,7 @@
 
     python bench/lr_sweep.py -c default.yaml                     # every method, ~3 points each
     python bench/lr_sweep.py -c default.yaml --methods seq_lora,o_lora
+    python bench/lr_sweep.py -c cl_benchmark_cpu.yaml --order order1 --methods slm,o_lora data_root=...
 
 Each method family has its own learning-rate knob (README "Fairness"): JARe `train.lr`, the LoRA
 family `train.lora_lr`, full fine-tuning `train.ft_lr`. Every method gets the same three-point
@@ -11,8 +12,10 @@ between two values seen in practice), is run with `bench/cl_methods.py`'s runner
 forgetting) is the method's pick. The rule is the same for every method and is applied to the
 test-split scores of this small benchmark; that is a tuning-on-test caveat the README states.
 oracle_task_id uses slm's slots, so it takes slm's pick. Points already recorded with the same
-config hash are not rerun; the point at the default value reuses bench/results/cl-<exp>-<m>.json.
-Writes bench/results/lr_sweep-<experiment>.json; the last line is `picks: <method>=<value> ...`.
+config hash and task orders are not rerun; the point at the default value reuses
+bench/results/cl-<exp>-<m>.json when that file covers the same orders. Writes
+bench/results/lr_sweep-<experiment>.json (lr_sweep-<experiment>-<order>.json with --order); the
+last line is `picks: <method>=<value> ...`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.cl_methods import RESULTS, config_sha256, results_path, run_method  # noqa: E402
+from bench.cl_methods import RESULTS, config_sha256, results_path, run_method, runs_of  # noqa: E402
 from bench.provenance import run_provenance  # noqa: E402
 from pipeline.artifacts import atomic_write_json  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
@@ -47,17 +50,29 @@ def sweep_point(args: argparse.Namespace, method: str, key: str, value: float, d
                  f"output_dir={Path(base.output_dir) / 'sweep' / f'{key}-{value:g}'}"]
     cfg = load_config(args.config, [*overrides, f"method={method}"])
     digest = config_sha256(cfg)
-    if digest in done:
-        return done[digest]
+    orders = [name or "as_listed" for name, _ in runs_of(cfg, args.order)]
+    if point_key(digest, orders) in done:
+        return done[point_key(digest, orders)]
     main_results = results_path(args.results_dir, base.name, method)
-    if main_results.is_file() and json.loads(main_results.read_text())["run_info"]["config_sha256"] == digest:
-        record = json.loads(main_results.read_text())  # the default value: already run by cl_methods
+    recorded = json.loads(main_results.read_text()) if main_results.is_file() else None
+    if recorded and reusable(recorded, digest, orders):
+        record = recorded  # the default value: already run by cl_methods on the same orders
     else:
-        record = run_method(argparse.Namespace(config=args.config, overrides=overrides), method)
+        record = run_method(argparse.Namespace(config=args.config, overrides=overrides, order=args.order), method)
     m = record["metrics"]
-    return {"method": method, "knob": f"train.{key}", "value": value, "config_sha256": digest,
+    return {"method": method, "knob": f"train.{key}", "value": value, "config_sha256": digest, "orders": orders,
             "AA": m["AA"], "BWT": m["BWT"], "forgetting": m["forgetting"], "wall_s": record["train_info"]["wall_s"],
             "output_dir": str(RunLayout.of(cfg).base), "commit": record["run_info"]["commit"]}
+
+
+def point_key(digest: str, orders: list[str]) -> str:
+    """A sweep point is one config on one set of task orders (the config hash has no order in it)."""
+    return f"{digest}@{','.join(orders)}"
+
+
+def reusable(record: dict, digest: str, orders: list[str]) -> bool:
+    """Whether a cl_methods results file is this sweep point: the same config on the same orders."""
+    return record["run_info"]["config_sha256"] == digest and list(record["run_info"]["orders"]) == orders
 
 
 def pick(points: list[dict]) -> dict:
@@ -69,17 +84,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-c", "--config", default="default.yaml")
     p.add_argument("--methods", default=",".join(m for m in METHOD_NAMES if m != "oracle_task_id"))
     p.add_argument("--results-dir", type=Path, default=RESULTS)
+    p.add_argument("--order", metavar="NAME", help="sweep on one of the experiment's task orders (default: all)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = p.parse_args(argv)
     name = load_config(args.config, args.overrides).name
-    out = args.results_dir / f"lr_sweep-{name}.json"
+    out = args.results_dir / f"lr_sweep-{name}{f'-{args.order}' if args.order else ''}.json"
     previous = json.loads(out.read_text()) if out.is_file() else {"points": []}
-    done = {pt["config_sha256"]: pt for pt in previous["points"]}
+    done = {point_key(pt["config_sha256"], pt.get("orders", [])): pt for pt in previous["points"]}
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         key = knob(method)
         for value in GRIDS[key]:
             point = sweep_point(args, method, key, value, done)
-            done[point["config_sha256"]] = point
+            done[point_key(point["config_sha256"], point["orders"])] = point
             print(f"[{method}] train.{key}={value:g}: AA {point['AA']:.3f}, forgetting {point['forgetting']}",
                   flush=True)
             result = {"experiment": name, "rule": "max final AA, ties: lower forgetting; same grid size per family",
