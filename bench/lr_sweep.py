@@ -14,8 +14,9 @@ test-split scores of this small benchmark; that is a tuning-on-test caveat the R
 oracle_task_id uses slm's slots, so it takes slm's pick. Points already recorded with the same
 config hash and task orders are not rerun; the point at the default value reuses
 bench/results/cl-<exp>-<m>.json when that file covers the same orders. Writes
-bench/results/lr_sweep-<experiment>.json (lr_sweep-<experiment>-<order>.json with --order); the
-last line is `picks: <method>=<value> ...`.
+bench/results/lr_sweep-<experiment>.json (lr_sweep-<experiment>-<order>.json with --order) and
+its table as .md next to it (the README's `lr-sweep` block); the last line is
+`picks: <method>=<value> ...`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.cl_methods import RESULTS, config_sha256, results_path, run_method, runs_of  # noqa: E402
 from bench.provenance import run_provenance  # noqa: E402
-from pipeline.artifacts import atomic_write_json  # noqa: E402
+from pipeline.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.layout import RunLayout  # noqa: E402
 from pipeline.methods import METHOD_NAMES, get_method  # noqa: E402
@@ -79,6 +80,33 @@ def pick(points: list[dict]) -> dict:
     return max(points, key=lambda p: (p["AA"], -(p["forgetting"] or 0.0)))
 
 
+def picks_of(points: list[dict]) -> dict[str, dict]:
+    by_method: dict[str, list[dict]] = {}
+    for pt in points:
+        by_method.setdefault(pt["method"], []).append(pt)
+    return {m: pick(pts) for m, pts in by_method.items()}
+
+
+def markdown(result: dict, source: Path) -> str:
+    """One row per sweep point, grouped by method; the method's pick is marked."""
+    picked = {id(pt) for pt in picks_of(result["points"]).values()}
+    lines = ["| method | knob | value | AA ↑ | BWT ↑ | forgetting ↓ | wall s | pick |",
+             "|---|---|---|---|---|---|---|---|"]
+    for pt in sorted(result["points"], key=lambda pt: (METHOD_NAMES.index(pt["method"]), pt["value"])):
+        forgetting = "n/a" if pt["forgetting"] is None else f"{pt['forgetting']:.3f}"
+        lines.append(f"| `{pt['method']}` | `{pt['knob']}` | {pt['value']:g} | {pt['AA']:.3f} | {pt['BWT']:+.3f} | "
+                     f"{forgetting} | {pt['wall_s']:.0f} | {'yes' if id(pt) in picked else ''} |")
+    orders = sorted({o for pt in result["points"] for o in pt.get("orders", [])})
+    lines += ["", f"rule: {result['rule']}; orders: {', '.join(orders)}; "
+                  f"from bench/results/{source.name}"]
+    return "\n".join(lines) + "\n"
+
+
+def write(out: Path, result: dict) -> None:
+    atomic_write_json(out, result)
+    atomic_write_text(out.with_suffix(".md"), markdown(result, out))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-c", "--config", default="default.yaml")
@@ -101,13 +129,10 @@ def main(argv: list[str] | None = None) -> int:
             result = {"experiment": name, "rule": "max final AA, ties: lower forgetting; same grid size per family",
                       "grids": {f"train.{k}": list(v) for k, v in GRIDS.items()}, "points": list(done.values()),
                       "run_info": run_provenance()}
-            atomic_write_json(out, result)  # after every point: an interrupted sweep keeps what it ran
-    by_method: dict[str, list[dict]] = {}
-    for pt in done.values():
-        by_method.setdefault(pt["method"], []).append(pt)
-    picks = {m: pick(pts) for m, pts in by_method.items()}
+            write(out, result)  # after every point: an interrupted sweep keeps what it ran
+    picks = picks_of(list(done.values()))
     result["picks"] = {m: {"knob": pt["knob"], "value": pt["value"], "AA": pt["AA"]} for m, pt in picks.items()}
-    atomic_write_json(out, result)
+    write(out, result)
     print("picks: " + " ".join(f"{m}={pt['value']:g}" for m, pt in picks.items()))
     return 0
 

@@ -7,8 +7,10 @@ A block is marked in README.md as
 
     <!-- cl-results: EXP -->          ... <!-- end cl-results -->          bench/cl_methods.py's table of EXP
     <!-- retrieval-results: NAME -->  ... <!-- end retrieval-results -->   bench/retrieval.py's table of NAME
+    <!-- lr-sweep: NAME -->           ... <!-- end lr-sweep -->            bench/lr_sweep.py's table of NAME
 
-and holds exactly what those scripts write next to their JSON (cl-EXP.md, retrieval-NAME.md).
+and holds exactly what those scripts write next to their JSON (cl-EXP.md, retrieval-NAME.md,
+lr_sweep-NAME.md).
 """
 
 from __future__ import annotations
@@ -43,7 +45,15 @@ def retrieval_table(name: str) -> str:
     return markdown(json.loads((RESULTS / f"retrieval-{name}.json").read_text()))
 
 
-KINDS: dict[str, Callable[[str], str]] = {"cl-results": cl_table, "retrieval-results": retrieval_table}
+def lr_sweep_table(name: str) -> str:
+    from bench.lr_sweep import markdown
+
+    source = RESULTS / f"lr_sweep-{name}.json"
+    return markdown(json.loads(source.read_text()), source)
+
+
+KINDS: dict[str, Callable[[str], str]] = {"cl-results": cl_table, "retrieval-results": retrieval_table,
+                                          "lr-sweep": lr_sweep_table}
 
 
 def blocks(text: str) -> list[tuple[str, str, str, tuple[int, int]]]:

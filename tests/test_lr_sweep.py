@@ -19,3 +19,19 @@ def test_a_results_file_is_reused_only_for_the_same_config_on_the_same_orders() 
 def test_points_on_different_orders_are_different_points() -> None:
     assert point_key("abc", ["order1"]) != point_key("abc", ["order1", "order2"])
     assert point_key("abc", ["order1"]) == point_key("abc", ["order1"])
+
+
+def test_the_table_marks_each_methods_best_final_aa() -> None:
+    from pathlib import Path
+
+    from bench.lr_sweep import markdown
+
+    def point(method: str, value: float, aa: float) -> dict:
+        return {"method": method, "knob": "train.lr", "value": value, "AA": aa, "BWT": 0.0, "forgetting": 0.0,
+                "wall_s": 1.0, "orders": ["order1"]}
+
+    result = {"rule": "max final AA", "points": [point("slm", 1e-3, 0.4), point("slm", 3e-3, 0.5),
+                                                 point("o_lora", 1e-3, 0.6), point("o_lora", 5e-3, 0.3)]}
+    rows = [line for line in markdown(result, Path("lr_sweep-x.json")).splitlines() if line.startswith("| `")]
+    picked = [(r.split("|")[1].strip(), r.split("|")[3].strip()) for r in rows if r.rstrip(" |").endswith("yes")]
+    assert picked == [("`slm`", "0.003"), ("`o_lora`", "0.001")]
