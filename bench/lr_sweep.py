@@ -63,6 +63,7 @@ def sweep_point(args: argparse.Namespace, method: str, key: str, value: float, d
     m = record["metrics"]
     return {"method": method, "knob": f"train.{key}", "value": value, "config_sha256": digest, "orders": orders,
             "AA": m["AA"], "BWT": m["BWT"], "forgetting": m["forgetting"], "wall_s": record["train_info"]["wall_s"],
+            "matrix": {name: run["matrix"] for name, run in m["per_order"].items()},
             "output_dir": str(RunLayout.of(cfg).base), "commit": record["run_info"]["commit"]}
 
 
