@@ -64,7 +64,9 @@ def sweep_point(args: argparse.Namespace, method: str, key: str, value: float, d
     return {"method": method, "knob": f"train.{key}", "value": value, "config_sha256": digest, "orders": orders,
             "AA": m["AA"], "BWT": m["BWT"], "forgetting": m["forgetting"], "wall_s": record["train_info"]["wall_s"],
             "matrix": {name: run["matrix"] for name, run in m["per_order"].items()},
-            "output_dir": str(RunLayout.of(cfg).base), "commit": record["run_info"]["commit"]}
+            "output_dir": str(RunLayout.of(cfg).base), "commit": record["run_info"]["commit"],
+            # The file's run_info is the last invocation; a sweep may be several (one per method).
+            "sweep_command": run_provenance()["command"]}
 
 
 def point_key(digest: str, orders: list[str]) -> str:
@@ -93,7 +95,9 @@ def markdown(result: dict, source: Path) -> str:
     picked = {id(pt) for pt in picks_of(result["points"]).values()}
     lines = ["| method | knob | value | AA ↑ | BWT ↑ | forgetting ↓ | wall s | pick |",
              "|---|---|---|---|---|---|---|---|"]
-    for pt in sorted(result["points"], key=lambda pt: (METHOD_NAMES.index(pt["method"]), pt["value"])):
+    # Registry order; a method no longer registered (an old results file) sorts last, by name.
+    rank = {m: i for i, m in enumerate(METHOD_NAMES)}
+    for pt in sorted(result["points"], key=lambda pt: (rank.get(pt["method"], len(rank)), pt["method"], pt["value"])):
         forgetting = "n/a" if pt["forgetting"] is None else f"{pt['forgetting']:.3f}"
         lines.append(f"| `{pt['method']}` | `{pt['knob']}` | {pt['value']:g} | {pt['AA']:.3f} | {pt['BWT']:+.3f} | "
                      f"{forgetting} | {pt['wall_s']:.0f} | {'yes' if id(pt) in picked else ''} |")

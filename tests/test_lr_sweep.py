@@ -35,3 +35,17 @@ def test_the_table_marks_each_methods_best_final_aa() -> None:
     rows = [line for line in markdown(result, Path("lr_sweep-x.json")).splitlines() if line.startswith("| `")]
     picked = [(r.split("|")[1].strip(), r.split("|")[3].strip()) for r in rows if r.rstrip(" |").endswith("yes")]
     assert picked == [("`slm`", "0.003"), ("`o_lora`", "0.001")]
+
+
+def test_a_method_no_longer_registered_sorts_last_instead_of_failing() -> None:
+    from pathlib import Path
+
+    from bench.lr_sweep import markdown
+
+    def point(method: str, value: float) -> dict:
+        return {"method": method, "knob": "train.lr", "value": value, "AA": 0.5, "BWT": 0.0, "forgetting": None,
+                "wall_s": 1.0, "orders": ["order1"]}
+
+    result = {"rule": "max final AA", "points": [point("retired_method", 1e-3), point("slm", 1e-3)]}
+    rows = [line for line in markdown(result, Path("lr_sweep-x.json")).splitlines() if line.startswith("| `")]
+    assert [r.split("|")[1].strip() for r in rows] == ["`slm`", "`retired_method`"]
