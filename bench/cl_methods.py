@@ -5,13 +5,15 @@
     python bench/cl_methods.py -c cl_benchmark_cpu.yaml --order order1    # one task order
     python bench/cl_methods.py -c cl_benchmark_cpu.yaml --summary         # committed results only
 
-Each method runs as `slm run --method <m>` in its own process (so its wall time and peak memory
-are its own), into the experiment's output_dir; a method whose results file already records the
-same config hash is skipped (resumable: rerun after an interruption, `--force` redoes it). Then
-it writes, per method, bench/results/cl-<experiment>-<method>.json:
+Each method runs each task order as `slm run --method <m> --order <o>` in its own process (so
+its wall time and peak memory are its own), into the experiment's output_dir. Orders are recorded
+one by one: an order the method's results file already holds for the same config hash is kept,
+not rerun, so an interrupted run resumes, and `--order order2` run later adds to an `--order
+order1` result (`--force` reruns). Per method it writes bench/results/cl-<experiment>-<method>.json:
 
-    run_info    command, config sha256, git commit (+ dirty flag), data sha256 per task, date
-    train_info  wall time and peak RSS of the method's process, per-task training cost
+    run_info    command, config sha256, git commit (+ dirty flag), data sha256 per task, date;
+                each order's own under per_order
+    train_info  wall time and peak RSS (total, and per order), per-task training cost
     metrics     AA, BWT, forgetting, FWT, retrieval accuracy, the whole matrix, the untrained row;
                 with several task orders: per order, and the mean and standard deviation
     meta_info   library versions and the machine
@@ -45,6 +47,10 @@ from pipeline.stages.report import mean_std  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 METRICS = ("AA", "BWT", "forgetting", "FWT", "retrieval_accuracy")
+# What each order's entry keeps of its eval/metrics.json, and of the provenance of its run.
+PER_ORDER_KEYS = (*METRICS, "complete", "tasks", "matrix", "untrained", "retrieval_per_task", "retrieval_confusion",
+                  "final_scores", "metric")
+PROVENANCE = ("command", "commit", "dirty", "date")
 
 
 def config_sha256(cfg: ExperimentConfig) -> str:
@@ -59,14 +65,33 @@ def results_path(results: Path, experiment: str, method: str) -> Path:
 # ---- running one method ------------------------------------------------------------------------
 
 
-def run_method(args: argparse.Namespace, method: str) -> dict:
+def run_method(args: argparse.Namespace, method: str, path: Path | None = None) -> dict:
+    """Run the method on each task order of the bench run, one `slm run --order` process per order
+    (so wall time and peak memory are that order's own), and return its results record. Orders that
+    `path` already records for the same config are kept, not rerun, and the record is written to
+    `path` after every order: an interruption loses one order at most, and orders run on different
+    days (or machines) add up to one record."""
     cfg = load_config(args.config, [*args.overrides, f"method={method}"])
+    orders = runs_of(cfg, getattr(args, "order", None))  # bench/lr_sweep.py's arguments may have none
+    keep = path is not None and not getattr(args, "force", False)
+    done = recorded_orders(path, config_sha256(cfg)) if keep else {}
+    for name, _ in orders:
+        if (name or "as_listed") in done:
+            print(f"[{method}] {name or 'as_listed'}: already recorded in {path}; kept", flush=True)
+            continue
+        done[name or "as_listed"] = run_order(args, cfg, method, name)
+        if path:
+            atomic_write_json(path, result_record(cfg, method, done))
+    return result_record(cfg, method, done)
+
+
+def run_order(args: argparse.Namespace, cfg: ExperimentConfig, method: str, name: str) -> dict:
+    """One `slm run` of one task order (`name` empty: an experiment without orders) -> its entry."""
     log_dir = RunLayout.of(cfg).logs
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"bench-cl-{method}.log"
-    order = getattr(args, "order", None)  # bench/lr_sweep.py's arguments have none
     argv = [sys.executable, "-m", "pipeline.cli", "run", *(["-c", args.config] if args.config else []),
-            "--method", method, *(["--order", order] if order else []), *args.overrides]
+            "--method", method, *(["--order", name] if name else []), *args.overrides]
     print(f"[{method}] {' '.join(argv[2:])}  (log: {log_file})", flush=True)
     start = time.time()
     with open(log_file, "a") as log:
@@ -76,7 +101,15 @@ def run_method(args: argparse.Namespace, method: str) -> dict:
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"[{method}] slm run failed with exit {code}; see {log_file}")
-    return result_record(cfg, method, wall, usage.ru_maxrss / 1024, order)
+    layout = RunLayout.of(dict(order_runs(cfg))[name])
+    metrics = json.loads((layout.root / "eval" / "metrics.json").read_text())
+    manifest = json.loads(layout.manifest.read_text())
+    provenance = run_provenance()
+    return {"metrics": {k: metrics.get(k) for k in PER_ORDER_KEYS}, "training": metrics.get("training"),
+            "data_sha256": {t: e["sha256"] for t, e in manifest["tasks"].items()},
+            "wall_s": round(wall, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024),
+            "provenance": {k: provenance[k] for k in PROVENANCE},
+            "meta_info": {"versions": provenance["versions"], "machine": provenance["machine"]}}
 
 
 def runs_of(cfg: ExperimentConfig, order: str | None) -> list[tuple[str, ExperimentConfig]]:
@@ -90,22 +123,48 @@ def runs_of(cfg: ExperimentConfig, order: str | None) -> list[tuple[str, Experim
     return chosen
 
 
-def result_record(cfg: ExperimentConfig, method: str, wall_s: float, peak_rss_mib: float,
-                  order: str | None = None) -> dict:
-    chosen = runs_of(cfg, order)
-    runs = [(name or "as_listed", json.loads((RunLayout.of(c).root / "eval" / "metrics.json").read_text()))
-            for name, c in chosen]
-    manifest = json.loads(RunLayout.of(chosen[0][1]).manifest.read_text())
-    provenance = run_provenance()
+def recorded_orders(path: Path, digest: str) -> dict[str, dict]:
+    """The per-order entries a results file holds for this config (none for another config)."""
+    if not path.is_file():
+        return {}
+    r = json.loads(path.read_text())
+    if r["run_info"]["config_sha256"] != digest:
+        return {}
+    info, train, metrics = r["run_info"], r["train_info"], r["metrics"]
+    n = len(info["orders"])
+    entries = {}
+    for name in info["orders"]:
+        # Files written before orders were recorded one by one hold one wall time and one
+        # provenance for all their orders (in practice: one order).
+        entries[name] = {
+            "metrics": {"complete": metrics["complete"], **metrics["per_order"][name]},
+            "training": train["per_order"][name],
+            "wall_s": train.get("wall_s_per_order", {}).get(name, round(train["wall_s"] / n, 1)),
+            "peak_rss_mib": train.get("peak_rss_mib_per_order", {}).get(name, train["peak_rss_mib"]),
+            "provenance": info.get("per_order", {}).get(name, {k: info[k] for k in PROVENANCE}),
+            "data_sha256": info["data_sha256"], "meta_info": r["meta_info"]}
+    return entries
+
+
+def result_record(cfg: ExperimentConfig, method: str, entries: dict[str, dict]) -> dict:
+    """One method's results file from its per-order entries (run now or recorded earlier)."""
+    rank = {name or "as_listed": i for i, (name, _) in enumerate(order_runs(cfg))}
+    entries = dict(sorted(entries.items(), key=lambda item: rank.get(item[0], len(rank))))  # the experiment's order
+    names = list(entries)
+    last = max(entries.values(), key=lambda e: e["provenance"]["date"])
     return {
         "run_info": {"experiment": cfg.name, "method": method, "config_sha256": config_sha256(cfg),
-                     "orders": {name: list(m["tasks"]) for name, m in runs},
-                     "data_sha256": {t: e["sha256"] for t, e in manifest["tasks"].items()},
-                     **{k: provenance[k] for k in ("command", "commit", "dirty", "date")}},
-        "train_info": {"wall_s": round(wall_s, 1), "peak_rss_mib": round(peak_rss_mib),
-                       "per_order": {name: m.get("training") for name, m in runs}},
-        "metrics": summarise([m for _, m in runs], [name for name, _ in runs]),
-        "meta_info": {"versions": provenance["versions"], "machine": provenance["machine"]},
+                     "orders": {n: list(e["metrics"]["tasks"]) for n, e in entries.items()},
+                     "data_sha256": entries[names[0]]["data_sha256"],
+                     **last["provenance"],  # the latest run's; each order's own under per_order
+                     "per_order": {n: e["provenance"] for n, e in entries.items()}},
+        "train_info": {"wall_s": round(sum(e["wall_s"] for e in entries.values()), 1),
+                       "peak_rss_mib": max(e["peak_rss_mib"] for e in entries.values()),
+                       "per_order": {n: e["training"] for n, e in entries.items()},
+                       "wall_s_per_order": {n: e["wall_s"] for n, e in entries.items()},
+                       "peak_rss_mib_per_order": {n: e["peak_rss_mib"] for n, e in entries.items()}},
+        "metrics": summarise([e["metrics"] for e in entries.values()], names),
+        "meta_info": last["meta_info"],
     }
 
 
@@ -115,9 +174,7 @@ def summarise(runs: list[dict], names: list[str]) -> dict:
     for key in METRICS:
         out[key], out[f"{key}_std"] = mean_std([m.get(key) for m in runs])
     out["complete"] = all(m["complete"] for m in runs)
-    out["per_order"] = {name: {k: m.get(k) for k in (*METRICS, "tasks", "matrix", "untrained", "retrieval_per_task",
-                                                     "retrieval_confusion", "final_scores", "metric")}
-                        for name, m in zip(names, runs, strict=True)}
+    out["per_order"] = dict(zip(names, runs, strict=True))
     return out
 
 
@@ -145,18 +202,21 @@ def _bytes(n: int | None) -> str:
 
 
 def comparison_markdown(rows: list[dict]) -> str:
-    n_orders = max(len(r["run_info"]["orders"]) for r in rows)
-    head = ("| method | AA ↑ | BWT ↑ | forgetting ↓ | FWT ↑ | retrieval ↑ | trainable params | stored / task "
-            "| wall s | peak RSS MiB |")
-    lines = [head, "|" + "---|" * 10]
+    counts = {len(r["run_info"]["orders"]) for r in rows}
+    head = ("| method | orders | AA ↑ | BWT ↑ | forgetting ↓ | FWT ↑ | retrieval ↑ | trainable params "
+            "| stored / task | wall s / order | peak RSS MiB |")
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         m = r["metrics"]
         cells = [_fmt(m[k], m.get(f"{k}_std"), signed=k in ("BWT", "FWT")) for k in METRICS]
         cost = next(iter(r["train_info"]["per_order"].values())) or {}
-        lines.append(f"| `{r['run_info']['method']}` | " + " | ".join(cells)
+        orders = r["run_info"]["orders"]
+        lines.append(f"| `{r['run_info']['method']}` | {', '.join(orders)} | " + " | ".join(cells)
                      + f" | {_count(cost.get('trainable_params'))} | {_bytes(cost.get('bytes_per_task'))}"
-                     + f" | {r['train_info']['wall_s']:.0f} | {r['train_info']['peak_rss_mib']} |")
-    note = f"mean ± std over {n_orders} task orders" if n_orders > 1 else "one task order"
+                     + f" | {r['train_info']['wall_s'] / len(orders):.0f} | {r['train_info']['peak_rss_mib']} |")
+    note = ("one task order" if counts == {1} else f"mean ± std over {counts.pop()} task orders" if len(counts) == 1
+            else "mean ± std over each row's task orders (they differ: compare rows on a shared order in each file's "
+                 "metrics.per_order)")
     return "\n".join(lines) + f"\n\n{note}; from bench/results/cl-{rows[0]['run_info']['experiment']}-*.json\n"
 
 
@@ -218,7 +278,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", default="cl_benchmark_cpu.yaml", help="experiment YAML (a shipped name works)")
     p.add_argument("--methods", default=",".join(METHOD_NAMES), help="comma-separated subset (default: all)")
-    p.add_argument("--force", action="store_true", help="rerun methods whose results are already recorded")
+    p.add_argument("--force", action="store_true", help="rerun orders already recorded (their file is replaced)")
     p.add_argument("--summary", action="store_true", help="print the recorded results only; run nothing")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     p.add_argument("--order", metavar="NAME", help="run one of the experiment's task orders only (default: all)")
@@ -241,13 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown methods {unknown}; valid: {', '.join(METHOD_NAMES)}")
     for method in methods:
         path = results_path(args.results_dir, cfg.name, method)
-        want = config_sha256(load_config(args.config, [*args.overrides, f"method={method}"]))
-        orders = [name or "as_listed" for name, _ in runs_of(cfg, args.order)]
-        recorded = json.loads(path.read_text())["run_info"] if path.is_file() else {}
-        if not args.force and recorded.get("config_sha256") == want and list(recorded.get("orders", {})) == orders:
-            print(f"[{method}] already recorded in {path}; skipped (--force reruns it)")
-            continue
-        atomic_write_json(path, run_method(args, method))
+        run_method(args, method, path)
         print(f"[{method}] -> {path}", flush=True)
     rows = write_comparison(args.results_dir, cfg.name)
     print(comparison_markdown(rows))
