@@ -50,3 +50,57 @@ def test_two_methods_over_two_orders_give_results_files_a_table_a_plot_and_a_sum
     assert [ln.split()[0] for ln in lines] == ["method=slm", "method=seq_lora"]
     assert all(ln.split()[1].startswith("AA=") and "wall_s=" in ln for ln in lines)
     assert "retrieval=na" in lines[1] and "retrieval=na" not in lines[0]
+
+
+def _entry(tasks: list[str], aa: float, wall: float, date: str) -> dict:
+    matrix = [[aa] * len(tasks)] * len(tasks)
+    metrics = {k: None for k in cl_methods.PER_ORDER_KEYS} | {"AA": aa, "complete": True, "tasks": tasks,
+                                                              "matrix": matrix}
+    return {"metrics": metrics, "training": {"trainable_params": 10}, "data_sha256": {t: "0" * 64 for t in tasks},
+            "wall_s": wall, "peak_rss_mib": 100, "meta_info": {"machine": "m"},
+            "provenance": {"command": f"run {date}", "commit": "c", "dirty": False, "date": date}}
+
+
+def test_orders_recorded_one_by_one_add_up_to_one_record_in_the_experiments_order(tmp_path) -> None:
+    from pipeline.config import load_config
+
+    cfg = load_config("default.yaml", ["orders=[{name: fwd, tasks: [sentiment, geography, animals]},"
+                                       " {name: rev, tasks: [animals, geography, sentiment]}]"])
+    path = tmp_path / "cl-x-slm.json"
+    digest = cl_methods.config_sha256(cfg)
+    assert cl_methods.recorded_orders(path, digest) == {}  # nothing recorded yet
+
+    # rev ran first (on its own day), fwd later: the record lists the experiment's order
+    rev = _entry(["animals", "geography", "sentiment"], 0.4, 30.0, "2026-12-01T10:00:00")
+    cl_methods.atomic_write_json(path, cl_methods.result_record(cfg, "slm", {"rev": rev}))
+    done = cl_methods.recorded_orders(path, digest)
+    assert list(done) == ["rev"] and done["rev"]["metrics"]["AA"] == 0.4 and done["rev"]["wall_s"] == 30.0
+    done["fwd"] = _entry(["sentiment", "geography", "animals"], 0.6, 50.0, "2026-12-02T10:00:00")
+    r = cl_methods.result_record(cfg, "slm", done)
+
+    assert list(r["run_info"]["orders"]) == ["fwd", "rev"]
+    assert r["metrics"]["AA"] == pytest.approx(0.5) and r["metrics"]["AA_std"] > 0
+    assert r["train_info"]["wall_s"] == 80.0 and r["train_info"]["wall_s_per_order"] == {"fwd": 50.0, "rev": 30.0}
+    assert r["run_info"]["command"] == "run 2026-12-02T10:00:00"  # the latest run; each order keeps its own
+    assert r["run_info"]["per_order"]["rev"]["command"] == "run 2026-12-01T10:00:00"
+    # another config (here: another seed) records nothing for this one to keep
+    assert cl_methods.recorded_orders(path, cl_methods.config_sha256(load_config("default.yaml", ["seed=7"]))) == {}
+
+
+def test_a_results_file_from_before_per_order_recording_is_read_as_its_orders(tmp_path) -> None:
+    from pipeline.config import load_config
+
+    cfg = load_config("default.yaml", [])
+    old = {"run_info": {"experiment": "default", "method": "slm", "config_sha256": cl_methods.config_sha256(cfg),
+                        "orders": {"as_listed": ["sentiment", "geography", "animals"]}, "data_sha256": {},
+                        "command": "old", "commit": "c0", "dirty": False, "date": "2026-11-01"},
+           "train_info": {"wall_s": 12.0, "peak_rss_mib": 99, "per_order": {"as_listed": {"trainable_params": 1}}},
+           "metrics": {"AA": 0.7, "complete": True,
+                       "per_order": {"as_listed": {"AA": 0.7, "tasks": ["sentiment", "geography", "animals"]}}},
+           "meta_info": {"machine": "m"}}
+    path = tmp_path / "cl-default-slm.json"
+    path.write_text(json.dumps(old))
+    entry = cl_methods.recorded_orders(path, cl_methods.config_sha256(cfg))["as_listed"]
+    assert entry["wall_s"] == 12.0 and entry["metrics"]["complete"] is True
+    assert entry["provenance"] == {"command": "old", "commit": "c0", "dirty": False, "date": "2026-11-01"}
+    assert cl_methods.result_record(cfg, "slm", {"as_listed": entry})["metrics"]["AA"] == 0.7
