@@ -142,7 +142,9 @@ def recorded_orders(path: Path, digest: str) -> dict[str, dict]:
             "wall_s": train.get("wall_s_per_order", {}).get(name, round(train["wall_s"] / n, 1)),
             "peak_rss_mib": train.get("peak_rss_mib_per_order", {}).get(name, train["peak_rss_mib"]),
             "provenance": info.get("per_order", {}).get(name, {k: info[k] for k in PROVENANCE}),
-            "data_sha256": info["data_sha256"], "meta_info": r["meta_info"]}
+            "data_sha256": info["data_sha256"],
+            "meta_info": r["meta_info"].get("per_order", {}).get(name, {k: v for k, v in r["meta_info"].items()
+                                                                         if k != "per_order"})}
     return entries
 
 
@@ -164,7 +166,9 @@ def result_record(cfg: ExperimentConfig, method: str, entries: dict[str, dict]) 
                        "wall_s_per_order": {n: e["wall_s"] for n, e in entries.items()},
                        "peak_rss_mib_per_order": {n: e["peak_rss_mib"] for n, e in entries.items()}},
         "metrics": summarise([e["metrics"] for e in entries.values()], names),
-        "meta_info": last["meta_info"],
+        # the latest run's versions and machine, and each order's own (its load average says
+        # whether that order ran beside other jobs)
+        "meta_info": {**last["meta_info"], "per_order": {n: e["meta_info"] for n, e in entries.items()}},
     }
 
 

@@ -83,6 +83,8 @@ def test_orders_recorded_one_by_one_add_up_to_one_record_in_the_experiments_orde
     assert r["train_info"]["wall_s"] == 80.0 and r["train_info"]["wall_s_per_order"] == {"fwd": 50.0, "rev": 30.0}
     assert r["run_info"]["command"] == "run 2026-12-02T10:00:00"  # the latest run; each order keeps its own
     assert r["run_info"]["per_order"]["rev"]["command"] == "run 2026-12-01T10:00:00"
+    assert set(r["meta_info"]["per_order"]) == {"fwd", "rev"}
+    assert cl_methods.recorded_orders(path, digest)["rev"]["meta_info"] == {"machine": "m"}
     # another config (here: another seed) records nothing for this one to keep
     assert cl_methods.recorded_orders(path, cl_methods.config_sha256(load_config("default.yaml", ["seed=7"]))) == {}
 
