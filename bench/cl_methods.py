@@ -205,22 +205,33 @@ def _bytes(n: int | None) -> str:
     return "n/a" if not n else f"{n / 2**20:.1f} MiB"
 
 
+def shared_orders(rows: list[dict]) -> list[str]:
+    """The task orders every row has run, in the first row's order: the table compares on these."""
+    common = set.intersection(*(set(r["run_info"]["orders"]) for r in rows))
+    return [o for o in rows[0]["run_info"]["orders"] if o in common]
+
+
 def comparison_markdown(rows: list[dict]) -> str:
-    counts = {len(r["run_info"]["orders"]) for r in rows}
-    head = ("| method | orders | AA ↑ | BWT ↑ | forgetting ↓ | FWT ↑ | retrieval ↑ | trainable params "
-            "| stored / task | wall s / order | peak RSS MiB |")
-    lines = [head, "|" + "---|" * 11]
+    """One row per method, over the orders all methods ran (like with like); a method's other
+    orders stay in its file and are named under the table."""
+    orders = shared_orders(rows)
+    head = ("| method | AA ↑ | BWT ↑ | forgetting ↓ | FWT ↑ | retrieval ↑ | trainable params | stored / task "
+            "| wall s / order | peak RSS MiB |")
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
-        m = r["metrics"]
-        cells = [_fmt(m[k], m.get(f"{k}_std"), signed=k in ("BWT", "FWT")) for k in METRICS]
-        cost = next(iter(r["train_info"]["per_order"].values())) or {}
-        orders = r["run_info"]["orders"]
-        lines.append(f"| `{r['run_info']['method']}` | {', '.join(orders)} | " + " | ".join(cells)
+        per_order, train = r["metrics"]["per_order"], r["train_info"]
+        cells = [_fmt(*mean_std([per_order[o].get(k) for o in orders]), signed=k in ("BWT", "FWT")) for k in METRICS]
+        walls = train.get("wall_s_per_order") or {o: train["wall_s"] / len(per_order) for o in per_order}
+        cost = train["per_order"][orders[0]] or {}
+        lines.append(f"| `{r['run_info']['method']}` | " + " | ".join(cells)
                      + f" | {_count(cost.get('trainable_params'))} | {_bytes(cost.get('bytes_per_task'))}"
-                     + f" | {r['train_info']['wall_s'] / len(orders):.0f} | {r['train_info']['peak_rss_mib']} |")
-    note = ("one task order" if counts == {1} else f"mean ± std over {counts.pop()} task orders" if len(counts) == 1
-            else "mean ± std over each row's task orders (they differ: compare rows on a shared order in each file's "
-                 "metrics.per_order)")
+                     + f" | {sum(walls[o] for o in orders) / len(orders):.0f} | {train['peak_rss_mib']} |")
+    note = "one task order" if len(orders) == 1 else f"mean ± std over {len(orders)} task orders"
+    note += f" ({', '.join(orders)})" if orders != ["as_listed"] else ""
+    extra = [f"`{r['run_info']['method']}` also {', '.join(o for o in r['run_info']['orders'] if o not in orders)}"
+             for r in rows if len(r["run_info"]["orders"]) > len(orders)]
+    if extra:
+        note += "; recorded beyond these (in their files): " + ", ".join(extra)
     return "\n".join(lines) + f"\n\n{note}; from bench/results/cl-{rows[0]['run_info']['experiment']}-*.json\n"
 
 
