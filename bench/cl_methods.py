@@ -223,9 +223,10 @@ def comparison_markdown(rows: list[dict]) -> str:
         cells = [_fmt(*mean_std([per_order[o].get(k) for o in orders]), signed=k in ("BWT", "FWT")) for k in METRICS]
         walls = train.get("wall_s_per_order") or {o: train["wall_s"] / len(per_order) for o in per_order}
         cost = train["per_order"][orders[0]] or {}
+        peak = max(train.get("peak_rss_mib_per_order", {}).get(o, train["peak_rss_mib"]) for o in orders)
         lines.append(f"| `{r['run_info']['method']}` | " + " | ".join(cells)
                      + f" | {_count(cost.get('trainable_params'))} | {_bytes(cost.get('bytes_per_task'))}"
-                     + f" | {sum(walls[o] for o in orders) / len(orders):.0f} | {train['peak_rss_mib']} |")
+                     + f" | {sum(walls[o] for o in orders) / len(orders):.0f} | {peak} |")
     note = "one task order" if len(orders) == 1 else f"mean ± std over {len(orders)} task orders"
     note += f" ({', '.join(orders)})" if orders != ["as_listed"] else ""
     extra = [f"`{r['run_info']['method']}` also {', '.join(o for o in r['run_info']['orders'] if o not in orders)}"
