@@ -107,6 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="folder of CL_Benchmark tasks (one sub-folder per task)")
     p.add_argument("--tasks", help="one sequence of task folders, comma separated (default: the five sequences)")
     p.add_argument("--name", help="results name (default: the experiment's name, or the --tasks joined by _)")
+    p.add_argument("--max-train", type=int, help="cap every task's training records (default: the experiment's "
+                   f"caps, {DEFAULT_CAPS[0]} for a task it does not list); a quick look, not the benchmark")
+    p.add_argument("--max-test", type=int, help=f"cap every task's test records (default {DEFAULT_CAPS[1]})")
     p.add_argument("--knn-per-task", type=int, default=200, help="training queries per task for the 1-NN baseline")
     p.add_argument("--seeds", default="",
                    help="more key-learning seeds, comma separated: every sequence again with seed=each (the "
@@ -120,15 +123,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ---- records and embeddings -------------------------------------------------------------------
-def task_spec(cfg, name: str):
-    """The experiment's TaskSpec for `name`, else a CL_Benchmark folder task with the default caps."""
+def task_spec(cfg, name: str, args: argparse.Namespace):
+    """The experiment's TaskSpec for `name`, else a CL_Benchmark folder task with the default caps;
+    --max-train / --max-test replace the caps of either."""
     from pipeline.config import SourceSpec, TaskSpec
 
-    for t in cfg.tasks:
-        if t.name == name:
-            return t
-    return TaskSpec(name=name, source=SourceSpec(type="cl_benchmark", path=name),
-                    max_train=DEFAULT_CAPS[0], max_test=DEFAULT_CAPS[1])
+    spec = next((t for t in cfg.tasks if t.name == name), None)
+    if spec is None:
+        spec = TaskSpec(name=name, source=SourceSpec(type="cl_benchmark", path=name),
+                        max_train=DEFAULT_CAPS[0], max_test=DEFAULT_CAPS[1])
+    caps = {k: v for k, v in (("max_train", args.max_train), ("max_test", args.max_test)) if v is not None}
+    return spec.model_copy(update=caps) if caps else spec
 
 
 def task_records(spec, cfg) -> tuple[list[dict], list[dict], int]:
@@ -182,14 +187,14 @@ class EmbeddingCache:
         return self._encoder
 
 
-def task_embeddings(cfg, names: list[str], cache: EmbeddingCache) -> dict[str, dict]:
+def task_embeddings(cfg, names: list[str], cache: EmbeddingCache, args: argparse.Namespace) -> dict[str, dict]:
     """name -> {train (N, D), test (M, D), dropped}: each task's query embeddings."""
     from pipeline.batching import queries
 
     out = {}
     for name in names:
         t0 = time.perf_counter()
-        train, test, dropped = task_records(task_spec(cfg, name), cfg)
+        train, test, dropped = task_records(task_spec(cfg, name, args), cfg)
         out[name] = {"train": cache.embed(queries(train)), "test": cache.embed(queries(test)), "dropped": dropped}
         log(f"{name}: {len(train)} train / {len(test)} test queries ({time.perf_counter() - t0:.0f} s)")
     return out
@@ -343,7 +348,8 @@ def markdown(result: dict) -> str:
     note = (f"; worst over seeds {', '.join(seeds['per_seed'])}: min margin "
             f"{seeds['worst']['retrieval_min_margin']:+.3f}, same-family min mean "
             f"{seeds['worst']['same_family_min_mean']:.3f}") if seeds else ""
-    return "\n".join(lines) + (f"\n\nmin margin {result['retrieval_min_margin']:+.3f}, same-family min mean "
+    return "\n".join(lines) + (f"\n\nencoder {result['run_info']['dtkr']['encoder']}; "
+                               f"min margin {result['retrieval_min_margin']:+.3f}, same-family min mean "
                                f"{result['same_family_min_mean']:.3f}{note}; from bench/results/"
                                f"retrieval-{result['run_info']['name']}.json\n")
 
@@ -402,7 +408,7 @@ def run_info(args: argparse.Namespace, cfg, seqs: dict[str, list[str]], t_start:
 
     hashed = {"dtkr": cfg.dtkr.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json"),
               "slots_per_task": cfg.jare.slots_per_task, "seed": cfg.seed, "seeds": [cfg.seed, *extra_seeds(args, cfg)],
-              "tasks": {n: task_spec(cfg, n).model_dump(mode="json") for names in seqs.values() for n in names}}
+              "tasks": {n: task_spec(cfg, n, args).model_dump(mode="json") for names in seqs.values() for n in names}}
     return {"script": "bench/retrieval.py", "name": args.name or cfg.name,
             "command": " ".join(["python", "bench/retrieval.py", *sys.argv[1:]]),
             "config": args.config, "config_hash": sha256_json(hashed), "data_root": str(args.data_root),
@@ -440,7 +446,7 @@ def main(argv: list[str] | None = None) -> dict:
     seqs = sequences_to_run(args, cfg)
     log(f"load average {os.getloadavg()[0]:.1f} on {len(os.sched_getaffinity(0))} cores; encoder {cfg.dtkr.encoder}")
     cache = EmbeddingCache(cfg.dtkr.encoder)
-    emb = task_embeddings(cfg, list(dict.fromkeys(n for names in seqs.values() for n in names)), cache)
+    emb = task_embeddings(cfg, list(dict.fromkeys(n for names in seqs.values() for n in names)), cache, args)
     if args.ablation:
         result = {"settings": ablation(seqs, emb, cfg, args)}
         path = args.json or ROOT / "bench" / "results" / "retrieval-ablation.json"
