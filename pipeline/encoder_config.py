@@ -25,8 +25,8 @@ def encoder_config_file(name: str) -> Path | None:
             return None  # not installed: pipeline.models names the pip package to install
         return Path(list(spec.submodule_search_locations)[0]) / "model" / "config.json"
     if name.startswith("bundled:"):
-        # a split encoder (pipeline.models.SPLIT_ENCODERS) before its first assembly, or an unknown
-        # name, which pipeline.models reports with the known ones
+        # a split encoder (pipeline.models.SPLIT_ENCODERS: its groups are checked when it loads), or
+        # an unknown name, which pipeline.models reports with the known ones
         return None
     local = Path(name).expanduser() / "config.json"
     if local.is_file():
