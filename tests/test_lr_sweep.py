@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
-from bench.lr_sweep import point_key, reusable
+from bench.lr_sweep import GRIDS, next_value, point_key
 
 
-def _record(digest: str, orders: list[str]) -> dict:
-    return {"run_info": {"config_sha256": digest, "orders": {name: ["a", "b"] for name in orders}}}
+def _points(aa_by_value: dict[float, float]) -> dict[float, dict]:
+    return {v: {"value": v, "AA": aa, "forgetting": 0.0} for v, aa in aa_by_value.items()}
 
 
-def test_a_results_file_is_reused_only_for_the_same_config_on_the_same_orders() -> None:
-    assert reusable(_record("abc", ["order1"]), "abc", ["order1"])
-    assert not reusable(_record("abc", ["order1"]), "abc", ["order1", "order2", "order3"])
-    assert not reusable(_record("abc", ["order1", "order2"]), "abc", ["order1"])
-    assert not reusable(_record("abc", ["order1"]), "abd", ["order1"])
+def test_the_sweep_runs_the_base_grid_then_extends_past_an_edge_until_the_score_turns_down() -> None:
+    grid = GRIDS["lr"]  # 3e-4, 1e-3, 3e-3
+    assert next_value([], {}, grid) == grid[0]
+    interior = _points({3e-4: 0.3, 1e-3: 0.5, 3e-3: 0.4})
+    assert next_value(list(interior), interior, grid) is None  # the best is inside: done
+    rising = _points({3e-4: 0.3, 1e-3: 0.4, 3e-3: 0.5})
+    assert next_value(list(rising), rising, grid) == 9e-3  # one ratio (x3) past the top edge
+    turned = _points({3e-4: 0.3, 1e-3: 0.4, 3e-3: 0.5, 9e-3: 0.45})
+    assert next_value(list(turned), turned, grid) is None
+    falling = _points({3e-4: 0.5, 1e-3: 0.4, 3e-3: 0.3})
+    assert next_value(list(falling), falling, grid) == 9e-5  # one ratio (1e-3 / 3e-4) below the bottom edge
+
+
+def test_an_extension_stops_after_the_most_steps_a_side() -> None:
+    grid = GRIDS["lr"]
+    values = [3e-4, 1e-3, 3e-3, 9e-3, 2.7e-2, 8.1e-2]
+    rising = _points({v: i / 10 for i, v in enumerate(values)})
+    assert next_value(list(rising), rising, grid) is None
 
 
 def test_points_on_different_orders_are_different_points() -> None:
