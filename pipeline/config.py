@@ -24,7 +24,7 @@ DEFAULT_CONFIG = BUILTIN_CONFIGS / "default.yaml"
 # TrainSpec fields that belong to one method family; a method's task hash leaves out the others'
 # (pipeline.methods.base.Method.settings), so tuning replay never invalidates an slm run.
 METHOD_TRAIN_KNOBS: tuple[str, ...] = ("lora_rank", "lora_lr", "replay_ratio", "ft_lr", "ft_modules",
-                                       "o_lora_lambda1", "o_lora_lambda2")
+                                       "o_lora_lambda1", "o_lora_lambda2", "n_lora_lambda")
 
 
 class Spec(BaseModel):
@@ -65,6 +65,17 @@ class JareSpec(Spec):
     target_modules: list[str] = Field(default_factory=lambda: ["o_proj"], min_length=1)
     slots_per_task: int = Field(4, ge=1)  # P
     rank: int = Field(8, ge=1)  # r
+    # How a new slot's V starts (U starts at 0 either way). lora: as PEFT starts a LoRA's A
+    # (kaiming-uniform, +-1/sqrt(d_in)), so a slot learns like a LoRA at a LoRA's learning rate;
+    # paper: N(0, 1), the reference code's, which Adam barely moves in a few hundred steps
+    # (bench/results/plasticity-*.json measure both).
+    init: Literal["paper", "lora"] = "lora"
+    # What a new task takes from the earlier ones; earlier slots are never written, so none of
+    # these can cause forgetting. none: fresh slots. init_from_retrieved: its slots start as copies
+    # of the earlier slots DTKR retrieves most for its training queries. route_retrieved: every
+    # query also routes through its top-k earlier-task slots (frozen) beside its own, in training
+    # and at inference alike.
+    transfer: Literal["none", "init_from_retrieved", "route_retrieved"] = "none"
 
     @model_validator(mode="before")
     @classmethod
@@ -219,6 +230,11 @@ class TrainSpec(Spec):
     # on the new LoRA; defaults from the O-LoRA scripts (cmnfriend/O-LoRA, scripts/order_*.sh).
     o_lora_lambda1: float = Field(0.5, ge=0)
     o_lora_lambda2: float = Field(0.0, ge=0)
+    # n_lora: lambda * sum_layers ||B A||_1 (the L1 norm of the new LoRA's update) on top of o_lora's
+    # terms. 1e-4: on SmolLM2 (o_proj, rank 8, lr 5e-3) the penalty's gradient on B is then ~1/3 of
+    # the LM loss's in the first steps: a real pull towards sparse updates that still lets the task
+    # learn (1e-3 outweighs the task, 1e-5 does nearly nothing).
+    n_lora_lambda: float = Field(1e-4, ge=0)
 
 
 class EvalSpec(Spec):

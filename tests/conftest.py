@@ -15,6 +15,14 @@ SHARED = REPO.parent / "shared"
 CL_BENCHMARK = SHARED / "data" / "cl_benchmark"
 
 
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A tiny random LLaMA with SmolLM2's tokenizer, saved once per test session (tests/tiny.py)."""
+    from tests.tiny import save_tiny_checkpoint
+
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llama"))
+
+
 @pytest.fixture
 def write_yaml(tmp_path: Path) -> Callable[..., Path]:
     """write_yaml(data, name="experiment.yaml") -> the path of `data` dumped as YAML in tmp_path."""

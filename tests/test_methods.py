@@ -16,14 +16,8 @@ from pipeline.cli import main as slm
 from pipeline.config import load_config
 from pipeline.errors import StageInputError
 from pipeline.methods import METHOD_NAMES, REGISTRY, get_method
-from tests.tiny import save_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> str:
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture
@@ -41,7 +35,8 @@ def task_dir(tmp_path: Path, method: str, i: int) -> Path:
 
 
 def test_every_registered_method_loads_under_its_name_and_the_config_and_cli_accept_it() -> None:
-    assert set(METHOD_NAMES) == {"slm", "oracle_task_id", "seq_ft", "seq_lora", "replay", "o_lora", "multitask"}
+    assert set(METHOD_NAMES) == {"slm", "oracle_task_id", "seq_ft", "seq_lora", "replay", "o_lora", "n_lora",
+                                 "multitask"}
     choices = build_parser()._subparsers._group_actions[0].choices["run"]._option_string_actions["--method"].choices
     assert tuple(choices) == METHOD_NAMES
     for name in METHOD_NAMES:
@@ -98,7 +93,7 @@ def test_the_registry_keeps_the_task_hash_of_the_methods_that_existed_before(nam
     # The formula of pipeline/stages/train.py before the registry: every train knob, minus the
     # LoRA baselines' two for a JARe method; the fields added since must not change it.
     legacy = cfg.model_dump(include={"method", "seed", "model", "jare", "dtkr", "train"})
-    for key in ("replay_ratio", "ft_lr", "ft_modules", "o_lora_lambda1", "o_lora_lambda2"):
+    for key in ("replay_ratio", "ft_lr", "ft_modules", "o_lora_lambda1", "o_lora_lambda2", "n_lora_lambda"):
         legacy["train"].pop(key)
     if name in ("slm", "oracle_task_id"):
         for key in ("lora_rank", "lora_lr"):
@@ -156,13 +151,18 @@ def test_replay_writes_its_buffer_into_the_task_folder_and_refuses_a_changed_one
 
 
 class _FakeLora(torch.nn.Module):
-    def __init__(self, a: dict[str, torch.Tensor]) -> None:
+    """What the O-LoRA / N-LoRA terms read of a PEFT LoraLayer: lora_A, lora_B and scaling per adapter."""
+
+    def __init__(self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor] | None = None,
+                 scaling: dict[str, float] | None = None) -> None:
         super().__init__()
-        self.lora_A = torch.nn.ModuleDict()
-        for name, w in a.items():
-            lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
-            lin.weight.data.copy_(w)
-            self.lora_A[name] = lin
+        self.lora_A, self.lora_B = torch.nn.ModuleDict(), torch.nn.ModuleDict()
+        for target, weights in ((self.lora_A, a), (self.lora_B, b or {})):
+            for name, w in weights.items():
+                lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+                lin.weight.data.copy_(w)
+                target[name] = lin
+        self.scaling = scaling or {}
 
 
 def test_the_orthogonality_term_is_zero_for_orthogonal_a_and_positive_otherwise() -> None:
@@ -204,6 +204,38 @@ def test_o_lora_training_leaves_earlier_adapter_files_untouched(tmp_path, overri
     before = sha256_file(task_dir(tmp_path, "o_lora", 0) / "adapter.safetensors")
     assert slm(["train", "--method", "o_lora", "--task", "1", *overrides]) == 0
     assert sha256_file(task_dir(tmp_path, "o_lora", 0) / "adapter.safetensors") == before
+
+
+# ---- n_lora ---------------------------------------------------------------------------------
+
+
+def test_the_sparsity_term_is_the_l1_norm_of_the_scaled_update_b_a() -> None:
+    from pipeline.methods.n_lora import update_l1
+
+    a, b = torch.randn(4, 16), torch.randn(8, 4)
+    layer = _FakeLora({"task1": a}, b={"task1": b}, scaling={"task1": 0.5})
+    assert update_l1([layer], "task1").item() == pytest.approx((0.5 * b @ a).abs().sum().item(), rel=1e-5)
+
+
+def test_n_lora_keeps_earlier_loras_untouched_and_its_penalty_makes_the_update_sparser(tmp_path, overrides):
+    def update_l1_of(method: str, extra: list[str]) -> float:
+        from pipeline.methods.n_lora import update_l1
+
+        out = tmp_path / method / extra[0].replace("=", "-") if extra else tmp_path / method
+        run = [o if not o.startswith("output_dir=") else f"output_dir={out}" for o in overrides]
+        assert slm(["prepare", "--method", method, *run, *extra]) == 0
+        assert slm(["train", "--method", method, "--task", "0", *run, *extra]) == 0
+        first = out / method / "tasks"
+        before = sha256_file(next(first.glob("0-*")) / "adapter.safetensors")
+        assert slm(["train", "--method", method, "--task", "1", *run, *extra]) == 0
+        assert sha256_file(next(first.glob("0-*")) / "adapter.safetensors") == before
+        saved = load_file(str(next(first.glob("1-*")) / "adapter.safetensors"))
+        pairs = [(saved[k], saved[k.replace("lora_A", "lora_B")]) for k in saved if "lora_A" in k]
+        return sum(update_l1([_FakeLora({"t": a}, b={"t": b}, scaling={"t": 1.0})], "t").item() for a, b in pairs)
+
+    plain = update_l1_of("o_lora", [])
+    sparse = update_l1_of("n_lora", ["train.n_lora_lambda=0.05"])
+    assert 0 < sparse < plain
 
 
 # ---- seq_ft ---------------------------------------------------------------------------------

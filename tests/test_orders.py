@@ -10,12 +10,6 @@ from pipeline.cli import main as slm
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.orders import order_runs, select_run
-from tests.tiny import save_tiny_checkpoint
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> str:
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llama"))
 
 
 def test_orders_and_seeds_make_one_single_order_run_each() -> None:

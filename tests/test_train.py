@@ -16,14 +16,8 @@ from safetensors.torch import load_file
 from pipeline.artifacts import sha256_file
 from pipeline.cli import main as slm
 from pipeline.preemption import EXIT_PREEMPTED, EXIT_PREVIOUS_NOT_DONE
-from tests.tiny import save_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> str:
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture

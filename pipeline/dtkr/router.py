@@ -20,22 +20,30 @@ from pipeline.jare.routing import Routing
 
 
 class Router:
-    """Routes records over the tasks held by `store`, with the retrieval settings of `spec`."""
+    """Routes records over the tasks held by `store`, with the retrieval settings of `spec`.
 
-    def __init__(self, store: KeyStore, encoder, spec: DtkrSpec) -> None:
+    `through_earlier` (jare.transfer=route_retrieved): each sample also routes through the top-k
+    slots of the tasks *before* its own task (the task of its top-1 slot), frozen knowledge it
+    learned with. Task t was trained with exactly that routing (its own slots + those of tasks
+    < t), so an input that retrieves task t gets the mix task t learned, and a later task changes
+    nothing of it: no forgetting, by construction.
+    """
+
+    def __init__(self, store: KeyStore, encoder, spec: DtkrSpec, through_earlier: bool = False) -> None:
         self.store = store
         self.encoder = encoder  # pipeline.dtkr.encoder.SentenceEncoder, or None for embeddings only
         self.spec = spec
+        self.through_earlier = through_earlier
 
     @classmethod
     def from_keys(cls, keys: Sequence[tuple[str, torch.Tensor]], encoder, spec: DtkrSpec,
-                  slots_per_task: int) -> Router:
+                  slots_per_task: int, through_earlier: bool = False) -> Router:
         """A router over tasks given as (name, keys (P, g, D/g)) in task order, stored as `slm index` does."""
         dim = keys[0][1].shape[1] * keys[0][1].shape[2]
         store = KeyStore(dim, spec.groups, slots_per_task, spec.encoder)
         for name, k in keys:
             store.add_task(name, k)
-        return cls(store, encoder, spec)
+        return cls(store, encoder, spec, through_earlier)
 
     @property
     def tasks(self) -> list[str]:
@@ -52,6 +60,12 @@ class Router:
         return self.route_embeddings(self.embed(records), tasks)
 
     def route_embeddings(self, embeddings: torch.Tensor, tasks: list[str] | None = None) -> Routing:
+        """Top-k slots per sample among `tasks`' slots (None: every task in the store), followed,
+        with `through_earlier`, by the top-k slots of the tasks before the sample's task."""
+        routing = self.retrieve(embeddings, tasks)
+        return self.with_earlier(routing, embeddings) if self.through_earlier else routing
+
+    def retrieve(self, embeddings: torch.Tensor, tasks: list[str] | None = None) -> Routing:
         """Top-k slots per sample among `tasks`' slots (None: every task in the store).
 
         dtkr.task_score=max: the k most similar slots over all allowed slots; the sample's task is
@@ -79,9 +93,34 @@ class Router:
         task = self.store.tasks.index(tasks[0]) if tasks is not None and len(tasks) == 1 else None
         return Routing(ids, weights, task)
 
+    def with_earlier(self, routing: Routing, embeddings: torch.Tensor) -> Routing:
+        """`routing` (B, k) plus, per sample, the top-k slots of the tasks before its top-1 slot's
+        task, weighted among themselves (B, 2k). A sample of the first task has none: its extra
+        columns repeat its own first slot at weight 0, which adds exactly 0."""
+        p = self.store.slots_per_task
+        own_task = routing.slot_ids[:, 0] // p  # (B,)
+        k = self.spec.top_k
+        extra_ids = routing.slot_ids[:, :1].repeat(1, k)  # (B, k): weight-0 padding by default
+        extra_w = torch.zeros(routing.batch_size, k)
+        for task in own_task.unique().tolist():
+            if task == 0:
+                continue
+            rows = (own_task == task).nonzero().squeeze(1)
+            earlier = self.retrieve(embeddings[rows], self.store.tasks[:task])  # (n, min(k, task * P))
+            width = earlier.slot_ids.shape[1]
+            extra_ids[rows, :width] = earlier.slot_ids
+            extra_w[rows, :width] = earlier.weights
+        if not extra_w.any():
+            return routing  # no sample has an earlier task: keep the one-task fast path
+        return Routing(torch.cat([routing.slot_ids, extra_ids], 1), torch.cat([routing.weights, extra_w], 1))
+
     def top1_tasks(self, routing: Routing) -> list[int]:
         """The task index of each sample's top-1 slot (retrieval accuracy, confusion)."""
         return (routing.slot_ids[:, 0] // self.store.slots_per_task).tolist()
+
+    def describe_slot(self, slot: int) -> dict:
+        """{task, slot} of one global slot id."""
+        return {"task": self.store.task_of(slot), "slot": slot % self.store.slots_per_task}
 
     def describe(self, routing: Routing, row: int = 0) -> list[dict]:
         """[{task, slot, weight}] of one sample: what `slm generate` prints and `slm serve` returns."""

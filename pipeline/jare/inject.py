@@ -21,7 +21,7 @@ from torch import nn
 
 from pipeline.artifacts import atomic_path
 from pipeline.errors import CheckpointError, NoTargetModuleError
-from pipeline.jare.layer import JareLinear
+from pipeline.jare.layer import JareLinear, SlotInit
 from pipeline.jare.routing import Routing, RoutingState
 
 ADAPTER_FORMAT = "slm-jare-v1"
@@ -64,15 +64,20 @@ class JareBank:
     def num_tasks(self) -> int:
         return len(self.task_names)
 
-    def add_task(self, name: str, seed: int = 0) -> int:
+    def add_task(self, name: str, seed: int = 0, init: SlotInit = "lora") -> int:
         """Allocate P fresh slots in every layer; returns the new task's index."""
         if name in self.task_names:
             raise ValueError(f"task {name!r} already has slots")
         gen = torch.Generator().manual_seed(seed)
         for layer in self.layers.values():
-            layer.add_task(gen)
+            layer.add_task(gen, init)
         self.task_names.append(name)
         return self.num_tasks - 1
+
+    def copy_slots(self, t: int, sources: list[int]) -> None:
+        """Task t's slots start as copies of the earlier global slots `sources` in every layer."""
+        for layer in self.layers.values():
+            layer.copy_slots(t, sources)
 
     def remove_task(self, name: str) -> None:
         t = self.task_names.index(name)

@@ -1,6 +1,12 @@
 """JareLinear: a frozen nn.Linear plus per-task low-rank slots, routed per sample.
 
-    y = W x + sum_{j in topk} w_j * U_j^T (V_j x)      U_j: (r, d_out) zero-init, V_j: (r, d_in) ~ N(0, 1)
+    y = W x + sum_{j in topk} w_j * U_j^T (V_j x)      U_j: (r, d_out) zero-init, V_j: (r, d_in) random
+
+V starts as PEFT starts a LoRA's A (`init="lora"`: kaiming-uniform, +-1/sqrt(d_in)), or as the
+reference code does (`init="paper"`: N(0, 1)). With U = 0 and no alpha/r scaling, a slot with
+the LoRA init is exactly a PEFT LoRA of rank r and alpha = r (tests/test_jare_lora_equivalence.py);
+the paper's V is ~sqrt(3 d_in) times larger, so Adam, which moves each element by ~lr per step,
+leaves it nearly where it started unless the run is long.
 
 The side branch is computed batched per sample: gather each sample's k slots, then two batched
 matmuls (the einsums "bli,bsi->bls" and "bls,bso->blo", written as the bmm's they are).
@@ -21,12 +27,16 @@ and a ParameterList is never called, so its shards would stay empty.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 from pipeline.jare.routing import Routing, RoutingState
+
+SlotInit = Literal["paper", "lora"]
 
 
 @dataclass(frozen=True)
@@ -56,12 +66,19 @@ class JareLinear(nn.Module):
         self._branch_cache: _BranchCache | None = None
 
     # ---- task lifecycle ---------------------------------------------------------------------
-    def add_task(self, generator: torch.Generator | None = None) -> int:
+    def add_task(self, generator: torch.Generator | None = None, init: SlotInit = "lora") -> int:
         t = self.jare_num_tasks
         device = self._device()
         u = torch.zeros(self.jare_slots, self.jare_rank, self.out_features, dtype=self.jare_dtype, device=device)
-        v = torch.randn(self.jare_slots, self.jare_rank, self.in_features, generator=generator,
-                        dtype=torch.float32).to(device=device, dtype=self.jare_dtype)
+        v = torch.empty(self.jare_slots, self.jare_rank, self.in_features, dtype=torch.float32)
+        if init == "paper":
+            v.normal_(generator=generator)
+        elif init == "lora":
+            for slot in v:  # one (r, d_in) matrix at a time, so fan_in is d_in, as for PEFT's lora_A
+                nn.init.kaiming_uniform_(slot, a=math.sqrt(5), generator=generator)
+        else:
+            raise ValueError(f"unknown slot init {init!r}; valid: paper, lora")
+        v = v.to(device=device, dtype=self.jare_dtype)
         self.register_parameter(f"jare_U_{t}", nn.Parameter(u))
         self.register_parameter(f"jare_V_{t}", nn.Parameter(v))
         self.jare_num_tasks += 1
@@ -81,6 +98,19 @@ class JareLinear(nn.Module):
 
     def task_parameters(self, t: int) -> list[nn.Parameter]:
         return [getattr(self, f"jare_U_{t}"), getattr(self, f"jare_V_{t}")]
+
+    @torch.no_grad()
+    def copy_slots(self, t: int, sources: list[int]) -> None:
+        """Start task t's slots as copies of the global slots `sources` (one per slot of t, all of
+        earlier tasks): the copy is task t's own tensor, so training it never touches the source."""
+        if len(sources) != self.jare_slots or any(s // self.jare_slots >= t for s in sources):
+            raise ValueError(f"task {t} needs {self.jare_slots} source slots of earlier tasks, got {sources}")
+        u_t, v_t = self.task_parameters(t)
+        for slot, source in enumerate(sources):
+            u_s, v_s = self.task_parameters(source // self.jare_slots)
+            u_t[slot].copy_(u_s[source % self.jare_slots])
+            v_t[slot].copy_(v_s[source % self.jare_slots])
+        self._branch_cache = None
 
     def _device(self) -> torch.device:
         for p in self.base_layer.parameters():

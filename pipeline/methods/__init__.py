@@ -23,6 +23,7 @@ REGISTRY: dict[str, str] = {
     "seq_lora": "pipeline.methods.seq_lora:SeqLora",
     "replay": "pipeline.methods.replay:Replay",
     "o_lora": "pipeline.methods.o_lora:OLora",
+    "n_lora": "pipeline.methods.n_lora:NLora",
     "multitask": "pipeline.methods.multitask:Multitask",
 }
 METHOD_NAMES: tuple[str, ...] = tuple(REGISTRY)

@@ -3,6 +3,11 @@
 Task t: embed its queries, learn its keys (cached in train_state, so a resumed run routes exactly
 as the interrupted one), route every training record to its own task's slots, train only those
 slots. Inference: base + every finished task's slots, routed per sample by the `Router`.
+
+Forward transfer (`jare.transfer`) never writes an earlier slot: `init_from_retrieved` copies the
+earlier slots that DTKR retrieves most for task t's training queries into task t's new slots
+before training; `route_retrieved` routes every query through its retrieved earlier slots
+(frozen) beside its own, in training and at inference alike (`Router.through_earlier`).
 """
 
 from __future__ import annotations
@@ -36,13 +41,21 @@ class JareMethod(Method):
         earlier = [(cfg.tasks[j].name, load_keys(layout.keys_file(j, cfg.tasks[j].name), cfg.dtkr.encoder,
                                                  cfg.dtkr.groups)) for j in range(t)]
         keys = learn_keys(cfg, layout, t, embeddings, earlier)
-        router = Router.from_keys([*earlier, (name, keys)], encoder, cfg.dtkr, cfg.jare.slots_per_task)
-        routing = router.route_embeddings(embeddings, tasks=[name])  # only task t's own slots
+        router = Router.from_keys([*earlier, (name, keys)], encoder, cfg.dtkr, cfg.jare.slots_per_task,
+                                  through_earlier=routes_through_earlier(cfg))
+        routing = router.route_embeddings(embeddings, tasks=[name])  # task t's own slots (+ earlier, frozen)
         captured = capture_warning(cfg, layout, t, router)
         # The base only now: under ZeRO-3 every from_pretrained after it loads partitioned, and
         # the encoder above must load whole.
         model, bank = jare_model(cfg, layout, t, device, model=load_base())
-        bank.add_task(name, seed=cfg.seed + 1000 * t)
+        bank.add_task(name, seed=cfg.seed + 1000 * t, init=cfg.jare.init)
+        info: dict = {"capture": captured}
+        if cfg.jare.transfer == "init_from_retrieved" and t > 0:
+            sources = most_retrieved_slots(router, embeddings, [n for n, _ in earlier], cfg.jare.slots_per_task)
+            bank.copy_slots(t, sources)
+            info["init_from_slots"] = [router.describe_slot(s) for s in sources]
+            distributed.log(f"train: task {t} ({name}) starts from the earlier slots " +
+                            ", ".join(f"{d['task']}:{d['slot']}" for d in info["init_from_slots"]))
         params = bank.train_only(t)
 
         def before_forward(idx: list[int]) -> None:
@@ -56,7 +69,7 @@ class JareMethod(Method):
                 save_keys(layout.keys_file(t, name), keys, cfg.dtkr.encoder, cfg.dtkr.groups)
             return [ADAPTER_FILE, KEYS_FILE]
 
-        return Trainer(model, params, save, before_forward=before_forward, info={"capture": captured})
+        return Trainer(model, params, save, before_forward=before_forward, info=info)
 
     def predictor(self, cfg: ExperimentConfig, layout: RunLayout, after: int, device: torch.device) -> Predictor:
         from pipeline.dtkr.encoder import SentenceEncoder
@@ -64,7 +77,8 @@ class JareMethod(Method):
         from pipeline.stages.index import load_store
 
         model, bank = jare_model(cfg, layout, after + 1, device)
-        router = Router(load_store(cfg, layout, after + 1), SentenceEncoder(cfg.dtkr.encoder, device), cfg.dtkr)
+        router = Router(load_store(cfg, layout, after + 1), SentenceEncoder(cfg.dtkr.encoder, device), cfg.dtkr,
+                        through_earlier=routes_through_earlier(cfg))
         seen = [t.name for t in cfg.tasks[: after + 1]]
 
         def route(records: list[dict], task: int) -> Routing | None:
@@ -75,6 +89,22 @@ class JareMethod(Method):
     def route_eval(self, router, seen: list[str], true_task: str, records: list[dict]) -> Routing | None:
         """Routing of an eval batch of `true_task`'s records, given the finished tasks `seen`."""
         raise NotImplementedError
+
+
+def routes_through_earlier(cfg: ExperimentConfig) -> bool:
+    return cfg.jare.transfer == "route_retrieved"
+
+
+def most_retrieved_slots(router, embeddings: torch.Tensor, earlier: list[str], slots: int) -> list[int]:
+    """The `slots` earlier slots with the largest summed routing weight over a task's training
+    queries (retrieved among the earlier tasks only), most-weighted first; when fewer distinct
+    slots were retrieved, the list repeats them in that order."""
+    routing = router.retrieve(embeddings, earlier)  # (N, k) over the earlier tasks' slots
+    total = torch.zeros(len(earlier) * router.store.slots_per_task)
+    total.index_add_(0, routing.slot_ids.reshape(-1), routing.weights.reshape(-1).float())
+    order = total.argsort(descending=True, stable=True)
+    ranked = [int(s) for s in order if total[s] > 0]
+    return [ranked[i % len(ranked)] for i in range(slots)]
 
 
 def _queries(records: list[dict]) -> list[str]:
