@@ -7,6 +7,7 @@ fast and never import torch or DeepSpeed.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import sys
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="slm", description="SLM continual learning (JARe + DTKR) for LLaMA models.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    parser.add_argument("--version", action="version", version=f"slm {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     ps = {name: sub.add_parser(name, help=h, description=h, epilog=EPILOG,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,11 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     ps["run"].add_argument("--restart", action="store_true", help=RESTART_HELP)
 
     _common(ps["generate"], overrides=False)
-    ps["generate"].add_argument("prompt", help="the instruction / question to answer")
+    ps["generate"].add_argument("prompt", help="the instruction / question to answer (before any KEY=VALUE)")
+    ps["generate"].add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     ps["generate"].add_argument("--input", default="", help="optional input text for the instruction")
     ps["generate"].add_argument("--max-new-tokens", type=int, default=64)
-    ps["generate"].add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                                help="config override (repeatable)")
+    ps["generate"].add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
+                                help="config override, the same as a KEY=VALUE argument (repeatable)")
 
     _common(ps["serve"])
     ps["serve"].add_argument("--host", default=None, help="address to listen on (default: serve.host, 127.0.0.1)")
@@ -119,11 +122,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("slm-pipeline")
+    except PackageNotFoundError:  # run from a checkout that was never pip-installed
+        return "0+unknown"
+
+
+def unknown_command(argv: list[str]) -> str | None:
+    """`error:` + `hint:` lines when the first word that is not an option is no command (with the
+    closest command, if one is close), else None. argparse's own message lists every choice."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    if word is None or word in COMMANDS:
+        return None
+    close = difflib.get_close_matches(word, list(COMMANDS), n=1, cutoff=0.6)
+    mean = f"; did you mean `slm {close[0]}`?" if close else ""
+    return f"error: unknown command {word!r}{mean}\nhint: `slm --help` lists the commands: {', '.join(COMMANDS)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command. A failure the user can fix prints `error: ...` and `hint: ...` on stderr and
     exits 2; the traceback only with --debug or SLM_DEBUG=1. Anything else is a bug: traceback."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if not [a for a in argv if a != "--debug"]:  # bare `slm`: what can I do here?
+        parser.print_help()
+        return 0
+    if problem := unknown_command(argv):
+        print(problem, file=sys.stderr)
+        return EXIT_USER_ERROR
+    args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False)) or os.environ.get("SLM_DEBUG", "") not in ("", "0")
+    from pipeline.library_logs import route_library_logs
+
+    route_library_logs(debug)
     try:
         return run_command(args)
     except KeyboardInterrupt:
@@ -146,7 +181,7 @@ def run_command(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.layout import RunLayout
 
-    overrides = list(args.overrides or [])
+    overrides = [*(args.overrides or []), *getattr(args, "set_overrides", [])]
     if args.method:
         overrides.append(f"method={args.method}")
     cfg = load_config(args.config, overrides)

@@ -9,6 +9,7 @@ YAML before validation, so they are checked exactly like the file.
 from __future__ import annotations
 
 import copy
+import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -415,7 +416,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.max_steps=10)")
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.max_steps=10)",
+                              hint="give config overrides as dotted KEY=VALUE after the command's options; "
+                                   "`slm <command> --help` shows the options")
         try:
             value = yaml.safe_load(text) if text else ""
         except yaml.YAMLError as e:
@@ -444,27 +447,51 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
-def _valid_keys(loc: tuple[Any, ...]) -> str:
-    """The keys (with defaults) valid at the section that holds the field at `loc`."""
+def _section_model(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The Spec class of the section that holds the field at `loc` (None: not a known section)."""
     model: Any = ExperimentConfig
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
         field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
         if field is None:
-            return ""
-        ann = field.annotation
-        inner = getattr(ann, "__args__", None)
-        model = inner[0] if inner and isinstance(inner[0], type) and issubclass(inner[0], BaseModel) else ann
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return ""
+            return None
+        model = _spec_class(field.annotation)
+        if model is None:
+            return None
+    return model
+
+
+def _spec_class(annotation: Any) -> type[BaseModel] | None:
+    """The Spec class inside `annotation` (`ModelSpec`, `list[TaskSpec]`, `list[OrderSpec] | None`)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _spec_class(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _valid_keys(loc: tuple[Any, ...]) -> str:
+    """A "did you mean" for the unknown key at `loc`, then the keys valid beside it: scalars with
+    their default, sections by name only (their defaults are a wall of reprs; docs/config.md has them)."""
+    model = _section_model(loc)
+    if model is None:
+        return ""
+    names = [n for n in model.model_fields if n != "config_dir"]
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
     items = []
-    for name, f in model.model_fields.items():
-        if name == "config_dir":
-            continue
-        default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
-        items.append(f"{name} (default {default})" if default != "required" else f"{name} (required)")
-    return "; valid keys here: " + ", ".join(items)
+    for name in names:
+        f = model.model_fields[name]
+        if f.is_required():
+            items.append(f"{name} (required)")
+        elif _spec_class(f.annotation) is not None:
+            items.append(name)
+        else:
+            items.append(f"{name} (default {f.get_default(call_default_factory=True)!r})")
+    mean = f"; did you mean {close[0]!r}?" if close else ";"
+    return f"{mean} valid keys here: " + ", ".join(items)
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
@@ -489,15 +516,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if (BUILTIN_CONFIGS / path.name).is_file() and len(path.parts) == 1:
             path = BUILTIN_CONFIGS / path.name  # a shipped config named by its file name
         else:
-            raise ConfigError(f"{path}: no such experiment file (shipped configs: {', '.join(shipped)})")
+            raise ConfigError(f"{path}: no such experiment file (shipped configs: {', '.join(shipped)})",
+                              hint="check the path after -c (relative to the current folder), or name a shipped "
+                                   "config by its file name, e.g. -c cl_benchmark.yaml")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        raise ConfigError(f"{path}: not valid YAML: {e}", hint="fix the YAML syntax at the line and column "
+                                                                "named above") from e
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})",
+                          hint="save the file as UTF-8, then run the command again") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}",
+                          hint="an experiment YAML is `key: value` lines (name:, tasks:, train:, ...); see "
+                               "pipeline/configs/default.yaml")
     raw = apply_overrides(raw, overrides or [])
     raw["config_dir"] = str(path.resolve().parent)
     try:
