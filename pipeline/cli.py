@@ -40,6 +40,7 @@ COMMANDS: dict[str, str] = {
     "run": "prepare, then train/index/eval each task in order, then report, skipping finished work",
     "generate": "answer a prompt with retrieval; shows which tasks and slots were used",
     "serve": "OpenAI-compatible HTTP API: retrieval per request, mixed tasks batched, new tasks loaded live",
+    "export": "finished tasks as PEFT LoRA folders (vLLM --lora-modules), or merged models with --merged",
     "submit": "render the stages as Slurm jobs (prepare -> array over tasks -> finish) and submit",
     "status": "which tasks are done, running, pending or failed, with Slurm job ids",
     "plan": "per-GPU memory plan for the experiment's model and tasks, from the config alone",
@@ -106,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ps["serve"])
     ps["serve"].add_argument("--host", default=None, help="address to listen on (default: serve.host, 127.0.0.1)")
     ps["serve"].add_argument("--port", type=int, default=None, help="port (default: serve.port, 8000; 0: any free)")
+
+    _common(ps["export"])
+    ps["export"].add_argument("--task", action="append", metavar="NAME|I",
+                              help="a task to export, by name or 0-based index (repeatable; default: every DONE task)")
+    ps["export"].add_argument("--merged", action="store_true",
+                              help="also write the base model with the adapter merged in (save_pretrained folder)")
 
     _common(ps["submit"])
     ps["submit"].add_argument("--dry-run", action="store_true", help="print scripts and sbatch commands only")

@@ -1,4 +1,4 @@
-"""Library log records (DeepSpeed) and Python warnings -> stderr, one line each, never into stdout.
+"""Library log records (DeepSpeed) -> stderr, one line each, never into stdout.
 
 DeepSpeed gives its logger its own handler on *stdout* when it is first imported, so a warning it
 logs while `slm plan` is printing a table lands between two rows, and a pipe (`slm plan | less`)
@@ -9,9 +9,8 @@ found no GPU) are demoted to INFO, shown with --debug.
 
 It works by a filter on each library's logger (a logger's filters run before any of its handlers,
 and DeepSpeed's import-time setup adds a handler but keeps the logger object and its filters), so
-it can be installed before the library is imported. transformers, PEFT and datasets already log
-to stderr through their own handlers; their `warnings.warn` calls come here with every other
-Python warning.
+it can be installed before the library is imported. transformers, PEFT and datasets log to stderr
+through their own handlers already, and so do Python warnings.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import sys
 
 # logger name -> the prefix of its lines. Records of child loggers ("DeepSpeed.x") skip a parent's
 # filters, but DeepSpeed logs on "DeepSpeed" itself.
-LIBRARY_LOGGERS: dict[str, str] = {"DeepSpeed": "deepspeed", "py.warnings": "warning"}
+LIBRARY_LOGGERS: dict[str, str] = {"DeepSpeed": "deepspeed"}
 # Message starts that are information, not a problem, on the machines this project runs on.
 DEMOTED: tuple[str, ...] = ("Setting accelerator to CPU",)
 
@@ -66,7 +65,6 @@ def route_library_logs(debug: bool = False) -> None:
     handler = _Stderr()
     handler.setFormatter(_LibraryFormatter())
     handler.setLevel(logging.INFO if debug else logging.WARNING)
-    logging.captureWarnings(True)  # warnings.warn(...) -> the "py.warnings" logger
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
         if name in _installed:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from pipeline.config import METHOD_TRAIN_KNOBS, ExperimentConfig
+from pipeline.export import TaskExport
 from pipeline.jare.routing import Routing
 from pipeline.layout import RunLayout
 
@@ -98,6 +99,12 @@ class Method:
                 device: torch.device, load_base: LoadBase) -> Trainer:
         """Build task t's model (calling `load_base()` once, after any encoder work) and say what trains."""
         raise NotImplementedError
+
+    # ---- export ------------------------------------------------------------------------------
+    def export(self, cfg: ExperimentConfig, layout: RunLayout, t: int) -> TaskExport:
+        """Task t as one LoRA with scaling 1 (`slm export`: PEFT, vLLM, a merged model) or as the
+        folder of the whole model the method saved after it; what it answers with after task t."""
+        raise NotImplementedError(f"method {self.name!r} has no export")
 
     # ---- inference ---------------------------------------------------------------------------
     def predictor(self, cfg: ExperimentConfig, layout: RunLayout, after: int, device: torch.device) -> Predictor:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 
 from pipeline import distributed
-from pipeline.adapters import lora_model, lora_trainable, save_lora
+from pipeline.adapters import lora_model, lora_trainable, read_safetensors, save_lora
 from pipeline.config import ExperimentConfig
+from pipeline.export import TaskExport, lora_from_peft_state
 from pipeline.layout import RunLayout
 from pipeline.methods.base import LoadBase, Method, Predictor, Trainer
 
@@ -38,6 +39,12 @@ class LoraMethod(Method):
 
     def predictor(self, cfg: ExperimentConfig, layout: RunLayout, after: int, device: torch.device) -> Predictor:
         return Predictor(lora_model(cfg, layout, after, device))
+
+    def export(self, cfg: ExperimentConfig, layout: RunLayout, t: int) -> TaskExport:
+        path = layout.adapter_file(t, cfg.tasks[t].name)
+        return TaskExport(lora_from_peft_state(read_safetensors(path)),
+                          describes=f"the LoRA saved after task {t} ({cfg.tasks[t].name}), as the method answers",
+                          info={"sources": [str(path)]})
 
 
 def save_peft_state(cfg: ExperimentConfig, layout: RunLayout, t: int, model, params,

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.adapters import base_model, load_lora_state, lora_config
+from pipeline.adapters import base_model, load_lora_state, lora_config, read_safetensors
 from pipeline.config import ExperimentConfig
 from pipeline.errors import ConfigError
+from pipeline.export import TaskExport, concat_loras, lora_from_peft_state
 from pipeline.layout import RunLayout
 from pipeline.methods.base import LoadBase, Predictor, Trainer
 from pipeline.methods.lora import LoraMethod, save_peft_state
@@ -60,6 +61,13 @@ class OLora(LoraMethod):
 
     def predictor(self, cfg: ExperimentConfig, layout: RunLayout, after: int, device: torch.device) -> Predictor:
         return Predictor(o_lora_model(cfg, layout, after + 1, base_model(cfg, device), train_new=False))
+
+    def export(self, cfg: ExperimentConfig, layout: RunLayout, t: int) -> TaskExport:
+        # Inference adds every task's LoRA up to t: one LoRA of rank (t+1)*r holds that sum exactly.
+        paths = [layout.adapter_file(j, cfg.tasks[j].name) for j in range(t + 1)]
+        lora = concat_loras([lora_from_peft_state(read_safetensors(p)) for p in paths])
+        return TaskExport(lora, describes=f"the sum of the LoRAs of tasks 0..{t}, as the method answers after task {t}",
+                          info={"sources": [str(p) for p in paths]})
 
 
 def o_lora_model(cfg: ExperimentConfig, layout: RunLayout, n_saved: int, model, train_new: bool):

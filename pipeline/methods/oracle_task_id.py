@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pipeline.config import ExperimentConfig
+from pipeline.export import TaskExport, jare_task_export
 from pipeline.jare.routing import Routing
+from pipeline.layout import RunLayout
 from pipeline.methods.jare import JareMethod
 
 
@@ -16,3 +19,6 @@ class OracleTaskId(JareMethod):
         if true_task not in seen:
             return None  # the true task has no slots yet: the base model answers
         return router.route(records, tasks=[true_task])
+
+    def export(self, cfg: ExperimentConfig, layout: RunLayout, t: int) -> TaskExport:
+        return jare_task_export(cfg, layout, t)

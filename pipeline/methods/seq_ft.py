@@ -16,6 +16,7 @@ from pipeline import distributed
 from pipeline.artifacts import atomic_path
 from pipeline.config import ExperimentConfig
 from pipeline.errors import ConfigError, NoTargetModuleError
+from pipeline.export import TaskExport
 from pipeline.layout import RunLayout
 from pipeline.methods.base import LoadBase, Method, Predictor, Trainer
 from pipeline.models import load_base_model
@@ -57,6 +58,11 @@ class SeqFt(Method):
             return [f"{MODEL_DIR}/{p.name}" for p in sorted(folder.iterdir())]
 
         return Trainer(model, params, save)
+
+    def export(self, cfg: ExperimentConfig, layout: RunLayout, t: int) -> TaskExport:
+        folder = layout.task_dir(t, cfg.tasks[t].name) / MODEL_DIR
+        return TaskExport(model_dir=folder, describes=f"the whole model saved after task {t} (full fine-tuning: "
+                                                      "no adapter to export)", info={"sources": [str(folder)]})
 
     def predictor(self, cfg: ExperimentConfig, layout: RunLayout, after: int, device: torch.device) -> Predictor:
         folder = layout.task_dir(after, cfg.tasks[after].name) / MODEL_DIR

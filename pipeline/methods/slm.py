@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pipeline.config import ExperimentConfig
+from pipeline.export import TaskExport, jare_task_export
 from pipeline.jare.routing import Routing
+from pipeline.layout import RunLayout
 from pipeline.methods.jare import JareMethod
 
 
@@ -15,3 +18,6 @@ class Slm(JareMethod):
 
     def route_eval(self, router, seen: list[str], true_task: str, records: list[dict]) -> Routing | None:
         return router.route(records, tasks=seen)  # the true task is never looked at
+
+    def export(self, cfg: ExperimentConfig, layout: RunLayout, t: int) -> TaskExport:
+        return jare_task_export(cfg, layout, t)

@@ -1,0 +1,96 @@
+"""`slm export`: finished tasks as PEFT LoRA folders (or whole models) that load outside this project.
+
+For each chosen task t (default: every DONE task) the method says what it answers with after t
+(`Method.export`): JARe methods, task t's slots at equal weights as one LoRA of rank P*r; LoRA
+baselines, their LoRA (o_lora / n_lora: the sum up to t); seq_ft, its saved model. Written to
+`<output_dir>/<method>/export/<i>-<task>/` (adapter_config.json, adapter_model.safetensors,
+slm_export.json), and with --merged also `<i>-<task>-merged/`: the base model with the adapter
+merged in, a plain transformers folder with the tokenizer. See docs/export.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline import validity
+from pipeline.config import ExperimentConfig
+from pipeline.errors import StageInputError
+from pipeline.export import write_merged_model, write_model_copy, write_peft_adapter
+from pipeline.layout import RunLayout
+from pipeline.methods import get_method
+from pipeline.models import resolve_model_path
+from pipeline.orders import single_run
+from pipeline.stages.index import done_tasks
+
+
+def export_dir(layout: RunLayout, t: int, name: str, merged: bool = False) -> Path:
+    return layout.root / "export" / f"{t}-{name}{'-merged' if merged else ''}"
+
+
+def chosen_tasks(cfg: ExperimentConfig, layout: RunLayout, wanted: list[str] | None) -> list[int]:
+    """Task indices from names or 0-based indices (default: every DONE task), each DONE."""
+    n = done_tasks(cfg, layout)
+    if n == 0:
+        raise StageInputError(f"no task is DONE under {layout.root / 'tasks'}: train first (`slm run`)")
+    if not wanted:
+        return list(range(n))
+    names = [t.name for t in cfg.tasks]
+    out = []
+    for item in wanted:
+        t = int(item) if item.isdigit() else names.index(item) if item in names else None
+        if t is None or t >= len(names):
+            raise StageInputError(f"--task {item}: no such task; the experiment has {', '.join(names)} "
+                                  f"(or indices 0..{len(names) - 1})")
+        if t >= n:
+            raise StageInputError(f"--task {item}: task {t} ({names[t]}) has not finished; {n} task(s) are DONE",
+                                  hint=f"run `slm train --task {t}` (or `slm run`) first")
+        out.append(t)
+    return out
+
+
+def run(cfg: ExperimentConfig, layout: RunLayout, tasks: list[int], merged: bool = False) -> list[Path]:
+    """Export each task in `tasks`; returns the folders written."""
+    method = get_method(cfg.method)
+    validity.require_tasks(cfg, layout, max(tasks) + 1)  # DONE, intact, built from the current inputs
+    written = []
+    for t in tasks:
+        name = cfg.tasks[t].name
+        exported = method.export(cfg, layout, t)
+        folder = export_dir(layout, t, name)
+        info = {"experiment": cfg.name, "method": cfg.method, "task": name, "index": t,
+                "base_model": cfg.model.name_or_path, "holds": exported.describes, **exported.info}
+        if exported.lora is not None:
+            write_peft_adapter(folder, exported.lora, list(cfg.jare.target_modules),
+                               resolve_model_path(cfg.model.name_or_path), info)
+            print(f"export: task {t} ({name}) -> {folder}  (PEFT LoRA, rank {exported.rank}: {exported.describes})")
+        else:
+            write_model_copy(folder, exported.model_dir, _tokenizer(cfg), info)
+            print(f"export: task {t} ({name}) -> {folder}  ({exported.describes})")
+        written.append(folder)
+        if merged and exported.lora is not None:
+            written.append(_merge(cfg, layout, t, folder, info))
+        elif merged:
+            print("export: --merged: this method's export already is a whole model")
+    return written
+
+
+def _merge(cfg: ExperimentConfig, layout: RunLayout, t: int, adapter_dir: Path, info: dict) -> Path:
+    from pipeline.adapters import base_model
+
+    folder = export_dir(layout, t, cfg.tasks[t].name, merged=True)
+    write_merged_model(folder, base_model(cfg), adapter_dir, _tokenizer(cfg), info)
+    print(f"export: task {t} ({cfg.tasks[t].name}) merged -> {folder}")
+    return folder
+
+
+def _tokenizer(cfg: ExperimentConfig):
+    from pipeline.models import load_tokenizer
+
+    return load_tokenizer(cfg.model.name_or_path)
+
+
+def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:
+    cfg, layout = single_run(cfg, args)
+    run(cfg, layout, chosen_tasks(cfg, layout, args.task), merged=bool(args.merged))
+    return 0
