@@ -12,7 +12,7 @@ from typing import Any
 
 from data_prep.records import Located, Record, record_key, stable_rng, stable_shuffle
 from data_prep.sources import load_source
-from data_prep.templates import build_prompt, build_response, prompt_add_special_tokens
+from data_prep.templates import build_prompt, build_response, history_turns, prompt_add_special_tokens
 from pipeline.config import ExperimentConfig, TaskSpec
 from pipeline.errors import ConfigError, DataError
 from pipeline.metrics import reference_words
@@ -128,7 +128,7 @@ def token_lengths(tokenizer: Any, prompt_format: str, records: list[Record]) -> 
     """(prompt, response) tokens per record, untruncated, tokenized the way training does (batched)."""
     if not records:
         return []
-    prompts = [build_prompt(tokenizer, prompt_format, r["instruction"], r["input"]) for r in records]
+    prompts = [build_prompt(tokenizer, prompt_format, r["instruction"], r["input"], history_turns(r)) for r in records]
     responses = [build_response(tokenizer, r["output"]) for r in records]
     p_ids = tokenizer(prompts, add_special_tokens=prompt_add_special_tokens(prompt_format))["input_ids"]
     r_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]

@@ -28,7 +28,9 @@ class RawRows:
 
 
 def detect_format(path: Path, fmt: str = "auto") -> str:
-    if fmt != "auto":
+    """The file format: `fmt` when it names one, else from the suffix (conversation formats say
+    what a row holds, not how the file is written)."""
+    if fmt in READERS:
         return fmt
     suffix = path.suffix.lower()
     if suffix not in SUFFIX_FORMATS:
@@ -41,9 +43,8 @@ def read_file(path: Path, fmt: str = "auto") -> RawRows:
     """Rows of a local JSONL / JSON (a list of objects) / CSV / Parquet file."""
     if not path.is_file():
         raise DataError(f"{path}: no such data file" + _sibling_hint(path))
-    readers = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}
     try:
-        return readers[detect_format(path, fmt)](path)
+        return READERS[detect_format(path, fmt)](path)
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
@@ -121,6 +122,9 @@ def _read_parquet(path: Path) -> RawRows:
     return RawRows(str(path), rows, [f"{path} record {i}" for i in range(len(rows))])
 
 
+READERS = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}
+
+
 # ---- datasets: hub ids, save_to_disk folders, folders of data files -----------------------------
 
 
@@ -152,6 +156,35 @@ def read_dataset(path: str, local: Path | None, config: str | None, split: str) 
                         f"network, save it once with Dataset.save_to_disk and give that folder as "
                         f"source.path") from None
     return _dataset_rows(ds, origin)
+
+
+def read_saved_dataset(folder: Path, split: str, key: str = "split") -> RawRows:
+    """One split of a `save_to_disk` folder (source type hf_dataset). A DatasetDict is read by
+    split name; a single Dataset is the one split there is. `key` names the config key in errors."""
+    import datasets
+
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such dataset folder (source.path of an hf_dataset source: a folder written "
+                        "by Dataset.save_to_disk or DatasetDict.save_to_disk)" + _sibling_hint(folder))
+    if not is_saved_dataset(folder):
+        found = sorted(p.name for p in folder.iterdir())[:8]
+        raise DataError(f"{folder}: not a saved dataset (no dataset_dict.json or state.json; it holds "
+                        f"{', '.join(found) or 'nothing'}). Save it with `ds.save_to_disk(folder)`, or use type: file "
+                        "for a data file, or type: hub for a folder of data files")
+    try:
+        ds = datasets.load_from_disk(str(folder))
+    except Exception as e:  # a torn or foreign folder: arrow and fsspec raise several types
+        raise DataError(f"{folder}: datasets.load_from_disk failed ({type(e).__name__}: {str(e)[:200]})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DataError(f"{folder}: the saved DatasetDict has no split {split!r} (source.{key}); its splits: "
+                            f"{', '.join(ds)}")
+        ds = ds[split]
+    elif key == "test_split":
+        raise DataError(f"{folder}: holds one Dataset, not a DatasetDict of splits, so source.test_split "
+                        f"{split!r} cannot be read from it; drop test_split (a test split is cut at random) or "
+                        "save a DatasetDict with both splits")
+    return _dataset_rows(ds, f"dataset {folder} split {split!r}")
 
 
 def _dataset_rows(ds: Any, origin: str) -> RawRows:

@@ -1,7 +1,8 @@
 """The unified record, its normalised identity, and seeded randomness that never changes.
 
-Every source becomes records {task, instruction, input, output}. Two records are "the same
-example" when their normalised `instruction ### input` match (lowercase, whitespace collapsed);
+Every source becomes records {task, instruction, input, output}, plus `history` (earlier turns as
+JSON text) for conversations (data_prep.conversations). Two records are "the same example" when
+their normalised `instruction ### input` (and history) match (lowercase, whitespace collapsed);
 that key drives de-duplication and the train/test overlap check.
 
 Randomness uses only `random.Random.random()`, the one method whose sequence Python promises to
@@ -16,12 +17,13 @@ import json
 import random
 import re
 from dataclasses import dataclass
-from typing import TypedDict, TypeVar
+from typing import NotRequired, TypedDict, TypeVar
 
 from data_prep.templates import query_text
 
 T = TypeVar("T")
 COLUMNS: tuple[str, ...] = ("task", "instruction", "input", "output")
+HISTORY = "history"  # the extra column of conversation tasks
 
 
 class Record(TypedDict):
@@ -29,6 +31,7 @@ class Record(TypedDict):
     instruction: str
     input: str
     output: str
+    history: NotRequired[str]  # earlier turns of a conversation, JSON text; absent or "" for single turns
 
 
 @dataclass
@@ -55,8 +58,10 @@ def normalise_text(text: str) -> str:
 
 
 def record_key(record: Record) -> str:
-    """The identity of an example for overlap checks: normalised instruction ### input."""
-    return normalise_text(query_text(record["instruction"], record["input"]))
+    """The identity of an example for overlap checks: normalised instruction ### input [### history]."""
+    key = normalise_text(query_text(record["instruction"], record["input"]))
+    history = record.get(HISTORY)
+    return f"{key} ### {normalise_text(history)}" if history else key
 
 
 def stable_rng(*parts: object) -> random.Random:
@@ -91,6 +96,8 @@ def records_sha256(records: list[Record]) -> str:
     """Content hash of an ordered record list (independent of how it is stored on disk)."""
     h = hashlib.sha256()
     for r in records:
-        h.update(json.dumps([r[c] for c in COLUMNS], ensure_ascii=False).encode())
+        # History only when there is one, so the hashes of single-turn data never change.
+        fields = [r[c] for c in COLUMNS] + ([r[HISTORY]] if r.get(HISTORY) else [])
+        h.update(json.dumps(fields, ensure_ascii=False).encode())
         h.update(b"\n")
     return h.hexdigest()

@@ -1,8 +1,10 @@
 """Load one task's source into unified records {task, instruction, input, output}.
 
-Four source types (TaskSpec.source.type): `hub` (datasets.load_dataset, or a local
-save_to_disk / data-file folder), `file` (JSONL, JSON, CSV, Parquet), `cl_benchmark` (the
-O-LoRA CL_Benchmark folder layout) and `synthetic` (data_prep.synthetic). Every record is
+Five source types (TaskSpec.source.type): `hub` (datasets.load_dataset, or a local
+save_to_disk / data-file folder), `file` (JSONL, JSON, CSV, Parquet), `hf_dataset` (a
+save_to_disk folder, by split name), `cl_benchmark` (the O-LoRA CL_Benchmark folder layout) and
+`synthetic` (data_prep.synthetic). A row is flat instruction/input/output columns, or with
+`source.format: sharegpt | messages` one conversation (data_prep.conversations). Every record is
 checked here, where its file and line are still known: required fields present, output not
 empty, label inside the task's label set.
 """
@@ -15,7 +17,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from data_prep.readers import RawRows, load_json, read_dataset, read_file
+from data_prep.conversations import CONVERSATION_FORMATS, conversation_record
+from data_prep.readers import RawRows, load_json, read_dataset, read_file, read_saved_dataset
 from data_prep.records import Located, Record, SourceRecords
 from data_prep.synthetic import get_generator
 from pipeline.config import ExperimentConfig, TaskSpec
@@ -47,7 +50,7 @@ MULTIPLE_CHOICE_INSTRUCTION = "Answer the multiple-choice question with the lett
 
 def load_source(task: TaskSpec, cfg: ExperimentConfig) -> SourceRecords:
     """The task's records (and its own test split, if the source has one), all validated."""
-    loaders = {"synthetic": _load_synthetic, "file": _load_file, "hub": _load_hub,
+    loaders = {"synthetic": _load_synthetic, "file": _load_file, "hub": _load_hub, "hf_dataset": _load_hf_dataset,
                "cl_benchmark": _load_cl_benchmark}
     out = loaders[task.source.type](task, cfg)
     if not out.train:
@@ -111,6 +114,19 @@ def _load_hub(task: TaskSpec, cfg: ExperimentConfig) -> SourceRecords:
     test = None
     if src.test_split:
         test, more = to_records(read_dataset(path, local, src.config, src.test_split), task, labels)
+        dropped += more
+    return SourceRecords(raw.origin, train, test, labels, dropped)
+
+
+def _load_hf_dataset(task: TaskSpec, cfg: ExperimentConfig) -> SourceRecords:
+    src = task.source
+    folder = cfg.resolve_source_path(src.path or "")
+    raw = read_saved_dataset(folder, src.split)
+    labels = task.labels or raw.class_names.get(src.fields.get("output", "output"))
+    train, dropped = to_records(raw, task, labels)
+    test = None
+    if src.test_split:
+        test, more = to_records(read_saved_dataset(folder, src.test_split, key="test_split"), task, labels)
         dropped += more
     return SourceRecords(raw.origin, train, test, labels, dropped)
 
@@ -184,11 +200,13 @@ def to_records(raw: RawRows, task: TaskSpec, labels: list[str] | None, default_i
     if len(raw.rows) > 20_000:  # hub corpora (ChatDoctor: 200k rows) take a while to check
         rows = tqdm(rows, total=len(raw.rows), desc=f"{task.name}: check records", disable=None)
     for row, where in rows:
-        if src.converter:
-            row, row_fields = CONVERTERS[src.converter](row, where), {}
+        if src.format in CONVERSATION_FORMATS:
+            record = {"task": task.name, **conversation_record(row, where, src.format, fields.get("messages"))}
         else:
             row_fields = fields
-        record = _map_row(row, where, row_fields, task.name, default_instruction)
+            if src.converter:
+                row, row_fields = CONVERTERS[src.converter](row, where), {}
+            record = _map_row(row, where, row_fields, task.name, default_instruction)
         if record["output"] in src.drop_labels:
             dropped += 1
             continue

@@ -10,14 +10,14 @@ from typing import Any
 
 import torch
 
-from data_prep.templates import build_prompt, build_response, prompt_add_special_tokens, query_text
+from data_prep.templates import build_prompt, build_response, history_turns, prompt_add_special_tokens, query_text
 from pipeline.truncation import TokenCaps, fit_prompt
 
 IGNORE = -100
 
 
 def prompts(tokenizer: Any, prompt_format: str, records: list[dict]) -> list[str]:
-    return [build_prompt(tokenizer, prompt_format, r["instruction"], r["input"]) for r in records]
+    return [build_prompt(tokenizer, prompt_format, r["instruction"], r["input"], history_turns(r)) for r in records]
 
 
 def queries(records: list[dict]) -> list[str]:

@@ -139,14 +139,20 @@ class SourceSpec(Spec):
     """Where a task's records come from. Which fields apply depends on `type`."""
 
     # hub: datasets.load_dataset(path, config, split); file: local jsonl/json/csv/parquet;
+    # hf_dataset: a folder written by Dataset(Dict).save_to_disk (datasets.load_from_disk), by split;
     # cl_benchmark: folder with train.json/test.json/labels.json; synthetic: built-in generator.
-    type: Literal["hub", "file", "cl_benchmark", "synthetic"]
+    type: Literal["hub", "file", "hf_dataset", "cl_benchmark", "synthetic"]
     path: str | None = None  # hub id, file or folder (relative: to data_root, else to the YAML)
     config: str | None = None  # hub dataset config name
-    split: str = "train"  # hub split
+    split: str = "train"  # hub / hf_dataset split
     test_split: str | None = None  # use a source's own test split/file instead of a random one
-    format: Literal["auto", "jsonl", "json", "csv", "parquet"] = "auto"
+    # What a row is. auto/jsonl/json/csv/parquet: flat instruction/input/output columns (a file's
+    # format from its suffix unless named). sharegpt ({"conversations": [{"from", "value"}]}) and
+    # messages ({"messages": [{"role", "content"}]}): one conversation per row, the last assistant
+    # turn is the answer and the earlier turns stay in the prompt (data_prep.conversations).
+    format: Literal["auto", "jsonl", "json", "csv", "parquet", "sharegpt", "messages"] = "auto"
     # Unified field -> source column. Missing instruction falls back to the task's instruction.
+    # Conversation formats: `messages` names the column holding the turns.
     fields: dict[str, str] = Field(default_factory=dict)
     generator: str | None = None  # synthetic: name of the built-in task generator
     # Rows that are not flat columns: human_assistant splits one `text` column of
@@ -163,9 +169,18 @@ class SourceSpec(Spec):
             raise ValueError("a synthetic source needs `generator` (see `slm prepare --list-synthetic`)")
         if self.type != "synthetic" and not self.path:
             raise ValueError(f"a {self.type} source needs `path`")
-        unknown = set(self.fields) - {"instruction", "input", "output"}
+        conversation = self.format in ("sharegpt", "messages")
+        valid = {"messages"} if conversation else {"instruction", "input", "output"}
+        unknown = set(self.fields) - valid
         if unknown:
-            raise ValueError(f"fields maps unknown unified names {sorted(unknown)}; valid: instruction, input, output")
+            raise ValueError(f"fields maps unknown names {sorted(unknown)}; valid with format {self.format}: "
+                             f"{', '.join(sorted(valid))}")
+        if conversation and self.type in ("cl_benchmark", "synthetic"):
+            raise ValueError(f"format {self.format} reads conversations from a file, hf_dataset or hub source, "
+                             f"not from a {self.type} source")
+        if conversation and self.converter:
+            raise ValueError(f"format {self.format} and converter {self.converter} both say how to read a row; "
+                             "keep one")
         return self
 
 

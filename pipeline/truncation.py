@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from data_prep.templates import prompt_add_special_tokens, prompt_parts
+from data_prep.templates import history_turns, prompt_add_special_tokens, prompt_parts
 from pipeline.config import ModelSpec
 from pipeline.errors import ConfigError
 
@@ -80,7 +80,8 @@ def fit_prompt(tokenizer: Any, prompt_format: str, record: dict, ids: list[int],
         return ids
     if not caps.separate:
         return ids[-cap:]
-    head, body, tail = prompt_parts(tokenizer, prompt_format, record["instruction"], record["input"])
+    head, body, tail = prompt_parts(tokenizer, prompt_format, record["instruction"], record["input"],
+                                    history_turns(record))
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError("model.max_prompt_len / max_answer_len cut the prompt by character offsets, which "
                           f"needs a fast tokenizer; {getattr(tokenizer, 'name_or_path', '?')!r} is not one")

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from data_prep.build import PreparedTask, build_task, length_stats, token_lengths
 from data_prep.prepared import STAGE, load_prepared, prepare_inputs, read_manifest, task_spec_hash
-from data_prep.records import COLUMNS, records_sha256
+from data_prep.records import COLUMNS, HISTORY, records_sha256
 from data_prep.synthetic import describe_generators
 from pipeline.artifacts import atomic_path, atomic_write_json, atomic_write_text, read_done, require_done, write_done
 from pipeline.config import ExperimentConfig
@@ -118,8 +118,11 @@ def _task_entry(index: int, task: PreparedTask, tokenizer: Any, cfg: ExperimentC
 def _save(task: PreparedTask, folder: Path) -> None:
     import datasets
 
-    features = datasets.Features({c: datasets.Value("string") for c in COLUMNS})
-    splits = {"train": task.train, "test": task.test}
+    # Conversation tasks keep their earlier turns in one more column (JSON text).
+    columns = COLUMNS + ((HISTORY,) if any(HISTORY in r for r in task.train + task.test) else ())
+    features = datasets.Features({c: datasets.Value("string") for c in columns})
+    splits = {"train": [{c: r.get(c, "") for c in columns} for r in task.train],
+              "test": [{c: r.get(c, "") for c in columns} for r in task.test]}
     dd = datasets.DatasetDict({k: datasets.Dataset.from_list(v, features=features) for k, v in splits.items()})
     # datasets prints one "Saving the dataset" bar per split; our own tqdm already tracks tasks.
     was_disabled = datasets.are_progress_bars_disabled()
