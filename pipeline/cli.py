@@ -39,7 +39,7 @@ COMMANDS: dict[str, str] = {
     "report": "metrics (AA, BWT, forgetting, FWT), plots and report.md from the matrix",
     "run": "prepare, then train/index/eval each task in order, then report, skipping finished work",
     "generate": "answer a prompt with retrieval; shows which tasks and slots were used",
-    "serve": "OpenAI-compatible HTTP API: retrieval per request, mixed tasks batched, new tasks loaded live",
+    "serve": "OpenAI-compatible HTTP API: any method; retrieval per request, continuous batching, new tasks live",
     "export": "finished tasks as PEFT LoRA folders (vLLM --lora-modules), or merged models with --merged",
     "submit": "render the stages as Slurm jobs (prepare -> array over tasks -> finish) and submit",
     "status": "which tasks are done, running, pending or failed, with Slurm job ids",
@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ps["serve"])
     ps["serve"].add_argument("--host", default=None, help="address to listen on (default: serve.host, 127.0.0.1)")
     ps["serve"].add_argument("--port", type=int, default=None, help="port (default: serve.port, 8000; 0: any free)")
+    ps["serve"].add_argument("--api-key", default=None, metavar="KEY",
+                             help="clients must send `Authorization: Bearer KEY` (default: $SLM_API_KEY, else "
+                                  "serve.api_key; none: no check)")
 
     _common(ps["export"])
     ps["export"].add_argument("--task", action="append", metavar="NAME|I",

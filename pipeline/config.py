@@ -267,11 +267,17 @@ class EvalSpec(Spec):
 class ServeSpec(Spec):
     """`slm serve`: batching, request limits and the pickup of newly finished tasks."""
 
-    host: str = "127.0.0.1"  # loopback by default: the API has no authentication
+    host: str = "127.0.0.1"  # loopback by default; on another address set an API key
     port: int = Field(8000, ge=0, le=65535)  # 0: any free port (printed at start)
+    # Clients must send `Authorization: Bearer <key>` to /v1/* (HTTP 401 otherwise). Prefer the
+    # SLM_API_KEY environment variable or `slm serve --api-key` to a key written in a YAML file.
+    api_key: str | None = None
     max_batch_size: int = Field(8, ge=1)  # requests decoded together, each with its own slots
-    # How long the first request of a batch waits for others: a few ms buys batching under load
-    # at little latency when idle.
+    # continuous: a new request joins the running batch at the next decode step; static: it waits
+    # until the whole batch has finished (the server before continuous batching; bench/serve.py's baseline).
+    batching: Literal["continuous", "static"] = "continuous"
+    # How long the first request of an idle server waits for others: a few ms buys batching under
+    # load at little latency when idle.
     max_wait_ms: float = Field(10.0, ge=0)
     max_tokens: int = Field(64, ge=1)  # a request's default max_tokens (slm generate's default)
     max_tokens_limit: int = Field(512, ge=1)  # the most one request may ask for

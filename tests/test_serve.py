@@ -273,14 +273,14 @@ def test_a_request_past_its_timeout_is_cancelled_and_frees_its_batch_slot(sessio
         torch.set_num_threads(threads)
 
 
-def test_serve_refuses_a_run_without_an_index_and_non_jare_methods(tmp_path, run_overrides):
-    from pipeline.errors import ConfigError, StageInputError
+def test_serve_refuses_a_run_without_an_index_or_without_a_finished_task(tmp_path, run_overrides):
+    from pipeline.errors import StageInputError
 
     cfg = load_config(None, [*run_overrides, f"output_dir={tmp_path / 'empty'}"])
     with pytest.raises(StageInputError, match="slm serve"):
         load_session(cfg, RunLayout.of(cfg))
-    lora = load_config(None, [*run_overrides, "method=seq_lora"])
-    with pytest.raises(ConfigError, match="JARe"):
+    lora = load_config(None, [*run_overrides, f"output_dir={tmp_path / 'empty'}", "method=seq_lora"])
+    with pytest.raises(StageInputError, match="no finished task"):
         load_session(lora, RunLayout.of(lora))
 
 

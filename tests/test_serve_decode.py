@@ -110,3 +110,48 @@ def test_a_cancelled_row_leaves_the_batch_and_the_others_finish(session):
     alone = Routing(ROUTING.slot_ids[1:2], ROUTING.weights[1:2])
     hf = hf_greedy(session, ids[1], alone, 10)
     assert rows[1].tokens[:len(hf)] == hf
+
+
+def test_rows_that_join_a_running_batch_decode_as_each_would_alone(session):
+    from pipeline.serve.decode import DecodeBatch
+
+    ids = prompts(session.tokenizer)
+    order = [2, 0, 1]  # the shortest prompt runs first: the joining rows' longer cache widens it, and back
+    lengths = {2: 10, 0: 3, 1: 7}  # the longest prompt leaves first: its padding columns are dropped
+    rows = {i: Row(ids[i], Sampling(lengths[i], ignore_eos=True)) for i in order}
+
+    def routing_of(rows_: list[int]) -> Routing:
+        return Routing(ROUTING.slot_ids[rows_], ROUTING.weights[rows_])
+
+    batch = DecodeBatch(session)
+    batch.admit([rows[2]], routing_of([2]))
+    batch.step()
+    batch.step()
+    assert len(rows[2].tokens) == 3
+    batch.admit([rows[0], rows[1]], routing_of([0, 1]))  # join mid-decode
+    assert len(batch) == 3
+    while batch.rows:
+        batch.step()
+    batch.close()
+    for i in order:
+        assert rows[i].tokens == hf_greedy(session, ids[i], routing_of([i]), lengths[i]), f"row {i}"
+
+
+def test_penalties_follow_openai_and_vllm_semantics():
+    from pipeline.serve.sampling import apply_penalties
+
+    logits = torch.tensor([2.0, -1.0, 0.5, 3.0])
+    openai_style = apply_penalties(logits, Sampling(1, presence_penalty=0.5, frequency_penalty=0.25), [0], [3, 3, 2])
+    # only answer tokens count: token 3 twice (0.5 + 2 x 0.25), token 2 once (0.5 + 0.25), prompt token 0 not at all
+    assert openai_style.tolist() == [2.0, -1.0, 0.5 - 0.75, 3.0 - 1.0]
+    repeated = apply_penalties(logits, Sampling(1, repetition_penalty=2.0), [0, 1], [])
+    assert repeated.tolist() == [1.0, -2.0, 0.5, 3.0]  # seen tokens: positive halved, negative doubled
+
+
+def test_a_penalty_moves_a_greedy_row_off_a_token_it_already_said():
+    from pipeline.serve.sampling import pick_tokens
+
+    logits = torch.tensor([[0.0, 5.0, 4.0], [0.0, 5.0, 4.0]])
+    samplings = [Sampling(1), Sampling(1, presence_penalty=2.0)]
+    picked = pick_tokens(logits.clone(), samplings, [([], [1]), ([], [1])], [None, None])
+    assert picked.tolist() == [1, 2]  # the same logits: only the penalised row leaves token 1

@@ -2,14 +2,17 @@
 
 Bodies are read and parsed here rather than by FastAPI's automatic validation, so the size cap
 (413), a non-JSON body (400) and a wrong field (400, naming it) all get an OpenAI-style error
-body instead of FastAPI's 422 list. Anything unexpected is logged and answered with a 500 that
-says so; the worker thread keeps serving either way.
+body instead of FastAPI's 422 list. With an API key, every /v1 and /admin route needs
+`Authorization: Bearer <key>` (401 otherwise, as vLLM's `--api-key`); /health stays open for
+load balancers. Anything unexpected is logged and answered with a 500 that says so; the worker
+thread keeps serving either way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import time
@@ -50,6 +53,14 @@ def create_app(session: InferenceSession, spec: ServeSpec) -> FastAPI:
     async def refused(request: Request, e: RequestError) -> JSONResponse:
         return JSONResponse(error_body(e), status_code=e.status)
 
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next):
+        if spec.api_key and request.url.path.startswith(PROTECTED) and not _authorized(request, spec.api_key):
+            err = RequestError("missing or wrong API key: send the header `Authorization: Bearer <key>` (the "
+                               "openai client's api_key)", status=401, kind="authentication_error")
+            return JSONResponse(error_body(err), status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
     @app.exception_handler(Exception)
     async def crashed(request: Request, e: Exception) -> JSONResponse:
         log.exception("serve: %s %s failed", request.method, request.url.path)
@@ -62,8 +73,8 @@ def create_app(session: InferenceSession, spec: ServeSpec) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> dict:
-        info = {"tasks": session.tasks, "rejected": dict(session.rejected),
-                "retrieval": session.merged_task is None, "merged_task": session.merged_task}
+        info = {"method": session.cfg.method, "tasks": session.tasks, "rejected": dict(session.rejected),
+                "retrieval": session.retrieves and session.merged_task is None, "merged_task": session.merged_task}
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": started,
                                             "owned_by": "slm", "slm": info}]}
 
@@ -95,13 +106,15 @@ def create_app(session: InferenceSession, spec: ServeSpec) -> FastAPI:
         ids = session.encode(record)
         job = Job(record, req.task, Row(ids, sampling), asyncio.get_running_loop(), spec.request_timeout_s)
         reply = Reply(chat, model_name, len(ids))
+        extension = (lambda: _extension(job)) if session.retrieves else (lambda: {"method": session.cfg.method})
         if req.stream:
             job.row.emit = lambda text: job.post("text", text)
             batcher.submit(job)
-            return StreamingResponse(_stream(job, reply), media_type="text/event-stream")
+            return StreamingResponse(_stream(job, reply, extension, req.include_usage),
+                                     media_type="text/event-stream")
         batcher.submit(job)
         row = await _wait(request, job)
-        return reply.whole(row, _extension(job))
+        return reply.whole(row, extension())
 
     return app
 
@@ -123,7 +136,16 @@ async def read_json(request: Request, limit: int):
         raise RequestError(f"the request body is not valid JSON: {e}") from None
 
 
+PROTECTED = ("/v1", "/admin")
+
+
+def _authorized(request: Request, key: str) -> bool:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
+
+
 def _extension(job: Job) -> dict:
+    """The `slm` field of an answer of a retrieving method: the slots it used, and a forced task."""
     return {"retrieval": job.retrieval, "task": job.task}
 
 
@@ -158,8 +180,9 @@ def _sse(body: dict) -> str:
     return f"data: {json.dumps(body)}\n\n"
 
 
-async def _stream(job: Job, reply: Reply) -> AsyncIterator[str]:
-    """SSE chunks as the worker produces text; the last one carries finish_reason and `slm`.
+async def _stream(job: Job, reply: Reply, extension, include_usage: bool) -> AsyncIterator[str]:
+    """SSE chunks as the worker produces text; the last one carries finish_reason and `slm`, then
+    (stream_options.include_usage) one with the usage and no choices, as OpenAI and vLLM send it.
     Starlette cancels this generator when the client goes away: the job is cancelled with it."""
     try:
         yield _sse(reply.chunk("", first=True))
@@ -169,7 +192,9 @@ async def _stream(job: Job, reply: Reply) -> AsyncIterator[str]:
                 yield _sse(reply.chunk(value))
                 continue
             if kind == "done":
-                yield _sse(reply.last_chunk(value, _extension(job)))
+                yield _sse(reply.last_chunk(value, extension()))
+                if include_usage:
+                    yield _sse(reply.usage_chunk(value))
             else:
                 err = value if isinstance(value, RequestError) else RequestError(
                     f"generation failed: {type(value).__name__}: {value}", status=500, kind="server_error")

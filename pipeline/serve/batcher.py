@@ -1,15 +1,22 @@
-"""The worker thread that owns the model: gathers concurrent requests into batches and decodes them.
+"""The worker thread that owns the model: admits concurrent requests into one running batch and decodes it.
 
-The HTTP side (asyncio) submits a `Job` and reads its events from an asyncio queue; this thread
-takes the first waiting job, waits at most `serve.max_wait_ms` for more (up to
-`serve.max_batch_size`), routes each row to its own slots and decodes the batch in one loop.
+The HTTP side (asyncio) submits a `Job` and reads its events from an asyncio queue. This thread
+keeps one `DecodeBatch` (pipeline/serve/decode.py) and, between two decode steps, admits the jobs
+that are waiting (`serve.batching: continuous`, the default): a new request is prefilled and joins
+at the next step, up to `serve.max_batch_size` rows, each routed to its own slots. With
+`serve.batching: static` (the server before continuous batching, kept as the benchmark's
+baseline) a batch is gathered only when the previous one has finished: the first waiting job, and
+whatever arrives within `serve.max_wait_ms`, decoded until all are done. An idle worker also waits
+`max_wait_ms` for company before it starts a batch.
+
 Only this thread touches the model, so loading new tasks (every `serve.reload_poll_s`, or when
-POST /admin/reload asks) happens between batches: a batch in flight finishes on the task set it
-began with, and requests still queued get the new one.
+POST /admin/reload asks) happens when the batch is empty: while a reload is wanted, waiting jobs
+are not admitted, the rows in flight finish on the task set they began with, then the reload runs
+and the queued requests get the new set.
 
 A job past its deadline, or whose client has gone, is cancelled: it leaves the batch at the next
-step. An exception while decoding fails that batch's requests (HTTP 500 with the message) and the
-worker goes on with the next batch.
+step. An exception while decoding fails the requests in the batch (HTTP 500 with the message) and
+the worker goes on with the next ones.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from dataclasses import dataclass, field
 
 from pipeline.config import ServeSpec
 from pipeline.errors import RequestError
-from pipeline.serve.decode import Row, decode
+from pipeline.serve.decode import DecodeBatch, Row
 from pipeline.serve.session import InferenceSession, TaskUpdate
 
 log = logging.getLogger("slm.serve")
@@ -110,12 +117,42 @@ class Batcher:
             import torch
 
             torch.set_num_threads(self.spec.threads)
-        while not self._stop.is_set():
-            jobs = self._gather()
-            self._reload_if_due()
-            live = [j for j in jobs if not self._refuse_cancelled(j)]
-            if live:
-                self._serve(live)
+        batch = DecodeBatch(self.session)
+        try:
+            while not self._stop.is_set():
+                jobs = self._next_jobs(batch)
+                if not batch:
+                    self._reload_if_due()
+                    batch = DecodeBatch(self.session)  # after a reload the model may be another object
+                live = [j for j in jobs if not self._refuse_cancelled(j)]
+                if live:
+                    self._admit(batch, live)
+                if batch:
+                    self._step(batch)
+        finally:
+            batch.close()
+
+    def _next_jobs(self, batch: DecodeBatch) -> list[Job]:
+        """The jobs to admit now: none while a reload waits for the batch to drain or a static batch
+        runs; a gathered batch when idle; whatever is waiting (up to the free rows) otherwise."""
+        if not batch:
+            return self._gather()
+        if self.spec.batching == "static" or self._reload_wanted():
+            return []
+        jobs = []
+        while len(batch) + len(jobs) < self.spec.max_batch_size:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _WAKE:
+                jobs.append(item)
+        return jobs
+
+    def _reload_wanted(self) -> bool:
+        with self._lock:
+            asked = bool(self._reloads)
+        return asked or (self.spec.reload_poll_s > 0 and time.monotonic() >= self._next_poll)
 
     def _gather(self) -> list[Job]:
         poll = self.spec.reload_poll_s
@@ -156,20 +193,29 @@ class Batcher:
         job.post("error", job.timeout_error())
         return True
 
-    def _serve(self, jobs: list[Job]) -> None:
+    def _admit(self, batch: DecodeBatch, jobs: list[Job]) -> None:
+        """Route and prefill `jobs` into the running batch; a failure fails these jobs only."""
         self.batches += 1
-        self.largest_batch = max(self.largest_batch, len(jobs))
         try:
             routed = self.session.route([j.record for j in jobs], [j.task for j in jobs])
             for job, retrieval in zip(jobs, routed.retrieval, strict=True):
                 job.retrieval = retrieval
                 job.row.on_finish = lambda row, job=job: _answer(job)
-            decode(self.session, [j.row for j in jobs], routed.routing)
+                job.row.on_error = lambda error, job=job: job.post("error", error)
+            batch.admit([j.row for j in jobs], routed.routing)
         except Exception as e:
-            log.exception("serve: a batch of %d request(s) failed", len(jobs))
+            log.exception("serve: %d request(s) could not join the batch", len(jobs))
             for job in jobs:
                 if job.row.finish_reason is None:
                     job.post("error", e)
+        self.largest_batch = max(self.largest_batch, len(batch))
+
+    def _step(self, batch: DecodeBatch) -> None:
+        try:
+            batch.step()
+        except Exception as e:
+            log.exception("serve: a decode step of %d request(s) failed", len(batch))
+            batch.fail(e)
 
 
 def _answer(job: Job) -> None:

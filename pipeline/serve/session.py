@@ -1,13 +1,16 @@
-"""InferenceSession: the model, its DTKR router and the tokenizer, loaded once and used for many prompts.
+"""InferenceSession: the model (and, for JARe methods, its DTKR router) and the tokenizer, loaded once.
 
 `slm generate` (one prompt) and `slm serve` (batches of concurrent requests) both answer through
 a session, so the same prompt gets the same tokens from either. The model comes from the method
-registry (`load_session` is the one place that asks it); a batch is routed per sample, each row
-to its own retrieved slots, through JARe's side branch.
+registry's predictor (`load_session` is the one place that asks it), so every method serves:
+JARe methods route each row to its own retrieved slots through the side branch; the LoRA
+baselines, multitask and seq_ft answer with the one model they have after their last task.
 
-Tasks finished while a session runs are added by `refresh` (slots into the JARe bank, keys into
-the router's KeyStore, after the task's DONE hashes check out). Only the thread that runs the
-model calls it, between batches, so a batch in flight always finishes on the task set it began with.
+Tasks finished while a session runs are added by `refresh`: JARe methods add the task's slots to
+the bank and its keys to the router's KeyStore; the others load the model of the newest finished
+task in place of the old one. Either only after the task's DONE hashes check out, and only from
+the thread that runs the model, between batches, so a batch in flight finishes on the model it
+began with.
 """
 
 from __future__ import annotations
@@ -40,13 +43,13 @@ class TaskUpdate:
 
 @dataclass
 class BatchRouting:
-    routing: Routing | None  # None: the merged adapter (retrieval off) answers every row
-    retrieval: list[list[dict]]  # per row: [{task, slot, weight}], what the response reports
+    routing: Routing | None  # None: no JARe routing (the merged adapter, or a method without slots)
+    retrieval: list[list[dict]]  # per row: [{task, slot, weight}], what the response reports ([] without DTKR)
 
 
 class InferenceSession:
     def __init__(self, cfg: ExperimentConfig, layout: RunLayout, model, bank, router, tokenizer,
-                 device: torch.device) -> None:
+                 device: torch.device, n_tasks: int | None = None) -> None:
         self.cfg, self.layout = cfg, layout
         self.model, self.bank, self.router, self.tokenizer = model, bank, router, tokenizer
         self.device = device
@@ -54,9 +57,17 @@ class InferenceSession:
         self.rejected: dict[str, str] = {}  # task -> why it is not loaded (latest refresh)
         self.merged_task: str | None = None
         self._merged_retrieval: list[dict] = []
+        self._n_tasks = n_tasks if bank is None else None  # methods without slots: tasks learned so far
+
+    @property
+    def retrieves(self) -> bool:
+        """Whether answers come from DTKR retrieval (and report which slots they used)."""
+        return self.router is not None
 
     @property
     def tasks(self) -> list[str]:
+        if self.bank is None:
+            return [t.name for t in self.cfg.tasks[: self._n_tasks]]
         return list(self.bank.task_names)
 
     # ---- prompts ----------------------------------------------------------------------------
@@ -82,6 +93,9 @@ class InferenceSession:
     def check_task(self, task: str | None) -> None:
         if task is None:
             return
+        if self.router is None:
+            raise RequestError(f"method {self.cfg.method} answers every request with one model (after task "
+                               f"{self.tasks[-1]}); it has no per-task slots to force", param="task")
         if self.merged_task is not None:
             raise RequestError(f"this server runs with retrieval off (serve.merged_task={self.merged_task}); "
                                "it cannot force a task", param="task")
@@ -92,6 +106,8 @@ class InferenceSession:
     def route(self, records: list[dict], forced: list[str | None]) -> BatchRouting:
         """Per-row slots: DTKR retrieval over every loaded task, or over the forced task's slots
         only (the oracle). Rows forced to one task are routed together, the rest together."""
+        if self.router is None:
+            return BatchRouting(None, [[] for _ in records])
         if self.merged_task is not None:
             return BatchRouting(None, [self._merged_retrieval for _ in records])
         groups: dict[str | None, list[int]] = {}
@@ -115,6 +131,9 @@ class InferenceSession:
     # ---- retrieval off ------------------------------------------------------------------------
     def merge_task(self, name: str) -> None:
         """Merge task `name`'s slots (equal weights, i.e. one adapter of rank P*r) into W for good."""
+        if self.bank is None:
+            raise ConfigError(f"serve.merged_task is for the JARe methods (slm, oracle_task_id); method "
+                              f"{self.cfg.method} already answers with one merged model", hint="drop serve.merged_task")
         if name not in self.bank.task_names:
             raise ConfigError(f"serve.merged_task {name!r} is not a loaded task; loaded: {', '.join(self.tasks)}")
         t = self.bank.task_names.index(name)
@@ -131,6 +150,8 @@ class InferenceSession:
         """Load every task after the loaded ones whose DONE is there and whose files hash as recorded,
         in order; the first that fails is reported (and retried on the next refresh), later ones wait."""
         update = TaskUpdate()
+        if self.bank is None:
+            return self._refresh_model(update)
         while len(self.bank.task_names) < len(self.cfg.tasks):
             t = len(self.bank.task_names)
             name = self.cfg.tasks[t].name
@@ -149,6 +170,30 @@ class InferenceSession:
             log.info("serve: loaded task %d (%s); now serving %d task(s): %s", t, name, len(self.tasks),
                      ", ".join(self.tasks))
         self.rejected = update.rejected
+        return update
+
+    def _refresh_model(self, update: TaskUpdate) -> TaskUpdate:
+        """A method without slots: the model of the newest finished task replaces the current one."""
+        from pipeline.methods import get_method
+        from pipeline.stages.index import done_tasks
+
+        n = done_tasks(self.cfg, self.layout)
+        if n <= (self._n_tasks or 0):
+            return update
+        name = self.cfg.tasks[n - 1].name
+        try:
+            validity.require_tasks(self.cfg, self.layout, n)
+            self.model = get_method(self.cfg.method).predictor(self.cfg, self.layout, n - 1, self.device).model.eval()
+        except SlmError as e:
+            update.rejected[name] = str(e)
+            if self.rejected.get(name) != str(e):
+                log.warning("serve: the model after task %d (%s) not loaded: %s", n - 1, name, e)
+            self.rejected = update.rejected
+            return update
+        update.added = [t.name for t in self.cfg.tasks[self._n_tasks:n]]
+        self._n_tasks = n
+        self.rejected = {}
+        log.info("serve: now answering with the model after task %d (%s)", n - 1, name)
         return update
 
     def _load_task(self, t: int, name: str) -> None:
@@ -175,8 +220,8 @@ def _stack(parts: dict[int, tuple[list[int], list[float]]], n: int, task: int | 
 def load_session(cfg: ExperimentConfig, layout: RunLayout, device: torch.device | None = None) -> InferenceSession:
     """The model of every finished task (through the method registry), its router and tokenizer.
 
-    Needs `slm index` over at least the first task; finished tasks the index does not cover yet
-    are loaded from their own folders (as `refresh` does for tasks finished later).
+    JARe methods need `slm index` over at least the first task; finished tasks the index does not
+    cover yet are loaded from their own folders (as `refresh` does for tasks finished later).
     """
     from pipeline.methods import get_method
     from pipeline.models import default_device, load_tokenizer
@@ -184,8 +229,7 @@ def load_session(cfg: ExperimentConfig, layout: RunLayout, device: torch.device 
 
     method = get_method(cfg.method)
     if not method.learns_keys:
-        raise ConfigError(f"slm serve serves the JARe methods (retrieval per request); method {cfg.method!r} "
-                          "has no DTKR keys")
+        return _one_model_session(cfg, layout, device or default_device())
     n = min(done_tasks(cfg, layout), _indexed_tasks(layout))
     if n == 0:
         raise StageInputError(f"no finished, indexed task under {layout.root}: run `slm run` (or `slm train "
@@ -206,6 +250,21 @@ def load_session(cfg: ExperimentConfig, layout: RunLayout, device: torch.device 
                                load_tokenizer(cfg.model.name_or_path), device)
     session.refresh()
     return session
+
+
+def _one_model_session(cfg: ExperimentConfig, layout: RunLayout, device: torch.device) -> InferenceSession:
+    """A method without slots (LoRA baselines, multitask, seq_ft): its model after the last finished task."""
+    from pipeline.methods import get_method
+    from pipeline.models import load_tokenizer
+    from pipeline.stages.index import done_tasks
+
+    n = done_tasks(cfg, layout)
+    if n == 0:
+        raise StageInputError(f"no finished task under {layout.root}: run `slm run --method {cfg.method}` (or "
+                              f"`slm train --task 0 --method {cfg.method}`) before `slm serve`")
+    validity.require_tasks(cfg, layout, n)
+    model = get_method(cfg.method).predictor(cfg, layout, n - 1, device).model.eval()
+    return InferenceSession(cfg, layout, model, None, None, load_tokenizer(cfg.model.name_or_path), device, n)
 
 
 def _indexed_tasks(layout: RunLayout) -> int:
