@@ -1,9 +1,22 @@
-"""`slm serve` under load: retrieval per request vs the same server with one adapter merged into W.
+"""`slm serve` under load: retrieval per request vs one merged adapter, or continuous vs static batching.
 
     slm run                                  # once: the embedded default (SmolLM2-135M, 3 tasks)
     python bench/serve.py                    # 8 clients x 64 requests a round, 3 rounds, ~5 min on 2 cores
     python bench/serve.py --quick            # 4 clients x 16 requests, 1 round: does it work
     python bench/serve.py -c my.yaml --set output_dir=runs/x --clients 16
+    python bench/serve.py --batching         # continuous vs static batching at 1, 4, 16 clients (below)
+    python bench/serve.py --batching --quick # 1 and 4 clients, 8 requests each: does it work
+
+`--batching` (bench/results/serve-batching.json): two `slm serve` processes of the same run, both
+with retrieval, one with `serve.batching=continuous` (a request joins the running batch at the
+next decode step) and one with `serve.batching=static` (the server before it: a batch is gathered
+only when the previous one has finished). For each client count (`--client-counts`, default 1, 4,
+16) both servers get the same `--requests` chat requests in a closed loop (each client sends its
+next request when its answer arrives), in alternating order; requests cycle through
+`--mixed-tokens` lengths (default 8 and 32, `ignore_eos`), since a batch of unequal answers is
+where static batching makes the short ones' clients wait. Reported per client count and server:
+requests/s, p50 and p95 latency; the ratios continuous/static. One run, no repetition: the file
+records the load average, which says how quiet the machine was.
 
 Two servers of the same finished run start side by side on loopback (each `slm serve` in its own
 process, on a free port): `retrieval` (DTKR per request, per-sample slots on the side branch,
@@ -67,10 +80,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="serve.threads of both servers (torch threads of the decoding worker; 1 on a shared CPU)")
     p.add_argument("--quick", action="store_true", help="4 clients x 16 requests, 8 tokens, 1 round")
     p.add_argument("--start-timeout-s", type=float, default=600.0)
-    p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "serve.json")
+    p.add_argument("--json", type=Path, default=None,
+                   help="results file (default: bench/results/serve.json, with --batching serve-batching.json)")
+    p.add_argument("--batching", action="store_true", help="compare continuous and static batching (see above)")
+    p.add_argument("--client-counts", default="1,4,16", help="--batching: concurrent clients, comma-separated")
+    p.add_argument("--mixed-tokens", default="8,32",
+                   help="--batching: tokens per request, cycled over the requests (ignore_eos)")
     args = p.parse_args(argv)
+    name = "serve-batching.json" if args.batching else "serve.json"
+    args.json = args.json or ROOT / "bench" / "results" / name
     if args.quick:
         args.clients, args.requests, args.max_tokens, args.rounds = 4, 16, 8, 1
+        if args.batching:
+            args.client_counts, args.requests, args.mixed_tokens = "1,4", 8, "4,12"
     if args.warmup is None:
         args.warmup = args.clients
     return args
@@ -159,6 +181,7 @@ def prompt_fits(cfg, records: list[dict]) -> list[bool]:
 
 
 def one_request(client, model: str, record: dict, max_tokens: int) -> float:
+    """Seconds until the whole answer of one greedy chat request (exactly `max_tokens` tokens) arrived."""
     t0 = time.perf_counter()
     reply = client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": record["instruction"]}], max_tokens=max_tokens,
@@ -168,23 +191,29 @@ def one_request(client, model: str, record: dict, max_tokens: int) -> float:
     return time.perf_counter() - t0
 
 
-def load_round(url: str, args, records: list[dict], n_requests: int) -> dict:
-    """`n_requests` requests over `args.clients` concurrent clients; wall time and each latency."""
+def load_round(url: str, args, records: list[dict], n_requests: int, clients: int | None = None,
+               tokens: list[int] | None = None) -> dict:
+    """`n_requests` requests over `clients` (default `args.clients`) concurrent clients in a closed
+    loop, request i decoding `tokens[i % len(tokens)]` tokens (default `args.max_tokens`); wall
+    time and each latency."""
     import openai
 
-    clients = [openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
-               for _ in range(args.clients)]
-    model = clients[0].models.list().data[0].id
-    work = [records[i % len(records)] for i in range(n_requests)]
+    n_clients = clients or args.clients
+    tokens = tokens or [args.max_tokens]
+    pool_clients = [openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
+                    for _ in range(n_clients)]
+    model = pool_clients[0].models.list().data[0].id
+    work = [(records[i % len(records)], tokens[i % len(tokens)]) for i in range(n_requests)]
 
     def client_loop(c: int) -> list[float]:
-        return [one_request(clients[c], model, work[i], args.max_tokens) for i in range(c, n_requests, args.clients)]
+        return [one_request(pool_clients[c], model, *work[i]) for i in range(c, n_requests, n_clients)]
 
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(args.clients) as pool:
-        latencies = [x for part in pool.map(client_loop, range(args.clients)) for x in part]
+    with ThreadPoolExecutor(n_clients) as pool:
+        latencies = [x for part in pool.map(client_loop, range(n_clients)) for x in part]
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "rps": n_requests / wall, "tokens_per_s": n_requests * args.max_tokens / wall,
+    total_tokens = sum(t for _, t in work)
+    return {"wall_s": wall, "rps": n_requests / wall, "tokens_per_s": total_tokens / wall,
             "p50_s": percentile(latencies, 50), "p95_s": percentile(latencies, 95), "latencies_s": latencies}
 
 
@@ -202,6 +231,8 @@ def summarize(rounds: list[dict]) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.batching:
+        return batching_main(args)
     t_start = time.perf_counter()
     load_at_start = list(os.getloadavg())
     records, tasks = test_records(args)
@@ -242,6 +273,59 @@ def main(argv=None) -> dict:
     log(f"wrote {args.json}")
     print(f"rps_ratio={ratios['rps_ratio']:.3f} p50_ratio={ratios['p50_ratio']:.3f}")
     return result
+
+
+# ---- --batching: continuous vs static -----------------------------------------------------------
+
+
+def batching_main(args) -> dict:
+    """Continuous vs static batching at each client count: one run, results with provenance."""
+    from bench.provenance import run_provenance
+    from pipeline.artifacts import atomic_write_json
+
+    t_start = time.perf_counter()
+    load_at_start = list(os.getloadavg())
+    records, tasks = test_records(args)
+    counts = [int(c) for c in args.client_counts.split(",")]
+    tokens = [int(t) for t in args.mixed_tokens.split(",")]
+    log(f"{len(records)} test records of {tasks}; clients {counts}, {args.requests} requests each, tokens "
+        f"{tokens} (cycled); batches of up to {args.batch_size}; load avg {load_at_start}")
+    variants = {"continuous": ["serve.batching=continuous"], "static": ["serve.batching=static"]}
+    results: dict[str, dict[str, dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="slm-bench-serve-") as tmp, contextlib.ExitStack() as stack:
+        urls = {v: stack.enter_context(server(args, v, extra, Path(tmp))) for v, extra in variants.items()}
+        for url in urls.values():
+            load_round(url, args, records, args.warmup, tokens=tokens)  # first-call costs
+        for i, clients in enumerate(counts):
+            results[str(clients)] = {}
+            for v in list(variants)[:: 1 if i % 2 == 0 else -1]:  # alternate who goes first
+                r = load_round(urls[v], args, records, args.requests, clients=clients, tokens=tokens)
+                results[str(clients)][v] = r
+                log(f"  {clients:>2} client(s) {v:<10}: {r['rps']:.2f} req/s, p50 {r['p50_s']:.3f} s, "
+                    f"p95 {r['p95_s']:.3f} s")
+    table = batching_table(results)
+    print("\n" + "\n".join(table))
+    result = {"run_info": {"script": "bench/serve.py --batching", **run_provenance(),
+                           "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                           "tasks": tasks, "records": len(records), "load_avg_at_start": load_at_start,
+                           "load_avg_at_end": list(os.getloadavg()), "total_s": time.perf_counter() - t_start},
+              "serve_info": {"by_clients": results, "table": table,
+                             "ratios": {c: {"rps": r["continuous"]["rps"] / r["static"]["rps"],
+                                            "p50": r["continuous"]["p50_s"] / r["static"]["p50_s"],
+                                            "p95": r["continuous"]["p95_s"] / r["static"]["p95_s"]}
+                                        for c, r in results.items()}}}
+    atomic_write_json(args.json, result)
+    log(f"wrote {args.json}")
+    return result
+
+
+def batching_table(results: dict[str, dict[str, dict]]) -> list[str]:
+    """A markdown table: per client count, both servers' requests/s and p50/p95 latency."""
+    lines = ["| clients | batching | req/s | p50 s | p95 s |", "|---|---|---|---|---|"]
+    for clients, by_variant in results.items():
+        for v, r in by_variant.items():
+            lines.append(f"| {clients} | {v} | {r['rps']:.2f} | {r['p50_s']:.3f} | {r['p95_s']:.3f} |")
+    return lines
 
 
 def meta_info() -> dict:
