@@ -295,6 +295,18 @@ class ServeSpec(Spec):
     threads: int | None = Field(None, ge=1)
 
 
+class LoggingSpec(Spec):
+    """Settings of the `report_to` backends (pipeline.tracking); which ones run is `report_to`."""
+
+    wandb_project: str = "slm"
+    # offline: written under <output_dir>/logs/wandb, uploaded later with `wandb sync`; online: needs a login.
+    wandb_mode: Literal["offline", "online"] = "offline"
+    # None: a local file store, <output_dir>/logs/mlflow (`mlflow ui --backend-store-uri` shows it);
+    # or an MLflow server (http://...) or database URI.
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str | None = None  # None: the experiment's name
+
+
 def _single_line(value: str | list[str] | None) -> str | list[str] | None:
     """Refuse control characters in a Slurm value: a newline would end its `#SBATCH` line and
     the batch shell would run the rest as a command."""
@@ -360,6 +372,11 @@ class ExperimentConfig(Spec):
     eval: EvalSpec = EvalSpec()
     serve: ServeSpec = ServeSpec()
     slurm: SlurmSpec = SlurmSpec()
+    # Where training (loss, lr per step) and evaluation (each row, AA / BWT / forgetting so far,
+    # retrieval accuracy) report, besides the JSONL log that is always written. wandb and mlflow
+    # are optional installs: pip install "slm-pipeline[tracking]".
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"])
+    logging: LoggingSpec = LoggingSpec()
     # Task orders to run (CL results depend on the order); each a permutation of the task names.
     # None: the one order of `tasks`.
     orders: list[OrderSpec] | None = None

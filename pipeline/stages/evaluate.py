@@ -86,6 +86,9 @@ def _run(cfg: ExperimentConfig, layout: RunLayout, after: int) -> int:
     row.update(format=DONE_FORMAT, inputs=inputs, settings=validity.eval_settings(cfg))
     atomic_write_json(layout.eval_row(after), row)
     print(f"eval: row {after} -> {layout.eval_row(after)}")
+    from pipeline.tracking import log_eval_row
+
+    log_eval_row(cfg, layout, after, read_row)  # the row and AA / BWT / forgetting so far, to report_to
     return 0
 
 

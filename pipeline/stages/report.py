@@ -2,7 +2,8 @@
 
 Reads `eval/row-<i>.json` (row i of the matrix, written by `slm eval --after i`) and the untrained
 model's `eval/row-untrained.json`, and writes, each atomically, into `eval/`:
-matrix.json, metrics.json, report.md, matrix.png, retrieval_confusion.png (methods that retrieve).
+matrix.json, metrics.json, report.md, matrix.png, retrieval_confusion.png (methods that retrieve),
+loss.png (the training loss of every task, from its JSONL or TensorBoard log: pipeline.loss_curve).
 It also rewrites `<output_dir>/comparison.md`, which compares every method under output_dir
 that has a metrics.json (quality, and cost: trainable parameters, bytes stored per task, training
 wall time), so one file answers "SLM vs every baseline".
@@ -32,6 +33,7 @@ from pipeline.artifacts import atomic_path, atomic_write_json, atomic_write_text
 from pipeline.config import ExperimentConfig
 from pipeline.errors import StageInputError
 from pipeline.layout import RunLayout
+from pipeline.loss_curve import write_loss_curve
 from pipeline.methods import METHOD_NAMES, get_method
 from pipeline.orders import order_runs, selected_runs
 
@@ -335,14 +337,14 @@ def _retrieval_section(m: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_report(m: dict[str, Any], ev: EvalRows, comparison: list[str]) -> str:
+def render_report(m: dict[str, Any], ev: EvalRows, comparison: list[str], loss: list[str] | None = None) -> str:
     lines = [f"# Report: experiment `{m['experiment']}`, method `{m['method']}`", ""]
     if not m["complete"]:
         nxt = m["rows_present"]
         lines += [f"**Partial matrix: {nxt} of {m['rows_expected']} rows.** The metrics cover the "
                   f"{nxt} task(s) learned so far. Next: train task {nxt}, then "
                   f"`{_eval_command(nxt, m['method'])}`, or `slm run --method {m['method']}`.", ""]
-    lines += _matrix_section(m, ev) + _metrics_section(m) + _retrieval_section(m)
+    lines += _matrix_section(m, ev) + (loss or []) + _metrics_section(m) + _retrieval_section(m)
     return "\n".join(lines + comparison).rstrip() + "\n"
 
 
@@ -443,10 +445,11 @@ def run(cfg: ExperimentConfig, layout: RunLayout) -> dict[str, Any]:
     # metrics.json first, so the comparison below includes this method.
     atomic_write_json(layout.eval / "metrics.json", m)
     _write_plots(m, ev, layout)
+    loss = write_loss_curve(cfg, layout, layout.eval / "loss.png")  # beside the heatmaps
     methods = collect_methods(layout)
     others = [x for x in methods if x["method"] != layout.method]
     section = render_comparison(methods, ev.tasks, None) if others else []
-    atomic_write_text(layout.eval / "report.md", render_report(m, ev, section))
+    atomic_write_text(layout.eval / "report.md", render_report(m, ev, section, loss))
     comparison = "\n".join(render_comparison(methods, ev.tasks, layout.base)).rstrip() + "\n"
     atomic_write_text(layout.base / "comparison.md", comparison)
     return m

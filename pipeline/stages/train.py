@@ -19,6 +19,7 @@ optimizer step, and a resumed run continues exactly where the killed one stopped
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -44,6 +45,7 @@ from pipeline.methods.base import Trainer
 from pipeline.models import load_base_model, load_tokenizer, release_zero3_loading
 from pipeline.orders import single_run
 from pipeline.preemption import EXIT_PREEMPTED, EXIT_PREVIOUS_NOT_DONE, EXIT_TERMINATED, PreemptionFlag
+from pipeline.tracking import JsonlLog, Trackers, check_report_to, train_log
 
 STATE_INPUTS = "INPUTS.json"  # in train_state/: the inputs it was started from, written before its first file
 EXIT_NOT_FINISHED = 1  # `slm train --check`: the task has no DONE yet
@@ -99,6 +101,7 @@ def check(cfg: ExperimentConfig, layout: RunLayout, t: int) -> int:
 def run(cfg: ExperimentConfig, layout: RunLayout, t: int, restart: bool = False) -> int:
     check_quantization_pairing(cfg)  # a quantised base with ZeRO-3: refuse before any work
     get_method(cfg.method).check(cfg)
+    check_report_to(cfg)  # a wandb / mlflow that is not installed: refuse before any work
     with writer_stage(layout):  # one writer per output folder: nobody else touches this train_state
         validity.require_tasks(cfg, layout, t, verify=False)  # earlier tasks still match the config and data
         if _already_done(cfg, layout, t, restart):
@@ -279,7 +282,6 @@ def lr_lambda(warmup: int, total: int):
 def _train_loop(cfg, layout, t, method, trainer: Trainer, examples: list, rank: int, world: int,
                 preempt: PreemptionFlag, ds_config: dict) -> int:
     import deepspeed
-    from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
     tr = cfg.train
@@ -293,17 +295,16 @@ def _train_loop(cfg, layout, t, method, trainer: Trainer, examples: list, rank: 
     start = resume_latest(engine, state_dir)
     if start:
         distributed.log(f"train: resumed task {t} from step {start}/{steps} ({state_dir})")
-    writer = SummaryWriter(str(layout.tensorboard / f"{t}-{cfg.tasks[t].name}")) if distributed.is_main() else None
+    logs = _StepLogs.open(cfg, layout, t, fresh=start == 0) if distributed.is_main() else None
     pad = _pad_id(cfg)
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"task {t} {cfg.tasks[t].name}",
                disable=not distributed.is_main())
-    with bar:
+    with bar, logs or contextlib.nullcontext():
         for step in bar:
             loss = _one_step(engine, trainer, examples, order, step, rank, world, pad, tr)
             bar.set_postfix(loss=f"{loss:.4f}")
-            if writer:
-                writer.add_scalar("train/loss", loss, step + 1)
-                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step + 1)
+            if logs:
+                logs.log(step + 1, {"loss": loss, "lr": scheduler.get_last_lr()[0]})
             last = step + 1 == steps
             if distributed.any_rank(preempt.requested):
                 save_checkpoint(engine, state_dir, step + 1)
@@ -316,9 +317,31 @@ def _train_loop(cfg, layout, t, method, trainer: Trainer, examples: list, rank: 
             if (step + 1) % tr.save_every == 0 or last:
                 save_checkpoint(engine, state_dir, step + 1)
                 prune_checkpoints(state_dir, tr.keep_checkpoints)
-    if writer:
-        writer.close()
     return 0
+
+
+class _StepLogs:
+    """Task t's per-step metrics: the JSONL log (always; `slm report` plots it) and `report_to`."""
+
+    def __init__(self, jsonl: JsonlLog, trackers: Trackers, axis: str) -> None:
+        self.jsonl, self.trackers, self.axis = jsonl, trackers, axis
+
+    @classmethod
+    def open(cls, cfg: ExperimentConfig, layout: RunLayout, t: int, fresh: bool) -> _StepLogs:
+        name = cfg.tasks[t].name
+        return cls(JsonlLog(train_log(layout, t, name), fresh), Trackers.open(cfg, layout, f"{t}-{name}"),
+                   f"train/{t}-{name}")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.jsonl.log(step, metrics)
+        self.trackers.log(self.axis, step, metrics)
+
+    def __enter__(self) -> _StepLogs:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.jsonl.close()
+        self.trackers.close()
 
 
 def _one_step(engine, trainer: Trainer, examples: list, order, step, rank, world, pad, tr) -> float:
