@@ -173,7 +173,7 @@ class SourceSpec(Spec):
         valid = {"messages"} if conversation else {"instruction", "input", "output"}
         unknown = set(self.fields) - valid
         if unknown:
-            raise ValueError(f"fields maps unknown names {sorted(unknown)}; valid with format {self.format}: "
+            raise ValueError(f"fields maps unknown unified names {sorted(unknown)}; valid with format {self.format}: "
                              f"{', '.join(sorted(valid))}")
         if conversation and self.type in ("cl_benchmark", "synthetic"):
             raise ValueError(f"format {self.format} reads conversations from a file, hf_dataset or hub source, "

@@ -134,7 +134,7 @@ def test_the_turns_column_can_be_renamed_and_flat_field_names_are_refused(write_
     cfg, task = experiment(write_yaml, tmp_path, {"type": "file", "path": str(data), "format": "messages",
                                                   "fields": {"messages": "dialog"}})
     assert len(build_task(task, cfg).train) == 5
-    with pytest.raises(ConfigError, match="valid with format messages: messages"):
+    with pytest.raises(ConfigError, match="unknown unified names .* valid with format messages: messages"):
         experiment(write_yaml, tmp_path, {"type": "file", "path": str(data), "format": "messages",
                                           "fields": {"output": "x"}})
 
