@@ -35,7 +35,7 @@ from pipeline.artifacts import DONE, atomic_write_json, atomic_write_text, read_
 from pipeline.batching import TokenCaps, collate, tokenize_for_training
 from pipeline.checkpoints import make_private, prune_checkpoints, resume_latest, save_checkpoint
 from pipeline.config import ExperimentConfig
-from pipeline.deepspeed_config import build_ds_config, check_quantization_pairing
+from pipeline.deepspeed_config import build_ds_config, check_quantization_pairing, make_optimizer
 from pipeline.errors import StageInputError
 from pipeline.layout import RunLayout
 from pipeline.locks import writer_stage
@@ -285,7 +285,8 @@ def _train_loop(cfg, layout, t, method, trainer: Trainer, examples: list, rank: 
     tr = cfg.train
     steps = total_steps(cfg, len(examples), world, t)
     order = sample_order(len(examples), steps * tr.micro_batch_size * tr.grad_accum * world, cfg.seed + t)
-    optimizer = torch.optim.AdamW(trainer.params, lr=method.learning_rate(cfg), weight_decay=tr.weight_decay)
+    optimizer = make_optimizer(trainer.params, method.learning_rate(cfg), tr.weight_decay, ds_config,
+                               where=str(cfg.deepspeed_config_path()))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(tr.warmup_ratio * steps), steps))
     engine, _, _, _ = deepspeed.initialize(model=trainer.model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config, model_parameters=trainer.params)
