@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from pipeline import preflight
 from pipeline.config import ExperimentConfig, ServeSpec
 from pipeline.layout import RunLayout
 from pipeline.orders import single_run
@@ -41,4 +42,5 @@ def run(cfg: ExperimentConfig, layout: RunLayout, spec: ServeSpec) -> int:
 
 def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:
     cfg, layout = single_run(cfg, args)
+    preflight.use_faiss_of(cfg)
     return run(cfg, layout, serve_spec(cfg, args))

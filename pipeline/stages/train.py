@@ -30,7 +30,7 @@ import time
 import torch
 
 from data_prep.prepared import load_prepared
-from pipeline import distributed, validity
+from pipeline import distributed, preflight, validity
 from pipeline.artifacts import DONE, atomic_write_json, atomic_write_text, read_done, sha256_file, write_done
 from pipeline.batching import TokenCaps, collate, tokenize_for_training
 from pipeline.checkpoints import make_private, prune_checkpoints, resume_latest, save_checkpoint
@@ -85,7 +85,9 @@ def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> 
 def check(cfg: ExperimentConfig, layout: RunLayout, t: int) -> int:
     """`slm train --check` (what the Slurm script runs before it skips a task): 0 when task t is
     DONE and still matches the config, data and earlier tasks; 1 when it has not finished; a
-    StageInputError (exit 2) naming what changed otherwise. Reads only: no lock."""
+    StageInputError (exit 2) naming what changed otherwise, or what would stop training on this
+    config (pipeline.preflight). Reads only: no lock."""
+    preflight.require_runnable(cfg, "train")
     name = cfg.tasks[t].name
     if read_done(layout.task_dir(t, name)) is None:
         print(f"train: task {t} ({name}) has not finished ({layout.task_dir(t, name) / DONE} is missing)")
@@ -99,6 +101,7 @@ def check(cfg: ExperimentConfig, layout: RunLayout, t: int) -> int:
 def run(cfg: ExperimentConfig, layout: RunLayout, t: int, restart: bool = False) -> int:
     check_quantization_pairing(cfg)  # a quantised base with ZeRO-3: refuse before any work
     get_method(cfg.method).check(cfg)
+    preflight.use_faiss_of(cfg)
     with writer_stage(layout):  # one writer per output folder: nobody else touches this train_state
         validity.require_tasks(cfg, layout, t, verify=False)  # earlier tasks still match the config and data
         if _already_done(cfg, layout, t, restart):
