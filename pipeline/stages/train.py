@@ -220,7 +220,7 @@ def _run(cfg: ExperimentConfig, layout: RunLayout, t: int, inputs: dict[str, str
     _claim_state(cfg, layout, t, inputs, restart)  # before any write: a refused resume changes nothing
     if distributed.is_main():
         atomic_write_text(layout.config, cfg.to_yaml())
-    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if torch.cuda.is_available() else torch.device("cpu")
+    device = distributed.local_device()
     # Built before the model: under ZeRO-3 the base is loaded partitioned from this config.
     ds_config = build_ds_config(cfg, world)
     records = method.training_records(cfg, layout, load_prepared(cfg, layout), t)
