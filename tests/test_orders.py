@@ -92,3 +92,22 @@ def test_submit_dry_run_shows_one_chain_per_order_or_the_one_named(tmp_path, cap
     assert slm(["submit", "--dry-run", "--order", "b", *overrides]) == 0
     out = capsys.readouterr().out
     assert "order b" in out and "order a" not in out and str(tmp_path / "a") not in out
+
+
+def test_a_failed_sbatch_in_a_later_order_cancels_every_job_of_the_submission(tmp_path, monkeypatch, capsys) -> None:
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stubs = {"sbatch": 'n=$(cat "$0.n" 2>/dev/null || echo 0); echo $((n + 1)) > "$0.n"\n'
+                       '[[ $* == */b/slurm/slm/train.sbatch ]] && { echo "bad partition" >&2; exit 1; }\n'
+                       'echo $((n + 1))\n',
+             "squeue": "exit 0\n", "scancel": 'echo "$*" >> "$0.log"\n'}
+    for name, body in stubs.items():
+        (bin_dir / name).write_text("#!/bin/bash\n" + body)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert slm(["submit", f"output_dir={tmp_path / 'out'}", *ORDERS_AB]) == 2
+    assert "bad partition" in capsys.readouterr().err
+    # order a: 1 2 3 submitted; order b: 4 submitted, its train failed -> b's 4, then a's 1 2 3
+    assert (bin_dir / "scancel.log").read_text().split("\n")[:2] == ["4", "1 2 3"]

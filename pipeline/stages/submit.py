@@ -62,7 +62,7 @@ def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> 
     try:
         for chain in chains:
             write_scripts(chain.cfg, chain.layout, chain.scripts)
-            records.append(submit(chain, records))
+            records.append(submit(chain))
     except SlmError:
         cancel([job["id"] for record in records for job in record["jobs"].values()])
         raise
@@ -158,9 +158,9 @@ def run_sbatch(argv: list[str]) -> str:
     return job_id
 
 
-def submit(chain: Chain, earlier: list[dict]) -> dict:
+def submit(chain: Chain) -> dict:
     """Submit one run's prepare, train, finish in order. On a failure cancel this run's jobs (the
-    caller cancels those of the `earlier` runs) and raise."""
+    caller cancels those of the runs submitted before) and raise."""
     cfg, layout = chain.cfg, chain.layout
     record = {"name": cfg.name, "run": chain.run, "method": cfg.method, "config": str(slurm.config_path(layout)),
               "submitted": datetime.datetime.now().isoformat(timespec="seconds"),
