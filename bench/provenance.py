@@ -44,7 +44,7 @@ def versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "peft", "deepspeed", "faiss-cpu", "datasets"):
+    for pkg in ("torch", "transformers", "peft", "deepspeed", "faiss-cpu", "faiss-gpu", "datasets"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

@@ -21,6 +21,8 @@ import glob
 import hashlib
 import json
 import os
+import re
+import resource
 import shutil
 import sys
 import tempfile
@@ -29,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import StageInputError
+from pipeline.errors import SlmError, StageInputError
 
 DONE = "DONE"
 # The code format of every DONE marker and eval row: bump it when the meaning or layout of a
@@ -91,14 +93,47 @@ def atomic_path(final: Path) -> Iterator[Path]:
         fsync_tree(target)
         _install(target, final, tmp)
         fsync_dir(final.parent)
-    except OSError as e:
-        if e.filename is None and e.errno is not None:  # a failed write() (disk full) names no file
-            e.filename = str(final)
-        raise
+    except Exception as e:
+        full = as_os_error(e, final)  # a failed write() names no file; library writers raise their own types
+        if full is None or full is e:
+            raise
+        raise full from e
     finally:
         if owner is not None:
             os.close(owner)  # before the rmtree: on NFS an open deleted file would block it
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# How writers other than Python's file objects report a failed write. torch.save's C++ zip writer
+# names no errno ("[enforce fail at inline_container.cc] unexpected pos ...", "file write failed",
+# "basic_ios::clear: iostream error", depending on where the space ran out);
+# safetensors says "(os error 28)"; FAISS and Arrow quote strerror().
+_OS_ERROR_CODE = re.compile(r"\(os error (\d+)\)")
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EIO)
+_SHORT_WRITE = ("unexpected pos", "file write failed", "failed writing", "iostream error")
+
+
+def as_os_error(e: BaseException, path: Path) -> OSError | None:
+    """The OSError, naming `path` when it names no file, that a failed write `e` stands for; None
+    when `e` is not about the file system. So a full disk reads the same whichever library wrote."""
+    if isinstance(e, OSError) and e.errno is not None:
+        if e.filename is None:
+            e.filename = str(path)
+        return e
+    if isinstance(e, SlmError):  # ours already says what to do
+        return None
+    text = str(e)
+    if found := _OS_ERROR_CODE.search(text):
+        code = int(found.group(1))
+    else:
+        code = next((c for c in _WRITE_ERRNOS if os.strerror(c) in text), None)
+    if code is None and any(s in text for s in _SHORT_WRITE):
+        # A short write: the file system is full or over quota, unless this process may not grow a
+        # file that large (ulimit -f).
+        code = errno.EFBIG if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY else errno.ENOSPC
+    if code is None:
+        return None
+    return OSError(code, os.strerror(code), str(path))
 
 
 def _install(target: Path, final: Path, tmp: Path) -> None:

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from pipeline import distributed
-from pipeline.artifacts import sha256_file
+from pipeline.artifacts import as_os_error, sha256_file
 
 TAG_PREFIX = "step-"
 COMPLETE = "COMPLETE"  # written after save_checkpoint returns: a tag without it is partial
@@ -50,12 +50,26 @@ def list_tags(state_dir: Path) -> list[Path]:
 
 
 def save_checkpoint(engine, state_dir: Path, step: int) -> None:
+    """Save checkpoint `step` and mark it COMPLETE. A write that fails (a full disk, a quota) is an
+    OSError naming the checkpoint, and the partial checkpoint is removed: it would never be loaded
+    (no COMPLETE), and the space it holds is what the next save needs. The older ones stay."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    engine.save_checkpoint(str(state_dir), tag=tag(step), client_state={"step": step},
-                           exclude_frozen_parameters=True)
-    distributed.barrier()  # every rank's files are written before rank 0 hashes them
-    if distributed.is_main():
-        write_complete(state_dir / tag(step), step)
+    tag_dir = state_dir / tag(step)
+    try:
+        engine.save_checkpoint(str(state_dir), tag=tag(step), client_state={"step": step},
+                               exclude_frozen_parameters=True)
+        distributed.barrier()  # every rank's files are written before rank 0 hashes them
+        if distributed.is_main():
+            write_complete(tag_dir, step)
+    except Exception as e:
+        failed = as_os_error(e, tag_dir)  # torch.save reports a full disk as a RuntimeError
+        if failed is None:
+            raise
+        if distributed.is_main():
+            shutil.rmtree(tag_dir, ignore_errors=True)
+        if failed is e:
+            raise
+        raise failed from e
 
 
 def write_complete(tag_dir: Path, step: int) -> None:

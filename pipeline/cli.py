@@ -20,6 +20,8 @@ DEBUG_HELP = "on an error, show the full traceback (also: SLM_DEBUG=1)"
 RESTART_HELP = ("train unfinished tasks from step 0: discard their train_state (checkpoints, cached keys) and any "
                 "DONE that no longer matches the config, data or earlier tasks (without it: refused; a valid "
                 "DONE is always kept)")
+CHECK_HELP = ("only check, offline, that this stage can run with the config (exit 2 naming what would stop it) "
+              "and whether its output is current (exit 0) or it would run (exit 1)")
 
 EPILOG = """\
 overrides: any config key as dotted KEY=VALUE after the options, parsed as YAML, e.g.
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps["prepare"].add_argument("--force", action="store_true", help="rebuild even if data is DONE")
     ps["prepare"].add_argument("--list-synthetic", action="store_true",
                                help="list the built-in synthetic task generators and exit")
+    ps["prepare"].add_argument("--check", action="store_true", help=CHECK_HELP)
 
     _common(ps["train"])
     ps["train"].add_argument("--task", type=int, default=None, metavar="I",
@@ -85,13 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
                                   "tasks: exit 0 if so, 1 if it has not finished, 2 naming what changed")
 
     _common(ps["index"])
+    ps["index"].add_argument("--check", action="store_true", help=CHECK_HELP)
 
     _common(ps["eval"])
     ps["eval"].add_argument("--after", type=int, default=None, metavar="I",
                             help="row of the matrix: scores after training task I; -1 = untrained model "
                                  "(default: the last finished task)")
+    ps["eval"].add_argument("--check", action="store_true", help=CHECK_HELP)
 
     _common(ps["report"])
+    ps["report"].add_argument("--check", action="store_true", help=CHECK_HELP)
 
     _common(ps["run"])
     ps["run"].add_argument("--restart", action="store_true", help=RESTART_HELP)
@@ -128,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     ps["plan"].add_argument("--nodes", type=int, default=None, help="nodes (default: slurm.train.nodes)")
     ps["plan"].add_argument("--gpus-per-node", type=int, default=None,
                             help="GPUs per node (default: slurm.train.gpus_per_node, at least 1)")
-    ps["plan"].add_argument("--gpu-mem-gib", type=float, default=80.0, help="memory of one GPU in GiB")
+    ps["plan"].add_argument("--gpu-mem-gib", type=float, default=None,
+                            help="memory of one GPU in GiB (default: $SLM_GPU_MEM_GIB, else 80)")
     return parser
 
 

@@ -121,6 +121,9 @@ class DtkrSpec(Spec):
     # per_sample is the method; per_batch averages the batch's queries (the reference code's
     # behaviour, only right when a batch holds one task).
     retrieval: Literal["per_sample", "per_batch"] = "per_sample"
+    # Where FAISS searches the keys (pipeline/dtkr/faiss_build.py): auto = the GPU when faiss-gpu
+    # and a GPU are there, else the CPU; gpu = require both (an error, never a quiet CPU fallback).
+    faiss: Literal["auto", "cpu", "gpu"] = "auto"
 
     @model_validator(mode="after")
     def _groups_divide_encoder_dim(self) -> DtkrSpec:

@@ -1,5 +1,14 @@
 """Read a DeepSpeed JSON and fill its "auto" values from the experiment, as the HF integration
-does for the Trainer (we drive deepspeed.initialize ourselves, so we fill them here)."""
+does for the Trainer (we drive deepspeed.initialize ourselves, so we fill them here), and pick
+the optimizer that JSON needs.
+
+Optimizer offload (`zero_optimization.offload_optimizer.device: cpu|nvme`, the *_offload JSONs)
+runs the Adam step on the host. DeepSpeed refuses a torch optimizer there (its step would be a
+slow Python loop over fp32 tensors) unless the JSON sets `"zero_force_ds_cpu_optimizer": false`.
+So `make_optimizer` hands it DeepSpeedCPUAdam (AdamW math, vectorised C++; built once by
+DeepSpeed's op builder, which needs a C++ compiler and ninja), and a JSON that sets the flag
+false keeps torch's AdamW, for a site where that op cannot be built.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +32,32 @@ def _read_json(cfg: ExperimentConfig) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON: {e}", hint="fix the JSON at the line and column named above, "
                                                               "or name a shipped config in train.deepspeed") from e
+
+
+def offloads_optimizer(ds: dict[str, Any]) -> bool:
+    """Whether ZeRO runs the optimizer step on the host (offload to cpu or nvme)."""
+    zero = ds.get("zero_optimization", {})
+    device = (zero.get("offload_optimizer") or {}).get("device", "none")
+    return int(zero.get("stage", 0)) > 0 and device in ("cpu", "nvme")
+
+
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float,
+                   ds: dict[str, Any], where: str = "the DeepSpeed JSON") -> torch.optim.Optimizer:
+    """AdamW for `params`, in the form the DeepSpeed config `ds` can step (see the module doc)."""
+    if not offloads_optimizer(ds) or ds.get("zero_force_ds_cpu_optimizer", True) is False:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    try:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        # adamw_mode: decoupled weight decay, the same update as torch.optim.AdamW
+        return DeepSpeedCPUAdam(params, lr=lr, weight_decay=weight_decay, adamw_mode=True)
+    except Exception as e:  # the op builder raises RuntimeError, OSError, CalledProcessError ...
+        raise ConfigError(
+            f"{where} offloads the optimizer to the host, which needs DeepSpeedCPUAdam, and DeepSpeed could not "
+            f"build it here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+            hint="install a C++ compiler and ninja (or `DS_BUILD_CPU_ADAM=1 pip install deepspeed`), or set "
+                 '"zero_force_ds_cpu_optimizer": false in that JSON to step torch\'s AdamW on the host (slower), '
+                 "or use a JSON without offload_optimizer") from e
 
 
 def zero_stage(cfg: ExperimentConfig) -> int:

@@ -9,13 +9,27 @@ import torch
 import torch.distributed as dist
 
 
+def local_device() -> torch.device:
+    """This process's device: GPU LOCAL_RANK on a GPU node (torchrun starts one process per GPU,
+    LOCAL_RANK 0..G-1 on each node), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 def setup() -> tuple[int, int]:
     """Initialise DeepSpeed's process group; a plain `python` run becomes a world of one.
     Returns (rank, world_size)."""
     import deepspeed
 
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        device = local_device()
+        if device.type == "cuda":
+            # Before the first collective: NCCL binds a rank's communicator to the current device,
+            # and every later tensor, barrier and FAISS index (pipeline.dtkr.store.rank_gpu) follows
+            # it. Without this, every rank of a node would start on GPU 0.
+            torch.cuda.set_device(device)
+        backend = "nccl" if device.type == "cuda" else "gloo"
         if "MASTER_ADDR" in os.environ:  # torchrun / srun set the rendezvous
             deepspeed.init_distributed(dist_backend=backend, verbose=False)
         else:
@@ -44,7 +58,7 @@ def any_rank(flag: bool) -> bool:
     """True on every rank when it is true on one (a signal may reach only some ranks)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return flag
-    t = torch.tensor([int(flag)], device="cuda" if torch.cuda.is_available() else "cpu")
+    t = torch.tensor([int(flag)], device=local_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 from pathlib import Path
 from types import TracebackType
 
@@ -55,6 +56,10 @@ def os_error_message(e: OSError) -> tuple[str, str]:
         return (f"no space left on the device (or quota exceeded){where}",
                 f"free space there (`df -h {folder}`, `du -sh {folder}/*`) or choose another output_dir=...; "
                 f"nothing half-written was kept")
+    if code == errno.EFBIG:
+        return (f"file too large: a write went past the file size limit{where}",
+                f"raise the limit (`ulimit -f`, currently {_fsize_limit()}) or choose another output_dir=...; "
+                f"nothing half-written was kept")
     if code == errno.EROFS:
         return f"read-only file system{where}", "choose an output_dir=... on a writable file system"
     if code in (errno.EACCES, errno.EPERM):
@@ -66,6 +71,11 @@ def os_error_message(e: OSError) -> tuple[str, str]:
     if code in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
         return f"{what}{where}", "a file stands where a folder is expected (or the other way round): move it away"
     return f"{what}{where}", DEBUG_HINT
+
+
+def _fsize_limit() -> str:
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes"
 
 
 def _folder_of(path: object) -> str:

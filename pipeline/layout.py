@@ -8,6 +8,16 @@ from pathlib import Path
 from pipeline.config import ExperimentConfig
 
 
+def run_folder(output_dir: str | Path, run: str) -> Path:
+    """The output_dir of one run (task order x seed) of an experiment: <output_dir>/<run>.
+
+    The one place that decides it: `slm run`, prepare, train, status, report and the jobs
+    `slm submit` renders all reach a run's files through it (pipeline.orders.order_runs).
+    An experiment without orders or seeds has one unnamed run, output_dir itself.
+    """
+    return Path(output_dir) / run if run else Path(output_dir)
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """`base` = output_dir (prepared data, shared by every method); `root` = base/<method>.

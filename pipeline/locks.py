@@ -209,9 +209,14 @@ def _acquire(path: Path, what: str) -> int | None:
         print(f"warning: {path}: the file system does not support locks ({e.strerror}); a second process "
               f"writing {what} at the same time would not be detected", file=sys.stderr)
         return None
-    os.ftruncate(fd, 0)
-    os.write(fd, (json.dumps(_holder_info()) + "\n").encode())
-    os.fsync(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, (json.dumps(_holder_info()) + "\n").encode())
+        os.fsync(fd)
+    except OSError as e:  # a full disk: say which file, and hold no lock whose holder is unknown
+        os.close(fd)
+        e.filename = str(path)
+        raise
     return fd
 
 

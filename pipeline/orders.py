@@ -9,11 +9,13 @@ unchanged. `slm report` then adds the mean and standard deviation over the runs.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from pipeline.config import ExperimentConfig
 from pipeline.errors import ConfigError
-from pipeline.layout import RunLayout
+from pipeline.layout import RunLayout, run_folder
+
+# The stages that do every run of an experiment unless --order names one.
+ALL_RUNS_COMMANDS = "prepare, run, status, plan, report and submit"
 
 
 def order_runs(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
@@ -29,7 +31,7 @@ def order_runs(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
             name = "-".join(p for p in (order, f"seed{seed}" if cfg.seeds else "") if p)
             runs.append((name, cfg.model_copy(update={
                 "tasks": tasks, "seed": seed, "orders": None, "seeds": None,
-                "output_dir": str(Path(cfg.output_dir) / name)})))
+                "output_dir": str(run_folder(cfg.output_dir, name))})))
     return runs
 
 
@@ -38,19 +40,21 @@ def select_run(cfg: ExperimentConfig, name: str | None) -> ExperimentConfig:
     runs = order_runs(cfg)
     if name is None:
         if len(runs) > 1:
-            raise ConfigError(f"experiment {cfg.name!r} has {len(runs)} runs ({', '.join(n for n, _ in runs)})",
-                              hint="pass --order NAME (`slm run`, `slm report` and `slm submit` do all of them)")
+            raise ConfigError(f"experiment {cfg.name!r} has {len(runs)} runs ({', '.join(n for n, _ in runs)}): "
+                              "pass --order NAME, this command works on one of them",
+                              hint=f"e.g. --order {runs[0][0]}; {ALL_RUNS_COMMANDS} do every run by default")
         return runs[0][1]
     for run, run_cfg in runs:
         if run == name:
             return run_cfg
     names = ", ".join(n for n, _ in runs if n) or "(none: it lists no orders or seeds)"
     raise ConfigError(f"--order {name!r}: experiment {cfg.name!r} has the runs {names}",
-                      hint="pass one of those names to --order")
+                      hint=f"name one of those runs, or leave --order out ({ALL_RUNS_COMMANDS} do every run)")
 
 
 def selected_runs(cfg: ExperimentConfig, args: argparse.Namespace) -> list[tuple[str, ExperimentConfig]]:
-    """Every run, or only the one `--order` names (stages that handle all runs: run, report)."""
+    """Every run, or only the one `--order` names (an unknown name is a ConfigError). The stages that
+    handle every run call this: prepare, run, status, plan, report, submit."""
     name = getattr(args, "order", None)
     return order_runs(cfg) if name is None else [(name, select_run(cfg, name))]
 

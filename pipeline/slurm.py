@@ -9,6 +9,7 @@ an output_dir with spaces, quotes or `;` survives both sbatch and bash.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from collections.abc import Mapping
@@ -51,9 +52,10 @@ def config_path(layout: RunLayout) -> Path:
     return script_dir(layout) / "config.yaml"
 
 
-def job_name(cfg: ExperimentConfig, kind: str) -> str:
+def job_name(cfg: ExperimentConfig, kind: str, run: str = "") -> str:
+    """<experiment>[-<run>]-<method>-<kind>: the chains of two task orders differ in squeue."""
     # The name is part of every log file name: keep it to characters that need no quoting.
-    return _JOB_NAME_UNSAFE.sub("_", f"{cfg.name}-{cfg.method}-{kind}")
+    return _JOB_NAME_UNSAFE.sub("_", "-".join(p for p in (cfg.name, run, cfg.method, kind) if p))
 
 
 def log_pattern(layout: RunLayout, kind: str, suffix: str) -> str:
@@ -110,11 +112,11 @@ def sbatch_flag(key: str, value: object) -> str:
     return f"#SBATCH --{key}" if value is True else f"#SBATCH --{key}={shlex.quote(text)}"
 
 
-def sbatch_options(cfg: ExperimentConfig, layout: RunLayout, kind: str) -> dict[str, object]:
+def sbatch_options(cfg: ExperimentConfig, layout: RunLayout, kind: str, run: str = "") -> dict[str, object]:
     """Every #SBATCH option of job `kind`; site options only when the config sets them."""
     stage: SlurmStageSpec = getattr(cfg.slurm, kind)
     opts: dict[str, object] = {
-        "job-name": job_name(cfg, kind),
+        "job-name": job_name(cfg, kind, run),
         "output": log_pattern(layout, kind, "out"),
         "error": log_pattern(layout, kind, "err"),
         "open-mode": "append",  # a requeued task appends to its log, so both runs stay readable
@@ -143,6 +145,49 @@ def _extra_sbatch(lines: list[str]) -> list[str]:
     return [line if line.lstrip().startswith("#SBATCH") else f"#SBATCH {line.strip()}" for line in lines]
 
 
+# Expansions, globs, redirections, command lists: a line with these is left to the shell as written.
+_SHELL_SYNTAX = re.compile(r"[;&|<>`$(){}*?\[\]!#]")
+
+
+def resolve_setup(lines: list[str], cwd: Path) -> list[str]:
+    """`slurm.setup` with the file of each `source FILE` / `. FILE` line made absolute.
+
+    A job runs its setup in whatever folder it starts in, so `source .venv/bin/activate` would
+    depend on where `sbatch` was run. `slm submit` resolves such a relative FILE from the folder
+    it runs in (`cwd`, where the user's shell would find it too) and writes the absolute path
+    into the scripts; a FILE that is not there is an error now rather than on the cluster. Lines
+    with other commands, `$VAR`s or shell syntax are kept as written.
+    """
+    resolved = []
+    for i, line in enumerate(lines):
+        words = [] if _SHELL_SYNTAX.search(line) else _split(line)
+        if len(words) >= 2 and words[0] in ("source", ".") and not Path(words[1]).expanduser().is_absolute():
+            # abspath, not resolve(): a venv reached through a symlink keeps the path the user gave
+            absolute = Path(os.path.abspath(cwd / Path(words[1]).expanduser()))
+            if not absolute.is_file():
+                raise ConfigError(
+                    f"slurm.setup entry {i} `{line}`: {absolute} does not exist (a relative path in slurm.setup "
+                    f"is resolved from the folder `slm submit` runs in, {cwd})",
+                    hint=f"run `slm submit` from the folder that holds {words[1]}, or write an absolute path: "
+                         f"slurm.setup='[\"source /path/to/venv/bin/activate\"]'")
+            line = shlex.join([words[0], str(absolute), *words[2:]])
+        resolved.append(line)
+    return resolved
+
+
+def _split(line: str) -> list[str]:
+    try:
+        return shlex.split(line)
+    except ValueError:  # unbalanced quotes: the shell will say so in the job's log
+        return []
+
+
+def with_resolved_setup(cfg: ExperimentConfig, cwd: Path) -> ExperimentConfig:
+    """`cfg` with `slurm.setup` resolved (`resolve_setup`): what the scripts and config.yaml hold."""
+    setup = resolve_setup(cfg.slurm.setup, cwd)
+    return cfg.model_copy(update={"slurm": cfg.slurm.model_copy(update={"setup": setup})})
+
+
 def _setup_block(lines: list[str]) -> str:
     if not lines:
         return ""
@@ -150,8 +195,8 @@ def _setup_block(lines: list[str]) -> str:
     return "\n".join(["", "# slurm.setup", "set +u", *lines, "set -u", ""])
 
 
-def render_header(cfg: ExperimentConfig, layout: RunLayout, kind: str, python: str) -> str:
-    flags = [sbatch_flag(k, v) for k, v in sorted(sbatch_options(cfg, layout, kind).items())]
+def render_header(cfg: ExperimentConfig, layout: RunLayout, kind: str, python: str, run: str = "") -> str:
+    flags = [sbatch_flag(k, v) for k, v in sorted(sbatch_options(cfg, layout, kind, run).items())]
     return fill(read_template("header"), {
         "sbatch_flags": "\n".join(flags + _extra_sbatch(cfg.slurm.extra_sbatch)),
         "description": DESCRIPTIONS[kind],
@@ -184,16 +229,17 @@ def read_template(name: str) -> str:
     return (TEMPLATES / f"{name}.sbatch").read_text()
 
 
-def render_sbatch(cfg: ExperimentConfig, layout: RunLayout, kind: str, python: str) -> str:
-    """The job script of `kind` (prepare, train or finish). `python` runs `-m pipeline.cli`."""
+def render_sbatch(cfg: ExperimentConfig, layout: RunLayout, kind: str, python: str, run: str = "") -> str:
+    """The job script of `kind` (prepare, train or finish) of one run (`run`: its task order, or ""
+    for an experiment of one order). `python` runs `-m pipeline.cli`."""
     if kind not in JOB_KINDS:
         raise ValueError(f"unknown job kind {kind!r}; one of {JOB_KINDS}")
-    header = render_header(cfg, layout, kind, python).rstrip("\n")
+    header = render_header(cfg, layout, kind, python, run).rstrip("\n")
     return fill(read_template(kind), {"header": header, **_body_values(cfg, layout)})
 
 
-def render_all(cfg: ExperimentConfig, layout: RunLayout, python: str) -> dict[str, str]:
-    return {kind: render_sbatch(cfg, layout, kind, python) for kind in JOB_KINDS}
+def render_all(cfg: ExperimentConfig, layout: RunLayout, python: str, run: str = "") -> dict[str, str]:
+    return {kind: render_sbatch(cfg, layout, kind, python, run) for kind in JOB_KINDS}
 
 
 # ---- submission commands ----------------------------------------------------------------------------

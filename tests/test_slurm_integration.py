@@ -192,3 +192,34 @@ def test_a_failed_task_stops_the_later_tasks_and_the_finish_job(runs, capsys) ->
     assert {j.state for j in status.recent_jobs(bad.jobs["finish"])} <= {"CANCELLED"}
     assert cli.main(["status", f"output_dir={bad.layout.base}", "method=seq_lora", *OVERRIDES]) == 0
     assert "failed (FAILED" in capsys.readouterr().out
+
+
+def test_each_task_order_runs_as_its_own_strictly_ordered_chain(local_slurm, tmp_path, tiny_model_dir) -> None:
+    """`slm submit` of an experiment with two orders: two independent chains, each training its
+    tasks in its own order into <output_dir>/<order>/, each with its own report; then `slm report`
+    over the experiment gives the mean over both."""
+    out = tmp_path / "orders"
+    args = [f"output_dir={out}", f"model.name_or_path={tiny_model_dir}", "data.synthetic_size=40",
+            "train.max_steps=2", "dtkr.key_epochs=1", "eval.max_records_per_task=4", "eval.max_new_tokens=2",
+            "model.max_seq_len=64", "tasks=[{name: sentiment, source: {type: synthetic, generator: sentiment}},"
+            " {name: geography, source: {type: synthetic, generator: geography}}]",
+            "orders=[{name: fwd, tasks: [sentiment, geography]}, {name: rev, tasks: [geography, sentiment]}]"]
+    assert cli.main(["submit", *args]) == 0
+    chains = {order: json.loads((out / order / "slurm" / "slm" / "jobs.json").read_text()) for order in ("fwd", "rev")}
+    ids = {job["id"] for record in chains.values() for job in record["jobs"].values()}
+    assert len(ids) == 6  # two chains of three jobs
+    try:
+        wait_until(lambda: queue_is_empty(ids), "both chains to end", RunLayout.of(load_config(None, args)),
+                   time.monotonic() + DEADLINE_S)
+    finally:
+        subprocess.run(["scancel", *ids], check=False, capture_output=True)
+    for order, names in (("fwd", ["sentiment", "geography"]), ("rev", ["geography", "sentiment"])):
+        tasks = out / order / "slm" / "tasks"
+        done = [tasks / f"{i}-{name}" / "DONE" for i, name in enumerate(names)]
+        logs = "\n".join(read(p)[-1500:] for p in sorted((out / order / "logs").glob("*.*")) if p.is_file())
+        assert all(p.is_file() for p in done), logs
+        assert done[0].stat().st_mtime <= done[1].stat().st_mtime
+        assert (out / order / "slm" / "eval" / "report.md").is_file(), logs
+        assert chains[order]["jobs"]["train"]["name"] == f"default-{order}-slm-train"
+    assert cli.main(["report", *args]) == 0
+    assert json.loads((out / "orders.json").read_text())["methods"][0]["complete_runs"] == 2

@@ -7,27 +7,34 @@ inner-product search returns the top-k slots without a per-group merge step. (Eq
 vector per (slot, group) with a per-group index, at 1/g of the searches.) The sidecar maps ids
 to (task, slot) and records the encoder, dims and a content hash, checked on load.
 
-A GPU copy of the index serves every search when faiss-gpu and a GPU are present; the CPU index
-is the master (what is saved, and what add/remove edit). A search restricted to some tasks'
-slots (training, eval, generate) searches all slots and keeps the allowed ones: GPU flat indexes
-ignore FAISS id selectors, and with a few slots per task the full ranking costs what a top-k
-does. One code path on both devices, so the CPU tests exercise what runs on the GPU.
+A GPU copy of the index serves every search when `dtkr.faiss` allows it and faiss-gpu and a GPU
+are present (`use_faiss`, pipeline/dtkr/faiss_build.py); the CPU index is the master (what is
+saved, and what add/remove edit). The copy lives on this process's own GPU (the rank's
+`torch.cuda.current_device()`, which pipeline.distributed sets to LOCAL_RANK), never all on GPU 0.
+A search restricted to some tasks' slots (training, eval, generate) searches all slots and keeps
+the allowed ones: GPU flat indexes ignore FAISS id selectors, and with a few slots per task the
+full ranking costs what a top-k does. One code path on both devices, so the CPU tests exercise what runs on the GPU.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 
 from pipeline.artifacts import atomic_path
+from pipeline.dtkr import faiss_build
 from pipeline.dtkr.keys import group_normalize, weights_from_similarity
 from pipeline.errors import CheckpointError
 from pipeline.jare.routing import Routing
+
+# No FAISS, or two builds at once: an error that says what to install, not an ImportError.
+faiss_build.require("auto", need_device=False)
+import faiss  # noqa: E402
 
 INDEX_FILE = "keys.faiss"
 # faiss GPU flat search returns at most this many neighbours; a larger store searches on the CPU
@@ -79,9 +86,10 @@ class KeyStore:
 
     # ---- search -----------------------------------------------------------------------------
     def _searcher(self):
-        if faiss_gpu_available() and self.index.ntotal <= GPU_MAX_K:
+        if faiss_build.faiss_build().searches_on_gpu(_choice) and self.index.ntotal <= GPU_MAX_K:
             if self._gpu_index is None:
-                self._gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, self.index)
+                device = rank_gpu()
+                self._gpu_index = faiss.index_cpu_to_gpu(_gpu_resources(device), device, self.index)
             return self._gpu_index
         return self.index
 
@@ -177,3 +185,32 @@ def search_allowed(index, queries: np.ndarray, k: int, allowed: np.ndarray) -> t
 
 def faiss_gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+# ---- where searches run ----------------------------------------------------------------------
+
+_choice = "auto"  # dtkr.faiss of the stage running in this process (use_faiss)
+_resources: dict[int, object] = {}  # GPU -> faiss.StandardGpuResources, one per device per process
+
+
+def use_faiss(choice: str) -> faiss_build.FaissBuild:
+    """Search as `dtkr.faiss=choice` says from now on in this process; refuses a build or machine
+    that cannot (`gpu` without faiss-gpu or a GPU). Every stage that routes calls it first."""
+    global _choice
+    build = faiss_build.require(choice)
+    _choice = choice
+    return build
+
+
+def rank_gpu() -> int:
+    """This process's GPU: torch's current device, which pipeline.distributed.setup sets to LOCAL_RANK
+    before any collective; without torch CUDA, LOCAL_RANK among the GPUs FAISS sees."""
+    if torch.cuda.is_available():
+        return torch.cuda.current_device()
+    return int(os.environ.get("LOCAL_RANK", "0")) % max(1, faiss.get_num_gpus())
+
+
+def _gpu_resources(device: int):
+    if device not in _resources:
+        _resources[device] = faiss.StandardGpuResources()
+    return _resources[device]

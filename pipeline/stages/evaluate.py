@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from data_prep.prepared import load_prepared, read_manifest
-from pipeline import metrics, validity
+from pipeline import metrics, preflight, validity
 from pipeline.adapters import base_model
 from pipeline.artifacts import DONE_FORMAT, atomic_write_json
 from pipeline.batching import TokenCaps, collate, encode_prompts_left_padded, tokenize_for_training
@@ -49,6 +49,7 @@ def read_row(layout: RunLayout, after: int) -> dict | None:
 
 
 def run(cfg: ExperimentConfig, layout: RunLayout, after: int) -> int:
+    preflight.use_faiss_of(cfg)
     with writer_stage(layout):
         return _run(cfg, layout, after)
 
@@ -161,6 +162,9 @@ class Scorer:
 def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:
     cfg, layout = single_run(cfg, args)
     after = args.after
+    if getattr(args, "check", False):
+        last = done_tasks(cfg, layout) - 1
+        return preflight.check(cfg, layout, "eval", after if after is not None else (last if last >= 0 else None))
     if after is None:
         after = done_tasks(cfg, layout) - 1
         if after < 0:

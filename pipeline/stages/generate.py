@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-from pipeline import validity
+from pipeline import preflight, validity
 from pipeline.artifacts import read_done
 from pipeline.batching import TokenCaps, encode_prompts_left_padded
 from pipeline.config import ExperimentConfig
@@ -68,5 +68,6 @@ def _generate_with_retrieval(cfg: ExperimentConfig, layout: RunLayout, record: d
 
 def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:
     cfg, layout = single_run(cfg, args)
+    preflight.use_faiss_of(cfg)
     run(cfg, layout, args.prompt, args.input, args.max_new_tokens)
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline import validity
+from pipeline import preflight, validity
 from pipeline.adapters import load_keys
 from pipeline.artifacts import read_done, write_done
 from pipeline.config import ExperimentConfig
@@ -32,6 +32,9 @@ def run(cfg: ExperimentConfig, layout: RunLayout) -> int:
     if not get_method(cfg.method).learns_keys:
         print(f"index: method {cfg.method} has no DTKR keys; nothing to index")
         return 0
+    build = preflight.use_faiss_of(cfg)
+    print(f"index: {build.describe()}; searches on the {'GPU' if build.searches_on_gpu(cfg.dtkr.faiss) else 'CPU'} "
+          f"(dtkr.faiss={cfg.dtkr.faiss})")
     with writer_stage(layout):
         return _build(cfg, layout)
 
@@ -90,4 +93,7 @@ def load_store(cfg: ExperimentConfig, layout: RunLayout, n_tasks: int):
 
 
 def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:
-    return run(*single_run(cfg, args))
+    cfg, layout = single_run(cfg, args)
+    if getattr(args, "check", False):
+        return preflight.check(cfg, layout, "index")
+    return run(cfg, layout)

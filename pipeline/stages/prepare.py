@@ -20,11 +20,13 @@ from data_prep.build import PreparedTask, build_task, length_stats, token_length
 from data_prep.prepared import STAGE, load_prepared, prepare_inputs, read_manifest, task_spec_hash
 from data_prep.records import COLUMNS, HISTORY, records_sha256
 from data_prep.synthetic import describe_generators
+from pipeline import preflight
 from pipeline.artifacts import atomic_path, atomic_write_json, atomic_write_text, read_done, require_done, write_done
 from pipeline.config import ExperimentConfig
 from pipeline.errors import StageInputError
 from pipeline.layout import RunLayout
 from pipeline.locks import data_lock
+from pipeline.orders import selected_runs
 from pipeline.truncation import TokenCaps
 
 # load_prepared is re-exported: later stages may take it from here or from data_prep.
@@ -35,8 +37,17 @@ def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> 
     if getattr(args, "list_synthetic", False):
         print(describe_generators())
         return 0
-    run(cfg, layout, force=bool(getattr(args, "force", False)))
-    return 0
+    # Each task order (or seed) is its own experiment in its own folder, data included: the folder
+    # `slm train --order NAME` reads (pipeline.orders).
+    worst = 0
+    for name, run_cfg in selected_runs(cfg, args):
+        if name:
+            print(f"prepare: order {name!r} -> {run_cfg.output_dir}")
+        if getattr(args, "check", False):
+            worst = max(worst, preflight.check(run_cfg, RunLayout.of(run_cfg), "prepare"))
+        else:
+            run(run_cfg, RunLayout.of(run_cfg), force=bool(getattr(args, "force", False)))
+    return worst
 
 
 def run(cfg: ExperimentConfig, layout: RunLayout, force: bool = False) -> dict[str, Any]:
@@ -51,7 +62,7 @@ def run(cfg: ExperimentConfig, layout: RunLayout, force: bool = False) -> dict[s
 
 def _prepare(cfg: ExperimentConfig, layout: RunLayout, force: bool) -> dict[str, Any]:
     inputs = prepare_inputs(cfg)
-    if not force and _up_to_date(layout, inputs):
+    if not force and up_to_date(layout, inputs):
         atomic_write_text(layout.config, cfg.to_yaml())
         print(f"prepare: already done ({layout.data}, {len(cfg.tasks)} tasks; --force rebuilds)")
         return read_manifest(layout)
@@ -72,7 +83,7 @@ def _prepare(cfg: ExperimentConfig, layout: RunLayout, force: bool) -> dict[str,
     return manifest
 
 
-def _up_to_date(layout: RunLayout, inputs: dict[str, str]) -> bool:
+def up_to_date(layout: RunLayout, inputs: dict[str, str], quiet: bool = False) -> bool:
     """DONE with the same input hashes, and every file it lists still intact."""
     marker = read_done(layout.data)
     if not marker or marker.get("inputs") != inputs or not layout.manifest.is_file():
@@ -80,7 +91,8 @@ def _up_to_date(layout: RunLayout, inputs: dict[str, str]) -> bool:
     try:
         require_done(layout.data, STAGE, rerun="slm prepare --force")
     except StageInputError as e:
-        print(f"prepare: rebuilding, {e}")
+        if not quiet:
+            print(f"prepare: rebuilding, {e}")
         return False
     return True
 

@@ -28,7 +28,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from pipeline import metrics, validity
+from pipeline import metrics, preflight, validity
 from pipeline.artifacts import atomic_path, atomic_write_json, atomic_write_text, read_done, sha256_file
 from pipeline.config import ExperimentConfig
 from pipeline.errors import StageInputError
@@ -513,6 +513,8 @@ def write_orders_summary(cfg: ExperimentConfig, base: Path) -> Path:
 
 def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace | None = None) -> int:
     runs = selected_runs(cfg, args) if args is not None else order_runs(cfg)
+    if getattr(args, "check", False):
+        return max(preflight.check(run_cfg, RunLayout.of(run_cfg), "report") for _, run_cfg in runs)
     for name, run_cfg in runs:
         run_layout = RunLayout.of(run_cfg)
         m = run(run_cfg, run_layout)

@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 
+from pipeline import preflight
 from pipeline.config import ExperimentConfig, ServeSpec
 from pipeline.layout import RunLayout
 from pipeline.orders import single_run
@@ -58,4 +59,5 @@ def run(cfg: ExperimentConfig, layout: RunLayout, spec: ServeSpec) -> int:
 
 def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:
     cfg, layout = single_run(cfg, args)
+    preflight.use_faiss_of(cfg)
     return run(cfg, layout, serve_spec(cfg, args))

@@ -22,6 +22,7 @@ from pipeline import locks, slurm, validity
 from pipeline.artifacts import is_done
 from pipeline.config import ExperimentConfig
 from pipeline.layout import RunLayout
+from pipeline.orders import selected_runs
 
 RUNNING_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STAGE_OUT", "SIGNALING"}
 QUERY_TIMEOUT_S = 30
@@ -198,8 +199,19 @@ def _job_ids(jobs: dict[str, Any] | None) -> set[str]:
 
 
 def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace | None = None) -> int:
+    """Every run of the experiment (task orders x seeds), or the one `--order` names."""
+    runs = selected_runs(cfg, args or argparse.Namespace(order=None))
+    for i, (name, run_cfg) in enumerate(runs):
+        if i:
+            print()
+        show(run_cfg, RunLayout.of(run_cfg), name)
+    return 0
+
+
+def show(cfg: ExperimentConfig, layout: RunLayout, run: str = "") -> None:
+    """The status of one run: its prepare job, one row per task, index, eval, report, finish job."""
     jobs = read_jobs(layout)
-    print(f"{cfg.name} (method {cfg.method}): {layout.root}")
+    print(f"{cfg.name}{f' order {run}' if run else ''} (method {cfg.method}): {layout.root}")
     view: dict[tuple[str, int | None], JobState] = {}
     if jobs is None:
         print(f"no Slurm submission recorded ({slurm.script_dir(layout) / 'jobs.json'}): DONE markers only")
@@ -220,4 +232,3 @@ def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace | No
         if holder := locks.holder(path):  # a look, not a hold: status never waits for a writer
             print(f"{what} is being written by {locks.describe(holder)}")
     print(f"logs: {layout.logs}")
-    return 0

@@ -1,10 +1,15 @@
-"""`slm submit`: the experiment as three Slurm jobs, prepare -> train array -> finish.
+"""`slm submit`: the experiment as Slurm jobs, prepare -> train array -> finish, one chain per run.
 
-Reads top to bottom: render the scripts (pure, pipeline/slurm.py); print the memory plan and
-refuse a plan that does not fit unless --ignore-plan; with --dry-run print everything and stop;
-otherwise refuse while an earlier submission of this run is still queued, write the resolved
-config and the scripts to <output_dir>/slurm/<method>/ (atomically), and submit them in order,
-each waiting for the one before, recording the job ids in jobs.json as they come.
+An experiment with `orders:` (or `seeds:`) has several runs, each a plain single-order experiment
+in its own folder (`pipeline.orders`, `<output_dir>/<order>/`): each gets its own independent
+chain of three jobs, or only the one `--order` names. Reads top to bottom: resolve `slurm.setup`
+paths from the folder we run in; render every chain's scripts (pure, pipeline/slurm.py); print the
+memory plan (the same for every order) and refuse a plan that does not fit unless --ignore-plan;
+with --dry-run print everything and stop; otherwise refuse while an earlier submission of any of
+these runs is still queued, then per run write the resolved config and the scripts to
+<run>/slurm/<method>/ (atomically) and submit them in order, each waiting for the one before,
+recording the job ids in jobs.json as they come. If one sbatch fails, every job this call
+submitted is cancelled, so a retry starts from a clean queue.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import slurm
@@ -22,6 +28,7 @@ from pipeline.artifacts import atomic_write_json, atomic_write_text
 from pipeline.config import ExperimentConfig
 from pipeline.errors import SlmError
 from pipeline.layout import RunLayout
+from pipeline.orders import order_runs, selected_runs
 from pipeline.stages import status
 
 SBATCH_TIMEOUT_S = 60
@@ -30,18 +37,46 @@ NO_SLURM_HINT = ("start the local single-node Slurm with `scripts/local_slurm.sh
                  "`slm submit --dry-run` prints the jobs without Slurm")
 
 
+@dataclass(frozen=True)
+class Chain:
+    """One run's jobs: its name ("" without orders), single-order config, layout and scripts."""
+
+    run: str
+    cfg: ExperimentConfig
+    layout: RunLayout
+    scripts: dict[str, str]
+
+
 def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:
-    scripts = slurm.render_all(cfg, layout, python=sys.executable)
-    check_plan(cfg, ignore=args.ignore_plan, dry_run=args.dry_run)
+    cfg = slurm.with_resolved_setup(cfg, Path.cwd())
+    chains = [make_chain(run, run_cfg) for run, run_cfg in selected_runs(cfg, args)]
+    check_plan(chains[0].cfg, ignore=args.ignore_plan, dry_run=args.dry_run)  # orders permute the same tasks
     if args.dry_run:
-        print_dry_run(layout, scripts)
+        for chain in chains:
+            print_dry_run(chain)
         return 0
     require_sbatch()
-    refuse_if_queued(layout)
-    write_scripts(cfg, layout, scripts)
-    jobs = submit(cfg, layout)
-    print_submitted(cfg, layout, jobs)
+    for chain in chains:
+        refuse_if_queued(chain.layout)
+    records: list[dict] = []
+    try:
+        for chain in chains:
+            write_scripts(chain.cfg, chain.layout, chain.scripts)
+            records.append(submit(chain))
+    except SlmError:
+        cancel([job["id"] for record in records for job in record["jobs"].values()])
+        raise
+    for chain, record in zip(chains, records, strict=True):
+        print_submitted(chain, record)
+    if len(order_runs(cfg)) > 1:
+        print(f"after the finish jobs: `slm report -c <your YAML>` (same overrides) writes the mean and "
+              f"standard deviation over the runs to {layout.base / 'orders.md'}")
     return 0
+
+
+def make_chain(run: str, cfg: ExperimentConfig) -> Chain:
+    layout = RunLayout.of(cfg)
+    return Chain(run, cfg, layout, slurm.render_all(cfg, layout, python=sys.executable, run=run))
 
 
 def check_plan(cfg: ExperimentConfig, ignore: bool, dry_run: bool) -> None:
@@ -67,8 +102,11 @@ def check_plan(cfg: ExperimentConfig, ignore: bool, dry_run: bool) -> None:
                        "settings it recommends, or pass --ignore-plan to submit anyway")
 
 
-def print_dry_run(layout: RunLayout, scripts: dict[str, str]) -> None:
-    for kind, text in scripts.items():
+def print_dry_run(chain: Chain) -> None:
+    layout = chain.layout
+    if chain.run:
+        print(f"# ======== order {chain.run}: {layout.base} ========")
+    for kind, text in chain.scripts.items():
         print(f"# ==== {slurm.script_path(layout, kind)} ====")
         print(text, end="")
     print("# ==== submit (each job waits for the one before) ====")
@@ -120,9 +158,11 @@ def run_sbatch(argv: list[str]) -> str:
     return job_id
 
 
-def submit(cfg: ExperimentConfig, layout: RunLayout) -> dict:
-    """Submit prepare, train, finish in order; on a failure cancel what was already submitted."""
-    record = {"name": cfg.name, "method": cfg.method, "config": str(slurm.config_path(layout)),
+def submit(chain: Chain) -> dict:
+    """Submit one run's prepare, train, finish in order. On a failure cancel this run's jobs (the
+    caller cancels those of the runs submitted before) and raise."""
+    cfg, layout = chain.cfg, chain.layout
+    record = {"name": cfg.name, "run": chain.run, "method": cfg.method, "config": str(slurm.config_path(layout)),
               "submitted": datetime.datetime.now().isoformat(timespec="seconds"),
               "tasks": [t.name for t in cfg.tasks], "jobs": {}}
     previous = None
@@ -133,7 +173,7 @@ def submit(cfg: ExperimentConfig, layout: RunLayout) -> dict:
         except SlmError:
             cancel([j["id"] for j in record["jobs"].values()])
             raise
-        record["jobs"][kind] = {"id": previous, "name": slurm.job_name(cfg, kind), "script": str(script)}
+        record["jobs"][kind] = {"id": previous, "name": slurm.job_name(cfg, kind, chain.run), "script": str(script)}
         atomic_write_json(slurm.script_dir(layout) / "jobs.json", record)
     return record
 
@@ -144,11 +184,14 @@ def cancel(job_ids: list[str]) -> None:
         print(f"cancelled the jobs already submitted: {' '.join(job_ids)}", file=sys.stderr)
 
 
-def print_submitted(cfg: ExperimentConfig, layout: RunLayout, record: dict) -> None:
+def print_submitted(chain: Chain, record: dict) -> None:
+    cfg, layout = chain.cfg, chain.layout
     ids = {kind: job["id"] for kind, job in record["jobs"].items()}
-    train_log = slurm.log_file(layout, slurm.job_name(cfg, "train"), ids["train"], 0)
-    print(f"submitted {cfg.name} (method {cfg.method}): prepare {ids['prepare']} -> "
-          f"train {ids['train']} (array 0-{len(cfg.tasks) - 1}%1) -> finish {ids['finish']}")
+    train_log = slurm.log_file(layout, record["jobs"]["train"]["name"], ids["train"], 0)
+    order = f" order {chain.run}" if chain.run else ""
+    print(f"submitted {cfg.name}{order} (method {cfg.method}): prepare {ids['prepare']} -> "
+          f"train {ids['train']} (array 0-{len(cfg.tasks) - 1}%1: {', '.join(t.name for t in cfg.tasks)}) -> "
+          f"finish {ids['finish']}")
     print(f"scripts, config and job ids: {slurm.script_dir(layout)}")
     print(f"logs: {layout.logs} (task 0: {Path(train_log).name})")
     print(f"follow it: slm status -c {shlex.quote(str(slurm.config_path(layout)))}")

@@ -31,12 +31,12 @@ import time
 import torch
 
 from data_prep.prepared import load_prepared
-from pipeline import distributed, validity
+from pipeline import distributed, preflight, validity
 from pipeline.artifacts import DONE, atomic_write_json, atomic_write_text, read_done, sha256_file, write_done
 from pipeline.batching import TokenCaps, collate, tokenize_for_training
 from pipeline.checkpoints import make_private, prune_checkpoints, resume_latest, save_checkpoint
 from pipeline.config import ExperimentConfig
-from pipeline.deepspeed_config import build_ds_config, check_quantization_pairing
+from pipeline.deepspeed_config import build_ds_config, check_quantization_pairing, make_optimizer
 from pipeline.errors import StageInputError
 from pipeline.layout import RunLayout
 from pipeline.locks import writer_stage
@@ -87,7 +87,9 @@ def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> 
 def check(cfg: ExperimentConfig, layout: RunLayout, t: int) -> int:
     """`slm train --check` (what the Slurm script runs before it skips a task): 0 when task t is
     DONE and still matches the config, data and earlier tasks; 1 when it has not finished; a
-    StageInputError (exit 2) naming what changed otherwise. Reads only: no lock."""
+    StageInputError (exit 2) naming what changed otherwise, or what would stop training on this
+    config (pipeline.preflight). Reads only: no lock."""
+    preflight.require_runnable(cfg, "train")
     name = cfg.tasks[t].name
     if read_done(layout.task_dir(t, name)) is None:
         print(f"train: task {t} ({name}) has not finished ({layout.task_dir(t, name) / DONE} is missing)")
@@ -102,6 +104,7 @@ def run(cfg: ExperimentConfig, layout: RunLayout, t: int, restart: bool = False)
     check_quantization_pairing(cfg)  # a quantised base with ZeRO-3: refuse before any work
     get_method(cfg.method).check(cfg)
     check_report_to(cfg)  # a wandb / mlflow that is not installed: refuse before any work
+    preflight.use_faiss_of(cfg)
     with writer_stage(layout):  # one writer per output folder: nobody else touches this train_state
         validity.require_tasks(cfg, layout, t, verify=False)  # earlier tasks still match the config and data
         if _already_done(cfg, layout, t, restart):
@@ -220,7 +223,7 @@ def _run(cfg: ExperimentConfig, layout: RunLayout, t: int, inputs: dict[str, str
     _claim_state(cfg, layout, t, inputs, restart)  # before any write: a refused resume changes nothing
     if distributed.is_main():
         atomic_write_text(layout.config, cfg.to_yaml())
-    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if torch.cuda.is_available() else torch.device("cpu")
+    device = distributed.local_device()
     # Built before the model: under ZeRO-3 the base is loaded partitioned from this config.
     ds_config = build_ds_config(cfg, world)
     records = method.training_records(cfg, layout, load_prepared(cfg, layout), t)
@@ -287,7 +290,8 @@ def _train_loop(cfg, layout, t, method, trainer: Trainer, examples: list, rank: 
     tr = cfg.train
     steps = total_steps(cfg, len(examples), world, t)
     order = sample_order(len(examples), steps * tr.micro_batch_size * tr.grad_accum * world, cfg.seed + t)
-    optimizer = torch.optim.AdamW(trainer.params, lr=method.learning_rate(cfg), weight_decay=tr.weight_decay)
+    optimizer = make_optimizer(trainer.params, method.learning_rate(cfg), tr.weight_decay, ds_config,
+                               where=str(cfg.deepspeed_config_path()))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(tr.warmup_ratio * steps), steps))
     engine, _, _, _ = deepspeed.initialize(model=trainer.model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config, model_parameters=trainer.params)

@@ -1,0 +1,111 @@
+"""`slm <stage> --check`: can this stage run with this config, and has it already?
+
+Every stage the Slurm jobs run (prepare, train, index, eval, report) answers `--check` the way
+`slm train --check` always has, offline and without loading a model or data:
+
+    0  its output exists and matches the current config, data and earlier results
+    1  it has not run yet (or must run again): the job would do the work
+    2  it cannot run with this config: the `error:` line says why (raised as an SlmError)
+
+The static part (`require_runnable`) is what each stage would otherwise find only on the cluster,
+after the queue: a local data source that is not there, a DeepSpeed JSON that cannot pair with
+the base, a model whose shape is unknown offline, a FAISS build that cannot do `dtkr.faiss`.
+tests/test_shipped_configs.py runs every rendered stage's --check on every shipped config.
+"""
+
+from __future__ import annotations
+
+from pipeline import validity
+from pipeline.artifacts import read_done
+from pipeline.config import ExperimentConfig
+from pipeline.dtkr import faiss_build
+from pipeline.errors import ConfigError
+from pipeline.layout import RunLayout
+from pipeline.methods import get_method
+
+EXIT_CURRENT = 0
+EXIT_WOULD_RUN = 1
+FAISS_STAGES = ("train", "index", "eval", "generate", "serve")
+
+
+def searches_keys(cfg: ExperimentConfig) -> bool:
+    method = get_method(cfg.method)
+    return method.learns_keys or method.retrieves
+
+
+def use_faiss_of(cfg: ExperimentConfig) -> faiss_build.FaissBuild | None:
+    """At the start of a stage that searches keys: check `dtkr.faiss` against this machine and
+    search that way from now on. None for a method without keys."""
+    if not searches_keys(cfg):
+        return None
+    from pipeline.dtkr.store import use_faiss
+
+    return use_faiss(cfg.dtkr.faiss)
+
+
+def require_runnable(cfg: ExperimentConfig, stage: str) -> None:
+    """Raise what `stage` would raise on the cluster before its real work (see the module doc)."""
+    if stage == "prepare":
+        _require_local_sources(cfg)
+    if stage == "train":
+        from pipeline.deepspeed_config import build_ds_config
+        from pipeline.plan import shape_of_config
+
+        get_method(cfg.method).check(cfg)
+        build_ds_config(cfg, world_size=1)  # the JSON exists, parses, pairs with the quantization
+        shape_of_config(cfg)  # the model's architecture is known offline (pipeline/model_shapes.py)
+    if stage in FAISS_STAGES and searches_keys(cfg):
+        # A login node renders the jobs without a GPU: the build is checked here, the GPU at run time.
+        faiss_build.require(cfg.dtkr.faiss, need_device=False)
+
+
+def _require_local_sources(cfg: ExperimentConfig) -> None:
+    missing = [f"task {t.name}: {cfg.resolve_source_path(t.source.path)}" for t in cfg.tasks
+               if t.source.type in ("file", "cl_benchmark") and t.source.path
+               and not cfg.resolve_source_path(t.source.path).exists()]
+    if missing:
+        raise ConfigError(f"data sources not found: {'; '.join(missing)}",
+                          hint="set data_root=<the folder that holds them> (relative source paths resolve from "
+                               "data_root, else from the YAML's folder)")
+
+
+def check(cfg: ExperimentConfig, layout: RunLayout, stage: str, after: int | None = None) -> int:
+    """The `--check` of prepare, index, eval (row `after`) and report (train has its own)."""
+    require_runnable(cfg, stage)
+    problem = _not_current(cfg, layout, stage, after)
+    print(f"{stage}: {'would run: ' + problem if problem else 'done and current'}")
+    return EXIT_WOULD_RUN if problem else EXIT_CURRENT
+
+
+def _not_current(cfg: ExperimentConfig, layout: RunLayout, stage: str, after: int | None) -> str | None:
+    """Why `stage` would (re)do its work, or None when its output is current."""
+    if stage == "prepare":
+        from data_prep.prepared import prepare_inputs
+        from pipeline.stages.prepare import up_to_date
+
+        return None if up_to_date(layout, prepare_inputs(cfg), quiet=True) else f"{layout.data} is not current"
+    if stage == "index":
+        if not get_method(cfg.method).learns_keys:
+            return None  # nothing to index
+        from pipeline.stages.index import done_tasks
+
+        if read_done(layout.index) is None:
+            return f"no index in {layout.index}"
+        return validity.problem_of(lambda: validity.require_index(cfg, layout, done_tasks(cfg, layout)))
+    if stage == "eval":
+        from pipeline.stages.evaluate import read_row
+
+        if after is None:
+            return "no task is DONE yet"
+        row = read_row(layout, after)
+        if row is None:
+            return f"no row {layout.eval_row(after)}"
+        return validity.problem_of(lambda: validity.require_row(cfg, layout, after, row))
+    if stage == "report":
+        if not (layout.eval / "report.md").is_file():
+            return f"no {layout.eval / 'report.md'}"
+        from pipeline.stages.report import load_rows
+
+        load_rows(cfg, layout)  # rows that no longer match are an error for report itself too
+        return None
+    raise ValueError(f"no --check for stage {stage!r}")
