@@ -38,12 +38,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.provenance import ROOT, run_provenance  # noqa: E402
-from pipeline.artifacts import atomic_path, atomic_write_json, atomic_write_text, sha256_json  # noqa: E402
-from pipeline.config import ExperimentConfig, load_config  # noqa: E402
-from pipeline.layout import RunLayout  # noqa: E402
+from pipeline.config import ExperimentConfig  # noqa: E402
+from pipeline.experiment import load_config  # noqa: E402
 from pipeline.methods import METHOD_NAMES  # noqa: E402
-from pipeline.orders import order_runs  # noqa: E402
-from pipeline.stages.report import mean_std  # noqa: E402
+from pipeline.report.format import mean_std  # noqa: E402
+from pipeline.state.artifacts import atomic_path, atomic_write_json, atomic_write_text, sha256_json  # noqa: E402
+from pipeline.state.layout import RunLayout  # noqa: E402
+from pipeline.state.orders import order_runs  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 METRICS = ("AA", "BWT", "forgetting", "FWT", "retrieval_accuracy")

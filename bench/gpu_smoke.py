@@ -13,7 +13,7 @@ encoder is the bundled MiniLM. Everything runs through `slm` itself, in this pro
                 the adapter is saved and its U moved from zero; tokens/s of the optimizer steps
                 (each step timed around the stage's own `_one_step`, the first one left out)
   memory-zero2  peak GPU memory of that training (torch.cuda.max_memory_allocated) against
-                `slm plan`'s estimate for exactly that config (pipeline.plan.own_row): the plan must
+                `slm plan`'s estimate for exactly that config (pipeline.planning.memory.own_row): the plan must
                 not under-estimate
   train-zero3, memory-zero3   the same under ZeRO-3
   zero2-zero3   both stages give the same adapter (bf16 tolerance on a GPU)
@@ -83,7 +83,7 @@ def build_model(folder: Path, shape: str, dtype: torch.dtype, device: str) -> in
     """A random LLaMA of `shape` with SmolLM2's tokenizer, saved as a model folder; its parameters."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pipeline.models import load_tokenizer
+    from pipeline.runtime.models import load_tokenizer
 
     hidden, inter, layers, heads, kv_heads = SHAPES[shape]
     tok = load_tokenizer("bundled:smollm2")
@@ -159,8 +159,8 @@ def train_check(zero: str, overrides: list[str], args: argparse.Namespace) -> tu
     """train-<zero> and memory-<zero>; also returns the saved adapter."""
     from safetensors.torch import load_file
 
-    from pipeline.config import load_config
-    from pipeline.plan import own_row
+    from pipeline.experiment import load_config
+    from pipeline.planning.memory import own_row
 
     code, _ = slm(["prepare", *overrides])
     if code != 0:

@@ -7,7 +7,7 @@
 
 Never run by CI, and it exits at once with a clear message where there is no CUDA GPU.
 
-Model: LlamaConfig of meta-llama/Llama-2-7b-hf (pipeline.model_shapes, offline), random
+Model: LlamaConfig of meta-llama/Llama-2-7b-hf (pipeline.planning.shapes, offline), random
 weights, bf16, attn_implementation="sdpa", built directly on the GPU; --layers N keeps only N
 decoder layers. Both methods train the same frozen base shape, one after the other (a GPU is not
 shared with other load, so no interleaving is needed; each method gets a freshly built base so
@@ -110,7 +110,7 @@ def peak_flops_for(device_name: str, peak_tflops: float | None = None) -> float:
 
 def bench_config(layers: int | None):
     """LLaMA-2-7B's LlamaConfig (offline), optionally cut to `layers` decoder layers, SDPA attention."""
-    from pipeline.model_shapes import LLAMA2_CONFIGS
+    from pipeline.planning.shapes import LLAMA2_CONFIGS
 
     config = copy.deepcopy(LLAMA2_CONFIGS[MODEL_ID])  # never edit the shared offline config
     if layers is not None:

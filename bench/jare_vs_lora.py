@@ -70,7 +70,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-TASKS = ("sentiment", "arithmetic", "geography")  # data_prep.synthetic generators
+TASKS = ("sentiment", "arithmetic", "geography")  # pipeline.data.synthetic generators
 
 
 def log(msg: str) -> None:
@@ -113,7 +113,7 @@ def build_jare(args, tasks: list[str]):
     import torch
 
     from pipeline.jare.inject import inject_jare
-    from pipeline.models import load_base_model
+    from pipeline.runtime.models import load_base_model
 
     model = load_base_model(args.model, "float32", device=torch.device("cpu"))
     bank = inject_jare(model, args.targets, args.rank, args.slots, torch.float32)
@@ -132,7 +132,7 @@ def build_lora(args):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from pipeline.models import load_base_model
+    from pipeline.runtime.models import load_base_model
 
     model = load_base_model(args.model, "float32", device=torch.device("cpu"))
     cfg = LoraConfig(r=args.rank, lora_alpha=args.rank, lora_dropout=0.0, target_modules=list(args.targets))
@@ -161,11 +161,11 @@ def build_store(args, tasks: list[str]):
     """Encoder + KeyStore over every task, keys learned on each task's queries (or random)."""
     import torch
 
-    from data_prep.synthetic import get_generator
-    from pipeline.batching import queries
+    from pipeline.data.synthetic import get_generator
     from pipeline.dtkr.encoder import SentenceEncoder
     from pipeline.dtkr.keys import train_keys
     from pipeline.dtkr.store import KeyStore
+    from pipeline.prompts.batching import queries
 
     encoder = SentenceEncoder(args.encoder)
     store = KeyStore(encoder.dim, args.groups, args.slots, args.encoder)
@@ -281,8 +281,8 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    from pipeline.batching import encode_prompts_left_padded, queries
-    from pipeline.models import load_tokenizer
+    from pipeline.prompts.batching import encode_prompts_left_padded, queries
+    from pipeline.runtime.models import load_tokenizer
 
     tasks = list(TASKS)
     load_at_start = list(os.getloadavg())
@@ -466,7 +466,7 @@ def main(argv=None) -> dict:
     if not args.no_single:
         result["generate_info"]["single_prompt_merged_ratio"] = (
             generate["jare_merged_1"]["median_s"] / generate["lora_merged_1"]["median_s"])
-    from pipeline.artifacts import atomic_write_json
+    from pipeline.state.artifacts import atomic_write_json
 
     atomic_write_json(args.json, result)
     log(f"wrote {args.json}")

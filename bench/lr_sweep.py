@@ -40,12 +40,12 @@ from bench.cl_methods import (  # noqa: E402
     runs_of,
 )
 from bench.provenance import run_provenance  # noqa: E402
-from pipeline.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.layout import RunLayout  # noqa: E402
+from pipeline.experiment import load_config  # noqa: E402
 from pipeline.methods import METHOD_NAMES, get_method  # noqa: E402
 from pipeline.methods.jare import JareMethod  # noqa: E402
 from pipeline.methods.lora import LoraMethod  # noqa: E402
+from pipeline.state.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
+from pipeline.state.layout import RunLayout  # noqa: E402
 
 GRIDS = {"lr": (3e-4, 1e-3, 3e-3), "lora_lr": (1e-3, 5e-3, 2e-2), "ft_lr": (1e-5, 3e-5, 1e-4)}
 MAX_EXTENSIONS = 3  # grid steps a sweep may add past each end of its base grid

@@ -1,4 +1,4 @@
-"""Plan vs measured: peak memory of one real training step against pipeline.plan's estimate.
+"""Plan vs measured: peak memory of one real training step against pipeline.planning.memory's estimate.
 
     python bench/plan_vs_measured.py                      # random ~34M LLaMA, checkpointing off and on
     python bench/plan_vs_measured.py --dtype bfloat16     # the GPU path's dtype (fp32 norm copies, fp32 loss)
@@ -18,7 +18,7 @@ built: tracemalloc does not see torch's allocations, and torch keeps no CPU allo
 glibc's dynamic mmap threshold is pinned (MALLOC_MMAP_THRESHOLD_) so that freed tensors go back
 to the OS instead of fragmenting the heap, which would inflate RSS above what is live.
 
-The plan side is `pipeline.plan.estimate` for the same shape, dtype and method with on_gpu=False
+The plan side is `pipeline.planning.memory.estimate` for the same shape, dtype and method with on_gpu=False
 under ZeRO-0: weights + adapters + optimizer + activations, without the GPU-only terms (CUDA
 context, ZeRO buckets, fragmentation, encoder).
 
@@ -55,7 +55,7 @@ def bench_config(model: str):
     from transformers import LlamaConfig
 
     if model == "smollm2":
-        from pipeline.model_shapes import config_for
+        from pipeline.planning.shapes import config_for
 
         return config_for("bundled:smollm2")
     return LlamaConfig(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
@@ -146,10 +146,10 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def planned(args: argparse.Namespace) -> dict[str, float]:
-    """pipeline.plan's CPU-equivalent estimate for the same model and step, in GiB."""
-    from pipeline.model_shapes import shape_from_config
-    from pipeline.plan import Workload, estimate, shipped_mode
-    from pipeline.plan_methods import full_ft_load
+    """pipeline.planning.memory's CPU-equivalent estimate for the same model and step, in GiB."""
+    from pipeline.planning.loads import full_ft_load
+    from pipeline.planning.memory import Workload, estimate, shipped_mode
+    from pipeline.planning.shapes import shape_from_config
 
     shape = shape_from_config(args.model, bench_config(args.model), ["o_proj"], args.rank)
     work_bytes = 2 if args.dtype == "bfloat16" else 4

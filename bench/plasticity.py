@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.cl_methods import RESULTS, config_sha256, run_method  # noqa: E402
 from bench.provenance import ROOT, run_provenance  # noqa: E402
-from pipeline.artifacts import atomic_write_json  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
+from pipeline.experiment import load_config  # noqa: E402
+from pipeline.state.artifacts import atomic_write_json  # noqa: E402
 
 SETTINGS = ROOT / "bench" / "experiments" / "plasticity.yaml"
 

@@ -7,10 +7,10 @@
     python bench/retrieval.py --ablation                       # the lever grid -> retrieval-ablation.json
 
 For every task of a sequence: its records are built as `slm prepare` builds them
-(data_prep.build.build_task on the experiment's TaskSpec, same caps, the source's own test
-split), its query texts are `pipeline.batching.queries` (instruction + " ### " + input), and
+(pipeline.data.build.build_task on the experiment's TaskSpec, same caps, the source's own test
+split), its query texts are `pipeline.prompts.batching.queries` (instruction + " ### " + input), and
 its keys are learned by `pipeline.dtkr.keys.learn_task_keys` with the experiment's DtkrSpec,
-P = jare.slots_per_task, seed = experiment seed + task position, the earlier tasks' keys as
+P = methods.slm.slots_per_task, seed = experiment seed + task position, the earlier tasks' keys as
 `previous_keys` (what `slm train` does). The store is built as `slm index` builds it
 (KeyStore.add_task in task order) and every test query is routed by `Router` over all tasks.
 
@@ -140,7 +140,7 @@ def task_records(spec, cfg) -> tuple[list[dict], list[dict], int]:
     """(train, test, test records dropped for repeating a training input), as `slm prepare`
     builds them with the same data.on_overlap (the bench defaults it to drop_test: MultiRC's
     test split repeats one training input with the other label)."""
-    from data_prep.build import build_task
+    from pipeline.data.build import build_task
 
     prepared = build_task(spec, cfg)
     return prepared.train, prepared.test, prepared.overlap_dropped
@@ -150,7 +150,7 @@ class EmbeddingCache:
     """Query embeddings on disk, keyed by encoder + max length + texts; the encoder loads on a miss."""
 
     def __init__(self, encoder_name: str, max_length: int = 256) -> None:
-        from pipeline.models import cache_dir
+        from pipeline.runtime.models import cache_dir
 
         self.encoder_name, self.max_length = encoder_name, max_length
         self.folder = cache_dir() / "retrieval-embeddings"
@@ -166,7 +166,7 @@ class EmbeddingCache:
     def embed(self, texts: list[str]) -> torch.Tensor:
         from safetensors.torch import load_file, save_file
 
-        from pipeline.artifacts import atomic_path
+        from pipeline.state.artifacts import atomic_path
 
         path = self.folder / f"{self.key(texts)}.safetensors"
         if path.is_file():
@@ -189,7 +189,7 @@ class EmbeddingCache:
 
 def task_embeddings(cfg, names: list[str], cache: EmbeddingCache, args: argparse.Namespace) -> dict[str, dict]:
     """name -> {train (N, D), test (M, D), dropped}: each task's query embeddings."""
-    from pipeline.batching import queries
+    from pipeline.prompts.batching import queries
 
     out = {}
     for name in names:
@@ -321,7 +321,7 @@ def run_seeds(seqs: dict[str, list[str]], emb: dict, dtkr, cfg, args: argparse.N
     plus the worst case over them."""
     out = {str(cfg.seed): seed_summary(first)}
     for seed in extra_seeds(args, cfg):
-        out[str(seed)] = seed_summary(run_all(seqs, emb, dtkr, cfg.jare.slots_per_task, seed, args.knn_per_task))
+        out[str(seed)] = seed_summary(run_all(seqs, emb, dtkr, key_slots(cfg), seed, args.knn_per_task))
     family = [v["same_family_min_mean"] for v in out.values() if v["same_family_min_mean"] is not None]
     worst = {"retrieval_min_margin": min(v["retrieval_min_margin"] for v in out.values()),
              "same_family_min_mean": min(family) if family else None}
@@ -386,7 +386,7 @@ def ablation(seqs: dict[str, list[str]], emb: dict, cfg, args: argparse.Namespac
             continue
         dtkr = DtkrSpec.model_validate({**cfg.dtkr.model_dump(), **changes})
         t0 = time.perf_counter()
-        res = run_all(seqs, emb, dtkr, cfg.jare.slots_per_task, cfg.seed, args.knn_per_task)
+        res = run_all(seqs, emb, dtkr, key_slots(cfg), cfg.seed, args.knn_per_task)
         out[setting] = {"dtkr_changes": changes, **summary(res),
                         "sequences": {s: {"mean": r["mean"], "min_margin": r["min_margin"],
                                           "dtkr": {row["task"]: row["dtkr"] for row in r["rows"]},
@@ -404,17 +404,17 @@ def ablation(seqs: dict[str, list[str]], emb: dict, cfg, args: argparse.Namespac
 
 
 def run_info(args: argparse.Namespace, cfg, seqs: dict[str, list[str]], t_start: float, cache: EmbeddingCache) -> dict:
-    from pipeline.artifacts import sha256_json
+    from pipeline.state.artifacts import sha256_json
 
     hashed = {"dtkr": cfg.dtkr.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json"),
-              "slots_per_task": cfg.jare.slots_per_task, "seed": cfg.seed, "seeds": [cfg.seed, *extra_seeds(args, cfg)],
+              "slots_per_task": key_slots(cfg), "seed": cfg.seed, "seeds": [cfg.seed, *extra_seeds(args, cfg)],
               "tasks": {n: task_spec(cfg, n, args).model_dump(mode="json") for names in seqs.values() for n in names}}
     return {"script": "bench/retrieval.py", "name": args.name or cfg.name,
             "command": " ".join(["python", "bench/retrieval.py", *sys.argv[1:]]),
             "config": args.config, "config_hash": sha256_json(hashed), "data_root": str(args.data_root),
             "commit": _git("rev-parse", "HEAD"),
-            "dirty": bool(_git("status", "--porcelain", "--", "pipeline", "bench", "data_prep")),
-            "dtkr": hashed["dtkr"], "data": hashed["data"], "slots_per_task": cfg.jare.slots_per_task,
+            "dirty": bool(_git("status", "--porcelain", "--", "pipeline", "bench")),
+            "dtkr": hashed["dtkr"], "data": hashed["data"], "slots_per_task": key_slots(cfg),
             "seed": cfg.seed, "seeds": hashed["seeds"],
             "knn_per_task": args.knn_per_task, "embedding_cache": {"hits": cache.hits, "misses": cache.misses},
             "wall_s": time.perf_counter() - t_start, "machine": machine()}
@@ -437,8 +437,8 @@ def _git(*cmd: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from pipeline.artifacts import atomic_write_json, atomic_write_text
-    from pipeline.config import load_config
+    from pipeline.experiment import load_config
+    from pipeline.state.artifacts import atomic_write_json, atomic_write_text
 
     args = parse_args(argv)
     t_start = time.perf_counter()
@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> dict:
         result = {"settings": ablation(seqs, emb, cfg, args)}
         path = args.json or ROOT / "bench" / "results" / "retrieval-ablation.json"
     else:
-        results = run_all(seqs, emb, cfg.dtkr, cfg.jare.slots_per_task, cfg.seed, args.knn_per_task)
+        results = run_all(seqs, emb, cfg.dtkr, key_slots(cfg), cfg.seed, args.knn_per_task)
         print_table(results)
         result = {"sequences": results, **summary(results)}
         if extra_seeds(args, cfg):
@@ -472,3 +472,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main()
+
+
+def key_slots(cfg) -> int:
+    """P: the DTKR keys per task of the experiment's method."""
+    from pipeline.methods import get_method
+
+    return get_method(cfg.method).key_slots(cfg)

@@ -148,10 +148,10 @@ def server(args, name: str, extra: list[str], logs: Path):
 
 def test_records(args) -> tuple[list[dict], list[str]]:
     """Every task's test records, interleaved task by task, and the task names (checks the run first)."""
-    from data_prep.prepared import load_prepared
-    from pipeline.config import load_config
-    from pipeline.layout import RunLayout
-    from pipeline.stages.index import done_tasks
+    from pipeline.data.prepared import load_prepared
+    from pipeline.experiment import load_config
+    from pipeline.state.layout import RunLayout
+    from pipeline.state.validity import done_tasks
 
     cfg = load_config(args.config, args.overrides)
     layout = RunLayout.of(cfg)
@@ -171,9 +171,9 @@ def test_records(args) -> tuple[list[dict], list[str]]:
 
 def prompt_fits(cfg, records: list[dict]) -> list[bool]:
     """Whether each record's prompt fits the server's prompt cap, counted as prepare counts it."""
-    from data_prep.build import token_lengths
-    from pipeline.models import load_tokenizer
-    from pipeline.truncation import TokenCaps
+    from pipeline.data.build import token_lengths
+    from pipeline.prompts.truncation import TokenCaps
+    from pipeline.runtime.models import load_tokenizer
 
     cap = TokenCaps.of(cfg.model).prompt_cap()
     lengths = token_lengths(load_tokenizer(cfg.model.name_or_path), cfg.model.prompt_format, records)
@@ -267,7 +267,7 @@ def main(argv=None) -> dict:
         "serve_info": {"summary": summary, **ratios, "rounds": results},
         "meta_info": meta_info(),
     }
-    from pipeline.artifacts import atomic_write_json
+    from pipeline.state.artifacts import atomic_write_json
 
     atomic_write_json(args.json, result)
     log(f"wrote {args.json}")
@@ -281,7 +281,7 @@ def main(argv=None) -> dict:
 def batching_main(args) -> dict:
     """Continuous vs static batching at each client count: one run, results with provenance."""
     from bench.provenance import run_provenance
-    from pipeline.artifacts import atomic_write_json
+    from pipeline.state.artifacts import atomic_write_json
 
     t_start = time.perf_counter()
     load_at_start = list(os.getloadavg())

@@ -18,11 +18,11 @@ from typing import Any
 
 import yaml
 
-from pipeline.artifacts import DONE
 from pipeline.config import ExperimentConfig, SlurmStageSpec
 from pipeline.errors import ConfigError
-from pipeline.layout import RunLayout
-from pipeline.preemption import EXIT_PREEMPTED, EXIT_PREVIOUS_NOT_DONE, EXIT_TERMINATED, PREEMPT_SIGNAL_NAME
+from pipeline.state.artifacts import DONE
+from pipeline.state.layout import RunLayout
+from pipeline.state.preemption import EXIT_PREEMPTED, EXIT_PREVIOUS_NOT_DONE, EXIT_TERMINATED, PREEMPT_SIGNAL_NAME
 
 TEMPLATES = Path(__file__).resolve().parent / "slurm_templates"
 JOB_KINDS: tuple[str, ...] = ("prepare", "train", "finish")  # submission order; each waits for the one before

@@ -28,7 +28,7 @@ from typing import Any
 
 from pipeline.config import ExperimentConfig
 from pipeline.errors import ConfigError
-from pipeline.layout import RunLayout
+from pipeline.state.layout import RunLayout
 
 OPTIONAL = {"wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow-skinny")}  # backend -> (module, pip name)
 
@@ -80,7 +80,7 @@ def _guard(backend: Any, what: str, call) -> None:
     try:
         call()
     except Exception as e:  # a tracker must never stop training or evaluation
-        from pipeline import distributed
+        from pipeline.runtime import distributed
 
         distributed.log(f"warning: {type(backend).__name__.strip('_')} {what} failed: {type(e).__name__}: {e}")
 
@@ -161,7 +161,8 @@ class _Mlflow:
                                          tags={"slm.run_key": key, "slm.method": layout.method,
                                                "slm.output_dir": str(layout.root)})
             self.run_id = run.info.run_id
-            for k, v in _flat(cfg.model_dump(mode="json", include={"method", "model", "jare", "dtkr", "train"})):
+            sections = {"method", "model", "adapter", "dtkr", "methods", "train"}
+            for k, v in _flat(cfg.model_dump(mode="json", include=sections)):
                 self.client.log_param(self.run_id, k, str(v)[:500])
 
     def log(self, axis: str, step: int, metrics: dict[str, float]) -> None:

@@ -64,7 +64,7 @@ def install(setattr_: SetAttr, point: str, signum: int, step: int = 0) -> None:
 
         setattr_(train, "_one_step", hooked_step)
     elif point == "checkpoint":
-        import pipeline.checkpoints as checkpoints
+        import pipeline.state.checkpoints as checkpoints
 
         complete = checkpoints.write_complete
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from pipeline.config import load_config
 from pipeline.errors import ConfigError, DataError
-from pipeline.layout import RunLayout
+from pipeline.experiment import load_config
 from pipeline.stages import prepare
+from pipeline.state.layout import RunLayout
 
 
 def _fails(write_yaml, raw: dict[str, Any], error: type[Exception], *fragments: str) -> str:

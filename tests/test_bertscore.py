@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import EvalSpec, load_config
+from pipeline.config import EvalSpec
 from pipeline.errors import ConfigError
+from pipeline.experiment import load_config
 from pipeline.metrics import bertscore_f1, score
 
 SAME = ["the patient should rest and drink plenty of water", "take the tablets twice a day after meals"]
@@ -32,7 +33,7 @@ def _byte_level_vocab() -> list[str]:
 def _save_bert(folder: Path) -> None:
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from pipeline.models import resolve_encoder_path
+    from pipeline.runtime.models import resolve_encoder_path
 
     tok = AutoTokenizer.from_pretrained(resolve_encoder_path("bundled:all-minilm-l6-v2"))
     torch.manual_seed(0)

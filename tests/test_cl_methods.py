@@ -62,7 +62,7 @@ def _entry(tasks: list[str], aa: float, wall: float, date: str) -> dict:
 
 
 def test_orders_recorded_one_by_one_add_up_to_one_record_in_the_experiments_order(tmp_path) -> None:
-    from pipeline.config import load_config
+    from pipeline.experiment import load_config
 
     cfg = load_config("default.yaml", ["orders=[{name: fwd, tasks: [sentiment, geography, animals]},"
                                        " {name: rev, tasks: [animals, geography, sentiment]}]"])
@@ -90,7 +90,7 @@ def test_orders_recorded_one_by_one_add_up_to_one_record_in_the_experiments_orde
 
 
 def test_a_results_file_from_before_per_order_recording_is_read_as_its_orders(tmp_path) -> None:
-    from pipeline.config import load_config
+    from pipeline.experiment import load_config
 
     cfg = load_config("default.yaml", [])
     old = {"run_info": {"experiment": "default", "method": "slm", "config_sha256": cl_methods.config_sha256(cfg),

@@ -54,8 +54,8 @@ def test_a_missing_experiment_file_gets_a_hint_about_the_path_not_about_a_key(tm
 
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_every_command_takes_key_value_overrides_as_arguments(command):
-    args = build_parser().parse_args([command, *REQUIRED_POSITIONALS.get(command, []), "train.lr=0.5"])
-    assert args.overrides == ["train.lr=0.5"]
+    args = build_parser().parse_args([command, *REQUIRED_POSITIONALS.get(command, []), "methods.slm.lr=0.5"])
+    assert args.overrides == ["methods.slm.lr=0.5"]
 
 
 def test_generate_applies_a_positional_override_like_every_other_command(tmp_path, capsys):
@@ -69,7 +69,7 @@ def test_generate_applies_a_positional_override_like_every_other_command(tmp_pat
 def test_deepspeeds_cpu_notice_stays_out_of_stdout_and_its_warnings_go_to_stderr(capsys):
     from deepspeed.utils import logger as deepspeed_logger
 
-    from pipeline.library_logs import route_library_logs
+    from pipeline.runtime.library_logs import route_library_logs
 
     route_library_logs(debug=False)
     deepspeed_logger.warning("Setting accelerator to CPU. If you have GPU or other accelerator, ...")

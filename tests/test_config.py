@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import BUILTIN_CONFIGS, load_config
+from pipeline.config import BUILTIN_CONFIGS
 from pipeline.errors import ConfigError, DataError
-from pipeline.layout import RunLayout
+from pipeline.experiment import load_config
+from pipeline.state.layout import RunLayout
 
 SHIPPED = sorted(BUILTIN_CONFIGS.glob("*.yaml"))
 
@@ -73,11 +74,19 @@ def test_a_wrong_type_is_an_error_naming_the_field_and_value(write_yaml, small_e
 
 def test_every_problem_is_reported_at_once(write_yaml, small_experiment) -> None:
     small_experiment["data"]["seed"] = "x"
-    small_experiment["train"] = {"lr": -1}
+    small_experiment["methods"] = {"replay": {"ratio": 2}}  # a method's own option
+    small_experiment["train"] = {"lr": -1}  # a key of an earlier version, named with its new home
     with pytest.raises(ConfigError) as err:
         load_config(write_yaml(small_experiment))
-    assert "2 problem(s)" in str(err.value)
-    assert "data.seed" in str(err.value) and "train.lr" in str(err.value)
+    assert "3 problem(s)" in str(err.value)
+    assert "data.seed" in str(err.value) and "methods.replay.ratio" in str(err.value)
+    assert "train.lr: moved to methods.<method>.lr" in str(err.value)
+
+
+def test_an_unknown_method_section_lists_the_registered_ones(write_yaml, small_experiment) -> None:
+    small_experiment["methods"] = {"replai": {"ratio": 0.1}}
+    with pytest.raises(ConfigError, match=r"methods.replai: unknown key; did you mean 'replay'\?.*seq_lora"):
+        load_config(write_yaml(small_experiment))
 
 
 def test_duplicate_task_names_are_rejected(write_yaml, small_experiment) -> None:
@@ -164,8 +173,8 @@ def test_a_local_encoder_folder_is_checked_from_its_config_json(tmp_path: Path) 
 
 
 def test_the_light_bundled_encoder_table_matches_the_model_loader() -> None:
-    from pipeline.encoder_config import BUNDLED_ENCODER_MODULES
-    from pipeline.models import BUNDLED_ENCODERS
+    from pipeline.runtime.encoder_config import BUNDLED_ENCODER_MODULES
+    from pipeline.runtime.models import BUNDLED_ENCODERS
 
     assert BUNDLED_ENCODER_MODULES == {name: module for name, (module, _pip) in BUNDLED_ENCODERS.items()}
 

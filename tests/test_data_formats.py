@@ -9,17 +9,17 @@ from typing import Any
 import datasets
 import pytest
 
-from data_prep import load_prepared
-from data_prep.build import build_task
-from data_prep.records import record_key, records_sha256
-from data_prep.templates import build_prompt, history_turns
-from pipeline.batching import prompts, tokenize_for_training
-from pipeline.config import load_config
+from pipeline.data.build import build_task
+from pipeline.data.prepared import load_prepared
+from pipeline.data.records import record_key, records_sha256
 from pipeline.errors import ConfigError, DataError
-from pipeline.layout import RunLayout
-from pipeline.models import load_tokenizer
+from pipeline.experiment import load_config
+from pipeline.prompts.batching import prompts, tokenize_for_training
+from pipeline.prompts.templates import build_prompt, history_turns
+from pipeline.prompts.truncation import TokenCaps
+from pipeline.runtime.models import load_tokenizer
 from pipeline.stages import prepare
-from pipeline.truncation import TokenCaps
+from pipeline.state.layout import RunLayout
 
 SYSTEM = "You are a terse geography tutor."
 

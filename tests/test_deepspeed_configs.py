@@ -1,7 +1,7 @@
 """Every shipped DeepSpeed JSON trains: two steps of task 0 on the tiny LLaMA, on CPU.
 
 The offload JSONs run the optimizer step on the host, where DeepSpeed refuses a torch optimizer;
-`pipeline.deepspeed_config.make_optimizer` gives it DeepSpeedCPUAdam. A JSON added to
+`pipeline.runtime.deepspeed_config.make_optimizer` gives it DeepSpeedCPUAdam. A JSON added to
 pipeline/ds_configs/ is picked up here by itself.
 """
 
@@ -14,10 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.artifacts import read_done, sha256_file
 from pipeline.cli import main as slm
-from pipeline.config import PACKAGE_DIR, load_config
-from pipeline.deepspeed_config import make_optimizer, offloads_optimizer
+from pipeline.config import PACKAGE_DIR
+from pipeline.experiment import load_config
+from pipeline.runtime.deepspeed_config import make_optimizer, offloads_optimizer
+from pipeline.state.artifacts import read_done, sha256_file
 
 SHIPPED = sorted(p.stem for p in (PACKAGE_DIR / "ds_configs").glob("*.json"))
 

@@ -28,9 +28,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.artifacts import sha256_file
-from pipeline.checkpoints import list_tags, verify_checkpoint
 from pipeline.cli import main as slm
+from pipeline.state.artifacts import sha256_file
+from pipeline.state.checkpoints import list_tags, verify_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 FS_SIZE = "8m"

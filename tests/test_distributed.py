@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from pipeline import distributed
+from pipeline.runtime import distributed
 
 REPO = Path(__file__).resolve().parents[1]
 

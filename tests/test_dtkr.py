@@ -176,9 +176,9 @@ def test_a_task_without_queries_is_a_clear_error():
 def test_keys_learned_with_the_real_encoder_retrieve_three_builtin_tasks_at_95_percent():
     """DESIGN's retrieval check, end to end: the bundled MiniLM encoder, three built-in tasks
     from different domains, keys learned per task on its own training queries only."""
-    from data_prep.synthetic import get_generator
-    from data_prep.templates import query_text
+    from pipeline.data.synthetic import get_generator
     from pipeline.dtkr.encoder import SentenceEncoder
+    from pipeline.prompts.templates import query_text
 
     encoder = SentenceEncoder("bundled:all-minilm-l6-v2")
     spec = DtkrSpec()

@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from pipeline.cli import main as slm
-from pipeline.config import load_config
+from pipeline.experiment import load_config
 from pipeline.export import concat_loras, task_lora_weights, write_peft_adapter
 from pipeline.jare.inject import inject_jare
 from pipeline.jare.routing import Routing
-from pipeline.layout import RunLayout
 from pipeline.methods import get_method
+from pipeline.state.layout import RunLayout
 from tests.tiny import randomize_slots, tiny_llama
 
 SLOTS, RANK = 3, 4
@@ -91,11 +91,12 @@ def test_a_wrong_number_of_weights_is_refused(bank):
 
 # ---- end to end: train two tasks per method, export with the CLI, load with PEFT --------------------
 
-METHOD_SETTINGS = {"slm": ["train.lr=0.05"], "o_lora": ["train.lora_lr=0.05"], "seq_lora": ["train.lora_lr=0.05"],
-                   "seq_ft": ["train.ft_lr=0.001"]}
-EXPORT_RANK = {"slm": lambda cfg: cfg.jare.slots_per_task * cfg.jare.rank,  # P slots of rank r
-               "o_lora": lambda cfg: 2 * cfg.jare.rank,  # the sum of tasks 0 and 1's LoRAs
-               "seq_lora": lambda cfg: cfg.jare.rank}
+METHOD_SETTINGS = {"slm": ["methods.slm.lr=0.05"], "o_lora": ["methods.o_lora.lr=0.05"],
+                   "seq_lora": ["methods.seq_lora.lr=0.05"],
+                   "seq_ft": ["methods.seq_ft.lr=0.001"]}
+EXPORT_RANK = {"slm": lambda cfg: cfg.methods.slm.slots_per_task * cfg.adapter.rank,  # P slots of rank r
+               "o_lora": lambda cfg: 2 * cfg.adapter.rank,  # the sum of tasks 0 and 1's LoRAs
+               "seq_lora": lambda cfg: cfg.adapter.rank}
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +124,7 @@ def token_ids() -> torch.Tensor:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["slm", "o_lora", "seq_lora"])
 def test_slm_export_loads_in_peft_and_answers_like_the_methods_own_forward(run_dir, method):
-    from pipeline.models import load_base_model
+    from pipeline.runtime.models import load_base_model
 
     overrides = trained(run_dir, method)
     cfg = load_config(None, overrides)
@@ -133,7 +134,7 @@ def test_slm_export_loads_in_peft_and_answers_like_the_methods_own_forward(run_d
     info = json.loads((folder / "slm_export.json").read_text())
     ids = token_ids()
     predictor = get_method(method).predictor(cfg, layout, 1, torch.device("cpu"))
-    routing = Routing.single_task(1, cfg.jare.slots_per_task, len(ids)) if method == "slm" else None
+    routing = Routing.single_task(1, cfg.methods.slm.slots_per_task, len(ids)) if method == "slm" else None
     with predictor.routed(routing):
         ours = logits(predictor.model.eval(), ids)
     exported = peft_logits(load_base_model(run_dir["model"]), folder, ids)
@@ -146,7 +147,7 @@ def test_slm_export_loads_in_peft_and_answers_like_the_methods_own_forward(run_d
 
 @pytest.mark.slow
 def test_seq_ft_exports_its_saved_model_as_a_plain_transformers_folder(run_dir):
-    from pipeline.models import load_base_model
+    from pipeline.runtime.models import load_base_model
 
     overrides = trained(run_dir, "seq_ft")
     cfg = load_config(None, overrides)
@@ -165,6 +166,6 @@ def test_export_refuses_an_unfinished_task_and_route_retrieved(run_dir, capsys):
     from pipeline.errors import ConfigError
     from pipeline.export import jare_task_export
 
-    cfg = load_config(None, [*overrides, "jare.transfer=route_retrieved"])
+    cfg = load_config(None, [*overrides, "methods.slm.transfer=route_retrieved"])
     with pytest.raises(ConfigError, match="route_retrieved"):
         jare_task_export(cfg, RunLayout.of(cfg), 0)

@@ -26,13 +26,15 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from pipeline import artifacts, checkpoints, cli, locks
-from pipeline.artifacts import atomic_path, atomic_write_text, sha256_file
-from pipeline.config import ExperimentConfig, load_config
+from pipeline import cli
+from pipeline.config import ExperimentConfig
 from pipeline.errors import ConfigError, LockError
-from pipeline.layout import RunLayout
-from pipeline.preemption import EXIT_PREEMPTED, EXIT_TERMINATED, PreemptionFlag
+from pipeline.experiment import load_config
 from pipeline.stages import prepare
+from pipeline.state import artifacts, checkpoints, locks
+from pipeline.state.artifacts import atomic_path, atomic_write_text, sha256_file
+from pipeline.state.layout import RunLayout
+from pipeline.state.preemption import EXIT_PREEMPTED, EXIT_TERMINATED, PreemptionFlag
 from tests import fault_hooks
 from tests.tiny import save_tiny_checkpoint
 
@@ -267,7 +269,7 @@ def test_an_output_dir_below_a_file_names_the_path(tmp_path: Path, capsys) -> No
 
 def test_a_killed_writer_leaves_a_temporary_the_next_writer_removes_but_a_live_ones_stays(tmp_path: Path) -> None:
     final = tmp_path / "artifact.json"
-    writer = ("import sys, time\nfrom pathlib import Path\nfrom pipeline.artifacts import atomic_path\n"
+    writer = ("import sys, time\nfrom pathlib import Path\nfrom pipeline.state.artifacts import atomic_path\n"
               "with atomic_path(Path(sys.argv[1])) as tmp:\n    tmp.write_text('half')\n"
               "    print('ready', flush=True)\n    time.sleep(120)\n")
     live = spawn(writer, str(final))
@@ -331,7 +333,7 @@ def test_renameat2_swaps_two_folders_in_one_step(tmp_path: Path) -> None:
 
 # ---- concurrent writers ---------------------------------------------------------------------------------
 
-HOLDER = ("import sys, time\nfrom pathlib import Path\nfrom pipeline.locks import hold\n"
+HOLDER = ("import sys, time\nfrom pathlib import Path\nfrom pipeline.state.locks import hold\n"
           "with hold(Path(sys.argv[1]), 'x'):\n    print('ready', flush=True)\n    time.sleep(120)\n")
 
 
@@ -786,15 +788,15 @@ def test_a_tampered_checkpoint_is_never_loaded_and_training_restarts_to_the_same
 
 def test_resume_after_a_config_change_is_refused_naming_the_key_and_restart_discards(stopped: Run, capsys) -> None:
     state_before, config_before = tree(stopped.state()), stopped.layout.config.read_bytes()
-    code, _, err = call(capsys, *stopped.argv("train", "--task", "0", "train.lr=0.002"))
+    code, _, err = call(capsys, *stopped.argv("train", "--task", "0", "methods.slm.lr=0.002"))
     assert_user_error(code, err, str(stopped.state()), "was started from other inputs",
-                      "train.lr: 0.001 -> 0.002", "--restart")
+                      "methods.slm.lr: 0.005 -> 0.002", "--restart")
     assert tree(stopped.state()) == state_before and stopped.layout.config.read_bytes() == config_before
     assert not (stopped.task_dir(0) / "DONE").exists()
-    code, out, err = call(capsys, *stopped.argv("train", "--task", "0", "train.lr=0.002", "--restart"))
+    code, out, err = call(capsys, *stopped.argv("train", "--task", "0", "methods.slm.lr=0.002", "--restart"))
     assert code == 0, err
     assert f"train: --restart: discarding {stopped.task_dir(0)} ({stopped.state()} (checkpoints and cached keys) " \
-           "was started from other inputs: the config changed (train.lr: 0.001 -> 0.002))" in out
+           "was started from other inputs: the config changed (methods.slm.lr: 0.005 -> 0.002))" in out
     assert artifacts.read_done(stopped.task_dir(0))["settings"]["train"]["lr"] == 0.002
 
 
@@ -960,7 +962,7 @@ def test_a_writer_stage_removes_what_killed_writers_left_but_not_a_live_writers_
     dead.mkdir()
     (dead / ".owner").touch()  # its writer died: nobody holds the lock on it
     (dead / "adapter.safetensors").write_bytes(b"half")
-    writer = ("import sys, time\nfrom pathlib import Path\nfrom pipeline.artifacts import atomic_path\n"
+    writer = ("import sys, time\nfrom pathlib import Path\nfrom pipeline.state.artifacts import atomic_path\n"
               "with atomic_path(Path(sys.argv[1])) as tmp:\n    tmp.write_text('half')\n"
               "    print('ready', flush=True)\n    time.sleep(120)\n")
     live = spawn(writer, str(run.layout.eval / "notes.json"))
@@ -998,7 +1000,7 @@ def reader_argv(run: Run, reader: str, overrides: list[str]) -> list[str]:
 
 
 CHANGES: dict[str, tuple[list[str], str]] = {
-    "config": (["train.lr=0.002"], "the config changed (train.lr: 0.001 -> 0.002)"),
+    "config": (["methods.slm.lr=0.002"], "the config changed (methods.slm.lr: 0.005 -> 0.002)"),
     "split": (["data.test_ratio=0.5"], "the prepared data ({data}) changed"),
 }
 
@@ -1131,8 +1133,8 @@ def test_a_resubmitted_array_task_with_a_stale_done_fails_with_the_message_and_t
     env = {**child_env(), "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_DIR": str(tmp_path),
            "SLURM_ARRAY_JOB_ID": "100", "SLURM_ARRAY_TASK_ID": "1", "SLURM_JOB_ID": "101", "SLURM_NNODES": "1",
            "SLURM_JOB_NODELIST": "node1", "SLURM_RESTART_COUNT": "0"}
-    for lr, code, said in ((0.001, 0, "task 1 is already DONE"), (0.002, 2, "train.lr: 0.001 -> 0.002")):
-        cfg = load_config(run.yaml, [f"train.lr={lr}"])  # `slm submit` after an edit renders this config
+    for lr, code, said in ((0.005, 0, "task 1 is already DONE"), (0.002, 2, "methods.slm.lr: 0.005 -> 0.002")):
+        cfg = load_config(run.yaml, [f"methods.slm.lr={lr}"])  # `slm submit` after an edit renders this config
         layout = RunLayout.of(cfg)
         slurm.config_path(layout).parent.mkdir(parents=True, exist_ok=True)
         slurm.config_path(layout).write_text(slurm.resolved_config_yaml(cfg, layout))

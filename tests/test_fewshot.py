@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from data_prep.build import build_task
-from pipeline.config import load_config
+from pipeline.data.build import build_task
 from pipeline.errors import ConfigError, DataError
-from pipeline.layout import RunLayout
+from pipeline.experiment import load_config
 from pipeline.stages import prepare
+from pipeline.state.layout import RunLayout
 
 # Imbalanced on purpose: k=5 takes 5 of 40 "pos", 5 of 25 "neg" and all 3 "mixed".
 COUNTS = {"pos": 40, "neg": 25, "mixed": 3}

@@ -15,15 +15,18 @@ import torch
 from pipeline.adapters import lora_config
 from pipeline.config import DtkrSpec, ExperimentConfig
 from pipeline.dtkr.router import Router
+from pipeline.experiment import validate
 from pipeline.jare.inject import inject_jare
+from pipeline.methods import get_method
 from tests.tiny import tiny_llama
 
 RANK, STEPS, LR = 4, 6, 5e-3
 
 
 def experiment(rank: int) -> ExperimentConfig:
-    return ExperimentConfig.model_validate({
-        "jare": {"slots_per_task": 1, "rank": rank, "target_modules": ["o_proj"], "init": "lora"},
+    return validate({
+        "adapter": {"rank": rank, "target_modules": ["o_proj"]},
+        "methods": {"slm": {"slots_per_task": 1, "init": "lora"}},
         "dtkr": {"top_k": 1, "groups": 4},
         "tasks": [{"name": "a", "source": {"type": "synthetic", "generator": "sentiment"}}]})
 
@@ -49,10 +52,11 @@ def test_one_slot_top1_jare_trains_to_the_same_adapter_and_logits_as_a_peft_lora
     from peft.tuners.lora import LoraLayer
 
     cfg = experiment(RANK)
+    opts = get_method("slm").options(cfg)
     base = tiny_llama()
     jare_model, peft_base = base, copy.deepcopy(base)
-    bank = inject_jare(jare_model, cfg.jare.target_modules, cfg.jare.rank, cfg.jare.slots_per_task)
-    bank.add_task("a", seed=3, init=cfg.jare.init)
+    bank = inject_jare(jare_model, cfg.adapter.target_modules, cfg.adapter.rank, opts.slots_per_task)
+    bank.add_task("a", seed=3, init=opts.init)
     peft_model = get_peft_model(peft_base, lora_config(cfg))
     peft_layers = {n.removeprefix("base_model.model."): m for n, m in peft_model.named_modules()
                    if isinstance(m, LoraLayer)}

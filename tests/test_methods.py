@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.artifacts import read_done, sha256_file, sha256_json
 from pipeline.cli import build_parser
 from pipeline.cli import main as slm
-from pipeline.config import load_config
 from pipeline.errors import StageInputError
+from pipeline.experiment import load_config
 from pipeline.methods import METHOD_NAMES, REGISTRY, get_method
+from pipeline.state.artifacts import read_done, sha256_file, sha256_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,22 +87,19 @@ def test_the_name_check_finds_a_branch_on_a_method_name(tmp_path) -> None:
         probe.unlink()
 
 
-@pytest.mark.parametrize("name", ["slm", "oracle_task_id", "seq_lora", "multitask"])
-def test_the_registry_keeps_the_task_hash_of_the_methods_that_existed_before(name: str) -> None:
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_a_task_hash_covers_the_shared_sections_and_only_its_own_method_options(name: str) -> None:
     cfg = load_config(None, [f"method={name}"])
-    # The formula of pipeline/stages/train.py before the registry: every train knob, minus the
-    # LoRA baselines' two for a JARe method; the fields added since must not change it.
-    legacy = cfg.model_dump(include={"method", "seed", "model", "jare", "dtkr", "train"})
-    for key in ("replay_ratio", "ft_lr", "ft_modules", "o_lora_lambda1", "o_lora_lambda2", "n_lora_lambda"):
-        legacy["train"].pop(key)
-    if name in ("slm", "oracle_task_id"):
-        for key in ("lora_rank", "lora_lr"):
-            legacy["train"].pop(key)
-    assert sha256_json(get_method(name).settings(cfg)) == sha256_json(legacy)
+    method = get_method(name)
+    settings = method.settings(cfg)
+    assert list(settings["methods"]) == [method.section]  # oracle_task_id: slm's, the slots it shares
+    assert settings["methods"][method.section] == method.options(cfg).model_dump()
+    assert {"model", "adapter", "train", "seed"} <= settings.keys()
+    assert ("dtkr" in settings) == method.learns_keys  # retrieval settings only where there are keys
 
 
 def test_a_method_knob_changes_only_its_own_method_hash() -> None:
-    base, tuned = load_config(None), load_config(None, ["train.replay_ratio=0.05"])
+    base, tuned = load_config(None), load_config(None, ["methods.replay.ratio=0.05"])
     for name in METHOD_NAMES:
         same = sha256_json(get_method(name).settings(base)) == sha256_json(get_method(name).settings(tuned))
         assert same == (name != "replay"), name
@@ -114,16 +111,16 @@ def test_a_method_knob_changes_only_its_own_method_hash() -> None:
 def test_the_replay_buffer_is_a_seeded_sample_with_at_least_one_record_per_earlier_task() -> None:
     from pipeline.methods.replay import replay_buffer
 
-    cfg = load_config(None, ["method=replay", "train.replay_ratio=0.05"])
+    cfg = load_config(None, ["method=replay", "methods.replay.ratio=0.05"])
     names = [t.name for t in cfg.tasks]
     prepared = {n: {"train": [{"task": n, "instruction": "i", "input": f"{n} {k}", "output": "o"} for k in range(60)]}
                 for n in names}
-    assert replay_buffer(cfg, prepared, 0) == []
-    buffer = replay_buffer(cfg, prepared, 2)
+    ratio = get_method("replay").options(cfg).ratio
+    assert replay_buffer(cfg, prepared, 0, ratio) == []
+    buffer = replay_buffer(cfg, prepared, 2, ratio)
     assert [r["task"] for r in buffer] == [names[0]] * 3 + [names[1]] * 3  # 5 % of 60 each
-    assert buffer == replay_buffer(cfg, prepared, 2)  # seeded: the same on every call
-    tiny = load_config(None, ["method=replay", "train.replay_ratio=0.001"])
-    assert len(replay_buffer(tiny, prepared, 1)) == 1  # never less than one record per task
+    assert buffer == replay_buffer(cfg, prepared, 2, ratio)  # seeded: the same on every call
+    assert len(replay_buffer(cfg, prepared, 1, 0.001)) == 1  # never less than one record per task
 
 
 def test_replay_writes_its_buffer_into_the_task_folder_and_refuses_a_changed_one(tmp_path, overrides):
@@ -134,13 +131,13 @@ def test_replay_writes_its_buffer_into_the_task_folder_and_refuses_a_changed_one
     assert "replay_buffer.jsonl" in read_done(folder)["outputs"]
     assert (task_dir(tmp_path, "replay", 0) / "replay_buffer.jsonl").read_text() == ""  # nothing before task 0
     # A half-trained task whose buffer no longer matches the data: an error, not a silent replacement.
-    from pipeline.layout import RunLayout
     from pipeline.methods.replay import Replay
+    from pipeline.state.layout import RunLayout
 
     cfg = load_config(None, [*overrides, "method=replay"])
     (folder / "DONE").unlink()
     (folder / "replay_buffer.jsonl").write_text('{"task": "x"}\n')
-    from data_prep.prepared import load_prepared
+    from pipeline.data.prepared import load_prepared
 
     layout = RunLayout.of(cfg)
     with pytest.raises(StageInputError, match="another replay buffer"):
@@ -178,8 +175,8 @@ def test_the_orthogonality_term_is_zero_for_orthogonal_a_and_positive_otherwise(
 
 
 def test_o_lora_keeps_earlier_loras_byte_for_byte_and_sums_all_at_inference(tmp_path, overrides):
-    from pipeline.layout import RunLayout
     from pipeline.methods.o_lora import adapter_name, lora_layers
+    from pipeline.state.layout import RunLayout
 
     assert slm(["run", "--method", "o_lora", *overrides]) == 0
     files = [task_dir(tmp_path, "o_lora", i) / "adapter.safetensors" for i in range(3)]
@@ -234,7 +231,7 @@ def test_n_lora_keeps_earlier_loras_untouched_and_its_penalty_makes_the_update_s
         return sum(update_l1([_FakeLora({"t": a}, b={"t": b}, scaling={"t": 1.0})], "t").item() for a, b in pairs)
 
     plain = update_l1_of("o_lora", [])
-    sparse = update_l1_of("n_lora", ["train.n_lora_lambda=0.05"])
+    sparse = update_l1_of("n_lora", ["methods.n_lora.sparsity=0.05"])
     assert 0 < sparse < plain
 
 
@@ -243,7 +240,7 @@ def test_n_lora_keeps_earlier_loras_untouched_and_its_penalty_makes_the_update_s
 
 def test_mark_trainable_unfreezes_the_decoder_linears_or_the_named_ones(tiny_model_dir) -> None:
     from pipeline.methods.seq_ft import mark_trainable
-    from pipeline.models import load_base_model
+    from pipeline.runtime.models import load_base_model
 
     model = load_base_model(tiny_model_dir, "float32", "none", torch.device("cpu"))
     params = mark_trainable(model, None)
@@ -258,7 +255,7 @@ def test_mark_trainable_unfreezes_the_decoder_linears_or_the_named_ones(tiny_mod
 def test_seq_ft_saves_each_task_model_and_continues_from_the_previous_one(tmp_path, overrides, tiny_model_dir):
     from safetensors import safe_open
 
-    assert slm(["run", "--method", "seq_ft", "train.ft_lr=1e-3", *overrides]) == 0
+    assert slm(["run", "--method", "seq_ft", "methods.seq_ft.lr=1e-3", *overrides]) == 0
     models = [task_dir(tmp_path, "seq_ft", i) / "model" for i in range(3)]
     assert all((m / "config.json").is_file() for m in models)
     key = "model.layers.0.self_attn.o_proj.weight"

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from pipeline.cli import main as slm
-from pipeline.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.orders import order_runs, select_run
+from pipeline.experiment import load_config
+from pipeline.state.orders import order_runs, select_run
 
 
 def test_orders_and_seeds_make_one_single_order_run_each() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from pipeline import cli
-from pipeline.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.model_shapes import encoder_size
+from pipeline.experiment import load_config
+from pipeline.planning.shapes import encoder_size
 
 PAPER_CONFIGS = ["paper_llama2_7b.yaml", "llama2_7b.yaml", "llama2_13b.yaml", "llama2_70b.yaml"]
 

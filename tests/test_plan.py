@@ -9,13 +9,12 @@ import math
 
 import pytest
 
-import pipeline.models
+import pipeline.runtime.models
 from pipeline import cli
-from pipeline.config import load_config
 from pipeline.errors import ConfigError
+from pipeline.experiment import load_config
 from pipeline.methods import METHOD_NAMES
-from pipeline.model_shapes import LLAMA2_CONFIGS, config_for, model_shape
-from pipeline.plan import (
+from pipeline.planning.memory import (
     PlanRow,
     check_fits,
     format_plan,
@@ -23,6 +22,7 @@ from pipeline.plan import (
     recommend,
     shipped_mode,
 )
+from pipeline.planning.shapes import LLAMA2_CONFIGS, config_for, model_shape
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +90,10 @@ def test_a_quantized_base_with_zero3_is_marked_unsupported(llama70b) -> None:
 
 def test_zero3_fits_70b_only_once_the_loader_loads_sharded(llama70b, monkeypatch) -> None:
     # The loader builds ZeRO-3 models under zero.Init (tests/test_zero3_loading.py), so this is on.
-    assert pipeline.models.LOADS_ZERO3_SHARDED is True
+    assert pipeline.runtime.models.LOADS_ZERO3_SHARDED is True
     assert _row(plan_memory(llama70b, 1, 8, 80.0), "3", 16, True).fits
     # A loader that moves the whole bf16 base to each GPU first (the old one) would not fit.
-    monkeypatch.setattr(pipeline.models, "LOADS_ZERO3_SHARDED", False)
+    monkeypatch.setattr(pipeline.runtime.models, "LOADS_ZERO3_SHARDED", False)
     row = _row(plan_memory(llama70b, 1, 8, 80.0), "3", 16, True)
     assert row.total_gib < 80.0 and not row.fits
     assert "no (load)" in format_plan([row])
@@ -210,7 +210,7 @@ def test_full_ft_rows_of_llama2_7b_on_8_gpus_match_a_hand_calculation() -> None:
 
 def test_full_ft_zero2_model_states_agree_with_deepspeeds_estimator() -> None:
     """DeepSpeed's estimate trains every parameter; seq_ft leaves embeddings and lm_head (3.9 %) frozen."""
-    from pipeline.plan import dense_reference_gib, shape_of_config
+    from pipeline.planning.memory import dense_reference_gib, shape_of_config
 
     cfg = _seven_b("seq_ft")
     row = _row(plan_memory(cfg, 1, 8, 80.0), "2", 16, True)
@@ -230,7 +230,7 @@ def test_trained_linears_save_their_inputs_in_the_activation_plan() -> None:
 
 
 def test_seq_ft_stores_the_whole_model_per_task_in_bf16() -> None:
-    from pipeline.plan import load_of_config
+    from pipeline.planning.memory import load_of_config
 
     cfg = _seven_b("seq_ft")
     load = load_of_config(cfg)
@@ -242,17 +242,17 @@ def test_seq_ft_stores_the_whole_model_per_task_in_bf16() -> None:
 
 
 def test_jare_and_lora_store_their_adapters_per_task() -> None:
-    from pipeline.plan import load_of_config
+    from pipeline.planning.memory import load_of_config
 
     slot = L * 8 * (H + H)  # rank 8 on o_proj
     assert load_of_config(_seven_b("slm")).stored_per_task_bytes == 4 * slot * 2 + 4 * 768 * 4  # + fp32 keys
     assert load_of_config(_seven_b("seq_lora")).stored_per_task_bytes == slot * 2
-    assert load_of_config(_seven_b("o_lora", "train.lora_rank=16")).stored_per_task_bytes == 2 * slot * 2
+    assert load_of_config(_seven_b("o_lora", "adapter.rank=16")).stored_per_task_bytes == 2 * slot * 2
     assert load_of_config(_seven_b("seq_lora", "model.dtype=float32")).stored_per_task_bytes == slot * 4
 
 
 def test_o_lora_keeps_every_tasks_lora_resident_and_trains_one() -> None:
-    from pipeline.plan import load_of_config
+    from pipeline.planning.memory import load_of_config
 
     one, per_task = load_of_config(_seven_b("seq_lora")), load_of_config(_seven_b("o_lora"))
     assert per_task.resident_params == 3 * one.resident_params
@@ -285,14 +285,14 @@ def test_full_ft_adds_zero2_offload_which_moves_the_optimizer_state_to_the_host(
 
 def test_train_ft_modules_selects_what_the_plan_counts_and_only_seq_ft_reads_it() -> None:
     from pipeline.errors import NoTargetModuleError
-    from pipeline.plan import load_of_config, shape_of_config
+    from pipeline.planning.memory import load_of_config, shape_of_config
 
-    shape = shape_of_config(_seven_b("seq_ft", "train.ft_modules=[q_proj,v_proj]"))
+    shape = shape_of_config(_seven_b("seq_ft", "methods.seq_ft.modules=[q_proj,v_proj]"))
     assert (shape.ft_params, shape.ft_linears) == (L * 2 * H * H, 2 * L)
     assert shape.ft_input_features == L * H  # q and v read one saved input
-    assert load_of_config(_seven_b("slm", "train.ft_modules=[nope]")).method == "slm"  # ignored
+    assert load_of_config(_seven_b("slm", "methods.seq_ft.modules=[nope]")).method == "slm"  # ignored
     with pytest.raises(NoTargetModuleError):
-        plan_memory(_seven_b("seq_ft", "train.ft_modules=[nope]"))
+        plan_memory(_seven_b("seq_ft", "methods.seq_ft.modules=[nope]"))
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)
@@ -308,16 +308,23 @@ def test_every_methods_plan_runs_and_names_the_method(method: str, capsys) -> No
     assert f"method     {method} (" in out and f"method {method}: " in out and "stored per task" in out
 
 
-def test_a_method_of_a_new_family_is_planned_as_jare_and_the_table_says_so(monkeypatch) -> None:
-    import pipeline.methods
+def test_a_new_method_is_planned_by_the_load_it_declares_and_refused_without_one(monkeypatch) -> None:
+    import pipeline.planning.memory as memory
+    from pipeline.errors import ConfigError
     from pipeline.methods.base import Method
-    from pipeline.plan import load_of_config
+    from pipeline.planning.loads import lora_load
 
-    class Ewc(Method):  # derives from no family the plan knows
+    class Ewc(Method):  # derives from no family: it says itself what it holds
         name, role, trains, infers = "ewc", "baseline", "everything, with a penalty", "the last model"
 
-    monkeypatch.setattr(pipeline.methods, "get_method", lambda name: Ewc())
+    class PlannedEwc(Ewc):
+        def memory_load(self, cfg, shape, encoder_dim):
+            return lora_load(shape, 4, len(cfg.tasks), False, 2, self.name)
+
     cfg = _seven_b("slm")
-    load = load_of_config(cfg)
-    assert load.resident_params == 3 * 4 * L * 8 * (H + H)  # JARe's slots
-    assert "no plan for Ewc's family: JARe's rows" in format_plan(plan_memory(cfg, 1, 8, 80.0), load=load)
+    monkeypatch.setattr(memory, "get_method", lambda name: PlannedEwc())
+    assert memory.load_of_config(cfg).method == "ewc" and memory.load_of_config(cfg).resident_params == 4 * L * 2 * H
+    monkeypatch.setattr(memory, "get_method", lambda name: Ewc())
+    with pytest.raises(ConfigError, match="method ewc declares no memory load"):
+        memory.load_of_config(cfg)
+

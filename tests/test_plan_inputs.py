@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main as slm
-from pipeline.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.plan import check_fits, plan_memory, recommend
+from pipeline.experiment import load_config
+from pipeline.planning.memory import check_fits, plan_memory, recommend
 from pipeline.slurm import resolve_setup
 
 

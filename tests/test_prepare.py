@@ -9,15 +9,16 @@ from typing import Any
 import datasets
 import pytest
 
-from data_prep import build_prompt, build_response, load_prepared, query_text
-from data_prep.build import build_task
-from data_prep.records import normalise_text, record_key
-from data_prep.synthetic import SYNTHETIC, describe_generators
-from pipeline.artifacts import read_done
-from pipeline.config import load_config
+from pipeline.data.build import build_task
+from pipeline.data.prepared import load_prepared
+from pipeline.data.records import normalise_text, record_key
+from pipeline.data.synthetic import SYNTHETIC, describe_generators
 from pipeline.errors import DataError, StageInputError
-from pipeline.layout import RunLayout
+from pipeline.experiment import load_config
+from pipeline.prompts.templates import build_prompt, build_response, query_text
 from pipeline.stages import prepare
+from pipeline.state.artifacts import read_done
+from pipeline.state.layout import RunLayout
 
 
 def _config(write_yaml, raw: dict[str, Any], overrides: list[str] | None = None):

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 from pipeline.adapters import slot_dtype
 from pipeline.jare.inject import JareBank, inject_jare
 from pipeline.jare.routing import Routing
-from pipeline.models import load_base_model
+from pipeline.runtime.models import load_base_model
 from tests.tiny import randomize_slots, tiny_llama
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # bnb: "inputs will be cast to float16"

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ExperimentConfig, load_config
+from pipeline.config import ExperimentConfig
 from pipeline.errors import StageInputError
-from pipeline.layout import RunLayout
+from pipeline.experiment import load_config
 from pipeline.stages import report
+from pipeline.state.layout import RunLayout
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MATRIX = [
@@ -57,15 +58,17 @@ def write_row(layout: RunLayout, after: int, scores: list[float], retrieval: boo
 def as_scored(layout: RunLayout, row: dict, after: int) -> dict:
     """`row` as `slm eval` records it, over fake finished tasks 0..after: the report checks each
     task's DONE against the config and each row's inputs against the tasks on disk."""
-    from pipeline import validity
-    from pipeline.artifacts import write_done
+    from pipeline.methods import get_method
+    from pipeline.state import validity
+    from pipeline.state.artifacts import write_done
 
     cfg = load_config(None, [f"output_dir={layout.base}", "tasks.0.name=sentiment", "tasks.1.name=arithmetic",
                              "tasks.2.name=geography"])  # the `cfg` fixture, which every test reports with
+    method = get_method(cfg.method)
     for j in range(after + 1):
-        write_done(layout.task_dir(j, cfg.tasks[j].name), "train", inputs=validity.task_inputs(cfg, layout, j),
+        write_done(layout.task_dir(j, cfg.tasks[j].name), "train", inputs=validity.task_inputs(cfg, method, layout, j),
                    files=[])
-    return {**row, "inputs": validity.eval_inputs(cfg, layout, after)}
+    return {**row, "inputs": validity.eval_inputs(cfg, method, layout, after)}
 
 
 def write_rows(layout: RunLayout, rows: list[list[float]], untrained: bool = True, retrieval: bool = True) -> None:
@@ -179,12 +182,14 @@ def test_the_comparison_lists_every_method_with_metrics(cfg: ExperimentConfig, l
 
 def test_keys_that_captured_an_earlier_task_are_warned_about_in_the_report(
         cfg: ExperimentConfig, layout: RunLayout, capsys: pytest.CaptureFixture[str]) -> None:
-    from pipeline import validity
-    from pipeline.artifacts import write_done
+    from pipeline.methods import get_method
+    from pipeline.state import validity
+    from pipeline.state.artifacts import write_done
 
     write_rows(layout, MATRIX)
     # what `slm train` records for task 2: the share of each earlier task's held-out queries it takes
-    write_done(layout.task_dir(2, "geography"), "train", inputs=validity.task_inputs(cfg, layout, 2), files=[],
+    inputs = validity.task_inputs(cfg, get_method(cfg.method), layout, 2)
+    write_done(layout.task_dir(2, "geography"), "train", inputs=inputs, files=[],
                capture={"sentiment": 0.3, "arithmetic": 0.01})
     assert report.main(cfg, layout, None) == 0
 

@@ -18,13 +18,13 @@ import openai
 import pytest
 import torch
 
-from data_prep.synthetic import get_generator
 from pipeline.cli import main as slm
-from pipeline.config import load_config
-from pipeline.layout import RunLayout
+from pipeline.data.synthetic import get_generator
+from pipeline.experiment import load_config
 from pipeline.serve.app import create_app
 from pipeline.serve.runner import serving
 from pipeline.serve.session import load_session
+from pipeline.state.layout import RunLayout
 from tests.tiny import save_tiny_checkpoint
 
 GENERATORS = {"sentiment": "sentiment", "geography": "geography", "animals": "animal_class"}  # default.yaml

@@ -20,12 +20,12 @@ import pytest
 import torch
 
 from pipeline.cli import main as slm
-from pipeline.config import load_config
-from pipeline.layout import RunLayout
+from pipeline.experiment import load_config
 from pipeline.serve.app import create_app
 from pipeline.serve.decode import Row, Sampling, decode
 from pipeline.serve.runner import serving
 from pipeline.serve.session import load_session
+from pipeline.state.layout import RunLayout
 
 KEY = "sk-test-123"
 SYSTEM = "You answer in one word."
@@ -104,7 +104,7 @@ def test_an_api_key_is_required_when_set_and_health_stays_open(session):
 def test_the_api_key_comes_from_the_flag_then_the_environment_then_the_config(session, monkeypatch):
     from argparse import Namespace
 
-    from pipeline.stages.serve import serve_spec
+    from pipeline.serve.command import serve_spec
 
     cfg = session.cfg.model_copy(update={"serve": session.cfg.serve.model_copy(update={"api_key": "from-yaml"})})
     monkeypatch.delenv("SLM_API_KEY", raising=False)

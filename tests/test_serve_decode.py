@@ -9,7 +9,7 @@ import torch
 
 from pipeline.jare.inject import inject_jare
 from pipeline.jare.routing import Routing
-from pipeline.models import load_tokenizer
+from pipeline.runtime.models import load_tokenizer
 from pipeline.serve.decode import Row, Sampling, _final_end, decode
 from tests.tiny import randomize_slots, tiny_llama
 

@@ -3,7 +3,7 @@
 For each file in pipeline/configs/: `slm submit` (a stub sbatch) writes one chain per task order;
 for each chain, every stage its scripts run is called with `--check` against the resolved
 config the jobs read (the train stage once per array task, eval once per row), and `slm plan`
-plans it from the model shapes known offline (pipeline/model_shapes.py). `--check` exits 0 or
+plans it from the model shapes known offline (pipeline/planning/shapes.py). `--check` exits 0 or
 1 for a stage that can run (done, or not yet) and 2 for one that would fail: a new config that
 would fail on the cluster fails here.
 """
@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from pipeline import cli, slurm
-from pipeline.config import BUILTIN_CONFIGS, load_config
-from pipeline.layout import RunLayout
-from pipeline.orders import order_runs
+from pipeline.config import BUILTIN_CONFIGS
+from pipeline.experiment import load_config
+from pipeline.state.layout import RunLayout
+from pipeline.state.orders import order_runs
 
 SHIPPED = sorted(p.name for p in BUILTIN_CONFIGS.glob("*.yaml"))
 STAGE_CALL = re.compile(r"(?:\bslm|-m pipeline\.cli) (prepare|train|index|eval|report)\b")

@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 
 from pipeline import cli, slurm
-from pipeline.config import ExperimentConfig, load_config
-from pipeline.layout import RunLayout
+from pipeline.config import ExperimentConfig
+from pipeline.experiment import load_config
 from pipeline.stages import status
+from pipeline.state.layout import RunLayout
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from pipeline import cli, slurm
-from pipeline.config import ExperimentConfig, load_config
+from pipeline.config import ExperimentConfig
 from pipeline.errors import SlmError
-from pipeline.layout import RunLayout
+from pipeline.experiment import load_config
+from pipeline.state.layout import RunLayout
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("SLM_UPDATE_GOLDEN") == "1"
@@ -168,9 +169,9 @@ def fixed_python(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def fake_plan(monkeypatch: pytest.MonkeyPatch, fits: bool) -> None:
-    import pipeline.plan
+    import pipeline.planning.memory
 
-    monkeypatch.setattr(pipeline.plan, "check_fits", lambda cfg: (fits, "PLAN TABLE"))
+    monkeypatch.setattr(pipeline.planning.memory, "check_fits", lambda cfg: (fits, "PLAN TABLE"))
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -341,7 +342,7 @@ def test_usr1_to_the_batch_shell_reaches_training_and_requeues_the_task(tmp_path
 def test_sigterm_to_the_batch_shell_checkpoints_and_stops_without_requeue(tmp_path, fake_cluster) -> None:
     import signal
 
-    from pipeline.preemption import EXIT_TERMINATED
+    from pipeline.state.preemption import EXIT_TERMINATED
 
     fake_cluster["FAKE_MODE"] = "preempt"
     proc = subprocess.Popen(["bash", str(train_script(tmp_path, fake_cluster))], env=fake_cluster,
@@ -358,7 +359,7 @@ def test_sigterm_to_the_batch_shell_checkpoints_and_stops_without_requeue(tmp_pa
 def test_sigterm_after_usr1_wins_and_the_task_is_not_requeued(tmp_path, fake_cluster) -> None:
     import signal
 
-    from pipeline.preemption import EXIT_TERMINATED
+    from pipeline.state.preemption import EXIT_TERMINATED
 
     fake_cluster["FAKE_MODE"] = "slow_checkpoint"
     proc = subprocess.Popen(["bash", str(train_script(tmp_path, fake_cluster))], env=fake_cluster,
@@ -399,7 +400,7 @@ def test_a_failing_task_exits_non_zero_without_requeue(tmp_path, fake_cluster) -
 
 
 def test_a_task_whose_previous_task_is_not_done_fails_fast(tmp_path, fake_cluster) -> None:
-    from pipeline.preemption import EXIT_PREVIOUS_NOT_DONE
+    from pipeline.state.preemption import EXIT_PREVIOUS_NOT_DONE
 
     proc = subprocess.run(["bash", str(train_script(tmp_path, fake_cluster, previous_done=False))],
                           env=fake_cluster, capture_output=True, text=True, timeout=20)

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cli, slurm, validity
-from pipeline.artifacts import write_done
-from pipeline.config import load_config
-from pipeline.layout import RunLayout
+from pipeline import cli, slurm
+from pipeline.experiment import load_config
+from pipeline.methods import get_method
 from pipeline.stages import status
+from pipeline.state import validity
+from pipeline.state.artifacts import write_done
+from pipeline.state.layout import RunLayout
 
 SCONTROL = """\
 case $4 in
@@ -37,7 +39,8 @@ def run_dir(tmp_path: Path) -> RunLayout:
     layout = RunLayout.of(cfg)
     # Markers as the stages write them (status shows a DONE that no longer matches as stale).
     write_done(layout.data, "prepare", files=[])
-    write_done(layout.task_dir(0, cfg.tasks[0].name), "train", inputs=validity.task_inputs(cfg, layout, 0), files=[])
+    inputs = validity.task_inputs(cfg, get_method(cfg.method), layout, 0)
+    write_done(layout.task_dir(0, cfg.tasks[0].name), "train", inputs=inputs, files=[])
     slurm.script_dir(layout).mkdir(parents=True)
     jobs = {"submitted": "2026-01-01T00:00:00", "jobs": {k: {"id": v} for k, v in
                                                         (("prepare", "101"), ("train", "102"), ("finish", "105"))}}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.models import assemble_split_encoder, resolve_encoder_path, split_parts
+from pipeline.runtime.models import assemble_split_encoder, resolve_encoder_path, split_parts
 
 
 def _install_parts(site: Path, packages: list[str], blob: bytes) -> None:
@@ -87,12 +87,13 @@ def test_unknown_bundled_encoder_lists_the_split_one():
 
 
 def test_planning_with_the_split_encoder_needs_no_parts_installed(monkeypatch):
-    from pipeline import model_shapes, models
+    from pipeline.planning import shapes
+    from pipeline.runtime import models
 
     def not_installed(*_):
         raise AssertionError("planning assembled the encoder")
 
     monkeypatch.setattr(models, "assemble_split_encoder", not_installed)
-    model_shapes.encoder_size.cache_clear()
-    params, dim = model_shapes.encoder_size("bundled:all-mpnet-base-v2")
+    shapes.encoder_size.cache_clear()
+    params, dim = shapes.encoder_size("bundled:all-mpnet-base-v2")
     assert dim == 768 and 105e6 < params < 115e6  # all-mpnet-base-v2: 109.5 M parameters

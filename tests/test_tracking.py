@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main as slm
-from pipeline.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.layout import RunLayout
+from pipeline.experiment import load_config
+from pipeline.state.layout import RunLayout
 from pipeline.tracking import eval_metrics, run_key, train_log
 
 STEPS = 3

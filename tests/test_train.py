@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.artifacts import sha256_file
 from pipeline.cli import main as slm
-from pipeline.preemption import EXIT_PREEMPTED, EXIT_PREVIOUS_NOT_DONE
+from pipeline.state.artifacts import sha256_file
+from pipeline.state.preemption import EXIT_PREEMPTED, EXIT_PREVIOUS_NOT_DONE
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Forward transfer without forgetting (jare.transfer): a new task may start from, or route
+"""Forward transfer without forgetting (methods.slm.transfer): a new task may start from, or route
 through, earlier tasks' retrieved slots, and no byte of an earlier task ever changes."""
 
 from __future__ import annotations
@@ -95,13 +95,13 @@ def test_training_with_copied_and_routed_earlier_slots_changes_no_byte_of_an_ear
 def test_a_transferring_task_leaves_every_file_of_the_earlier_task_untouched(tmp_path, tiny_model_dir, transfer):
     import json
 
-    from pipeline.artifacts import sha256_file
     from pipeline.cli import main as slm
+    from pipeline.state.artifacts import sha256_file
 
     overrides = [f"output_dir={tmp_path / 'run'}", f"model.name_or_path={tiny_model_dir}", "data.synthetic_size=40",
                  "train.max_steps=3", "train.micro_batch_size=4", "train.save_every=3",
                  "eval.max_records_per_task=4", "eval.max_new_tokens=3", "model.max_seq_len=64",
-                 f"jare.transfer={transfer}"]
+                 f"methods.slm.transfer={transfer}"]
     assert slm(["prepare", *overrides]) == 0
     assert slm(["train", "--task", "0", *overrides]) == 0
     first = next((tmp_path / "run" / "slm" / "tasks").glob("0-*"))

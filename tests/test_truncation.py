@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
-from data_prep.build import length_stats, token_lengths
-from data_prep.templates import PROMPT_FORMATS, build_prompt, build_response, prompt_parts
-from pipeline.batching import IGNORE, encode_prompts_left_padded, tokenize_for_training
-from pipeline.config import ModelSpec, load_config
+from pipeline.config import ModelSpec
+from pipeline.data.build import length_stats, token_lengths
 from pipeline.errors import ConfigError
-from pipeline.truncation import TokenCaps, keep_middle_out
+from pipeline.experiment import load_config
+from pipeline.prompts.batching import IGNORE, encode_prompts_left_padded, tokenize_for_training
+from pipeline.prompts.templates import PROMPT_FORMATS, build_prompt, build_response, prompt_parts
+from pipeline.prompts.truncation import TokenCaps, keep_middle_out
 
 INSTRUCTION = "Classify the sentiment of the review as positive or negative."
 LONG_INPUT = "BEGIN " + " ".join(f"word{i}" for i in range(300)) + " END"
@@ -22,7 +23,7 @@ LONG_ANSWER = " ".join(f"answer{i}" for i in range(100))
 
 @functools.lru_cache(maxsize=1)
 def _tokenizer() -> Any:
-    from pipeline.models import load_tokenizer
+    from pipeline.runtime.models import load_tokenizer
 
     return load_tokenizer("bundled:smollm2")
 
@@ -153,8 +154,8 @@ def test_prompt_and_answer_caps_must_fit_max_seq_len(write_yaml, small_experimen
 
 
 def test_the_caps_enter_prepares_tokenizer_hash_only_when_set(write_yaml, small_experiment) -> None:
-    from data_prep.prepared import tokenizer_hash
-    from pipeline.artifacts import sha256_json
+    from pipeline.data.prepared import tokenizer_hash
+    from pipeline.state.artifacts import sha256_json
 
     path = write_yaml(small_experiment)
     plain = load_config(path)

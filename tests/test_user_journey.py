@@ -12,13 +12,13 @@ import torch
 import yaml
 
 from pipeline.cli import main as slm
-from pipeline.config import load_config
+from pipeline.experiment import load_config
 from pipeline.jare.routing import Routing
-from pipeline.layout import RunLayout
 from pipeline.methods import get_method
 from pipeline.serve.app import create_app
 from pipeline.serve.runner import serving
 from pipeline.serve.session import load_session
+from pipeline.state.layout import RunLayout
 
 KEY = "sk-journey"
 CAPITALS = [("France", "Paris"), ("Peru", "Lima"), ("Kenya", "Nairobi"), ("Japan", "Tokyo"), ("Chile", "Santiago"),
@@ -53,12 +53,12 @@ def test_sharegpt_task_to_run_to_peft_export_to_served_chat_with_history_and_a_k
     folder = layout.root / "export" / "0-capitals"
     from peft import PeftModel
 
-    from pipeline.models import load_base_model
+    from pipeline.runtime.models import load_base_model
 
     ids = torch.randint(10, 4000, (1, 12), generator=torch.Generator().manual_seed(0))
     peft = PeftModel.from_pretrained(load_base_model(tiny_model_dir), str(folder)).eval()
     predictor = get_method(cfg.method).predictor(cfg, layout, 1, torch.device("cpu"))
-    with torch.no_grad(), predictor.routed(Routing.single_task(0, cfg.jare.slots_per_task, 1)):
+    with torch.no_grad(), predictor.routed(Routing.single_task(0, cfg.methods.slm.slots_per_task, 1)):
         torch.testing.assert_close(peft(input_ids=ids).logits, predictor.model(input_ids=ids).logits,
                                    atol=1e-4, rtol=1e-4)
 

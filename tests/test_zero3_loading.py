@@ -27,10 +27,10 @@ def _worker(folder: str) -> None:
     from safetensors.torch import load_file
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
-    from pipeline import distributed
-    from pipeline.config import load_config
-    from pipeline.deepspeed_config import build_ds_config
-    from pipeline.models import load_base_model, release_zero3_loading
+    from pipeline.experiment import load_config
+    from pipeline.runtime import distributed
+    from pipeline.runtime.deepspeed_config import build_ds_config
+    from pipeline.runtime.models import load_base_model, release_zero3_loading
 
     rank, world = distributed.setup()
     cfg = load_config(None, [f"model.name_or_path={folder}", "train.deepspeed=zero3", "model.dtype=float32"])

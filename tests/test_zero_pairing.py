@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.deepspeed_config import build_ds_config
 from pipeline.errors import ConfigError
+from pipeline.experiment import load_config
+from pipeline.runtime.deepspeed_config import build_ds_config
 
 
 def _config(write_yaml, small_experiment, quantization: str, deepspeed: str):

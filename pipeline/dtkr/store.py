@@ -10,7 +10,7 @@ to (task, slot) and records the encoder, dims and a content hash, checked on loa
 A GPU copy of the index serves every search when `dtkr.faiss` allows it and faiss-gpu and a GPU
 are present (`use_faiss`, pipeline/dtkr/faiss_build.py); the CPU index is the master (what is
 saved, and what add/remove edit). The copy lives on this process's own GPU (the rank's
-`torch.cuda.current_device()`, which pipeline.distributed sets to LOCAL_RANK), never all on GPU 0.
+`torch.cuda.current_device()`, which pipeline.runtime.distributed sets to LOCAL_RANK), never all on GPU 0.
 A search restricted to some tasks' slots (training, eval, generate) searches all slots and keeps
 the allowed ones: GPU flat indexes ignore FAISS id selectors, and with a few slots per task the
 full ranking costs what a top-k does. One code path on both devices, so the CPU tests exercise what runs on the GPU.
@@ -22,15 +22,21 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from pipeline.artifacts import atomic_path
 from pipeline.dtkr import faiss_build
 from pipeline.dtkr.keys import group_normalize, weights_from_similarity
 from pipeline.errors import CheckpointError
 from pipeline.jare.routing import Routing
+from pipeline.state import validity
+from pipeline.state.artifacts import atomic_path
+
+if TYPE_CHECKING:
+    from pipeline.config import ExperimentConfig
+    from pipeline.state.layout import RunLayout
 
 # No FAISS, or two builds at once: an error that says what to install, not an ImportError.
 faiss_build.require("auto", need_device=False)
@@ -203,7 +209,7 @@ def use_faiss(choice: str) -> faiss_build.FaissBuild:
 
 
 def rank_gpu() -> int:
-    """This process's GPU: torch's current device, which pipeline.distributed.setup sets to LOCAL_RANK
+    """This process's GPU: torch's current device, which pipeline.runtime.distributed.setup sets to LOCAL_RANK
     before any collective; without torch CUDA, LOCAL_RANK among the GPUs FAISS sees."""
     if torch.cuda.is_available():
         return torch.cuda.current_device()
@@ -214,3 +220,9 @@ def _gpu_resources(device: int):
     if device not in _resources:
         _resources[device] = faiss.StandardGpuResources()
     return _resources[device]
+
+
+def load_store(cfg: ExperimentConfig, layout: RunLayout, n_tasks: int) -> KeyStore:
+    """The saved index, checked (files, format, and the keys of tasks 0..n_tasks-1 as they are now)."""
+    validity.require_index(cfg, layout, n_tasks)
+    return KeyStore.load(layout.index, encoder=cfg.dtkr.encoder)
