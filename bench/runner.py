@@ -137,12 +137,12 @@ def method_fingerprint(method: str) -> dict[str, Any]:
 # ---- results -----------------------------------------------------------------------------------
 
 
-def result_path(bench: str, name: str) -> Path:
-    return RESULTS / bench / f"{name}.json"
+def result_path(bench: str, name: str, results: Path = RESULTS) -> Path:
+    return results / bench / f"{name}.json"
 
 
 def write_result(bench: str, name: str, sections: dict[str, Any], run: dict[str, Any] | None = None,
-                 meta: dict[str, Any] | None = None) -> Path:
+                 meta: dict[str, Any] | None = None, results: Path = RESULTS) -> Path:
     """bench/results/<bench>/<name>.json in the one schema, written atomically."""
     from pipeline.state.artifacts import atomic_write_json
 
@@ -151,7 +151,7 @@ def write_result(bench: str, name: str, sections: dict[str, Any], run: dict[str,
     problems = check_result(record)
     if problems:
         raise ValueError(f"{bench}/{name}: not a results record: {'; '.join(problems)}")
-    path = result_path(bench, name)
+    path = result_path(bench, name, results)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, record)
     return path

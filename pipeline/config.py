@@ -33,6 +33,8 @@ class ModelSpec(Spec):
     prompt_format: Literal["llama2_chat", "chat_template", "plain"] = "chat_template"
     """llama2_chat: "[INST] ... [/INST]"; chat_template: the tokenizer's own; plain: "### Instruction"."""
     max_seq_len: int = Field(256, gt=8)
+    """The longest sequence (prompt + answer) in tokens: what training cuts to, and what the memory plan sizes
+    activations by."""
     max_prompt_len: int | None = Field(None, gt=8)
     """Separate caps on the prompt and the answer tokens (the reference's 512 + 512). Unset: one cap, max_seq_len,
     that keeps the answer and cuts the prompt's start. Set: the answer keeps its first max_answer_len tokens and
@@ -40,7 +42,9 @@ class ModelSpec(Spec):
     (pipeline.prompts.batching).
     """
     max_answer_len: int | None = Field(None, ge=1)
+    """Tokens of the answer kept (with max_prompt_len): the answer's first max_answer_len tokens train."""
     gradient_checkpointing: bool = False
+    """Recompute activations in backward instead of keeping them (less memory, ~30 % more compute)."""
 
     @model_validator(mode="after")
     def _caps_fit(self) -> ModelSpec:
@@ -80,14 +84,20 @@ class DtkrSpec(Spec):
     key_objective: Literal["group_top2", "slot_top2"] = "group_top2"
     """group_top2: the reference's masked top-2 per group; slot_top2: top-2 slots by mean group cosine."""
     mask_ratio: float = Field(0.25, ge=0.0, lt=1.0)
+    """Fraction of query-key similarities masked at random before each group's top-2 keys are picked (the
+    reference's 0.25)."""
     centrifugal_weight: float = Field(0.0, ge=0)
     """Weight of the reference's centrifugal term (mean cosine to earlier tasks' frozen keys)."""
     key_lr: float = Field(1e-3, gt=0)
+    """AdamW learning rate of the key learning."""
     key_weight_decay: float = Field(0.01, ge=0)
+    """AdamW weight decay of the key learning."""
     key_grad_clip: float = Field(0.1, gt=0)
+    """Gradient-norm clip of the key learning (the reference's 0.1)."""
     key_epochs: int = Field(3, ge=0)
     """0: the initial keys as they are (e.g. the k-means centres)"""
     key_batch_size: int = Field(32, ge=1)
+    """Queries per key-learning step."""
     task_score: Literal["max", "logsumexp"] = "max"
     """How a task is scored from its slots' similarities (pipeline.dtkr.router, used by train, eval, generate, serve
     and the bench alike). max: the best slot, and the top-k slots over all tasks (the paper). logsumexp:
@@ -95,9 +105,11 @@ class DtkrSpec(Spec):
     sample's task and gives its top-k slots (a top_k above P continues with the next-best task's slots).
     """
     task_temperature: float = Field(0.02, gt=0)
+    """Temperature of task_score=logsumexp (small: the best slot decides; large: the mean of the task's slots)."""
     weighting: Literal["normalize", "softmax"] = "normalize"
     """normalize: weights = similarities / their sum (paper); softmax: softmax(sim / temperature)."""
     temperature: float = Field(0.1, gt=0)
+    """Temperature of weighting=softmax."""
     retrieval: Literal["per_sample", "per_batch"] = "per_sample"
     """per_sample is the method; per_batch averages the batch's queries (the reference code's behaviour, only right
     when a batch holds one task).
@@ -179,10 +191,13 @@ class SourceSpec(Spec):
 
 class TaskSpec(Spec):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    """The task's name: its folder and its column in every table (letters, digits, `_`, `.`, `-`)."""
     source: SourceSpec
     instruction: str | None = None
     """default instruction when the source has none"""
     metric: Literal["exact_match", "label_choice", "first_word", "rouge_l", "bertscore"] = "exact_match"
+    """How an answer is scored: exact_match (normalised), label_choice (the label with the highest likelihood),
+    first_word (the reference's LLaMA metric), rouge_l (free text), bertscore (eval.bertscore_*)."""
     labels: list[str] | None = None
     """classification: the label set outputs must lie in"""
     max_train: int | None = Field(None, ge=1)
@@ -192,6 +207,7 @@ class TaskSpec(Spec):
     max_train; needs a label set. The test split is untouched.
     """
     max_test: int | None = Field(None, ge=1)
+    """Cap on the test records after shuffling (quick runs; every row of the matrix scores these)."""
 
     @field_validator("name")
     @classmethod
@@ -205,7 +221,9 @@ class TaskSpec(Spec):
 
 class DataSpec(Spec):
     test_ratio: float = Field(0.2, gt=0.0, lt=1.0)
+    """Fraction of a source without its own test split that becomes the test split."""
     seed: int = 0
+    """Seed of every data shuffle and split (records are hashed, so the split is stable across runs)."""
     synthetic_size: int = Field(500, ge=10)
     """Synthetic generators: records per task before the split."""
     on_overlap: Literal["error", "drop_test"] = "error"
@@ -221,28 +239,39 @@ class TrainSpec(Spec):
     file.
     """
     epochs: float = Field(1.0, gt=0)
+    """Passes over a task's training records (train.max_steps overrides it)."""
     max_steps: int | None = Field(None, ge=1)
     """overrides epochs when set"""
     micro_batch_size: int = Field(8, ge=1)
+    """Sequences per forward pass and process."""
     grad_accum: int = Field(1, ge=1)
+    """Micro-batches summed into one optimizer step (global batch = micro_batch_size x grad_accum x processes)."""
     weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay of what the method trains."""
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    """Fraction of a task's steps of linear warmup; the learning rate then decays linearly to 0."""
     grad_clip: float = Field(1.0, gt=0)
+    """Gradient-norm clip."""
     save_every: int = Field(20, ge=1)
     """optimizer steps between checkpoints"""
     keep_checkpoints: int = Field(2, ge=1)
+    """Checkpoints kept in a task's train_state (the newest ones; a corrupt newest falls back to the one before)."""
 
 
 class EvalSpec(Spec):
     max_records_per_task: int | None = Field(100, ge=1)
+    """Test records scored per task in every row of the matrix (None: all of them)."""
     batch_size: int = Field(16, ge=1)
+    """Sequences generated together in evaluation."""
     max_new_tokens: int = Field(16, ge=1)
+    """Tokens generated per answer."""
     bertscore_model: str = "roberta-large"
     """bertscore tasks: BERTScore F1 (bert-score package) with this encoder, a hub id or a local folder, at this
     layer. The reference's `lang="en"` default is roberta-large, layer 17. No idf weighting and no baseline
     rescaling, as in the reference (rescaled scores are not in [0, 1]).
     """
     bertscore_layer: int = Field(17, ge=1)
+    """The encoder layer BERTScore embeds with (roberta-large's 17 in the reference)."""
 
 
 class ServeSpec(Spec):
@@ -293,6 +322,7 @@ class LoggingSpec(Spec):
     """Settings of the `report_to` backends (pipeline.tracking); which ones run is `report_to`."""
 
     wandb_project: str = "slm"
+    """W&B project the runs log to (report_to: [wandb])."""
     wandb_mode: Literal["offline", "online"] = "offline"
     """offline: written under <output_dir>/logs/wandb, uploaded later with `wandb sync`; online: needs a login."""
     mlflow_tracking_uri: str | None = None
@@ -317,10 +347,15 @@ def _single_line(value: str | list[str] | None) -> str | list[str] | None:
 
 class SlurmStageSpec(Spec):
     nodes: int = Field(1, ge=1)
+    """Nodes of this job (train: torchrun on every node through srun)."""
     gpus_per_node: int = Field(0, ge=0)
+    """GPUs per node (0: a CPU job)."""
     cpus_per_task: int = Field(2, ge=1)
+    """CPU cores per task (data loading, tokenisation, the encoder)."""
     mem: str = "8G"
+    """Memory per node, as sbatch --mem takes it (8G, 500G)."""
     time: str = "01:00:00"
+    """Time limit, as sbatch --time takes it (HH:MM:SS); training is signalled signal_seconds before it."""
 
     @field_validator("mem", "time")
     @classmethod
@@ -330,9 +365,13 @@ class SlurmStageSpec(Spec):
 
 class SlurmSpec(Spec):
     partition: str | None = None
+    """sbatch --partition (None: the cluster's default)."""
     account: str | None = None
+    """sbatch --account (None: the user's default)."""
     qos: str | None = None
+    """sbatch --qos."""
     constraint: str | None = None
+    """sbatch --constraint (e.g. a GPU type: a100)."""
     extra_sbatch: list[str] = Field(default_factory=list)
     """raw "#SBATCH ..." lines"""
     setup: list[str] = Field(default_factory=list)
@@ -354,15 +393,19 @@ class OrderSpec(Spec):
     """One task order of the experiment; it runs into `<output_dir>/<name>/`."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    """The order's name: its folder <output_dir>/<name>/ and its row in orders.md."""
     tasks: list[str] = Field(min_length=1)
+    """Every task name of the experiment, once each, in the order they are learned."""
 
 
 class ExperimentConfig(Spec):
     name: str = "experiment"
+    """The experiment's name: the title of its reports and the results files of the benches."""
     method: str = "slm"
     """The continual-learning method (`slm run --method` overrides it): one of the registry's,
     pipeline.methods.METHOD_NAMES."""
     seed: int = 42
+    """Seed of model-side randomness: slot/LoRA init, data order, key learning (data.seed splits the data)."""
     output_dir: str = "runs/experiment"
     """relative: to the current directory"""
     data_root: str | None = None
