@@ -134,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     settings = read_experiment(BENCH, args.experiment)
     bench = BenchExperiment.read(settings["experiment"], args.overrides)
-    order, methods = settings["order"], settings.get("methods") or [m for m in METHOD_NAMES if m != "oracle_task_id"]
+    # A method that reads another's options (oracle_task_id: slm's slots) takes that one's pick.
+    own = [m for m in METHOD_NAMES if get_method(m).section == m]
+    order, methods = settings["order"], settings.get("methods") or own
     if args.methods:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     out = result_path(BENCH, settings["name"], args.results_dir)

@@ -24,11 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.runner import RESULT_SCHEMA, RESULTS, ROOT, RUN_STAGES, check_result  # noqa: E402
 from pipeline.state.artifacts import atomic_write_json  # noqa: E402
 
-# The method modules (class and bases) of each method, as paths that existed at every recorded commit.
-FAMILY = {"slm": ["slm", "jare"], "oracle_task_id": ["oracle_task_id", "jare"], "seq_ft": ["seq_ft"],
-          "seq_lora": ["seq_lora", "lora"], "replay": ["replay", "lora"], "o_lora": ["o_lora", "lora"],
-          "n_lora": ["n_lora", "o_lora", "lora"], "multitask": ["multitask", "lora"]}
-
 
 def git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
@@ -36,7 +31,11 @@ def git(*args: str) -> str:
 
 def fingerprint_at(commit: str, method: str) -> str:
     """bench.runner.method_fingerprint's digest, over the files as they were at `commit`."""
-    files = sorted({f"pipeline/methods/{m}.py" for m in [*FAMILY[method], "base"]}
+    from pipeline.methods import get_method
+
+    # The method's class and bases: their modules kept their paths across every recorded commit.
+    classes = [c for c in type(get_method(method)).__mro__ if c.__module__.startswith("pipeline.methods")]
+    files = sorted({c.__module__.replace(".", "/") + ".py" for c in classes}
                    | {m.replace(".", "/") + ".py" for m in RUN_STAGES})
     digest = hashlib.sha256()
     for f in files:

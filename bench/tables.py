@@ -40,7 +40,8 @@ def plasticity_table(name: str) -> str:
     from bench.plasticity import table
 
     record = json.loads((RESULTS / "plasticity" / f"{name}.json").read_text())
-    return table(record["points"]) + f"\none task order ({record['order']}); from bench/results/plasticity/{name}.json\n"
+    source = f"bench/results/plasticity/{name}.json"
+    return table(record["points"]) + f"\none task order ({record['order']}); from {source}\n"
 
 
 def retrieval_table(name: str) -> str:

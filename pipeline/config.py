@@ -122,7 +122,7 @@ class DtkrSpec(Spec):
     @model_validator(mode="after")
     def _groups_divide_encoder_dim(self) -> DtkrSpec:
         # Found here, from the encoder's config.json, rather than after every query is encoded.
-        from pipeline.runtime.encoder_config import divisors, encoder_dim
+        from pipeline.encoder_config import divisors, encoder_dim
 
         found = encoder_dim(self.encoder)
         if found and found[0] % self.groups:

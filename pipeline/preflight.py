@@ -80,10 +80,9 @@ def check(cfg: ExperimentConfig, layout: RunLayout, stage: str, after: int | Non
 def _not_current(cfg: ExperimentConfig, layout: RunLayout, stage: str, after: int | None) -> str | None:
     """Why `stage` would (re)do its work, or None when its output is current."""
     if stage == "prepare":
-        from pipeline.data.prepared import prepare_inputs
-        from pipeline.stages.prepare import up_to_date
+        from pipeline.data.prepared import prepare_inputs, prepared_up_to_date
 
-        return None if up_to_date(layout, prepare_inputs(cfg), quiet=True) else f"{layout.data} is not current"
+        return None if prepared_up_to_date(layout, prepare_inputs(cfg), quiet=True) else f"{layout.data} is not current"
     if stage == "index":
         if not get_method(cfg.method).learns_keys:
             return None  # nothing to index

@@ -80,7 +80,7 @@ def _guard(backend: Any, what: str, call) -> None:
     try:
         call()
     except Exception as e:  # a tracker must never stop training or evaluation
-        from pipeline.runtime import distributed
+        from pipeline import distributed
 
         distributed.log(f"warning: {type(backend).__name__.strip('_')} {what} failed: {type(e).__name__}: {e}")
 

@@ -52,13 +52,35 @@ def test_an_unknown_method_is_a_config_error_listing_the_registered_ones() -> No
         load_config(None, ["method=ewc"])
 
 
-def _method_name_tests(path: Path) -> list[str]:
-    """Method names used to decide something: compared (`== "slm"`, `in ("slm", ...)`) or used as
-    keys of a literal dict of several methods (a per-method table)."""
+def _method_classes() -> set[str]:
+    """Names of every class in pipeline/methods/ that is a Method (the registered ones and the
+    family bases a dispatch could test for: JareMethod, LoraMethod, ...)."""
+    import importlib
+    import inspect
+
+    from pipeline.methods.base import Method
+
+    names = set()
+    for path in (REPO / "pipeline" / "methods").glob("*.py"):
+        module = importlib.import_module(f"pipeline.methods.{path.stem}")
+        names |= {n for n, c in inspect.getmembers(module, inspect.isclass) if issubclass(c, Method)}
+    return names
+
+
+def _method_name_tests(path: Path, classes: set[str] = frozenset()) -> list[str]:
+    """Methods used to decide something: a name compared (`== "slm"`, `in ("slm", ...)`) or used as
+    a key of a literal dict of several methods (a per-method table), or a method class tested with
+    isinstance / issubclass (a dispatch on the family)."""
     def names(node: ast.AST) -> list[ast.Constant]:
         items = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
         return [n for n in items if isinstance(n, ast.Constant) and n.value in REGISTRY]
 
+    def class_names(node: ast.AST) -> list[str]:
+        items = node.elts if isinstance(node, ast.Tuple) else [node]
+        return [n.id if isinstance(n, ast.Name) else n.attr for n in items
+                if isinstance(n, (ast.Name, ast.Attribute)) and (getattr(n, "id", None) or n.attr) in classes]
+
+    where = path.relative_to(REPO) if path.is_relative_to(REPO) else path
     hits = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Compare):
@@ -66,25 +88,32 @@ def _method_name_tests(path: Path) -> list[str]:
         elif isinstance(node, ast.Dict):  # a per-method table; one "slm" key is the API's field name
             found = [c for key in node.keys if key is not None for c in names(key)]
             found = found if len(found) > 1 else []
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+              and node.func.id in ("isinstance", "issubclass") and len(node.args) == 2):
+            hits += [f"{where}:{node.lineno} {node.func.id}(..., {c})"
+                     for c in class_names(node.args[1])]
+            continue
         else:
             continue
-        hits += [f"{path.relative_to(REPO)}:{c.lineno} {c.value!r}" for c in found]
+        hits += [f"{where}:{c.lineno} {c.value!r}" for c in found]
     return hits
 
 
-def test_no_module_outside_the_registry_tests_a_method_name() -> None:
-    hits = [hit for path in sorted((REPO / "pipeline").rglob("*.py"))
-            if not str(path.relative_to(REPO)).startswith("pipeline/methods/") for hit in _method_name_tests(path)]
-    assert not hits, f"method names tested outside pipeline/methods/: {hits}"
+def test_no_module_outside_the_registry_tests_a_method_name_or_class() -> None:
+    classes = _method_classes()
+    paths = [*sorted((REPO / "pipeline").rglob("*.py")), *sorted((REPO / "bench").rglob("*.py")),
+             *sorted((REPO / "scripts").rglob("*.py"))]
+    hits = [hit for path in paths if not str(path.relative_to(REPO)).startswith("pipeline/methods/")
+            for hit in _method_name_tests(path, classes)]
+    assert not hits, f"methods told apart outside pipeline/methods/: {hits}"
 
 
-def test_the_name_check_finds_a_branch_on_a_method_name(tmp_path) -> None:
-    probe = REPO / "pipeline" / "_probe_for_test.py"
-    try:
-        probe.write_text('def f(cfg):\n    return cfg.method in ("seq_lora", "replay")\n')
-        assert len(_method_name_tests(probe)) == 2
-    finally:
-        probe.unlink()
+def test_the_name_check_finds_a_branch_on_a_method_name_or_family(tmp_path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text('def f(cfg, m):\n'
+                     '    return cfg.method in ("seq_lora", "replay") or isinstance(m, (JareMethod, int))\n')
+    hits = _method_name_tests(probe, _method_classes())
+    assert len(hits) == 3 and any("JareMethod" in h for h in hits)
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)

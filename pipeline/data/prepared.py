@@ -17,7 +17,7 @@ from typing import Any
 from pipeline.config import BUILTIN_CONFIGS, ExperimentConfig, TaskSpec
 from pipeline.data.sources import source_files
 from pipeline.errors import StageInputError
-from pipeline.state.artifacts import require_done, sha256_file, sha256_json
+from pipeline.state.artifacts import read_done, require_done, sha256_file, sha256_json
 from pipeline.state.layout import RunLayout
 
 STAGE = "prepare"
@@ -103,3 +103,17 @@ def _what_changed(cfg: ExperimentConfig, layout: RunLayout) -> str:
     if manifest.get("data") != cfg.data.model_dump(mode="json"):
         parts.append("the data section changed")
     return "; ".join(parts) or "the task order changed"
+
+
+def prepared_up_to_date(layout: RunLayout, inputs: dict[str, str], quiet: bool = False) -> bool:
+    """DONE with the same input hashes, and every file it lists still intact."""
+    marker = read_done(layout.data)
+    if not marker or marker.get("inputs") != inputs or not layout.manifest.is_file():
+        return False
+    try:
+        require_done(layout.data, STAGE, rerun="slm prepare --force")
+    except StageInputError as e:
+        if not quiet:
+            print(f"prepare: rebuilding, {e}")
+        return False
+    return True

@@ -10,7 +10,7 @@ to (task, slot) and records the encoder, dims and a content hash, checked on loa
 A GPU copy of the index serves every search when `dtkr.faiss` allows it and faiss-gpu and a GPU
 are present (`use_faiss`, pipeline/dtkr/faiss_build.py); the CPU index is the master (what is
 saved, and what add/remove edit). The copy lives on this process's own GPU (the rank's
-`torch.cuda.current_device()`, which pipeline.runtime.distributed sets to LOCAL_RANK), never all on GPU 0.
+`torch.cuda.current_device()`, which pipeline.distributed sets to LOCAL_RANK), never all on GPU 0.
 A search restricted to some tasks' slots (training, eval, generate) searches all slots and keeps
 the allowed ones: GPU flat indexes ignore FAISS id selectors, and with a few slots per task the
 full ranking costs what a top-k does. One code path on both devices, so the CPU tests exercise what runs on the GPU.
@@ -209,7 +209,7 @@ def use_faiss(choice: str) -> faiss_build.FaissBuild:
 
 
 def rank_gpu() -> int:
-    """This process's GPU: torch's current device, which pipeline.runtime.distributed.setup sets to LOCAL_RANK
+    """This process's GPU: torch's current device, which pipeline.distributed.setup sets to LOCAL_RANK
     before any collective; without torch CUDA, LOCAL_RANK among the GPUs FAISS sees."""
     if torch.cuda.is_available():
         return torch.cuda.current_device()

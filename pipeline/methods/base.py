@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from pipeline.config import ExperimentConfig
     from pipeline.export import TaskExport
     from pipeline.jare.routing import Routing
-    from pipeline.planning.loads import MethodLoad
+    from pipeline.methods.loads import MethodLoad
     from pipeline.planning.shapes import ModelShape
     from pipeline.state.layout import RunLayout
 

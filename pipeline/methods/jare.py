@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from pydantic import Field
 
+from pipeline import distributed
 from pipeline.adapters import jare_model, load_keys, save_keys
 from pipeline.jare.routing import Routing
 from pipeline.methods.base import LoadBase, Method, MethodOptions, Predictor, Trainer
-from pipeline.runtime import distributed
 
 if TYPE_CHECKING:
     from pipeline.config import ExperimentConfig
     from pipeline.export import TaskExport
-    from pipeline.planning.loads import MethodLoad
+    from pipeline.methods.loads import MethodLoad
     from pipeline.planning.shapes import ModelShape
     from pipeline.state.layout import RunLayout
 
@@ -94,7 +94,7 @@ class JareMethod(Method):
         return self.options(cfg).slots_per_task
 
     def memory_load(self, cfg: ExperimentConfig, shape: ModelShape, encoder_dim: int) -> MethodLoad:
-        from pipeline.planning.loads import compute_bytes, jare_load
+        from pipeline.methods.loads import compute_bytes, jare_load
 
         p = self.options(cfg).slots_per_task
         return jare_load(shape, len(cfg.tasks), p, max(p, cfg.dtkr.top_k), encoder_dim, compute_bytes(cfg),

@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from pipeline import distributed
 from pipeline.adapters import lora_model, lora_trainable, read_safetensors, save_lora
 from pipeline.export import TaskExport, lora_from_peft_state
 from pipeline.methods.base import LoadBase, Method, Predictor, Trainer
-from pipeline.runtime import distributed
 
 if TYPE_CHECKING:
     from pipeline.config import ExperimentConfig
-    from pipeline.planning.loads import MethodLoad
+    from pipeline.methods.loads import MethodLoad
     from pipeline.planning.shapes import ModelShape
     from pipeline.state.layout import RunLayout
 
@@ -30,7 +30,7 @@ class LoraMethod(Method):
     one_lora_per_task = False  # o_lora / n_lora keep every task's LoRA resident
 
     def memory_load(self, cfg: ExperimentConfig, shape: ModelShape, encoder_dim: int) -> MethodLoad:
-        from pipeline.planning.loads import compute_bytes, lora_load
+        from pipeline.methods.loads import compute_bytes, lora_load
 
         return lora_load(shape, cfg.adapter.rank, len(cfg.tasks), self.one_lora_per_task, compute_bytes(cfg),
                          cfg.method)

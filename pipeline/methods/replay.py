@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 import torch
 from pydantic import Field
 
+from pipeline import distributed
 from pipeline.data.records import stable_rng, stable_sample
 from pipeline.errors import StageInputError
 from pipeline.methods.base import LoadBase, MethodOptions, Trainer
 from pipeline.methods.lora import LoraMethod
-from pipeline.runtime import distributed
 from pipeline.state.artifacts import atomic_write_text
 
 if TYPE_CHECKING:

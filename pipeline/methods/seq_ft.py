@@ -15,16 +15,16 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from pipeline import distributed
 from pipeline.errors import ConfigError, NoTargetModuleError
 from pipeline.export import TaskExport
 from pipeline.methods.base import LoadBase, Method, MethodOptions, Predictor, Trainer
-from pipeline.runtime import distributed
 from pipeline.runtime.models import load_base_model
 from pipeline.state.artifacts import atomic_path
 
 if TYPE_CHECKING:
     from pipeline.config import ExperimentConfig
-    from pipeline.planning.loads import MethodLoad
+    from pipeline.methods.loads import MethodLoad
     from pipeline.planning.shapes import ModelShape
     from pipeline.state.layout import RunLayout
 
@@ -53,7 +53,7 @@ class SeqFt(Method):
         return self.options(cfg).modules
 
     def memory_load(self, cfg: ExperimentConfig, shape: ModelShape, encoder_dim: int) -> MethodLoad:
-        from pipeline.planning.loads import compute_bytes, full_ft_load
+        from pipeline.methods.loads import compute_bytes, full_ft_load
 
         return full_ft_load(shape, len(cfg.tasks), compute_bytes(cfg), cfg.method)
 

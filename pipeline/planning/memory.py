@@ -3,7 +3,7 @@
 The model is built on the meta device to count its parameters exactly and to read the target
 linears' in/out features (which size the JARe slots and LoRAs) and the linears full fine-tuning
 trains. What the experiment's method adds (which parameters are resident, which train, which
-inputs they save, what a task stores) comes from pipeline.planning.loads. Every term below is per
+inputs they save, what a task stores) comes from pipeline.methods.loads. Every term below is per
 GPU, in bytes:
 
 weights      the base (frozen, or trained by seq_ft: the same 16-bit weights; their gradients and
@@ -60,7 +60,7 @@ other        DTKR encoder (fp32) and FAISS keys, ZeRO's contiguous-gradient redu
              (reduce_bucket_size elements of bf16, allocated whole however few parameters train),
              plus CUDA_CONTEXT_GIB for the CUDA context, cuBLAS workspaces and NCCL buffers, plus
              FRAGMENTATION of everything else for the caching allocator.
-stored       disk per task (not GPU memory; pipeline.planning.loads): JARe P slots + keys, a LoRA
+stored       disk per task (not GPU memory; pipeline.methods.loads): JARe P slots + keys, a LoRA
              method one adapter, seq_ft the whole model in the training dtype; and over T tasks.
 """
 
@@ -75,7 +75,7 @@ from pathlib import Path
 from pipeline.config import PACKAGE_DIR, ExperimentConfig
 from pipeline.errors import ConfigError
 from pipeline.methods import get_method
-from pipeline.planning.loads import MethodLoad, jare_load
+from pipeline.methods.loads import MethodLoad, jare_load
 from pipeline.planning.shapes import ModelShape, encoder_size, model_shape
 
 GIB = 2**30
@@ -217,7 +217,7 @@ def shape_of_config(cfg: ExperimentConfig) -> ModelShape:
 
 
 def load_of_config(cfg: ExperimentConfig, shape: ModelShape | None = None) -> MethodLoad:
-    """The experiment's method in the plan (pipeline.planning.loads)."""
+    """The experiment's method in the plan (pipeline.methods.loads)."""
     return get_method(cfg.method).memory_load(cfg, shape or shape_of_config(cfg), encoder_size(cfg.dtkr.encoder)[1])
 
 

@@ -19,17 +19,21 @@ from tqdm import tqdm
 from pipeline import preflight
 from pipeline.config import ExperimentConfig
 from pipeline.data.build import PreparedTask, build_task, length_stats, token_lengths
-from pipeline.data.prepared import STAGE, load_prepared, prepare_inputs, read_manifest, task_spec_hash
+from pipeline.data.prepared import (
+    STAGE,
+    load_prepared,
+    prepare_inputs,
+    prepared_up_to_date,
+    read_manifest,
+    task_spec_hash,
+)
 from pipeline.data.records import COLUMNS, HISTORY, records_sha256
 from pipeline.data.synthetic import describe_generators
-from pipeline.errors import StageInputError
 from pipeline.prompts.truncation import TokenCaps
 from pipeline.state.artifacts import (
     atomic_path,
     atomic_write_json,
     atomic_write_text,
-    read_done,
-    require_done,
     write_done,
 )
 from pipeline.state.layout import RunLayout
@@ -69,7 +73,7 @@ def run(cfg: ExperimentConfig, layout: RunLayout, force: bool = False) -> dict[s
 
 def _prepare(cfg: ExperimentConfig, layout: RunLayout, force: bool) -> dict[str, Any]:
     inputs = prepare_inputs(cfg)
-    if not force and up_to_date(layout, inputs):
+    if not force and prepared_up_to_date(layout, inputs):
         atomic_write_text(layout.config, cfg.to_yaml())
         print(f"prepare: already done ({layout.data}, {len(cfg.tasks)} tasks; --force rebuilds)")
         return read_manifest(layout)
@@ -88,20 +92,6 @@ def _prepare(cfg: ExperimentConfig, layout: RunLayout, force: bool) -> dict[str,
         write_done(tmp, STAGE, inputs=inputs)
     print_table(manifest, layout.data)
     return manifest
-
-
-def up_to_date(layout: RunLayout, inputs: dict[str, str], quiet: bool = False) -> bool:
-    """DONE with the same input hashes, and every file it lists still intact."""
-    marker = read_done(layout.data)
-    if not marker or marker.get("inputs") != inputs or not layout.manifest.is_file():
-        return False
-    try:
-        require_done(layout.data, STAGE, rerun="slm prepare --force")
-    except StageInputError as e:
-        if not quiet:
-            print(f"prepare: rebuilding, {e}")
-        return False
-    return True
 
 
 @functools.lru_cache(maxsize=2)

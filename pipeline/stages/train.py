@@ -30,14 +30,13 @@ import time
 
 import torch
 
-from pipeline import preflight
+from pipeline import distributed, preflight
 from pipeline.config import ExperimentConfig
 from pipeline.data.prepared import load_prepared
 from pipeline.errors import StageInputError
 from pipeline.methods import get_method
 from pipeline.methods.base import Method, Trainer
 from pipeline.prompts.batching import TokenCaps, collate, tokenize_for_training
-from pipeline.runtime import distributed
 from pipeline.runtime.deepspeed_config import build_ds_config, check_quantization_pairing, make_optimizer
 from pipeline.runtime.models import load_base_model, load_tokenizer, release_zero3_loading
 from pipeline.state import validity

@@ -21,7 +21,7 @@ import stat
 import sys
 from pathlib import Path
 
-from pipeline.runtime import distributed
+from pipeline import distributed
 from pipeline.state.artifacts import as_os_error, sha256_file
 
 TAG_PREFIX = "step-"

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pipeline.errors import ConfigError
-from pipeline.planning.shapes import ModelShape
 
 if TYPE_CHECKING:
     from pipeline.config import ExperimentConfig
+    from pipeline.planning.shapes import ModelShape
 
 KEY_BYTES = 4  # DTKR keys are stored in fp32
 
