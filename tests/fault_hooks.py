@@ -1,4 +1,4 @@
-"""Send a signal to the training process at an exact point, for tests/test_faults.py.
+"""Send a signal to the training process at an exact point, for the fault suite (tests/faults/).
 
 In-process (SIGTERM, SIGUSR1: the handler of `slm train` sets its flag and the run goes on):
 
