@@ -224,3 +224,51 @@ def test_each_task_order_runs_as_its_own_strictly_ordered_chain(local_slurm, tmp
         assert chains[order]["jobs"]["train"]["name"] == f"default-{order}-slm-train"
     assert cli.main(["report", *args]) == 0
     assert json.loads((out / "orders.json").read_text())["methods"][0]["complete_runs"] == 2
+
+
+# ---- faults 26-28 of docs/faults.md through the real batch script and a real signal -------------------
+
+
+def _long_single_task(tmp_path: Path, model: str) -> Submitted:
+    """One task of many steps on the tiny model, a checkpoint after every step: long enough to be
+    signalled mid-training, short enough for CI."""
+    return submit([f"output_dir={tmp_path / 'signals'}", f"model.name_or_path={model}", "data.synthetic_size=40",
+                   "train.max_steps=400", "train.save_every=1", "train.keep_checkpoints=1", "dtkr.key_epochs=1",
+                   "eval.max_records_per_task=4", "model.max_seq_len=64",
+                   "tasks=[{name: sentiment, source: {type: synthetic, generator: sentiment}}]"])
+
+
+def _signal_after_first_checkpoint(run: Submitted, *signals: str) -> str:
+    """Send `signals` to the training task's batch shell (as Slurm and scancel do) once it has
+    checkpointed a step; wait for every job to end; return the task's log."""
+    deadline = time.monotonic() + DEADLINE_S
+    state = run.layout.train_state(0, run.cfg.tasks[0].name)
+    wait_until(lambda: any(state.glob("step-*/COMPLETE")), "the first checkpoint", run.layout, deadline)
+    for sig in signals:
+        subprocess.run(["scancel", f"--signal={sig}", "--batch", f"{run.jobs['train']}_0"], check=True)
+        time.sleep(0.2)
+    try:
+        wait_until(lambda: queue_is_empty(run.ids), "the jobs to end", run.layout, deadline)
+    finally:
+        subprocess.run(["scancel", *run.ids], check=False, capture_output=True)
+    return read(run.log(0)) + read(run.log(0, "err"))
+
+
+def test_sigterm_checkpoints_and_stops_the_task_with_143_and_no_requeue(local_slurm, tmp_path, tiny_model_dir) -> None:
+    """Fault 27: SIGTERM (scancel, a drain) to the batch shell."""
+    run = _long_single_task(tmp_path, tiny_model_dir)
+    log = _signal_after_first_checkpoint(run, "TERM")
+    assert "got SIGTERM" in log and "not requeued" in log and "requeueing" not in log, log
+    assert restart_of(log) == [0], log
+    assert not (run.layout.task_dir(0, "sentiment") / "DONE").exists()
+    assert any((run.layout.train_state(0, "sentiment")).glob("step-*/COMPLETE")), log  # the checkpoint to resume
+    job = status.recent_jobs(run.jobs["train"])[0]
+    assert job.state in ("FAILED", "CANCELLED") and job.exit_code.startswith("143"), job
+
+
+def test_sigterm_during_a_usr1_checkpoint_wins_no_requeue(local_slurm, tmp_path, tiny_model_dir) -> None:
+    """Fault 28: USR1 (time limit near), then SIGTERM while that checkpoint is being saved."""
+    run = _long_single_task(tmp_path, tiny_model_dir)
+    log = _signal_after_first_checkpoint(run, "USR1", "TERM")
+    assert "got SIGUSR1" in log and "got SIGTERM" in log, log
+    assert "not requeued" in log and "requeueing" not in log and restart_of(log) == [0], log

@@ -152,3 +152,19 @@ def test_a_torn_task_done_counts_as_unfinished_and_retraining_gives_the_same_res
     assert call(capsys, *run.argv("train", "--task", "1"))[0] == 0
     assert_same_tensors(tensors(run.task_dir(1)), tensors(tiny_finished.task_dir(1)))
     assert call(capsys, *run.argv("index"))[0] == 0, "the index follows the retrained task"
+
+
+def test_status_shows_a_task_whose_done_no_longer_matches_as_stale_naming_the_change(finished_copy: Run,
+                                                                                      capsys) -> None:
+    """Fault 66: `slm status` with a stale task."""
+    run = finished_copy
+    code, out, _ = call(capsys, *run.argv("status"))
+    assert code == 0 and "stale" not in out
+    before = results(run.out)
+    code, out, _ = call(capsys, *run.argv("status", "methods.slm.lr=0.002"))
+    assert code == 0
+    rows = [line for line in out.splitlines() if line.strip().startswith("task ")]
+    assert len(rows) == 2 and all("stale (see below)" in line for line in rows), out
+    stale = [line for line in out.splitlines() if line.startswith("stale:")]
+    assert stale and "methods.slm.lr: 0.005 -> 0.002" in stale[0] and "--restart" in stale[0], out
+    assert results(run.out) == before  # status reads only
