@@ -231,7 +231,8 @@ def comparison_markdown(rows: list[dict]) -> str:
     lines = [head, "|" + "---|" * 10]
     for r in rows:
         per_order, train = r["metrics"]["per_order"], r["train_info"]
-        cells = [fmt(*mean_std([per_order[o].get(k) for o in orders]), signed=k in ("BWT", "FWT")) for k in METRICS]
+        stats = {k: mean_std([per_order[o].get(k) for o in orders]) for k in METRICS}
+        cells = [fmt(stats[k][0], signed=k in ("BWT", "FWT"), std=stats[k][1]) for k in METRICS]
         cost = train["per_order"][orders[0]] or {}
         peak = max(train["peak_rss_mib_per_order"][o] for o in orders)
         wall = sum(train["wall_s_per_order"][o] for o in orders) / len(orders)

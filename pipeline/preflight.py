@@ -10,7 +10,7 @@ Every stage the Slurm jobs run (prepare, train, index, eval, report) answers `--
 The static part (`require_runnable`) is what each stage would otherwise find only on the cluster,
 after the queue: a local data source that is not there, a DeepSpeed JSON that cannot pair with
 the base, a model whose shape is unknown offline, a FAISS build that cannot do `dtkr.faiss`.
-tests/test_shipped_configs.py runs every rendered stage's --check on every shipped config.
+tests/config/test_shipped_configs.py runs every rendered stage's --check on every shipped config.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Render the experiment as three Slurm jobs: prepare -> train (one array task per task) -> finish.
 
 Pure functions: the same config, layout and interpreter always give the same text, which the
-golden files in tests/golden pin. The templates live in pipeline/slurm_templates/ (`slurm/` at
+golden files in tests/slurm/golden pin. The templates live in pipeline/slurm_templates/ (`slurm/` at
 the top of the repository links there); their placeholders are `{{name}}`, so the shell's own
 `$VAR` needs no escaping. Every `#SBATCH` value and every path in the body is shell-quoted, so
 an output_dir with spaces, quotes or `;` survives both sbatch and bash.

@@ -17,9 +17,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from pipeline.runtime import distributed
+from pipeline import distributed
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_gpu_rank_binds_its_local_gpu_before_the_process_group_starts(monkeypatch) -> None:

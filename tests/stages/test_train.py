@@ -17,7 +17,7 @@ from pipeline.cli import main as slm
 from pipeline.state.artifacts import sha256_file
 from pipeline.state.preemption import EXIT_PREEMPTED, EXIT_PREVIOUS_NOT_DONE
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

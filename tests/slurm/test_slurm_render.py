@@ -1,7 +1,7 @@
 """Slurm job scripts: golden files, quoting, the preemption signal, and `slm submit` without Slurm.
 
-The golden files in tests/golden/ pin every rendered script. After an intended change of the
-templates, regenerate them with `SLM_UPDATE_GOLDEN=1 pytest tests/test_slurm_render.py` and
+The golden files in tests/slurm/golden/ pin every rendered script. After an intended change of the
+templates, regenerate them with `SLM_UPDATE_GOLDEN=1 pytest tests/slurm/test_slurm_render.py` and
 review the diff.
 """
 

@@ -32,7 +32,7 @@ from pipeline.cli import main as slm
 from pipeline.state.artifacts import sha256_file
 from pipeline.state.checkpoints import list_tags, verify_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FS_SIZE = "8m"
 PAGE = 4096  # tmpfs allocates whole pages
 STEP = 3 * PAGE  # free bytes added per try while the failure stays the same

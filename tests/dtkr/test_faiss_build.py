@@ -15,7 +15,7 @@ from pipeline.dtkr import faiss_build
 from pipeline.dtkr.faiss_build import FaissBuild
 from pipeline.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

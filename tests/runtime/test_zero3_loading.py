@@ -6,7 +6,7 @@ The worker below runs under torchrun with 2 CPU ranks (gloo) and checks, on ever
 parameters are placeholders with a half-size shard, that the gathered values equal the checkpoint
 byte for byte, and that releasing the config makes later loads whole again (the DTKR encoder and
 the eval stage's base must not be partitioned). Training equivalence under ZeRO-3 (2 ranks vs 1)
-is tests/test_train.py::test_two_ranks_give_the_adapter_of_one_rank_at_the_same_global_batch.
+is tests/stages/test_train.py::test_two_ranks_give_the_adapter_of_one_rank_at_the_same_global_batch.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _worker(folder: str) -> None:
@@ -27,8 +27,8 @@ def _worker(folder: str) -> None:
     from safetensors.torch import load_file
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
+    from pipeline import distributed
     from pipeline.experiment import load_config
-    from pipeline.runtime import distributed
     from pipeline.runtime.deepspeed_config import build_ds_config
     from pipeline.runtime.models import load_base_model, release_zero3_loading
 

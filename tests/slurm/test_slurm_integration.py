@@ -29,7 +29,7 @@ from pipeline.state.layout import RunLayout
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LOCAL_SLURM = REPO / "scripts" / "local_slurm.sh"
 STAGES = ("prepare", "train", "index", "evaluate", "report")
 # Small enough for a CPU. A checkpoint after every step tells the test that task 1 is inside its

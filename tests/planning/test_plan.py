@@ -89,7 +89,7 @@ def test_a_quantized_base_with_zero3_is_marked_unsupported(llama70b) -> None:
 
 
 def test_zero3_fits_70b_only_once_the_loader_loads_sharded(llama70b, monkeypatch) -> None:
-    # The loader builds ZeRO-3 models under zero.Init (tests/test_zero3_loading.py), so this is on.
+    # The loader builds ZeRO-3 models under zero.Init (tests/runtime/test_zero3_loading.py), so this is on.
     assert pipeline.runtime.models.LOADS_ZERO3_SHARDED is True
     assert _row(plan_memory(llama70b, 1, 8, 80.0), "3", 16, True).fits
     # A loader that moves the whole bf16 base to each GPU first (the old one) would not fit.
@@ -312,7 +312,7 @@ def test_a_new_method_is_planned_by_the_load_it_declares_and_refused_without_one
     import pipeline.planning.memory as memory
     from pipeline.errors import ConfigError
     from pipeline.methods.base import Method
-    from pipeline.planning.loads import lora_load
+    from pipeline.methods.loads import lora_load
 
     class Ewc(Method):  # derives from no family: it says itself what it holds
         name, role, trains, infers = "ewc", "baseline", "everything, with a penalty", "the last model"

@@ -173,7 +173,7 @@ def test_a_local_encoder_folder_is_checked_from_its_config_json(tmp_path: Path) 
 
 
 def test_the_light_bundled_encoder_table_matches_the_model_loader() -> None:
-    from pipeline.runtime.encoder_config import BUNDLED_ENCODER_MODULES
+    from pipeline.encoder_config import BUNDLED_ENCODER_MODULES
     from pipeline.runtime.models import BUNDLED_ENCODERS
 
     assert BUNDLED_ENCODER_MODULES == {name: module for name, (module, _pip) in BUNDLED_ENCODERS.items()}

@@ -17,7 +17,7 @@ from pipeline.experiment import load_config
 from pipeline.methods import METHOD_NAMES, REGISTRY, get_method
 from pipeline.state.artifacts import read_done, sha256_file, sha256_json
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
