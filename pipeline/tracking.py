@@ -64,7 +64,15 @@ class Trackers:
         check_report_to(cfg)
         makers = {"tensorboard": lambda: _TensorBoard(layout.tensorboard / tensorboard_dir),
                   "wandb": lambda: _Wandb(cfg, layout), "mlflow": lambda: _Mlflow(cfg, layout)}
-        return cls([makers[b]() for b in dict.fromkeys(cfg.report_to)])
+        backends = []
+        for name in dict.fromkeys(cfg.report_to):
+            try:
+                backends.append(makers[name]())
+            except OSError as e:  # a full disk, a read-only log folder: the stage goes on without it
+                from pipeline import distributed
+
+                distributed.log(f"warning: {name} not started ({e}); this stage logs to the others")
+        return cls(backends)
 
     def log(self, axis: str, step: int, metrics: dict[str, float | None]) -> None:
         values = {k: float(v) for k, v in metrics.items() if v is not None}

@@ -164,8 +164,8 @@ def test_export_refuses_an_unfinished_task_and_route_retrieved(run_dir, capsys):
     assert slm(["export", *overrides]) == 2
     assert "no task is DONE" in capsys.readouterr().err
     from pipeline.errors import ConfigError
-    from pipeline.export import jare_task_export
+    from pipeline.methods import get_method
 
     cfg = load_config(None, [*overrides, "methods.slm.transfer=route_retrieved"])
     with pytest.raises(ConfigError, match="route_retrieved"):
-        jare_task_export(cfg, RunLayout.of(cfg), 0)
+        get_method("slm").export(cfg, RunLayout.of(cfg), 0)

@@ -39,7 +39,8 @@ def test_sharegpt_task_to_run_to_peft_export_to_served_chat_with_history_and_a_k
     experiment.write_text(yaml.safe_dump({
         "name": "mine", "output_dir": str(tmp_path / "run"),
         "model": {"name_or_path": tiny_model_dir, "max_seq_len": 128},
-        "train": {"max_steps": 2, "micro_batch_size": 4, "save_every": 2, "lr": 0.05},
+        "train": {"max_steps": 2, "micro_batch_size": 4, "save_every": 2},
+        "methods": {"slm": {"lr": 0.05}},
         "eval": {"max_records_per_task": 4, "max_new_tokens": 3},
         "tasks": [{"name": "capitals", "source": {"type": "file", "path": "capitals.jsonl", "format": "sharegpt"},
                    "metric": "rouge_l"},

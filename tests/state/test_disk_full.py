@@ -176,7 +176,7 @@ def test_a_full_disk_at_every_write_is_one_error_line_and_the_last_state_stays_u
     assert str(index) in named.values()
     row = method / "eval" / "row-0.json"
     named = sweep(small_fs, ["eval", "--after", "0", *overrides], lambda: row.unlink(missing_ok=True),
-                  under(row), capsys)
+                  under(row, out / "logs"), capsys)  # logs: the row also goes to report_to (TensorBoard)
     assert str(row) in named.values()
     assert slm(["eval", "--after", "-1", *overrides]) == 0
 
