@@ -7,6 +7,7 @@ A block is marked in a markdown file as
     <!-- lr-sweep: NAME -->           ... <!-- end lr-sweep -->            bench/lr_sweep.py, sweep NAME
     <!-- plasticity: NAME -->         ... <!-- end plasticity -->          bench/plasticity.py, EXP-ORDER
     <!-- retrieval-results: NAME -->  ... <!-- end retrieval-results -->   bench/retrieval.py, run NAME
+    <!-- methods: all -->             ... <!-- end methods -->             the method registry
 
 and holds exactly the table the bench's own renderer makes from its results file.
 """
@@ -50,8 +51,20 @@ def retrieval_table(name: str) -> str:
     return markdown(json.loads((RESULTS / "retrieval" / f"{name}.json").read_text()))
 
 
+def methods_table(_: str) -> str:
+    """Every registered method: its role, what trains, what answers (pipeline/methods/)."""
+    from pipeline.methods import METHOD_NAMES, get_method
+
+    lines = ["| method | role | trains | infers |", "|---|---|---|---|"]
+    for name in METHOD_NAMES:
+        m = get_method(name)
+        lines.append(f"| `{name}` | {m.role} | {m.trains} | {m.infers} |")
+    return "\n".join(lines) + "\n"
+
+
 KINDS: dict[str, Callable[[str], str]] = {"cl-results": cl_table, "lr-sweep": lr_sweep_table,
-                                          "plasticity": plasticity_table, "retrieval-results": retrieval_table}
+                                          "plasticity": plasticity_table, "retrieval-results": retrieval_table,
+                                          "methods": methods_table}
 
 
 def blocks(text: str) -> list[tuple[str, str, str, tuple[int, int]]]:

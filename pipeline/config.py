@@ -70,8 +70,8 @@ class AdapterSpec(Spec):
 class DtkrSpec(Spec):
     encoder: str = "bundled:all-minilm-l6-v2"
     """A sentence-transformers / HF encoder folder or hub id, or `bundled:all-minilm-l6-v2`."""
-    top_k: int = Field(2, ge=1)
-    """slots per sample, over all tasks' slots (capped at the allowed ones)"""
+    top_k: int = Field(1, ge=1)
+    """Slots per sample, over all tasks' slots (capped at the allowed ones); 1 with one slot per task."""
     groups: int = Field(6, ge=1)
     """Must divide the encoder dimension: 6 for 768-d encoders (paper), 6 also divides 384."""
     key_init: Literal["orthogonal", "queries", "partition_mean", "centroid_partition", "kmeans"] = "partition_mean"

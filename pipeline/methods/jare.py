@@ -38,19 +38,20 @@ CAPTURE_WARN, CAPTURE_QUERIES = 0.05, 200
 class JareOptions(MethodOptions):
     """The JARe methods' options (slm; oracle_task_id reads slm's, its slots are the same)."""
 
-    slots_per_task: int = Field(4, ge=1)
+    slots_per_task: int = Field(1, ge=1)
     """P: the slots each task owns (every slot: one rank-`adapter.rank` increment per target layer
-    and one DTKR key)."""
+    and one DTKR key). 1, with dtkr.top_k 1, measured best at CPU scale (bench/results/plasticity/:
+    a task's one slot sees all of its data); the paper's 4 with top-k 2 is one override away."""
     init: Literal["paper", "lora"] = "lora"
     """How a new slot's V starts (U starts at 0 either way). lora: as PEFT starts a LoRA's A
     (kaiming-uniform, +-1/sqrt(d_in)), so a slot learns like a LoRA at a LoRA's learning rate;
     paper: N(0, 1), the reference code's, which Adam barely moves in a few hundred steps."""
-    transfer: Literal["none", "init_from_retrieved", "route_retrieved"] = "none"
+    transfer: Literal["none", "init_from_retrieved", "route_retrieved"] = "init_from_retrieved"
     """What a new task takes from the earlier ones; earlier slots are never written, so none of
     these can cause forgetting. none: fresh slots. init_from_retrieved: its slots start as copies
-    of the earlier slots DTKR retrieves most for its training queries. route_retrieved: every query
-    also routes through its top-k earlier-task slots (frozen) beside its own, in training and at
-    inference alike."""
+    of the earlier slots DTKR retrieves most for its training queries (measured best:
+    bench/results/plasticity/). route_retrieved: every query also routes through its top-k
+    earlier-task slots (frozen) beside its own, in training and at inference alike."""
 
 
 class JareMethod(Method):

@@ -101,7 +101,7 @@ def test_a_transferring_task_leaves_every_file_of_the_earlier_task_untouched(tmp
     overrides = [f"output_dir={tmp_path / 'run'}", f"model.name_or_path={tiny_model_dir}", "data.synthetic_size=40",
                  "train.max_steps=3", "train.micro_batch_size=4", "train.save_every=3",
                  "eval.max_records_per_task=4", "eval.max_new_tokens=3", "model.max_seq_len=64",
-                 f"methods.slm.transfer={transfer}"]
+                 f"methods.slm.transfer={transfer}", "methods.slm.slots_per_task=4", "dtkr.top_k=2"]  # several slots
     assert slm(["prepare", *overrides]) == 0
     assert slm(["train", "--task", "0", *overrides]) == 0
     first = next((tmp_path / "run" / "slm" / "tasks").glob("0-*"))

@@ -137,6 +137,8 @@ def test_a_full_disk_at_every_write_is_one_error_line_and_the_last_state_stays_u
     overrides = [f"output_dir={out}", f"model.name_or_path={tiny_model_dir}", "data.synthetic_size=40",
                  "train.max_steps=2", "train.save_every=1", "train.micro_batch_size=4", "model.max_seq_len=64",
                  "eval.max_records_per_task=4", "eval.max_new_tokens=2",
+                 # four slots: keys and adapter span several pages, so the sweep meets each of them
+                 "methods.slm.slots_per_task=4", "dtkr.top_k=2",
                  "tasks=[{name: sentiment, source: {type: synthetic, generator: sentiment}}]"]
     method = out / "slm"
     task = method / "tasks" / "0-sentiment"
