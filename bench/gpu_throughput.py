@@ -1,34 +1,35 @@
 """GPU training throughput and MFU: JARe with per-sample retrieval vs a PEFT LoRA, LLaMA-2-7B shape.
 
-    python bench/gpu_throughput.py                    # the full 7B shape, bf16, batch 4 x 2048 (~55 GiB peak)
-    python bench/gpu_throughput.py --layers 8         # fewer decoder layers for a smaller GPU
-    python bench/gpu_throughput.py --checkpointing    # gradient checkpointing (FLOPs count the recompute)
-    python bench/gpu_throughput.py --peak-tflops 400  # a GPU missing from PEAK_BF16_DENSE_FLOPS
+    python bench/gpu_throughput.py                        # llama2_7b: the full 7B shape, bf16, batch 4 x 2048
+    python bench/gpu_throughput.py llama2_7b --check-targets   # exit 1 when a target below is missed
+    python bench/gpu_throughput.py llama2_7b --peak-tflops 400 # a GPU missing from PEAK_BF16_DENSE_FLOPS
+    python bench/gpu_throughput.py my.yaml                # other settings (layers, checkpointing, routing)
 
 Never run by CI, and it exits at once with a clear message where there is no CUDA GPU.
 
-Model: LlamaConfig of meta-llama/Llama-2-7b-hf (pipeline.model_shapes, offline), random
-weights, bf16, attn_implementation="sdpa", built directly on the GPU; --layers N keeps only N
-decoder layers. Both methods train the same frozen base shape, one after the other (a GPU is not
+Settings: bench/experiments/gpu_throughput/<name>.yaml (`Settings` below). Model: LlamaConfig of
+meta-llama/Llama-2-7b-hf (pipeline.planning.shapes, offline), random weights, bf16,
+attn_implementation="sdpa", built directly on the GPU; `layers: N` keeps only N decoder layers
+(for a smaller GPU). Both methods train the same frozen base shape, one after the other (a GPU is not
 shared with other load, so no interleaving is needed; each method gets a freshly built base so
 its peak memory is its own):
 
   jare   3 tasks x P=4 slots of rank r=8 on o_proj (pipeline.jare), bf16 slots. Only task 2's
          slots train. Routing is per sample: random DTKR keys for the 3 tasks in a KeyStore
          (pipeline.dtkr.store, the GPU index when faiss-gpu is there), random query embeddings,
-         top-k=2 over all 12 slots (--routing all, the gather-from-every-task path), or over task
-         2's own slots as `slm train` does (--routing task, the direct-index path). Routings are
+         top-k=2 over all 12 slots (`routing: all`, the gather-from-every-task path), or over task
+         2's own slots as `slm train` does (`routing: task`, the direct-index path). Routings are
          computed before the timed steps, as `slm train` computes them once before training.
   lora   PEFT LoRA of rank 8 (alpha = rank) on o_proj, adapters kept in bf16
          (autocast_adapter_dtype=False) as DeepSpeed's bf16 mode would cast them.
 
-Each: AdamW on the trainable parameters only, --warmup untimed steps then --steps timed ones,
-batch x seq-len random tokens with the loss on every token. Reported: tokens/s, ms per step,
+Each: AdamW on the trainable parameters only, `warmup` untimed steps then `steps` timed ones,
+batch x seq_len random tokens with the loss on every token. Reported: tokens/s, ms per step,
 peak memory (torch.cuda.max_memory_allocated, base weights included), and MFU:
 
   MFU = tokens/s x FLOPs per token / peak dense BF16 FLOP/s of the GPU
   FLOPs per token = 4N for a frozen base (forward 2N + backward input-gradients 2N; there are no
-                    weight gradients), 6N with --checkpointing (the recomputed forward adds 2N,
+                    weight gradients), 6N with checkpointing (the recomputed forward adds 2N,
                     so that figure is hardware FLOPs utilisation in PaLM's terms)
   N = parameters of the base's matmuls (every nn.Linear, lm_head included; not the embedding
       lookup, not the norms). The attention score FLOPs (4 x layers x seq x hidden per token in
@@ -45,7 +46,11 @@ Targets on an H100-class GPU (H100 / H200, full 7B shape, no checkpointing):
 
 Prints a table and, last, one line:
   jare_tokens_per_s=... lora_tokens_per_s=... ratio=... jare_mfu=... lora_mfu=...
-Results go to bench/results/gpu_throughput-<gpu>-<layers>L.json (run_info, train_info, meta_info).
+Writes bench/results/gpu_throughput/<name>-<gpu>.json through bench.runner (one file per
+experiment and GPU model: the same experiment on an H100 and an H200 is two runs): section
+`train_info` (per method: trainable parameters, tokens/s, ms per step, peak GiB, final loss, MFU;
+and the faiss-gpu check); run_info adds the settings, the model, its layers and N, the peak
+FLOP/s used; meta_info adds the GPU and the CUDA version.
 """
 
 from __future__ import annotations
@@ -53,19 +58,25 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import json
-import platform
+import re
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/x.py` puts bench/ on sys.path
 
+from bench import runner  # noqa: E402
+from pipeline.spec import Spec  # noqa: E402
+
+runner.preamble()
+
+BENCH = "gpu_throughput"
 MODEL_ID = "meta-llama/Llama-2-7b-hf"
 # (substring of torch.cuda.get_device_name(), dense BF16 tensor-core FLOP/s from the datasheets);
 # the first match wins, so the more specific names come first.
@@ -97,7 +108,8 @@ def mfu(tokens_per_s: float, flops_token: float, peak_flops: float) -> float:
 
 
 def peak_flops_for(device_name: str, peak_tflops: float | None = None) -> float:
-    """Dense BF16 FLOP/s of the GPU: --peak-tflops when given, else the table; unknown GPUs stop the run."""
+    """Dense BF16 FLOP/s of the GPU: `peak_tflops` (--peak-tflops) when given, else the table; an
+    unknown GPU stops the run."""
     if peak_tflops is not None:
         return peak_tflops * 1e12
     for key, flops in PEAK_BF16_DENSE_FLOPS:
@@ -110,7 +122,7 @@ def peak_flops_for(device_name: str, peak_tflops: float | None = None) -> float:
 
 def bench_config(layers: int | None):
     """LLaMA-2-7B's LlamaConfig (offline), optionally cut to `layers` decoder layers, SDPA attention."""
-    from pipeline.model_shapes import LLAMA2_CONFIGS
+    from pipeline.planning.shapes import LLAMA2_CONFIGS
 
     config = copy.deepcopy(LLAMA2_CONFIGS[MODEL_ID])  # never edit the shared offline config
     if layers is not None:
@@ -142,24 +154,39 @@ class Measurement:
     mfu: float = 0.0
 
 
+class Settings(Spec):
+    """bench/experiments/gpu_throughput/<name>.yaml."""
+
+    name: str
+    """The file's stem: the results are bench/results/gpu_throughput/<name>-<gpu>.json."""
+    layers: int | None = Field(None, ge=1)
+    """Decoder layers (null: all 32 of 7B)."""
+    batch: int = Field(4, ge=1)
+    """Sequences per step."""
+    seq_len: int = Field(2048, ge=2)
+    steps: int = Field(10, ge=1)
+    """Timed steps per method."""
+    warmup: int = Field(3, ge=0)
+    """Untimed steps first (kernels, allocator)."""
+    checkpointing: bool = False
+    """Gradient checkpointing (FLOPs per token: 6N)."""
+    routing: Literal["all", "task"] = "all"
+    """JARe's top-k over all tasks' slots, or over the trained task's (what slm train does)."""
+    seed: int = 0
+
+
+def load_settings(name: str) -> Settings:
+    return Settings.model_validate(runner.read_experiment(BENCH, name))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--layers", type=int, default=None, help="decoder layers (default: all 32 of 7B)")
-    p.add_argument("--batch", type=int, default=4, help="sequences per step")
-    p.add_argument("--seq-len", type=int, default=2048)
-    p.add_argument("--steps", type=int, default=10, help="timed steps per method (>= 1)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (kernels, allocator)")
-    p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing (FLOPs: 6N)")
-    p.add_argument("--routing", choices=["all", "task"], default="all",
-                   help="JARe top-k over all tasks' slots (default) or over the trained task's (slm train)")
+    p.add_argument("experiment", nargs="?", default="llama2_7b",
+                   help="bench/experiments/gpu_throughput/<name>.yaml (or a path to such a file)")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense BF16 TFLOP/s of a GPU not in the table")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--check-targets", action="store_true", help="exit 1 when a target is missed")
-    p.add_argument("--no-save", action="store_true", help="do not write bench/results/*.json")
-    args = p.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.seq_len < 2:
-        p.error("need --steps >= 1, --warmup >= 0, --batch >= 1 and --seq-len >= 2")
-    return args
+    p.add_argument("--results-dir", type=Path, default=runner.RESULTS)
+    return p.parse_args(argv)
 
 
 def build_base(config, seed: int, device: torch.device) -> torch.nn.Module:
@@ -208,19 +235,19 @@ def _sync(device: torch.device) -> None:
 
 
 def time_training(method: str, model: torch.nn.Module, params: list[torch.nn.Parameter],
-                  before_step: Callable[[int], None], args: argparse.Namespace, device: torch.device) -> Measurement:
-    """--warmup untimed + --steps timed AdamW steps; throughput from wall time between syncs."""
-    if args.checkpointing:
+                  before_step: Callable[[int], None], settings: Settings, device: torch.device) -> Measurement:
+    """`warmup` untimed + `steps` timed AdamW steps; throughput from wall time between syncs."""
+    if settings.checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     optimizer = torch.optim.AdamW(params, lr=1e-4)
-    gen = torch.Generator(device=device).manual_seed(args.seed)
+    gen = torch.Generator(device=device).manual_seed(settings.seed)
     vocab = model.config.vocab_size
-    ids = torch.randint(3, vocab, (args.batch, args.seq_len), device=device, generator=gen)
+    ids = torch.randint(3, vocab, (settings.batch, settings.seq_len), device=device, generator=gen)
     start = 0.0
     loss = torch.zeros(())
-    for step in range(args.warmup + args.steps):
-        if step == args.warmup:
+    for step in range(settings.warmup + settings.steps):
+        if step == settings.warmup:
             _sync(device)
             start = time.perf_counter()
         before_step(step)
@@ -234,39 +261,40 @@ def time_training(method: str, model: torch.nn.Module, params: list[torch.nn.Par
     if not torch.isfinite(torch.tensor(final)):
         raise RuntimeError(f"{method}: the loss is {final}; the timing would be meaningless")
     return Measurement(method=method, trainable_params=sum(p.numel() for p in params),
-                       tokens_per_s=args.steps * args.batch * args.seq_len / elapsed,
-                       step_ms=1000 * elapsed / args.steps,
+                       tokens_per_s=settings.steps * settings.batch * settings.seq_len / elapsed,
+                       step_ms=1000 * elapsed / settings.steps,
                        peak_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0,
                        final_loss=final)
 
 
-def run_jare(config, store, args: argparse.Namespace, device: torch.device) -> Measurement:
+def run_jare(config, store, settings: Settings, device: torch.device) -> Measurement:
     from pipeline.jare.inject import inject_jare
 
-    model = build_base(config, args.seed, device)
+    model = build_base(config, settings.seed, device)
     bank = inject_jare(model, ["o_proj"], rank=RANK, slots_per_task=SLOTS, dtype=torch.bfloat16)
-    gen = torch.Generator().manual_seed(args.seed + 2)
+    gen = torch.Generator().manual_seed(settings.seed + 2)
     for t in range(TASKS):
-        bank.add_task(f"task{t}", seed=args.seed + t)
+        bank.add_task(f"task{t}", seed=settings.seed + t)
         if t < TASKS - 1:  # earlier tasks as if trained: U != 0, so their branches do real work
             with torch.no_grad():
                 for p in bank.task_parameters(t):
                     p.copy_(0.01 * torch.randn(p.shape, generator=gen))
     params = bank.train_only(TASKS - 1)
-    routings = jare_routings(store, args.warmup + args.steps, args.batch, args.routing, args.seed, device)
-    result = time_training("jare", model, params, lambda step: bank.set_routing(routings[step]), args, device)
+    steps = settings.warmup + settings.steps
+    routings = jare_routings(store, steps, settings.batch, settings.routing, settings.seed, device)
+    result = time_training("jare", model, params, lambda step: bank.set_routing(routings[step]), settings, device)
     bank.set_routing(None)
     return result
 
 
-def run_lora(config, args: argparse.Namespace, device: torch.device) -> Measurement:
+def run_lora(config, settings: Settings, device: torch.device) -> Measurement:
     from peft import LoraConfig, get_peft_model
 
-    model = build_base(config, args.seed, device)
+    model = build_base(config, settings.seed, device)
     peft_config = LoraConfig(r=RANK, lora_alpha=RANK, lora_dropout=0.0, target_modules=["o_proj"])
     model = get_peft_model(model, peft_config, autocast_adapter_dtype=False)
     params = [p for p in model.parameters() if p.requires_grad]
-    return time_training("lora", model, params, lambda step: None, args, device)
+    return time_training("lora", model, params, lambda step: None, settings, device)
 
 
 def check_faiss_gpu(store, seed: int, queries: int = 512) -> str:
@@ -298,21 +326,20 @@ def _table(rows: list[Measurement]) -> str:
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in [head, *cells])
 
 
-def _save(args: argparse.Namespace, device: str, n: int, rows: list[Measurement], faiss_status: str) -> Path:
-    import peft
-    import transformers
+def gpu_slug(device_name: str) -> str:
+    """"NVIDIA H100 80GB HBM3" -> "h100-80gb-hbm3": the GPU part of a results name."""
+    return re.sub(r"[^a-z0-9]+", "-", device_name.lower().removeprefix("nvidia ")).strip("-")
 
-    slug = "".join(c if c.isalnum() else "-" for c in device.replace("NVIDIA ", "")).strip("-").lower()
-    layers = args.layers or bench_config(None).num_hidden_layers
-    path = ROOT / "bench" / "results" / f"gpu_throughput-{slug}-{layers}L.json"
-    record = {"run_info": {**vars(args), "model": MODEL_ID, "layers": layers, "matmul_params": n},
-              "train_info": {m.method: asdict(m) for m in rows} | {"faiss_gpu": faiss_status},
-              "meta_info": {"gpu": device, "torch": torch.__version__, "cuda": torch.version.cuda,
-                            "transformers": transformers.__version__, "peft": peft.__version__,
-                            "python": platform.python_version(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    return path
+
+def save(settings: Settings, device_name: str, peak: float, n: int, rows: list[Measurement], faiss_status: str,
+         results: Path) -> Path:
+    layers = settings.layers or bench_config(None).num_hidden_layers
+    run = {**runner.run_info(), "name": settings.name, "settings": settings.model_dump(mode="json"),
+           "model": MODEL_ID, "layers": layers, "matmul_params": n, "peak_tflops": peak / 1e12}
+    meta = {**runner.meta_info(), "gpu": device_name, "cuda": torch.version.cuda}
+    train_info = {m.method: asdict(m) for m in rows} | {"faiss_gpu": faiss_status}
+    return runner.write_result(BENCH, f"{settings.name}-{gpu_slug(device_name)}", {"train_info": train_info}, run,
+                               meta, results=results)
 
 
 def _measure(run: Callable[[], Measurement], device: torch.device, per_token: float, peak: float) -> Measurement:
@@ -331,29 +358,30 @@ def _yes(ok: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    settings = load_settings(args.experiment)
     if not torch.cuda.is_available():
         raise SystemExit(NEEDS_CUDA)  # before any model is built: fail fast
     name = torch.cuda.get_device_name()
     peak = peak_flops_for(name, args.peak_tflops)  # an unknown GPU stops here, not after the run
-    config = bench_config(args.layers)
+    config = bench_config(settings.layers)
     n = matmul_params(config)
-    per_token = flops_per_token(n, args.checkpointing)
+    per_token = flops_per_token(n, settings.checkpointing)
     print(f"{name}: {MODEL_ID} shape, {config.num_hidden_layers} layers, N={n / 1e9:.2f}B matmul params, "
-          f"batch {args.batch} x {args.seq_len}, bf16, sdpa, checkpointing {'on' if args.checkpointing else 'off'}, "
+          f"batch {settings.batch} x {settings.seq_len}, bf16, sdpa, "
+          f"checkpointing {'on' if settings.checkpointing else 'off'}, "
           f"peak {peak / 1e12:.0f} TFLOP/s, {per_token / 1e9:.1f} GFLOP/token", flush=True)
-    store = random_key_store(args.seed)
+    store = random_key_store(settings.seed)
     cuda = torch.device("cuda", torch.cuda.current_device())
-    jare = _measure(lambda: run_jare(config, store, args, cuda), cuda, per_token, peak)
-    lora = _measure(lambda: run_lora(config, args, cuda), cuda, per_token, peak)
-    faiss_status = check_faiss_gpu(store, args.seed)
+    jare = _measure(lambda: run_jare(config, store, settings, cuda), cuda, per_token, peak)
+    lora = _measure(lambda: run_lora(config, settings, cuda), cuda, per_token, peak)
+    faiss_status = check_faiss_gpu(store, settings.seed)
     ratio = jare.tokens_per_s / lora.tokens_per_s
     print(_table([jare, lora]))
     print(f"faiss-gpu: {faiss_status}")
     met = {"ratio": ratio >= TARGET_RATIO, "jare_mfu": jare.mfu >= TARGET_MFU, "lora_mfu": lora.mfu >= TARGET_MFU}
     print(f"targets: JARe/LoRA {ratio:.3f} >= {TARGET_RATIO}: {_yes(met['ratio'])}; MFU >= {TARGET_MFU:.0%}: "
           f"jare {_yes(met['jare_mfu'])}, lora {_yes(met['lora_mfu'])}")
-    if not args.no_save:
-        print(f"results: {_save(args, name, n, [jare, lora], faiss_status)}")
+    print(f"results: {save(settings, name, peak, n, [jare, lora], faiss_status, args.results_dir)}")
     print(f"jare_tokens_per_s={jare.tokens_per_s:.0f} lora_tokens_per_s={lora.tokens_per_s:.0f} ratio={ratio:.3f} "
           f"jare_mfu={jare.mfu:.3f} lora_mfu={lora.mfu:.3f}")
     return 1 if args.check_targets and not all(met.values()) else 0

@@ -1,14 +1,15 @@
 """JARe vs LoRA speed: one training step and batched greedy generation, on the bundled SmolLM2-135M.
 
-    python bench/jare_vs_lora.py                        # defaults below, ~3 min on 2 idle CPU cores
-    python bench/jare_vs_lora.py --targets o_proj v_proj --rank 16 --seq-len 128
-    python bench/jare_vs_lora.py --rounds 3 --gen-rounds 3   # a quick look
+    python bench/jare_vs_lora.py                 # default.yaml, ~3 min on 2 idle CPU cores
+    python bench/jare_vs_lora.py --quick         # 3 rounds a phase: a quick look (results: default-quick.json)
+    python bench/jare_vs_lora.py my.yaml         # other settings (targets, rank, seq_len, ...): a YAML file
 
-CPU, fp32, torch threads = the cores this process may use. The two methods live side by side
-in one process (two copies of the frozen base) and are timed ALTERNATELY, round after round, so
-both see the same background load; each reports the median of its rounds (wall clock; process
-CPU time beside it), and the median of the per-round JARe/LoRA ratios as a cross-check. A phase
-stops adding rounds after --min-rounds once the next would pass --budget-s (270 s).
+Settings: bench/experiments/jare_vs_lora/<name>.yaml (`Settings` below). CPU, fp32, torch threads
+= the cores this process may use (--threads). The two methods live side by side in one process
+(two copies of the frozen base) and are timed ALTERNATELY, round after round, so both see the
+same background load; each reports the median of its rounds (wall clock; process CPU time beside
+it), and the median of the per-round JARe/LoRA ratios as a cross-check. A phase stops adding
+rounds after `min_rounds` once the next would pass the `budget_s` deadline (270 s).
 
 (a) train step = forward + backward + AdamW step (+ zero_grad), batch 8 x 64 random tokens, loss
     on every token. JARe: 3 tasks x P=4 slots of rank 8 on o_proj, top-2, training task 2 with
@@ -25,10 +26,13 @@ stops adding rounds after --min-rounds once the next would pass --budget-s (270 
     the cache); one prompt, JARe merged into W (`bank.merged`) vs the merged LoRA.
 (c) decode step = one KV-cached greedy step of the same 8 prompts after their prefill, median over
     16 steps a call: the side branch's own cost, without generate()'s overhead or retrieval.
-    JARe routed (cache on, cache off) vs the merged LoRA; `decode_step_ratio` in the JSON.
+    JARe routed (cache on, cache off) vs the merged LoRA; `decode_step_ratio` in the results.
 
 The last line printed is `train_step_ratio=<x> generate_ratio=<y>` (JARe / LoRA medians; the
-generate ratio includes JARe's retrieval). Numbers + run_info go to bench/results/jare_vs_lora.json.
+generate ratio includes JARe's retrieval). Writes bench/results/jare_vs_lora/<name>.json through
+bench.runner: sections `train_info`, `generate_info`, `decode_step_info` (every round's samples,
+medians and ratios); run_info adds the settings, threads, trainable parameters, rounds run, the
+retrieval's top-1 task accuracy and the load average at start.
 Targets: train_step_ratio <= 1.10, generate_ratio <= 1.10 (issue 13; it was <= 1.25 before the cache).
 
 Measured (2 shared vCPUs, torch 2.13 CPU, defaults, machine otherwise idle, ~3 min a run):
@@ -59,66 +63,96 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from pydantic import Field
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/x.py` puts bench/ on sys.path
+
+from bench import runner  # noqa: E402
+from pipeline.spec import Spec  # noqa: E402
+
+runner.preamble()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-TASKS = ("sentiment", "arithmetic", "geography")  # data_prep.synthetic generators
+BENCH = "jare_vs_lora"
+TASKS = ("sentiment", "arithmetic", "geography")  # pipeline.data.synthetic generators
+QUICK = {"rounds": 3, "gen_rounds": 3}  # --quick: enough rounds to see that every phase works
+
+
+class Settings(Spec):
+    """bench/experiments/jare_vs_lora/<name>.yaml."""
+
+    name: str
+    """The file's stem: the results are bench/results/jare_vs_lora/<name>.json."""
+    model: str = "bundled:smollm2"
+    encoder: str = "bundled:all-minilm-l6-v2"
+    targets: list[str] = Field(default_factory=lambda: ["o_proj"], min_length=1)
+    """Modules that get JARe slots and the LoRA (the same for both)."""
+    rank: int = Field(8, ge=1)
+    slots: int = Field(4, ge=1)
+    """P, slots per task."""
+    top_k: int = Field(2, ge=1)
+    groups: int = Field(6, ge=1)
+    """DTKR key groups (must divide the encoder's dimension)."""
+    keys: Literal["learned", "random"] = "learned"
+    """learned: DTKR keys trained on 48 queries of each task; random: random keys (no key training)."""
+    batch: int = Field(8, ge=1)
+    seq_len: int = Field(64, ge=2)
+    warmup: int = Field(2, ge=0)
+    """Untimed training steps of each variant first."""
+    rounds: int = Field(9, ge=1)
+    """Timed training rounds (one step of each variant)."""
+    prompts: int = Field(8, ge=1)
+    new_tokens: int = Field(16, ge=1)
+    gen_warmup: int = Field(1, ge=0)
+    gen_rounds: int = Field(9, ge=1)
+    single_prompt: bool = True
+    """Also time one prompt, JARe merged into W vs the merged LoRA."""
+    min_rounds: int = Field(3, ge=1)
+    """Timed rounds each phase runs whatever the budget."""
+    budget_s: float = Field(270.0, gt=0)
+    """Wall-clock budget of the whole run: a phase stops adding rounds (beyond min_rounds) when the
+    next one would overrun; training gets ~60 % of it."""
+    seed: int = 0
+
+
+def load_settings(name: str) -> Settings:
+    return Settings.model_validate(runner.read_experiment(BENCH, name))
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="bundled:smollm2")
-    p.add_argument("--encoder", default="bundled:all-minilm-l6-v2")
-    p.add_argument("--targets", nargs="+", default=["o_proj"])
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--slots", type=int, default=4, help="P, slots per task")
-    p.add_argument("--top-k", type=int, default=2)
-    p.add_argument("--groups", type=int, default=6, help="DTKR key groups (must divide the encoder dim)")
-    p.add_argument("--keys", choices=["learned", "random"], default="learned")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=64)
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps of each variant first")
-    p.add_argument("--rounds", type=int, default=9, help="timed training rounds (one step of each variant)")
-    p.add_argument("--prompts", type=int, default=8)
-    p.add_argument("--new-tokens", type=int, default=16)
-    p.add_argument("--gen-warmup", type=int, default=1)
-    p.add_argument("--gen-rounds", type=int, default=9)
-    p.add_argument("--no-single", action="store_true", help="skip the single-prompt merged line")
-    p.add_argument("--min-rounds", type=int, default=3, help="timed rounds each phase runs whatever the budget")
-    p.add_argument("--budget-s", type=float, default=270.0,
-                   help="wall-clock budget of the whole script: a phase stops adding rounds (beyond "
-                        "--min-rounds) when the next one would overrun; training gets ~60%% of it")
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "jare_vs_lora.json")
+    p.add_argument("experiment", nargs="?", default="default",
+                   help="bench/experiments/jare_vs_lora/<name>.yaml (or a path to such a file)")
+    p.add_argument("--quick", action="store_true", help=f"{QUICK}; results go to <name>-quick.json")
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                   help="torch threads (default: the cores this process may use)")
+    p.add_argument("--results-dir", type=Path, default=runner.RESULTS)
     return p.parse_args(argv)
 
 
 # ---- setup -----------------------------------------------------------------------------------
 
 
-def build_jare(args, tasks: list[str]):
+def build_jare(settings: Settings, tasks: list[str]):
     import torch
 
     from pipeline.jare.inject import inject_jare
-    from pipeline.models import load_base_model
+    from pipeline.runtime.models import load_base_model
 
-    model = load_base_model(args.model, "float32", device=torch.device("cpu"))
-    bank = inject_jare(model, args.targets, args.rank, args.slots, torch.float32)
+    model = load_base_model(settings.model, "float32", device=torch.device("cpu"))
+    bank = inject_jare(model, settings.targets, settings.rank, settings.slots, torch.float32)
     for i, name in enumerate(tasks):
-        bank.add_task(name, seed=args.seed + i)
+        bank.add_task(name, seed=settings.seed + i)
         gen = torch.Generator().manual_seed(100 + i)
         with torch.no_grad():  # U starts at zero; give every slot a real (small) increment
             for u in bank.task_parameters(i)[0::2]:
@@ -128,15 +162,15 @@ def build_jare(args, tasks: list[str]):
     return model, bank, params, train_task
 
 
-def build_lora(args):
+def build_lora(settings: Settings):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from pipeline.models import load_base_model
+    from pipeline.runtime.models import load_base_model
 
-    model = load_base_model(args.model, "float32", device=torch.device("cpu"))
-    cfg = LoraConfig(r=args.rank, lora_alpha=args.rank, lora_dropout=0.0, target_modules=list(args.targets))
-    torch.manual_seed(args.seed)
+    model = load_base_model(settings.model, "float32", device=torch.device("cpu"))
+    cfg = LoraConfig(r=settings.rank, lora_alpha=settings.rank, lora_dropout=0.0, target_modules=list(settings.targets))
+    torch.manual_seed(settings.seed)
     peft_model = get_peft_model(model, cfg)
     with torch.no_grad():  # B starts at zero; make the merge below a real one
         for n, p in peft_model.named_parameters():
@@ -145,44 +179,44 @@ def build_lora(args):
     return peft_model, [p for p in peft_model.parameters() if p.requires_grad]
 
 
-def train_routing(args, train_task: int, hint: bool):
+def train_routing(settings: Settings, train_task: int, hint: bool):
     """Per-sample top-k of the training task's own slots, random but fixed (what slm train sets)."""
     import torch
 
     from pipeline.jare.routing import Routing
 
-    gen = torch.Generator().manual_seed(args.seed + 1)
-    local = torch.stack([torch.randperm(args.slots, generator=gen)[:args.top_k] for _ in range(args.batch)])
-    w = torch.rand(args.batch, args.top_k, generator=gen) + 0.1
-    return Routing(local + train_task * args.slots, w / w.sum(-1, keepdim=True), train_task if hint else None)
+    gen = torch.Generator().manual_seed(settings.seed + 1)
+    local = torch.stack([torch.randperm(settings.slots, generator=gen)[:settings.top_k] for _ in range(settings.batch)])
+    w = torch.rand(settings.batch, settings.top_k, generator=gen) + 0.1
+    return Routing(local + train_task * settings.slots, w / w.sum(-1, keepdim=True), train_task if hint else None)
 
 
-def build_store(args, tasks: list[str]):
+def build_store(settings: Settings, tasks: list[str]):
     """Encoder + KeyStore over every task, keys learned on each task's queries (or random)."""
     import torch
 
-    from data_prep.synthetic import get_generator
-    from pipeline.batching import queries
+    from pipeline.data.synthetic import get_generator
     from pipeline.dtkr.encoder import SentenceEncoder
     from pipeline.dtkr.keys import train_keys
     from pipeline.dtkr.store import KeyStore
+    from pipeline.prompts.batching import queries
 
-    encoder = SentenceEncoder(args.encoder)
-    store = KeyStore(encoder.dim, args.groups, args.slots, args.encoder)
+    encoder = SentenceEncoder(settings.encoder)
+    store = KeyStore(encoder.dim, settings.groups, settings.slots, settings.encoder)
     records = {}
     for i, name in enumerate(tasks):
-        recs = get_generator(name).generate(48 + args.prompts, seed=args.seed)
+        recs = get_generator(name).generate(48 + settings.prompts, seed=settings.seed)
         records[name] = recs[48:]  # held out: the prompts generated from
-        if args.keys == "learned":
+        if settings.keys == "learned":
             emb = encoder.encode(queries(recs[:48]))
-            keys, _ = train_keys(emb, args.slots, args.groups, lr=1e-3, weight_decay=0.01, grad_clip=0.1,
-                                 epochs=3, batch_size=16, mask_ratio=0.25, seed=args.seed + i, progress=False)
+            keys, _ = train_keys(emb, settings.slots, settings.groups, lr=1e-3, weight_decay=0.01, grad_clip=0.1,
+                                 epochs=3, batch_size=16, mask_ratio=0.25, seed=settings.seed + i, progress=False)
         else:
-            gen = torch.Generator().manual_seed(args.seed + i)
-            keys = torch.randn(args.slots, args.groups, encoder.dim // args.groups, generator=gen)
+            gen = torch.Generator().manual_seed(settings.seed + i)
+            keys = torch.randn(settings.slots, settings.groups, encoder.dim // settings.groups, generator=gen)
         store.add_task(name, keys)
     # the prompts: round-robin over the tasks, so one batch mixes them (per-sample routing matters)
-    prompts = [records[tasks[j % len(tasks)]][j // len(tasks)] for j in range(args.prompts)]
+    prompts = [records[tasks[j % len(tasks)]][j // len(tasks)] for j in range(settings.prompts)]
     return encoder, store, prompts
 
 
@@ -209,7 +243,7 @@ def alternate(variants: dict, warmup: int, rounds: int, min_rounds: int, deadlin
         log(f"  round {i + 1}/{rounds}: " + "  ".join(f"{k} {v[-1]:.3f}s" for k, v in wall.items()))
         took = time.perf_counter() - round_start
         if i + 1 < rounds and i + 1 >= min_rounds and time.perf_counter() + took > deadline:
-            log(f"  stopping after {i + 1} rounds: the next would pass the --budget-s deadline ({load_str()})")
+            log(f"  stopping after {i + 1} rounds: the next would pass the budget_s deadline ({load_str()})")
             break
     return {k: {"median_s": median(wall[k]), "cpu_median_s": median(cpu[k]), "samples_s": wall[k],
                 "cpu_samples_s": cpu[k]} for k in variants}
@@ -274,39 +308,45 @@ def load_str() -> str:
     return "load avg " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def main(argv=None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
+    """Run the experiment; its results record (as written)."""
     args = parse_args(argv)
+    settings = load_settings(args.experiment)
+    result_name = settings.name
+    if args.quick:  # a look at whether it works: fewer rounds, and its own results file
+        settings, result_name = settings.model_copy(update=QUICK), f"{settings.name}-quick"
+    threads = args.threads
     t_start = time.perf_counter()
     import torch
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    from pipeline.batching import encode_prompts_left_padded, queries
-    from pipeline.models import load_tokenizer
+    torch.set_num_threads(threads)
+    torch.manual_seed(settings.seed)
+    from pipeline.prompts.batching import encode_prompts_left_padded, queries
+    from pipeline.runtime.models import load_tokenizer
 
     tasks = list(TASKS)
     load_at_start = list(os.getloadavg())
-    if load_at_start[0] > args.threads:
-        log(f"WARNING: {load_str()} is above {args.threads} threads: other processes are using the cores, "
+    if load_at_start[0] > threads:
+        log(f"WARNING: {load_str()} is above {threads} threads: other processes are using the cores, "
             "wall times will be inflated and noisy (compare the cpu column and the paired ratios)")
-    log(f"threads={torch.get_num_threads()} cpus={os.cpu_count()} {load_str()}; loading 2 x {args.model}")
-    jare, bank, jare_params, train_task = build_jare(args, tasks)
-    lora, lora_params = build_lora(args)
-    tok = load_tokenizer(args.model)
+    log(f"threads={torch.get_num_threads()} cpus={os.cpu_count()} {load_str()}; loading 2 x {settings.model}")
+    jare, bank, jare_params, train_task = build_jare(settings, tasks)
+    lora, lora_params = build_lora(settings)
+    tok = load_tokenizer(settings.model)
     n_jare = sum(p.numel() for p in jare_params)
     n_lora = sum(p.numel() for p in lora_params)
-    log(f"JARe: {len(bank.layers)} layers, {len(tasks)} tasks x {args.slots} slots, rank {args.rank}, "
-        f"{n_jare} trainable (task {train_task}); LoRA: rank {args.rank}, {n_lora} trainable")
+    log(f"JARe: {len(bank.layers)} layers, {len(tasks)} tasks x {settings.slots} slots, rank {settings.rank}, "
+        f"{n_jare} trainable (task {train_task}); LoRA: rank {settings.rank}, {n_lora} trainable")
 
     # ---- (a) training step -------------------------------------------------------------------
-    gen = torch.Generator().manual_seed(args.seed)
-    ids = torch.randint(0, jare.config.vocab_size, (args.batch, args.seq_len), generator=gen)
+    gen = torch.Generator().manual_seed(settings.seed)
+    ids = torch.randint(0, jare.config.vocab_size, (settings.batch, settings.seq_len), generator=gen)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
     jare.train()
     lora.train()
     opt_j = torch.optim.AdamW(jare_params, lr=1e-4)
     opt_l = torch.optim.AdamW(lora_params, lr=1e-4)
-    r_task, r_all = train_routing(args, train_task, True), train_routing(args, train_task, False)
+    r_task, r_all = train_routing(settings, train_task, True), train_routing(settings, train_task, False)
 
     def jare_task():
         with bank.routed(r_task):
@@ -320,25 +360,27 @@ def main(argv=None) -> dict:
         train_step(lora, opt_l, batch)
 
     variants = {"jare_task": jare_task, "lora": lora_step, "jare_all": jare_all}
-    log(f"train: {args.warmup} warm-up + {args.rounds} timed rounds of {list(variants)}, "
-        f"batch {args.batch} x {args.seq_len} tokens")
-    train = alternate(variants, args.warmup, args.rounds, args.min_rounds, t_start + 0.6 * args.budget_s)
+    log(f"train: {settings.warmup} warm-up + {settings.rounds} timed rounds of {list(variants)}, "
+        f"batch {settings.batch} x {settings.seq_len} tokens")
+    train_deadline = t_start + 0.6 * settings.budget_s
+    train = alternate(variants, settings.warmup, settings.rounds, settings.min_rounds, train_deadline)
     train_ratio = train["jare_task"]["median_s"] / train["lora"]["median_s"]
 
     # ---- (b) generation ----------------------------------------------------------------------
-    log(f"generate: encoder + KeyStore ({args.keys} keys), merging LoRA ({load_str()})")
+    log(f"generate: encoder + KeyStore ({settings.keys} keys), merging LoRA ({load_str()})")
     jare.eval()
     bank.train_only(None)
     lora_merged = lora.merge_and_unload().eval()
-    encoder, store, prompts = build_store(args, tasks)
+    encoder, store, prompts = build_store(settings, tasks)
     from pipeline.config import DtkrSpec
     from pipeline.dtkr.router import Router
 
-    router = Router(store, encoder, DtkrSpec(groups=args.groups, top_k=args.top_k))  # what slm generate routes with
+    # what slm generate routes with
+    router = Router(store, encoder, DtkrSpec(groups=settings.groups, top_k=settings.top_k))
     fmt = "chat_template"
     enc = encode_prompts_left_padded(tok, fmt, prompts, 512)
     texts = queries(prompts)
-    gen_kw = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "do_sample": False,
+    gen_kw = {"max_new_tokens": settings.new_tokens, "min_new_tokens": settings.new_tokens, "do_sample": False,
               "pad_token_id": tok.pad_token_id}
     pieces: dict[str, list[float]] = {"retrieve": [], "generate_routed": []}
     routed_slots: list = []
@@ -354,7 +396,7 @@ def main(argv=None) -> dict:
         pieces["retrieve"].append(t1 - t0)
         pieces["generate_routed"].append(t2 - t1)
         routed_slots[:] = routing.slot_ids.tolist()
-        assert out.shape[1] == enc["input_ids"].shape[1] + args.new_tokens
+        assert out.shape[1] == enc["input_ids"].shape[1] + settings.new_tokens
 
     @torch.no_grad()
     def jare_gen_nocache():
@@ -371,7 +413,7 @@ def main(argv=None) -> dict:
     @torch.no_grad()
     def lora_gen():
         out = lora_merged.generate(**enc, **gen_kw)
-        assert out.shape[1] == enc["input_ids"].shape[1] + args.new_tokens
+        assert out.shape[1] == enc["input_ids"].shape[1] + settings.new_tokens
 
     one = {k: v[:1] for k, v in enc.items()}
     one_text = texts[:1]
@@ -387,26 +429,28 @@ def main(argv=None) -> dict:
         lora_merged.generate(**one, **gen_kw)
 
     gvariants = {"jare_routed": jare_gen, "lora_merged": lora_gen, "jare_routed_nocache": jare_gen_nocache}
-    if not args.no_single:
+    if settings.single_prompt:
         gvariants |= {"jare_merged_1": jare_single_merged, "lora_merged_1": lora_single}
-    log(f"generate: {args.gen_warmup} warm-up + {args.gen_rounds} timed rounds of {list(gvariants)}, "
-        f"{args.prompts} prompts (left padded to {enc['input_ids'].shape[1]} tokens), {args.new_tokens} new tokens")
-    generate = alternate(gvariants, args.gen_warmup, args.gen_rounds, args.min_rounds, t_start + args.budget_s)
+    log(f"generate: {settings.gen_warmup} warm-up + {settings.gen_rounds} timed rounds of {list(gvariants)}, "
+        f"{settings.prompts} prompts (left padded to {enc['input_ids'].shape[1]} tokens), "
+        f"{settings.new_tokens} new tokens")
+    generate = alternate(gvariants, settings.gen_warmup, settings.gen_rounds, settings.min_rounds,
+                         t_start + settings.budget_s)
     skip = len(pieces["retrieve"]) - len(generate["jare_routed"]["samples_s"])  # the warm-up calls
     generate |= {k: {"median_s": median(v[skip:]), "samples_s": v[skip:]} for k, v in pieces.items()}
     lora_g = generate["lora_merged"]["median_s"]
     gen_ratio = generate["jare_routed"]["median_s"] / lora_g
-    truth = [j % len(tasks) for j in range(args.prompts)]  # the round-robin above
+    truth = [j % len(tasks) for j in range(settings.prompts)]  # the round-robin above
 
     # ---- (c) one decode step: the side branch's own cost, without generate() or retrieval ----------
-    step_routing = store.route(encoder.encode(texts), args.top_k)
-    svariants = {"jare_step": lambda: decode_step_s(jare, bank, step_routing, enc, args.new_tokens),
-                 "lora_step": lambda: decode_step_s(lora_merged, None, None, enc, args.new_tokens),
-                 "jare_step_nocache": lambda: decode_step_s(jare, bank, step_routing, enc, args.new_tokens, False)}
-    log(f"decode step: median of {args.new_tokens} KV-cached steps per call, {list(svariants)}")
-    steps = alternate_values(svariants, args.gen_rounds)
+    step_routing = store.route(encoder.encode(texts), settings.top_k)
+    svariants = {"jare_step": lambda: decode_step_s(jare, bank, step_routing, enc, settings.new_tokens),
+                 "lora_step": lambda: decode_step_s(lora_merged, None, None, enc, settings.new_tokens),
+                 "jare_step_nocache": lambda: decode_step_s(jare, bank, step_routing, enc, settings.new_tokens, False)}
+    log(f"decode step: median of {settings.new_tokens} KV-cached steps per call, {list(svariants)}")
+    steps = alternate_values(svariants, settings.gen_rounds)
     step_ratio = steps["jare_step"]["median_s"] / steps["lora_step"]["median_s"]
-    top1_ok = sum(s[0] // args.slots == t for s, t in zip(routed_slots, truth, strict=True)) / len(truth)
+    top1_ok = sum(s[0] // settings.slots == t for s, t in zip(routed_slots, truth, strict=True)) / len(truth)
 
     # ---- report ------------------------------------------------------------------------------
     rows = [
@@ -422,7 +466,7 @@ def main(argv=None) -> dict:
         ("decode step", "JARe routed, branch cache off", steps["jare_step_nocache"], steps["lora_step"]),
         ("decode step", "LoRA merged", steps["lora_step"], steps["lora_step"]),
     ]
-    if not args.no_single:
+    if settings.single_prompt:
         one_ref = generate["lora_merged_1"]
         rows += [("generate 1", "JARe retrieve + merge W (bank.merged)", generate["jare_merged_1"], one_ref),
                  ("generate 1", "LoRA merged", one_ref, one_ref)]
@@ -433,21 +477,20 @@ def main(argv=None) -> dict:
                if "cpu_median_s" in st else "")
         print(f"{section:<11} {name:<38} {st['median_s']:>8.3f} {st['median_s'] / ref['median_s']:>7.3f} {cpu}")
     n_train, n_gen = len(train["lora"]["samples_s"]), len(generate["lora_merged"]["samples_s"])
-    print(f"(medians of {n_train} train / {n_gen} generate rounds, alternating; train b={args.batch} x "
-          f"{args.seq_len} tokens; generate {args.prompts} prompts x {args.new_tokens} new tokens, retrieval "
-          f"top-1 task accuracy {top1_ok:.2f}; {torch.get_num_threads()} threads, {load_str()}; "
+    print(f"(medians of {n_train} train / {n_gen} generate rounds, alternating; train b={settings.batch} x "
+          f"{settings.seq_len} tokens; generate {settings.prompts} prompts x {settings.new_tokens} new tokens, "
+          f"retrieval top-1 task accuracy {top1_ok:.2f}; {torch.get_num_threads()} threads, {load_str()}; "
           f"total {time.perf_counter() - t_start:.0f} s)")
     train_paired = paired(train["jare_task"], train["lora"])
     gen_paired = paired(generate["jare_routed"], generate["lora_merged"])
     print(f"(median of per-round JARe/LoRA ratios: train {train_paired:.3f}, generate {gen_paired:.3f})")
 
-    result = {
-        "run_info": {"script": "bench/jare_vs_lora.py", "argv": sys.argv[1:],
-                     "args": {k: (_rel(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                     "jare_trainable_params": n_jare, "lora_trainable_params": n_lora,
-                     "prompt_tokens_padded": int(enc["input_ids"].shape[1]), "tasks": tasks,
-                     "retrieval_top1_task_accuracy": top1_ok, "rounds": {"train": n_train, "generate": n_gen},
-                     "load_avg_at_start": load_at_start, "total_s": time.perf_counter() - t_start},
+    run = {**runner.run_info(), "name": result_name, "settings": settings.model_dump(mode="json"), "threads": threads,
+           "jare_trainable_params": n_jare, "lora_trainable_params": n_lora,
+           "prompt_tokens_padded": int(enc["input_ids"].shape[1]), "tasks": tasks,
+           "retrieval_top1_task_accuracy": top1_ok, "rounds": {"train": n_train, "generate": n_gen},
+           "load_avg_at_start": load_at_start, "total_s": time.perf_counter() - t_start}
+    sections = {
         "train_info": {"train_step": train, "train_step_ratio": train_ratio,
                        "train_step_ratio_all_tasks": train["jare_all"]["median_s"] / train["lora"]["median_s"],
                        "train_step_cpu_ratio": train["jare_task"]["cpu_median_s"] / train["lora"]["cpu_median_s"],
@@ -461,35 +504,15 @@ def main(argv=None) -> dict:
         "decode_step_info": {"decode_step": steps, "decode_step_ratio": step_ratio,
                              "decode_step_ratio_cache_off": steps["jare_step_nocache"]["median_s"]
                              / steps["lora_step"]["median_s"]},
-        "meta_info": meta_info(torch),
     }
-    if not args.no_single:
-        result["generate_info"]["single_prompt_merged_ratio"] = (
+    if settings.single_prompt:
+        sections["generate_info"]["single_prompt_merged_ratio"] = (
             generate["jare_merged_1"]["median_s"] / generate["lora_merged_1"]["median_s"])
-    from pipeline.artifacts import atomic_write_json
-
-    atomic_write_json(args.json, result)
-    log(f"wrote {args.json}")
+    meta = {**runner.meta_info(), "mkldnn": torch.backends.mkldnn.is_available()}
+    path = runner.write_result(BENCH, result_name, sections, run, meta, results=args.results_dir)
+    log(f"wrote {path}")
     print(f"train_step_ratio={train_ratio:.3f} generate_ratio={gen_ratio:.3f}")
-    return result
-
-
-def _rel(path: Path) -> str:
-    path = path.resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
-def meta_info(torch) -> dict:
-    import faiss
-    import peft
-    import transformers
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "faiss": faiss.__version__, "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "cpus_usable": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
-            "mkldnn": torch.backends.mkldnn.is_available(), "load_avg_at_end": list(os.getloadavg()),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return {"run_info": run, "meta_info": meta, **sections}
 
 
 if __name__ == "__main__":

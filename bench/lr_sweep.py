@@ -1,24 +1,20 @@
 """One learning-rate sweep, run the same way for every method; the sweep is kept as data.
 
-    python bench/lr_sweep.py -c default.yaml                     # every method, ~3 points each
-    python bench/lr_sweep.py -c default.yaml --methods seq_lora,o_lora
-    python bench/lr_sweep.py -c cl_benchmark_cpu.yaml --order order1 --methods slm,o_lora data_root=...
+    python bench/lr_sweep.py cl_benchmark_cpu-order1                   # every method it lists
+    python bench/lr_sweep.py cl_benchmark_cpu-order1 --methods slm,o_lora
 
-Each method family has its own learning-rate knob (README "Fairness"): JARe `train.lr`, the LoRA
-family `train.lora_lr`, full fine-tuning `train.ft_lr`. Every method gets the same rule: a
-three-point geometric grid around its family's default (x1/3 .. x3, or x1/5 .. x4 for the LoRA
-family, whose default sits between two values seen in practice), extended by the grid's own
-ratio on any side where the best point lies at the edge, until the final AA turns down there
-(at most MAX_EXTENSIONS steps a side). Each point is run with `bench/cl_methods.py`'s runner into
-<output_dir>/sweep/<knob>-<value>/, and the value with the best final AA (ties: lower
-forgetting) is the method's pick. The rule is the same for every method and is applied to the
-test-split scores of this small benchmark; that is a tuning-on-test caveat the README states.
-oracle_task_id uses slm's slots, so it takes slm's pick. Points already recorded with the same
-config hash and task orders are not rerun; a point whose config bench/results/cl-<exp>-<m>.json
-holds for (at least) the same orders is read from that file. Writes
-bench/results/lr_sweep-<experiment>.json (lr_sweep-<experiment>-<order>.json with --order) and
-its table as .md next to it (the README's `lr-sweep` block); the last line is
-`picks: <method>=<value> ...`.
+The sweep experiment bench/experiments/lr_sweep/<name>.yaml names a bench/cl_methods.py
+experiment, the task order and the methods. Each method declares the option a sweep turns
+(`Method.sweep_key`, `methods.<name>.lr`), and every method gets the same rule: a three-point
+geometric grid around its option's default d (d/5, d, 4d), extended by the grid's own ratio on
+any side where the best point lies at the edge, until the final AA turns down there (at most
+MAX_EXTENSIONS steps a side). Each point runs through bench/cl_methods.py's runner into
+<output_dir>/sweep/<method>-<value>/; the value with the best final AA (ties: lower forgetting) is
+the method's pick. The rule is applied to the test-split scores of this small benchmark: a
+tuning-on-test caveat the docs state. oracle_task_id routes slm's slots, so it takes slm's pick.
+A point recorded for the same config and code is not rerun. Writes
+bench/results/lr_sweep/<name>.json (section `sweep`: the rule, grids, points, picks) after every
+point; the last line is `picks: <method>=<value> ...`.
 """
 
 from __future__ import annotations
@@ -30,79 +26,70 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.cl_methods import (  # noqa: E402
-    RESULTS,
-    config_sha256,
-    recorded_orders,
-    result_record,
-    results_path,
-    run_method,
-    runs_of,
-)
-from bench.provenance import run_provenance  # noqa: E402
-from pipeline.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.layout import RunLayout  # noqa: E402
+from bench.cl_methods import BenchExperiment, config_sha256, run_method  # noqa: E402
+from bench.runner import RESULTS, method_fingerprint, read_experiment, result_path, write_result  # noqa: E402
 from pipeline.methods import METHOD_NAMES, get_method  # noqa: E402
-from pipeline.methods.jare import JareMethod  # noqa: E402
-from pipeline.methods.lora import LoraMethod  # noqa: E402
+from pipeline.state.layout import RunLayout  # noqa: E402
 
-GRIDS = {"lr": (3e-4, 1e-3, 3e-3), "lora_lr": (1e-3, 5e-3, 2e-2), "ft_lr": (1e-5, 3e-5, 1e-4)}
+BENCH = "lr_sweep"
+GRID_RATIOS = (1 / 5, 1.0, 4.0)  # the base grid around a method's default learning rate
 MAX_EXTENSIONS = 3  # grid steps a sweep may add past each end of its base grid
+RULE = ("max final AA, ties: lower forgetting; the same rule for every method: the grid (d/5, d, 4d) around its "
+        f"default d, extended by its ratio past an edge while the best is there (at most {MAX_EXTENSIONS} a side)")
 
 
-def knob(method: str) -> str:
+def grid(method: str) -> tuple[float, ...]:
+    """The base grid of `method`'s sweep option, around its default."""
     m = get_method(method)
-    return "lr" if isinstance(m, JareMethod) else "lora_lr" if isinstance(m, LoraMethod) else "ft_lr"
+    default = m.Options.model_fields[m.sweep_key].default
+    return tuple(_round(default * r) for r in GRID_RATIOS)
 
 
-def sweep_point(args: argparse.Namespace, method: str, key: str, value: float, done: dict) -> dict:
-    base = load_config(args.config, args.overrides)
-    overrides = [*args.overrides, f"train.{key}={value}",
-                 f"output_dir={Path(base.output_dir) / 'sweep' / f'{key}-{value:g}'}"]
-    cfg = load_config(args.config, [*overrides, f"method={method}"])
-    digest = config_sha256(cfg)
-    orders = [name or "as_listed" for name, _ in runs_of(cfg, args.order)]
-    if point_key(digest, orders) in done:
-        return done[point_key(digest, orders)]
-    main_results = results_path(args.results_dir, base.name, method)
-    recorded = recorded_orders(main_results, digest)  # the same config, run by cl_methods
-    if all(o in recorded for o in orders):
-        record = result_record(cfg, method, {o: recorded[o] for o in orders})
-    else:
-        record = run_method(argparse.Namespace(config=args.config, overrides=overrides, order=args.order), method)
+def override(method: str, value: float) -> str:
+    m = get_method(method)
+    return f"methods.{m.section}.{m.sweep_key}={value}"
+
+
+def sweep_point(bench: BenchExperiment, order: str, method: str, value: float, done: dict) -> dict:
+    base = bench.load(method)
+    point = bench.with_overrides([override(method, value),
+                                  f"output_dir={Path(base.output_dir) / 'sweep' / f'{method}-{value:g}'}"])
+    cfg = point.load(method)
+    key = point_key(config_sha256(cfg), method_fingerprint(method)["sha256"], order)
+    if key in done:
+        return done[key]
+    record = run_method(point, method, order)
     m = record["metrics"]
-    return {"method": method, "knob": f"train.{key}", "value": value, "config_sha256": digest, "orders": orders,
-            "AA": m["AA"], "BWT": m["BWT"], "forgetting": m["forgetting"], "wall_s": record["train_info"]["wall_s"],
+    return {"method": method, "knob": f"methods.{get_method(method).section}.{get_method(method).sweep_key}",
+            "value": value, "key": key, "orders": [order], "AA": m["AA"], "BWT": m["BWT"],
+            "forgetting": m["forgetting"], "wall_s": record["train_info"]["wall_s"],
             "matrix": {name: run["matrix"] for name, run in m["per_order"].items()},
-            "output_dir": str(RunLayout.of(cfg).base), "commit": record["run_info"]["commit"],
-            # The file's run_info is the last invocation; a sweep may be several (one per method).
-            "sweep_command": run_provenance()["command"]}
+            "output_dir": str(RunLayout.of(cfg).base), "run_info": record["run_info"]}
 
 
-def next_value(values: list[float], points: dict[float, dict], grid: tuple[float, ...]) -> float | None:
+def point_key(digest: str, code: str, order: str) -> str:
+    """A sweep point is one config, made by one code, on one task order."""
+    return f"{digest}:{code}@{order}"
+
+
+def next_value(values: list[float], points: dict[float, dict], base: tuple[float, ...]) -> float | None:
     """The value to run next under the sweep rule, or None when the sweep of this method is done:
     the base grid first; then one grid ratio past an edge whose point is the best so far (so the
     final AA has not turned down on that side yet), at most MAX_EXTENSIONS steps a side."""
-    for value in grid:
+    for value in base:
         if value not in points:
             return value
     best = pick(list(points.values()))["value"]
     low, high = min(values), max(values)
-    if best == low and low > grid[0] / (grid[1] / grid[0]) ** MAX_EXTENSIONS * 1.0001:
-        return _round(low * grid[0] / grid[1])
-    if best == high and high < grid[-1] * (grid[-1] / grid[-2]) ** MAX_EXTENSIONS * 0.9999:
-        return _round(high * grid[-1] / grid[-2])
+    if best == low and low > base[0] / (base[1] / base[0]) ** MAX_EXTENSIONS * 1.0001:
+        return _round(low * base[0] / base[1])
+    if best == high and high < base[-1] * (base[-1] / base[-2]) ** MAX_EXTENSIONS * 0.9999:
+        return _round(high * base[-1] / base[-2])
     return None
 
 
 def _round(value: float) -> float:
     return float(f"{value:.3g}")
-
-
-def point_key(digest: str, orders: list[str]) -> str:
-    """A sweep point is one config on one set of task orders (the config hash has no order in it)."""
-    return f"{digest}@{','.join(orders)}"
 
 
 def pick(points: list[dict]) -> dict:
@@ -116,63 +103,59 @@ def picks_of(points: list[dict]) -> dict[str, dict]:
     return {m: pick(pts) for m, pts in by_method.items()}
 
 
-def markdown(result: dict, source: Path) -> str:
+def markdown(sweep: dict, source: str) -> str:
     """One row per sweep point, grouped by method; the method's pick is marked."""
-    picked = {id(pt) for pt in picks_of(result["points"]).values()}
-    lines = ["| method | knob | value | AA ↑ | BWT ↑ | forgetting ↓ | wall s | pick |",
+    picked = {id(pt) for pt in picks_of(sweep["points"]).values()}
+    lines = ["| method | option | value | AA ↑ | BWT ↑ | forgetting ↓ | wall s | pick |",
              "|---|---|---|---|---|---|---|---|"]
     # Registry order; a method no longer registered (an old results file) sorts last, by name.
     rank = {m: i for i, m in enumerate(METHOD_NAMES)}
-    for pt in sorted(result["points"], key=lambda pt: (rank.get(pt["method"], len(rank)), pt["method"], pt["value"])):
+    for pt in sorted(sweep["points"], key=lambda pt: (rank.get(pt["method"], len(rank)), pt["method"], pt["value"])):
         forgetting = "n/a" if pt["forgetting"] is None else f"{pt['forgetting']:.3f}"
         lines.append(f"| `{pt['method']}` | `{pt['knob']}` | {pt['value']:g} | {pt['AA']:.3f} | {pt['BWT']:+.3f} | "
                      f"{forgetting} | {pt['wall_s']:.0f} | {'yes' if id(pt) in picked else ''} |")
-    orders = sorted({o for pt in result["points"] for o in pt.get("orders", [])})
-    lines += ["", f"rule: {result['rule']}; orders: {', '.join(orders)}; "
-                  f"from bench/results/{source.name}"]
+    orders = sorted({o for pt in sweep["points"] for o in pt.get("orders", [])})
+    lines += ["", f"rule: {sweep['rule']}; orders: {', '.join(orders)}; from {source}"]
     return "\n".join(lines) + "\n"
 
 
-def write(out: Path, result: dict) -> None:
-    atomic_write_json(out, result)
-    atomic_write_text(out.with_suffix(".md"), markdown(result, out))
-
-
-def sweep_result(name: str, points: list[dict]) -> dict:
+def sweep_section(points: list[dict], methods: list[str]) -> dict:
     picks = picks_of(points)
-    return {"experiment": name,
-            "rule": "max final AA, ties: lower forgetting; the same rule per family: a 3-point geometric grid, "
-                    f"extended by its ratio past an edge while the best is there (at most {MAX_EXTENSIONS} a side)",
-            "grids": {f"train.{k}": list(v) for k, v in GRIDS.items()}, "points": points,
-            "picks": {m: {"knob": pt["knob"], "value": pt["value"], "AA": pt["AA"]} for m, pt in picks.items()},
-            "run_info": run_provenance()}
+    return {"rule": RULE, "grids": {m: list(grid(m)) for m in methods}, "points": points,
+            "picks": {m: {"knob": pt["knob"], "value": pt["value"], "AA": pt["AA"]} for m, pt in picks.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("-c", "--config", default="default.yaml")
-    p.add_argument("--methods", default=",".join(m for m in METHOD_NAMES if m != "oracle_task_id"))
+    p.add_argument("experiment", help="bench/experiments/lr_sweep/<name>.yaml (or a path to such a file)")
+    p.add_argument("--methods", help="comma-separated subset of the experiment's methods")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
-    p.add_argument("--order", metavar="NAME", help="sweep on one of the experiment's task orders (default: all)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = p.parse_args(argv)
-    name = load_config(args.config, args.overrides).name
-    out = args.results_dir / f"lr_sweep-{name}{f'-{args.order}' if args.order else ''}.json"
-    previous = json.loads(out.read_text()) if out.is_file() else {"points": []}
-    done = {point_key(pt["config_sha256"], pt.get("orders", [])): pt for pt in previous["points"]}
-    orders = [n or "as_listed" for n, _ in runs_of(load_config(args.config, args.overrides), args.order)]
-    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        key = knob(method)
-        mine = {pt["value"]: pt for pt in done.values() if pt["method"] == method and pt.get("orders") == orders}
-        while (value := next_value(list(mine), mine, GRIDS[key])) is not None:
-            point = sweep_point(args, method, key, value, done)
-            done[point_key(point["config_sha256"], point["orders"])] = mine[value] = point
-            print(f"[{method}] train.{key}={value:g}: AA {point['AA']:.3f}, forgetting {point['forgetting']}",
+    settings = read_experiment(BENCH, args.experiment)
+    bench = BenchExperiment.read(settings["experiment"], args.overrides)
+    # A method that reads another's options (oracle_task_id: slm's slots) takes that one's pick.
+    own = [m for m in METHOD_NAMES if get_method(m).section == m]
+    order, methods = settings["order"], settings.get("methods") or own
+    if args.methods:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    out = result_path(BENCH, settings["name"], args.results_dir)
+    previous = json.loads(out.read_text())["sweep"]["points"] if out.is_file() else []
+    done = {pt["key"]: pt for pt in previous}
+    for method in methods:
+        mine = {pt["value"]: pt for pt in done.values() if pt["method"] == method and pt["key"].endswith(f"@{order}")
+                and pt["key"] == point_key(config_sha256(bench.with_overrides([override(method, pt["value"])]).load(
+                    method)), method_fingerprint(method)["sha256"], order)}
+        while (value := next_value(list(mine), mine, grid(method))) is not None:
+            point = sweep_point(bench, order, method, value, done)
+            done[point["key"]] = mine[value] = point
+            print(f"[{method}] {point['knob']}={value:g}: AA {point['AA']:.3f}, forgetting {point['forgetting']}",
                   flush=True)
-            write(out, sweep_result(name, list(done.values())))  # after every point: an interruption keeps them
-    result = sweep_result(name, list(done.values()))
-    write(out, result)
-    print("picks: " + " ".join(f"{m}={pt['value']:g}" for m, pt in result["picks"].items()))
+            write_result(BENCH, settings["name"], {"sweep": sweep_section(list(done.values()), methods)},
+                         results=args.results_dir)  # after every point: an interruption keeps them
+    sweep = sweep_section(list(done.values()), methods)
+    write_result(BENCH, settings["name"], {"sweep": sweep}, results=args.results_dir)
+    print("picks: " + " ".join(f"{m}={pt['value']:g}" for m, pt in sweep["picks"].items()))
     return 0
 
 

@@ -1,13 +1,14 @@
-"""Plan vs measured: peak memory of one real training step against pipeline.plan's estimate.
+"""Plan vs measured: peak memory of one real training step against pipeline.planning.memory's estimate.
 
-    python bench/plan_vs_measured.py                      # random ~34M LLaMA, checkpointing off and on
-    python bench/plan_vs_measured.py --dtype bfloat16     # the GPU path's dtype (fp32 norm copies, fp32 loss)
-    python bench/plan_vs_measured.py --model smollm2      # SmolLM2-135M's shape (GQA), random weights
-    python bench/plan_vs_measured.py --method full_ft --json bench/results/plan_vs_measured-random-full_ft.json
+    python bench/plan_vs_measured.py                      # random-float32: ~34M LLaMA, checkpointing off and on
+    python bench/plan_vs_measured.py random-bfloat16      # the GPU path's dtype (fp32 norm copies, fp32 loss)
+    python bench/plan_vs_measured.py smollm2-float32      # SmolLM2-135M's shape (GQA), random weights
+    python bench/plan_vs_measured.py random-full_ft       # seq_ft's full fine-tuning
 
---method jare (default): a frozen LLaMA with JARe slots on o_proj (pipeline.jare: T tasks x P
-slots resident, task T-1's P slots trainable, AdamW) runs two steps on CPU; the second runs with
-the optimizer state resident, as under DeepSpeed. --method full_ft: seq_ft's full fine-tuning
+Settings: bench/experiments/plan_vs_measured/<name>.yaml (`Settings` below). method jare: a
+frozen LLaMA with JARe slots on o_proj (pipeline.jare: T tasks x P slots resident, task T-1's P
+slots trainable, AdamW) runs two steps on CPU; the second runs with the optimizer state
+resident, as under DeepSpeed. method full_ft: seq_ft's full fine-tuning
 (every decoder linear trainable, chosen by pipeline.methods.seq_ft.mark_trainable), fp32 only
 (torch's AdamW keeps no fp32 master copy of bf16 weights, so bf16 would not be DeepSpeed's
 18 B/param); each of the two steps accumulates two micro-batches, as train.grad_accum does, so
@@ -18,7 +19,7 @@ built: tracemalloc does not see torch's allocations, and torch keeps no CPU allo
 glibc's dynamic mmap threshold is pinned (MALLOC_MMAP_THRESHOLD_) so that freed tensors go back
 to the OS instead of fragmenting the heap, which would inflate RSS above what is live.
 
-The plan side is `pipeline.plan.estimate` for the same shape, dtype and method with on_gpu=False
+The plan side is `pipeline.planning.memory.estimate` for the same shape, dtype and method with on_gpu=False
 under ZeRO-0: weights + adapters + optimizer + activations, without the GPU-only terms (CUDA
 context, ZeRO buckets, fragmentation, encoder).
 
@@ -31,6 +32,10 @@ Results on 2 shared cores (plan / measured; b x s = 4 x 256 unless noted), no fi
 (full_ft without the trained linears' saved inputs in the plan: 0.764 / 0.859 = 0.89.)
 With checkpointing ~12-14 MiB stay unexplained at this size (the saved tensors match the plan
 exactly, per saved_tensors_hooks; the rest is RSS that is no tensor); on a 70B step it is noise.
+
+Writes bench/results/plan_vs_measured/<name>.json through bench.runner: section `results`, one
+entry per checkpointing setting (the plan's terms in GiB, the measured GiB, their ratio, seconds
+per step); run_info adds the settings.
 """
 
 from __future__ import annotations
@@ -43,11 +48,51 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from pydantic import Field, model_validator
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/x.py` puts bench/ on sys.path
+
+from bench import runner  # noqa: E402
+from pipeline.spec import Spec  # noqa: E402
+
+runner.preamble()
+
+BENCH = "plan_vs_measured"
 GIB = 2**30
+
+
+class Settings(Spec):
+    """bench/experiments/plan_vs_measured/<name>.yaml."""
+
+    name: str
+    """The file's stem: the results are bench/results/plan_vs_measured/<name>.json."""
+    model: Literal["random", "smollm2"] = "random"
+    """random: a ~34M-parameter LLaMA; smollm2: SmolLM2-135M's shape (GQA). Random weights either way."""
+    method: Literal["jare", "full_ft"] = "jare"
+    """full_ft: seq_ft's full fine-tuning (fp32 only, 2 micro-batches per step)."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """bfloat16 checks the GPU-path terms (fp32 norm copies, fp32 loss) on CPU."""
+    batch: int = Field(4, ge=1)
+    seq: int = Field(256, gt=8)
+    rank: int = Field(8, ge=1)
+    slots: int = Field(4, ge=1)
+    tasks: int = Field(3, ge=1)
+    threads: int = Field(2, ge=1)
+    checkpointing: list[bool] = Field(default_factory=lambda: [False, True], min_length=1)
+    """The gradient-checkpointing settings measured, one step each, in this order."""
+
+    @model_validator(mode="after")
+    def _full_ft_is_fp32(self) -> Settings:
+        if self.method == "full_ft" and self.dtype != "float32":
+            raise ValueError("method full_ft measures fp32 only: torch's AdamW keeps no fp32 master copy of bf16 "
+                             "weights, so a bf16 step would not be the 18 B/param the plan charges")
+        return self
+
+
+def load_settings(name: str) -> Settings:
+    return Settings.model_validate(runner.read_experiment(BENCH, name))
 
 
 def bench_config(model: str):
@@ -55,7 +100,7 @@ def bench_config(model: str):
     from transformers import LlamaConfig
 
     if model == "smollm2":
-        from pipeline.model_shapes import config_for
+        from pipeline.planning.shapes import config_for
 
         return config_for("bundled:smollm2")
     return LlamaConfig(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
@@ -83,42 +128,42 @@ def _batch(vocab: int, batch: int, seq: int):
     return ids, mask, labels
 
 
-def _jare_params(model, args: argparse.Namespace, batch: int) -> list:
+def _jare_params(model, settings: Settings, batch: int) -> list:
     """JARe slots of T tasks on o_proj, routed to the last task's, whose P slots train."""
     from pipeline.jare.inject import inject_jare
     from pipeline.jare.routing import Routing
 
-    bank = inject_jare(model, ["o_proj"], args.rank, args.slots, dtype=model.dtype)
-    for t in range(args.tasks):
+    bank = inject_jare(model, ["o_proj"], settings.rank, settings.slots, dtype=model.dtype)
+    for t in range(settings.tasks):
         bank.add_task(f"task{t}", seed=t)
-    params = bank.train_only(args.tasks - 1)
-    bank.set_routing(Routing.single_task(args.tasks - 1, args.slots, batch))
+    params = bank.train_only(settings.tasks - 1)
+    bank.set_routing(Routing.single_task(settings.tasks - 1, settings.slots, batch))
     return params
 
 
-def micro_batches(args: argparse.Namespace) -> int:
-    return 2 if args.method == "full_ft" else 1
+def micro_batches(settings: Settings) -> int:
+    return 2 if settings.method == "full_ft" else 1
 
 
-def _train_steps(config, args: argparse.Namespace, batch: int, seq: int, steps: int) -> float:
+def _train_steps(config, settings: Settings, checkpointing: bool, batch: int, seq: int, steps: int) -> float:
     """Build the model, set up the method's trainable parameters and run `steps` AdamW steps of
-    `micro_batches(args)` micro-batches each; seconds per step."""
+    `micro_batches(settings)` micro-batches each; seconds per step."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from pipeline.methods.seq_ft import mark_trainable
 
     ids, mask, labels = _batch(config.vocab_size, batch, seq)
-    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, args.dtype))  # random weights
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, settings.dtype))  # random weights
     model.requires_grad_(False)
     model.train()
-    if args.checkpointing:
+    if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    params = mark_trainable(model, None) if args.method == "full_ft" else _jare_params(model, args, batch)
+    params = mark_trainable(model, None) if settings.method == "full_ft" else _jare_params(model, settings, batch)
     optimizer = torch.optim.AdamW(params, lr=1e-3)
     start = time.perf_counter()
     for _ in range(steps):
-        for _ in range(micro_batches(args)):
+        for _ in range(micro_batches(settings)):
             out = model(input_ids=ids, attention_mask=mask, labels=labels)  # `out` keeps the logits alive
             out.loss.backward()  # adds to the previous micro-batch's gradients
             del out
@@ -127,101 +172,91 @@ def _train_steps(config, args: argparse.Namespace, batch: int, seq: int, steps: 
     return (time.perf_counter() - start) / steps
 
 
-def measure(args: argparse.Namespace) -> dict:
+def measure(settings: Settings, checkpointing: bool) -> dict:
     """Runs in the child process: warm up, then build, inject JARe, two AdamW steps; RSS growth."""
     import torch
     from transformers import LlamaConfig
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(settings.threads)
     torch.manual_seed(0)
-    config = bench_config(args.model)
+    config = bench_config(settings.model)
     # A throwaway 1-layer model runs one step first: the first step imports modules lazily and
     # starts thread pools (~50 MiB of RSS that is no tensor); that must not count as activations.
     tiny = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                        num_attention_heads=4, num_key_value_heads=4, pad_token_id=0)
-    _train_steps(tiny, args, 2, 16, 1)
+    _train_steps(tiny, settings, checkpointing, 2, 16, 1)
     import_peak, baseline = _peak_bytes(), _rss_bytes()
-    step_s = _train_steps(config, args, args.batch, args.seq, 2)
+    step_s = _train_steps(config, settings, checkpointing, settings.batch, settings.seq, 2)
     return {"baseline": baseline, "peak": _peak_bytes(), "import_peak": import_peak, "step_s": step_s}
 
 
-def planned(args: argparse.Namespace) -> dict[str, float]:
-    """pipeline.plan's CPU-equivalent estimate for the same model and step, in GiB."""
-    from pipeline.model_shapes import shape_from_config
-    from pipeline.plan import Workload, estimate, shipped_mode
-    from pipeline.plan_methods import full_ft_load
+def planned(settings: Settings, checkpointing: bool) -> dict[str, float]:
+    """pipeline.planning.memory's CPU-equivalent estimate for the same model and step, in GiB."""
+    from pipeline.methods.loads import full_ft_load
+    from pipeline.planning.memory import Workload, estimate, shipped_mode
+    from pipeline.planning.shapes import shape_from_config
 
-    shape = shape_from_config(args.model, bench_config(args.model), ["o_proj"], args.rank)
-    work_bytes = 2 if args.dtype == "bfloat16" else 4
-    work = Workload(tasks=args.tasks, slots_per_task=args.slots, slots_gathered=args.slots,
-                    micro_batch=args.batch, seq_len=args.seq, nodes=1, gpus_per_node=1,
+    shape = shape_from_config(settings.model, bench_config(settings.model), ["o_proj"], settings.rank)
+    work_bytes = 2 if settings.dtype == "bfloat16" else 4
+    work = Workload(tasks=settings.tasks, slots_per_task=settings.slots, slots_gathered=settings.slots,
+                    micro_batch=settings.batch, seq_len=settings.seq, nodes=1, gpus_per_node=1,
                     gpu_mem_gib=float("inf"), compute_bytes=work_bytes, encoder_params=0, encoder_dim=0,
                     on_gpu=False)
-    load = full_ft_load(shape, args.tasks, work_bytes) if args.method == "full_ft" else None  # None: JARe
-    row = estimate(shape, work, shipped_mode("zero0"), 8 * work_bytes, args.checkpointing, load)
+    load = full_ft_load(shape, settings.tasks, work_bytes) if settings.method == "full_ft" else None  # None: JARe
+    row = estimate(shape, work, shipped_mode("zero0"), 8 * work_bytes, checkpointing, load)
     return {"params": shape.total_params, "weights": row.weights_gib, "adapters": row.adapters_gib,
             "optim": row.optim_gib, "activations": row.activations_gib, "total": row.total_gib}
 
 
-def run_child(args: argparse.Namespace, checkpointing: bool) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--model", args.model, "--batch", str(args.batch),
-           "--seq", str(args.seq), "--rank", str(args.rank), "--slots", str(args.slots),
-           "--tasks", str(args.tasks), "--threads", str(args.threads), "--dtype", args.dtype,
-           "--method", args.method]
+def run_child(settings: Settings, checkpointing: bool) -> dict:
+    """`measure` in a fresh process, so that its peak RSS is this step's alone."""
+    cmd = [sys.executable, __file__, "--child", settings.model_dump_json()]
     cmd += ["--checkpointing"] if checkpointing else []
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def report(args: argparse.Namespace, checkpointing: bool) -> dict:
-    args.checkpointing = checkpointing
-    plan = planned(args)
-    got = run_child(args, checkpointing)
+def report(settings: Settings, checkpointing: bool) -> dict:
+    plan = planned(settings, checkpointing)
+    got = run_child(settings, checkpointing)
     measured = (got["peak"] - got["baseline"]) / GIB
     ratio = plan["total"] / measured
     note = "" if got["peak"] > got["import_peak"] else "  (peak not above the import peak: invalid)"
-    print(f"{args.method} {args.model} {args.dtype} ({plan['params'] / 1e6:.1f}M params) b={args.batch} "
-          f"s={args.seq} "
+    print(f"{settings.method} {settings.model} {settings.dtype} ({plan['params'] / 1e6:.1f}M params) "
+          f"b={settings.batch} s={settings.seq} "
           f"ckpt={'on' if checkpointing else 'off'}: plan_gib={plan['total']:.3f} measured_gib={measured:.3f} "
           f"ratio={ratio:.3f}  [weights {plan['weights']:.3f} adapters {plan['adapters']:.4f} optim "
           f"{plan['optim']:.4f} activations {plan['activations']:.3f}; {got['step_s']:.1f} s/step]{note}")
-    return {"method": args.method, "model": args.model, "dtype": args.dtype, "batch": args.batch,
-            "seq": args.seq, "micro_batches_per_step": micro_batches(args), "checkpointing": checkpointing,
-            "plan_gib": plan, "measured_gib": measured, "step_s": got["step_s"],
-            "ratio": ratio}
+    return {"method": settings.method, "model": settings.model, "dtype": settings.dtype, "batch": settings.batch,
+            "seq": settings.seq, "micro_batches_per_step": micro_batches(settings), "checkpointing": checkpointing,
+            "plan_gib": plan, "measured_gib": measured, "step_s": got["step_s"], "ratio": ratio}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["random", "smollm2"], default="random")
-    parser.add_argument("--method", choices=["jare", "full_ft"], default="jare",
-                        help="full_ft: seq_ft's full fine-tuning (fp32, 2 micro-batches per step)")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--slots", type=int, default=4)
-    parser.add_argument("--tasks", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                        help="bfloat16 checks the GPU-path terms (fp32 norm copies, fp32 loss) on CPU")
-    parser.add_argument("--checkpointing", action="store_true", help="only this setting (default: off, then on)")
-    parser.add_argument("--json", type=Path, help="also write the numbers here (e.g. bench/results/...json)")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.method == "full_ft" and args.dtype != "float32":
-        parser.error("--method full_ft measures fp32 only: torch's AdamW keeps no fp32 master copy of bf16 "
-                     "weights, so a bf16 step would not be the 18 B/param the plan charges")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("experiment", nargs="?", default="random-float32",
+                   help="bench/experiments/plan_vs_measured/<name>.yaml (or a path to such a file)")
+    p.add_argument("--results-dir", type=Path, default=runner.RESULTS)
+    # The measuring child: the parent's settings as JSON, and which checkpointing setting to measure.
+    p.add_argument("--child", metavar="SETTINGS_JSON", help=argparse.SUPPRESS)
+    p.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.child:
-        print(json.dumps(measure(args)))
-        return
-    settings = [True] if args.checkpointing else [False, True]
-    results = [report(args, ckpt) for ckpt in settings]
-    if args.json:
-        from bench.provenance import run_provenance
-
-        args.json.write_text(json.dumps({"provenance": run_provenance(), "results": results}, indent=2) + "\n")
+        print(json.dumps(measure(Settings.model_validate_json(args.child), args.checkpointing)))
+        return 0
+    settings = load_settings(args.experiment)
+    results = [report(settings, checkpointing) for checkpointing in settings.checkpointing]
+    run = {**runner.run_info(), "name": settings.name, "settings": settings.model_dump(mode="json")}
+    path = runner.write_result(BENCH, settings.name, {"results": results}, run, runner.meta_info(),
+                               results=args.results_dir)
+    print(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

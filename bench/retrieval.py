@@ -1,31 +1,34 @@
 """DTKR task retrieval vs nearest-centroid and 1-NN baselines, on real CL_Benchmark task sequences.
 
-    python bench/retrieval.py                                  # the five sequences below, ~5 min cold
-    python bench/retrieval.py --tasks amazon,yelp --name amazon_yelp
-    python bench/retrieval.py --data-root /data/CL_Benchmark --tasks agnews,dbpedia
-    python bench/retrieval.py dtkr.key_init=orthogonal dtkr.key_objective=group_top2   # any dtkr override
-    python bench/retrieval.py --ablation                       # the lever grid -> retrieval-ablation.json
+    python bench/retrieval.py                          # cl_benchmark: MiniLM, five sequences, seeds 42 + 43
+    python bench/retrieval.py cl_benchmark-mpnet       # the same with the 768-d all-mpnet-base-v2
+    python bench/retrieval.py ablation                 # the key-learning lever grid
+    python bench/retrieval.py cl_benchmark dtkr.key_init=orthogonal   # a look with any experiment override
 
-For every task of a sequence: its records are built as `slm prepare` builds them
-(data_prep.build.build_task on the experiment's TaskSpec, same caps, the source's own test
-split), its query texts are `pipeline.batching.queries` (instruction + " ### " + input), and
+Settings: bench/experiments/retrieval/<name>.yaml (`Settings` below; a path to such a file works
+too); KEY=VALUE on the command line are more overrides of the experiment it names. For every
+task of a sequence: its records are built as `slm prepare` builds them
+(pipeline.data.build.build_task on the experiment's TaskSpec, same caps, the source's own test
+split), its query texts are `pipeline.prompts.batching.queries` (instruction + " ### " + input), and
 its keys are learned by `pipeline.dtkr.keys.learn_task_keys` with the experiment's DtkrSpec,
-P = jare.slots_per_task, seed = experiment seed + task position, the earlier tasks' keys as
+P = methods.slm.slots_per_task, seed = experiment seed + task position, the earlier tasks' keys as
 `previous_keys` (what `slm train` does). The store is built as `slm index` builds it
 (KeyStore.add_task in task order) and every test query is routed by `Router` over all tasks.
 
 Per task, on the same embeddings of its test queries:
   dtkr      top-1 task-retrieval accuracy: the task of the query's top-1 slot
   centroid  nearest centroid of each task's training queries (same grouped cosine as DTKR)
-  knn       1-nearest neighbour over the first --knn-per-task training queries of each task
+  knn       1-nearest neighbour over the first `knn_per_task` training queries of each task
   sample    the reference code's "sample accuracy": every group votes with its top-k slots
             (top_k = dtkr.top_k), the task with most of the g x k votes wins
   margin    dtkr - centroid (>= 0 is the bar: learned keys must not lose to a centroid)
 
 Query embeddings are cached under $SLM_CACHE/retrieval-embeddings/ keyed by encoder + max
-length + the texts' hash, so reruns and the ablation spend their time on keys only. The table is
-printed and written to bench/results/retrieval-<name>.json with the command, config hash,
-commit and machine. The last line is
+length + the texts' hash, so reruns and the ablation spend their time on keys only. Writes
+bench/results/retrieval/<name>.json through bench.runner: sections `sequences` (per sequence:
+rows per task, means, min margin), `retrieval_min_margin`, `same_family_min_mean` and, with more
+`seeds`, `seeds`; an experiment with an `ablation` grid writes section `settings` (one entry per
+grid setting) instead. The table is printed; the last line of a main run is
 `retrieval_min_margin=<x> same_family_min_mean=<y>`: x = the smallest margin over every task of
 every sequence, y = the smallest mean DTKR accuracy over the same-family sequences.
 """
@@ -35,64 +38,58 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from pydantic import Field
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/x.py` puts bench/ on sys.path
+
+from bench import runner  # noqa: E402
+from pipeline.spec import Spec  # noqa: E402
+
+runner.preamble()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-# name -> task folders; None = the experiment's own task list (the five shipped tasks)
-SEQUENCES: dict[str, tuple[str, ...] | None] = {
-    "cl_benchmark": None,
-    "topic": ("agnews", "dbpedia"),
-    "sentiment": ("amazon", "yelp", "IMDB"),
-    "passage": ("BoolQA", "MultiRC"),
-    "all_nine": ("agnews", "amazon", "MNLI", "QQP", "BoolQA", "dbpedia", "yelp", "IMDB", "MultiRC"),
-}
-# Overrides applied before the command line's: a test record that repeats a training input is
-# dropped (and counted) rather than hiding the task, exactly as `slm prepare` does with this option.
-BENCH_DEFAULTS = ("data.on_overlap=drop_test",)
-SAME_FAMILY = ("topic", "sentiment", "passage")  # share an instruction family
+BENCH = "retrieval"
 DEFAULT_CAPS = (1000, 500)  # train / test records of a task the experiment does not list (as cl_benchmark.yaml)
 
-# The ablation grid: one lever changed at a time from the default, plus the reference setting.
-# Values are dtkr.* overrides; "encoder" rows need their own embeddings (see the README).
-ABLATION: dict[str, dict[str, object]] = {
-    "default": {},  # key_init=partition_mean, group_top2, 3 epochs, lr 1e-3, mask 0.25, g=6, no centrifugal
-    "reference": {"key_init": "orthogonal"},  # the reference code's init with its objective and settings
-    "reference_10_epochs": {"key_init": "orthogonal", "key_epochs": 10},
-    "init=queries": {"key_init": "queries"},  # the previous default
-    "init=kmeans": {"key_init": "kmeans"},
-    "objective=slot_top2": {"key_objective": "slot_top2"},
-    "epochs=0": {"key_epochs": 0},  # the initial keys as they are: partition means
-    "epochs=1": {"key_epochs": 1},
-    "epochs=10": {"key_epochs": 10},
-    "lr=1e-2": {"key_lr": 1e-2},
-    "lr=1e-4": {"key_lr": 1e-4},
-    "mask=0": {"mask_ratio": 0.0},
-    "mask=0.5": {"mask_ratio": 0.5},
-    "centrifugal=0.05": {"centrifugal_weight": 0.05},
-    "centrifugal=1": {"centrifugal_weight": 1.0},
-    "groups=1": {"groups": 1},
-    "groups=3": {"groups": 3},
-    "groups=12": {"groups": 12},
-    # the task scored from all its slots, not its best one (dtkr.task_score, pipeline.dtkr.router)
-    "task_score=logsumexp": {"task_score": "logsumexp"},  # task_temperature 0.02
-    "task_score=logsumexp+T=0.05": {"task_score": "logsumexp", "task_temperature": 0.05},
-    "task_score=logsumexp+T=0.01": {"task_score": "logsumexp", "task_temperature": 0.01},
-    "init=centroid_partition": {"key_init": "centroid_partition"},
-    "init=centroid_partition+logsumexp": {"key_init": "centroid_partition", "task_score": "logsumexp"},
-    # two levers that each kept the same-family mean, together
-    "epochs=10+mask=0.5": {"key_epochs": 10, "mask_ratio": 0.5},
-    "lr=1e-4+epochs=10": {"key_lr": 1e-4, "key_epochs": 10},
-}
+
+class Settings(Spec):
+    """bench/experiments/retrieval/<name>.yaml."""
+
+    name: str
+    """The file's stem: the results are bench/results/retrieval/<name>.json."""
+    config: str = "cl_benchmark.yaml"
+    """The experiment whose dtkr settings, methods.slm.slots_per_task, seed and task specs are used."""
+    data_root: str = "../shared/data/cl_benchmark"
+    """Folder of CL_Benchmark tasks (one sub-folder per task), relative to the repository."""
+    overrides: list[str] = Field(default_factory=list)
+    """Overrides of the experiment, as for `slm run` (dtkr.encoder=..., data.on_overlap=drop_test)."""
+    sequences: dict[str, list[str] | None]
+    """Sequence name -> its task folders in order; null: the experiment's own task list."""
+    same_family: list[str] = Field(default_factory=list)
+    """Sequences whose tasks share an instruction family: `same_family_min_mean` is taken over these."""
+    max_train: int | None = Field(None, ge=1)
+    """Cap on every task's training records (null: the experiment's caps, 1000 for a task it does not list)."""
+    max_test: int | None = Field(None, ge=1)
+    """Cap on every task's test records (null: the experiment's caps, 500 for a task it does not list)."""
+    knn_per_task: int = Field(200, ge=1)
+    """Training queries per task in the 1-NN baseline's bank."""
+    seeds: list[int] = Field(default_factory=list)
+    """More key-learning seeds: every sequence again with each (the baselines do not depend on it),
+    summarised per seed, to tell a margin of a few queries from noise."""
+    ablation: dict[str, dict[str, Any]] | None = None
+    """Setting name -> dtkr.* changes from the experiment's: run this grid (every setting with every
+    seed) instead of the main table."""
+
+
+def load_settings(name: str) -> Settings:
+    return Settings.model_validate(runner.read_experiment(BENCH, name))
 
 
 def log(msg: str) -> None:
@@ -101,38 +98,25 @@ def log(msg: str) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("-c", "--config", default="cl_benchmark.yaml",
-                   help="experiment whose dtkr/jare settings, seed and task specs are used")
-    p.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data" / "cl_benchmark",
-                   help="folder of CL_Benchmark tasks (one sub-folder per task)")
-    p.add_argument("--tasks", help="one sequence of task folders, comma separated (default: the five sequences)")
-    p.add_argument("--name", help="results name (default: the experiment's name, or the --tasks joined by _)")
-    p.add_argument("--max-train", type=int, help="cap every task's training records (default: the experiment's "
-                   f"caps, {DEFAULT_CAPS[0]} for a task it does not list); a quick look, not the benchmark")
-    p.add_argument("--max-test", type=int, help=f"cap every task's test records (default {DEFAULT_CAPS[1]})")
-    p.add_argument("--knn-per-task", type=int, default=200, help="training queries per task for the 1-NN baseline")
-    p.add_argument("--seeds", default="",
-                   help="more key-learning seeds, comma separated: every sequence again with seed=each (the "
-                        "baselines do not depend on it), summarised per seed, to tell a margin of a few queries "
-                        "from noise; with --ablation, every setting is run with each")
-    p.add_argument("--ablation", action="store_true", help="run the lever grid; write retrieval-ablation.json")
-    p.add_argument("--only", help="ablation: comma-separated setting names to run (default: all)")
-    p.add_argument("--json", type=Path, help="output file (default: bench/results/retrieval-<name>.json)")
-    p.add_argument("overrides", nargs="*", help="experiment overrides, e.g. dtkr.key_init=orthogonal")
+    p.add_argument("experiment", nargs="?", default="cl_benchmark",
+                   help="bench/experiments/retrieval/<name>.yaml (or a path to such a file)")
+    p.add_argument("--results-dir", type=Path, default=runner.RESULTS)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="more experiment overrides, e.g. dtkr.key_init=orthogonal (recorded in run_info)")
     return p.parse_args(argv)
 
 
 # ---- records and embeddings -------------------------------------------------------------------
-def task_spec(cfg, name: str, args: argparse.Namespace):
+def task_spec(cfg, name: str, settings: Settings):
     """The experiment's TaskSpec for `name`, else a CL_Benchmark folder task with the default caps;
-    --max-train / --max-test replace the caps of either."""
+    the settings' max_train / max_test replace the caps of either."""
     from pipeline.config import SourceSpec, TaskSpec
 
     spec = next((t for t in cfg.tasks if t.name == name), None)
     if spec is None:
         spec = TaskSpec(name=name, source=SourceSpec(type="cl_benchmark", path=name),
                         max_train=DEFAULT_CAPS[0], max_test=DEFAULT_CAPS[1])
-    caps = {k: v for k, v in (("max_train", args.max_train), ("max_test", args.max_test)) if v is not None}
+    caps = {k: v for k, v in (("max_train", settings.max_train), ("max_test", settings.max_test)) if v is not None}
     return spec.model_copy(update=caps) if caps else spec
 
 
@@ -140,7 +124,7 @@ def task_records(spec, cfg) -> tuple[list[dict], list[dict], int]:
     """(train, test, test records dropped for repeating a training input), as `slm prepare`
     builds them with the same data.on_overlap (the bench defaults it to drop_test: MultiRC's
     test split repeats one training input with the other label)."""
-    from data_prep.build import build_task
+    from pipeline.data.build import build_task
 
     prepared = build_task(spec, cfg)
     return prepared.train, prepared.test, prepared.overlap_dropped
@@ -150,7 +134,7 @@ class EmbeddingCache:
     """Query embeddings on disk, keyed by encoder + max length + texts; the encoder loads on a miss."""
 
     def __init__(self, encoder_name: str, max_length: int = 256) -> None:
-        from pipeline.models import cache_dir
+        from pipeline.runtime.models import cache_dir
 
         self.encoder_name, self.max_length = encoder_name, max_length
         self.folder = cache_dir() / "retrieval-embeddings"
@@ -166,7 +150,7 @@ class EmbeddingCache:
     def embed(self, texts: list[str]) -> torch.Tensor:
         from safetensors.torch import load_file, save_file
 
-        from pipeline.artifacts import atomic_path
+        from pipeline.state.artifacts import atomic_path
 
         path = self.folder / f"{self.key(texts)}.safetensors"
         if path.is_file():
@@ -187,14 +171,14 @@ class EmbeddingCache:
         return self._encoder
 
 
-def task_embeddings(cfg, names: list[str], cache: EmbeddingCache, args: argparse.Namespace) -> dict[str, dict]:
+def task_embeddings(cfg, names: list[str], cache: EmbeddingCache, settings: Settings) -> dict[str, dict]:
     """name -> {train (N, D), test (M, D), dropped}: each task's query embeddings."""
-    from pipeline.batching import queries
+    from pipeline.prompts.batching import queries
 
     out = {}
     for name in names:
         t0 = time.perf_counter()
-        train, test, dropped = task_records(task_spec(cfg, name, args), cfg)
+        train, test, dropped = task_records(task_spec(cfg, name, settings), cfg)
         out[name] = {"train": cache.embed(queries(train)), "test": cache.embed(queries(test)), "dropped": dropped}
         log(f"{name}: {len(train)} train / {len(test)} test queries ({time.perf_counter() - t0:.0f} s)")
     return out
@@ -290,15 +274,19 @@ def evaluate_sequence(names: list[str], emb: dict[str, dict], dtkr, slots: int, 
 
 
 # ---- driver -----------------------------------------------------------------------------------
-def sequences_to_run(args: argparse.Namespace, cfg) -> dict[str, list[str]]:
-    if args.tasks:
-        names = [t.strip() for t in args.tasks.split(",") if t.strip()]
-        return {args.name or "_".join(names): names}
-    return {name: list(tasks) if tasks else [t.name for t in cfg.tasks] for name, tasks in SEQUENCES.items()}
+def key_slots(cfg) -> int:
+    """P: the DTKR keys per task of the experiment's method."""
+    from pipeline.methods import get_method
+
+    return get_method(cfg.method).key_slots(cfg)
 
 
-def summary(results: dict[str, dict]) -> dict[str, float | None]:
-    family = [results[s]["mean"]["dtkr"] for s in SAME_FAMILY if s in results]
+def sequences_to_run(settings: Settings, cfg) -> dict[str, list[str]]:
+    return {name: list(tasks) if tasks else [t.name for t in cfg.tasks] for name, tasks in settings.sequences.items()}
+
+
+def summary(results: dict[str, dict], same_family: list[str]) -> dict[str, float | None]:
+    family = [results[s]["mean"]["dtkr"] for s in same_family if s in results]
     return {"retrieval_min_margin": min(r["min_margin"] for r in results.values()),
             "same_family_min_mean": min(family) if family else None}
 
@@ -307,30 +295,30 @@ def run_all(seqs: dict[str, list[str]], emb: dict, dtkr, slots: int, seed: int, 
     return {name: evaluate_sequence(names, emb, dtkr, slots, seed, knn) for name, names in seqs.items()}
 
 
-def seed_summary(results: dict[str, dict]) -> dict:
+def seed_summary(results: dict[str, dict], same_family: list[str]) -> dict:
     """One seed's headline numbers, DTKR accuracy per task, and every task below the centroid."""
-    return {**summary(results),
+    return {**summary(results, same_family),
             "dtkr": {s: {row["task"]: row["dtkr"] for row in r["rows"]} for s, r in results.items()},
             "below_centroid": [[s, row["task"], row["margin"]] for s, r in results.items()
                                for row in r["rows"] if row["margin"] < 0]}
 
 
-def run_seeds(seqs: dict[str, list[str]], emb: dict, dtkr, cfg, args: argparse.Namespace,
+def run_seeds(seqs: dict[str, list[str]], emb: dict, dtkr, cfg, settings: Settings,
               first: dict[str, dict]) -> dict[str, dict]:
-    """seed -> seed_summary, for the experiment's seed (`first`, already run) and every --seeds one,
+    """seed -> seed_summary, for the experiment's seed (`first`, already run) and every extra seed,
     plus the worst case over them."""
-    out = {str(cfg.seed): seed_summary(first)}
-    for seed in extra_seeds(args, cfg):
-        out[str(seed)] = seed_summary(run_all(seqs, emb, dtkr, cfg.jare.slots_per_task, seed, args.knn_per_task))
+    out = {str(cfg.seed): seed_summary(first, settings.same_family)}
+    for seed in extra_seeds(settings, cfg):
+        results = run_all(seqs, emb, dtkr, key_slots(cfg), seed, settings.knn_per_task)
+        out[str(seed)] = seed_summary(results, settings.same_family)
     family = [v["same_family_min_mean"] for v in out.values() if v["same_family_min_mean"] is not None]
     worst = {"retrieval_min_margin": min(v["retrieval_min_margin"] for v in out.values()),
              "same_family_min_mean": min(family) if family else None}
     return {"per_seed": out, "worst": worst}
 
 
-def extra_seeds(args: argparse.Namespace, cfg) -> list[int]:
-    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-    return [s for s in dict.fromkeys(seeds) if s != cfg.seed]
+def extra_seeds(settings: Settings, cfg) -> list[int]:
+    return [s for s in dict.fromkeys(settings.seeds) if s != cfg.seed]
 
 
 def markdown(result: dict) -> str:
@@ -347,11 +335,11 @@ def markdown(result: dict) -> str:
     seeds = result.get("seeds")
     note = (f"; worst over seeds {', '.join(seeds['per_seed'])}: min margin "
             f"{seeds['worst']['retrieval_min_margin']:+.3f}, same-family min mean "
-            f"{seeds['worst']['same_family_min_mean']:.3f}") if seeds else ""
+            f"{_fmt(seeds['worst']['same_family_min_mean'])}") if seeds else ""
     return "\n".join(lines) + (f"\n\nencoder {result['run_info']['dtkr']['encoder']}; "
                                f"min margin {result['retrieval_min_margin']:+.3f}, same-family min mean "
-                               f"{result['same_family_min_mean']:.3f}{note}; from bench/results/"
-                               f"retrieval-{result['run_info']['name']}.json\n")
+                               f"{_fmt(result['same_family_min_mean'])}{note}; from bench/results/"
+                               f"{BENCH}/{result['run_info']['name']}.json\n")
 
 
 def print_table(results: dict[str, dict]) -> None:
@@ -370,104 +358,95 @@ def print_seeds(seeds: dict) -> None:
     for seed, v in seeds["per_seed"].items():
         below = ", ".join(f"{s}/{t} {m:+.3f}" for s, t, m in v["below_centroid"]) or "none"
         print(f"seed {seed}: min_margin={v['retrieval_min_margin']:+.3f} "
-              f"same_family_min_mean={v['same_family_min_mean']:.3f}  below centroid: {below}")
+              f"same_family_min_mean={_fmt(v['same_family_min_mean'])}  below centroid: {below}")
     w = seeds["worst"]
     print(f"worst over seeds: min_margin={w['retrieval_min_margin']:+.3f} "
-          f"same_family_min_mean={w['same_family_min_mean']:.3f}")
+          f"same_family_min_mean={_fmt(w['same_family_min_mean'])}")
 
 
-def ablation(seqs: dict[str, list[str]], emb: dict, cfg, args: argparse.Namespace) -> dict[str, dict]:
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def main_table(seqs: dict[str, list[str]], emb: dict, cfg, settings: Settings) -> dict[str, Any]:
+    """The sections of a main run: every sequence at the experiment's seed, then the extra seeds."""
+    results = run_all(seqs, emb, cfg.dtkr, key_slots(cfg), cfg.seed, settings.knn_per_task)
+    print_table(results)
+    sections: dict[str, Any] = {"sequences": results, **summary(results, settings.same_family)}
+    if extra_seeds(settings, cfg):
+        sections["seeds"] = run_seeds(seqs, emb, cfg.dtkr, cfg, settings, results)
+        print_seeds(sections["seeds"])
+    return sections
+
+
+def ablation(seqs: dict[str, list[str]], emb: dict, cfg, settings: Settings) -> dict[str, dict]:
+    """setting -> its summary and per-sequence DTKR / centroid accuracy, for every grid setting."""
     from pipeline.config import DtkrSpec
 
-    only = set(args.only.split(",")) if args.only else None
     out = {}
-    for setting, changes in ABLATION.items():
-        if only and setting not in only:
-            continue
+    for setting, changes in (settings.ablation or {}).items():
         dtkr = DtkrSpec.model_validate({**cfg.dtkr.model_dump(), **changes})
         t0 = time.perf_counter()
-        res = run_all(seqs, emb, dtkr, cfg.jare.slots_per_task, cfg.seed, args.knn_per_task)
-        out[setting] = {"dtkr_changes": changes, **summary(res),
+        res = run_all(seqs, emb, dtkr, key_slots(cfg), cfg.seed, settings.knn_per_task)
+        out[setting] = {"dtkr_changes": changes, **summary(res, settings.same_family),
                         "sequences": {s: {"mean": r["mean"], "min_margin": r["min_margin"],
                                           "dtkr": {row["task"]: row["dtkr"] for row in r["rows"]},
                                           "centroid": {row["task"]: row["centroid"] for row in r["rows"]}}
                                       for s, r in res.items()}}
         cells = " ".join(f"{s}={r['mean']['dtkr']:.3f}" for s, r in res.items())
-        if extra_seeds(args, cfg):
-            out[setting]["seeds"] = run_seeds(seqs, emb, dtkr, cfg, args, res)
+        if extra_seeds(settings, cfg):
+            out[setting]["seeds"] = run_seeds(seqs, emb, dtkr, cfg, settings, res)
             worst = out[setting]["seeds"]["worst"]
             cells += (f" | over seeds: min_margin={worst['retrieval_min_margin']:+.3f} "
-                      f"same_family_min_mean={worst['same_family_min_mean']:.3f}")
+                      f"same_family_min_mean={_fmt(worst['same_family_min_mean'])}")
         out[setting]["seconds"] = time.perf_counter() - t0
         log(f"{setting:<22} min_margin={out[setting]['retrieval_min_margin']:+.3f} {cells}")
     return out
 
 
-def run_info(args: argparse.Namespace, cfg, seqs: dict[str, list[str]], t_start: float, cache: EmbeddingCache) -> dict:
-    from pipeline.artifacts import sha256_json
+def retrieval_run_info(settings: Settings, overrides: list[str], data_root: Path, cfg, seqs: dict[str, list[str]],
+                       t_start: float, cache: EmbeddingCache) -> dict:
+    """bench.runner's run_info plus what this run was: the settings, the experiment as resolved and
+    its hash (dtkr, data, P, seeds and every task spec: what the numbers depend on), the cache."""
+    from pipeline.state.artifacts import sha256_json
 
     hashed = {"dtkr": cfg.dtkr.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json"),
-              "slots_per_task": cfg.jare.slots_per_task, "seed": cfg.seed, "seeds": [cfg.seed, *extra_seeds(args, cfg)],
-              "tasks": {n: task_spec(cfg, n, args).model_dump(mode="json") for names in seqs.values() for n in names}}
-    return {"script": "bench/retrieval.py", "name": args.name or cfg.name,
-            "command": " ".join(["python", "bench/retrieval.py", *sys.argv[1:]]),
-            "config": args.config, "config_hash": sha256_json(hashed), "data_root": str(args.data_root),
-            "commit": _git("rev-parse", "HEAD"),
-            "dirty": bool(_git("status", "--porcelain", "--", "pipeline", "bench", "data_prep")),
-            "dtkr": hashed["dtkr"], "data": hashed["data"], "slots_per_task": cfg.jare.slots_per_task,
-            "seed": cfg.seed, "seeds": hashed["seeds"],
-            "knn_per_task": args.knn_per_task, "embedding_cache": {"hits": cache.hits, "misses": cache.misses},
-            "wall_s": time.perf_counter() - t_start, "machine": machine()}
-
-
-def machine() -> dict:
-    import faiss
-
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "faiss": faiss.__version__,
-            "load_avg_at_end": list(os.getloadavg()), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
-def _git(*cmd: str) -> str:
-    try:
-        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
+              "slots_per_task": key_slots(cfg), "seed": cfg.seed, "seeds": [cfg.seed, *extra_seeds(settings, cfg)],
+              "tasks": {n: task_spec(cfg, n, settings).model_dump(mode="json")
+                        for names in seqs.values() for n in names}}
+    return {**runner.run_info(), "name": settings.name, "settings": settings.model_dump(mode="json"),
+            "overrides": overrides, "config": settings.config, "config_hash": sha256_json(hashed),
+            "data_root": str(data_root), "dtkr": hashed["dtkr"], "data": hashed["data"],
+            "slots_per_task": hashed["slots_per_task"], "seed": cfg.seed, "seeds": hashed["seeds"],
+            "knn_per_task": settings.knn_per_task,
+            "embedding_cache": {"hits": cache.hits, "misses": cache.misses}, "wall_s": time.perf_counter() - t_start}
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from pipeline.artifacts import atomic_write_json, atomic_write_text
-    from pipeline.config import load_config
+    """Run the experiment; its results record (as written)."""
+    from pipeline.experiment import load_config
 
     args = parse_args(argv)
+    settings = load_settings(args.experiment)
     t_start = time.perf_counter()
-    cfg = load_config(args.config, [f"data_root={args.data_root.resolve()}", *BENCH_DEFAULTS, *args.overrides])
-    seqs = sequences_to_run(args, cfg)
+    data_root = (runner.ROOT / settings.data_root).resolve()
+    overrides = [*settings.overrides, *args.overrides]
+    cfg = load_config(settings.config, [f"data_root={data_root}", *overrides])
+    seqs = sequences_to_run(settings, cfg)
     log(f"load average {os.getloadavg()[0]:.1f} on {len(os.sched_getaffinity(0))} cores; encoder {cfg.dtkr.encoder}")
     cache = EmbeddingCache(cfg.dtkr.encoder)
-    emb = task_embeddings(cfg, list(dict.fromkeys(n for names in seqs.values() for n in names)), cache, args)
-    if args.ablation:
-        result = {"settings": ablation(seqs, emb, cfg, args)}
-        path = args.json or ROOT / "bench" / "results" / "retrieval-ablation.json"
+    emb = task_embeddings(cfg, list(dict.fromkeys(n for names in seqs.values() for n in names)), cache, settings)
+    if settings.ablation is not None:
+        sections = {"settings": ablation(seqs, emb, cfg, settings)}
     else:
-        results = run_all(seqs, emb, cfg.dtkr, cfg.jare.slots_per_task, cfg.seed, args.knn_per_task)
-        print_table(results)
-        result = {"sequences": results, **summary(results)}
-        if extra_seeds(args, cfg):
-            result["seeds"] = run_seeds(seqs, emb, cfg.dtkr, cfg, args, results)
-            print_seeds(result["seeds"])
-        path = args.json or ROOT / "bench" / "results" / f"retrieval-{args.name or cfg.name}.json"
-    result = {"run_info": run_info(args, cfg, seqs, t_start, cache), **result}
-    atomic_write_json(path, result)
-    if not args.ablation and args.json is None:  # the README's table (tests/test_readme.py compares)
-        atomic_write_text(path.with_suffix(".md"), markdown(result))
-    log(f"wrote {path} ({result['run_info']['wall_s']:.0f} s)")
-    if not args.ablation:
-        y = result["same_family_min_mean"]
-        print(f"retrieval_min_margin={result['retrieval_min_margin']:.3f} "
-              f"same_family_min_mean={'n/a' if y is None else f'{y:.3f}'}")
-    return result
+        sections = main_table(seqs, emb, cfg, settings)
+    info = retrieval_run_info(settings, overrides, data_root, cfg, seqs, t_start, cache)
+    path = runner.write_result(BENCH, settings.name, sections, info, runner.meta_info(), results=args.results_dir)
+    log(f"wrote {path} ({info['wall_s']:.0f} s)")
+    if settings.ablation is None:
+        print(f"retrieval_min_margin={sections['retrieval_min_margin']:.3f} "
+              f"same_family_min_mean={_fmt(sections['same_family_min_mean'])}")
+    return {"run_info": info, **sections}
 
 
 if __name__ == "__main__":

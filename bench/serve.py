@@ -1,42 +1,50 @@
 """`slm serve` under load: retrieval per request vs one merged adapter, or continuous vs static batching.
 
     slm run                                  # once: the embedded default (SmolLM2-135M, 3 tasks)
-    python bench/serve.py                    # 8 clients x 64 requests a round, 3 rounds, ~5 min on 2 cores
-    python bench/serve.py --quick            # 4 clients x 16 requests, 1 round: does it work
-    python bench/serve.py -c my.yaml --set output_dir=runs/x --clients 16
-    python bench/serve.py --batching         # continuous vs static batching at 1, 4, 16 clients (below)
-    python bench/serve.py --batching --quick # 1 and 4 clients, 8 requests each: does it work
+    python bench/serve.py                    # default: 8 clients x 64 requests a round, 3 rounds, ~5 min on 2 cores
+    python bench/serve.py --quick            # 4 clients x 16 requests, 1 round: does it work (default-quick.json)
+    python bench/serve.py default output_dir=runs/x   # the finished run under runs/x (any experiment override)
+    python bench/serve.py batching --threads 1        # continuous vs static batching at 1, 4, 16 clients (below)
+    python bench/serve.py batching --quick            # 1 and 4 clients, 8 requests each: does it work
 
-`--batching` (bench/results/serve-batching.json): two `slm serve` processes of the same run, both
+Settings: bench/experiments/serve/<name>.yaml (`Settings` below): which run both servers serve
+(`config` and `overrides`; KEY=VALUE on the command line add to them, e.g. output_dir=...), what
+the two servers differ in (`compare`), and the load.
+
+`compare: retrieval_vs_merged` (default.yaml). Two servers of the same finished run start side by
+side on loopback (each `slm serve` in its own process, on a free port): `retrieval` (DTKR per
+request, per-sample slots on the side branch, mixed tasks batched) and `merged` (retrieval off,
+`serve.merged_task` = the first task, its slots merged into W: one merged adapter, what serving a
+merged LoRA costs). Each round sends the same requests to both, one server after the other, in
+alternating order (A B, B A, ...) so both see the same background load. A round: `clients`
+threads, each with its own official `openai` client, share `requests` chat requests round-robin
+over every task's test records; greedy, `ignore_eos` so both servers decode exactly `max_tokens`
+tokens per request (equal work). Reported per server: requests/s (requests / wall time of the
+round), p50 / p95 latency, medians over rounds; and retrieval/merged ratios: `rps_ratio` (< 1:
+retrieval serves fewer requests per second) and `p50_ratio` / `p95_ratio`. The last line printed
+is `rps_ratio=<x> p50_ratio=<y>`.
+
+`compare: continuous_vs_static` (batching.yaml): two `slm serve` processes of the same run, both
 with retrieval, one with `serve.batching=continuous` (a request joins the running batch at the
 next decode step) and one with `serve.batching=static` (the server before it: a batch is gathered
-only when the previous one has finished). For each client count (`--client-counts`, default 1, 4,
-16) both servers get the same `--requests` chat requests in a closed loop (each client sends its
-next request when its answer arrives), in alternating order; requests cycle through
-`--mixed-tokens` lengths (default 8 and 32, `ignore_eos`), since a batch of unequal answers is
-where static batching makes the short ones' clients wait. Reported per client count and server:
-requests/s, p50 and p95 latency; the ratios continuous/static. One run, no repetition: the file
-records the load average, which says how quiet the machine was.
+only when the previous one has finished). For each of `client_counts` both servers get the same
+`requests` chat requests in a closed loop (each client sends its next request when its answer
+arrives), in alternating order; requests cycle through `mixed_tokens` lengths (`ignore_eos`),
+since a batch of unequal answers is where static batching makes the short ones' clients wait.
+Reported per client count and server: requests/s, p50 and p95 latency; the ratios
+continuous/static. One run, no repetition: run_info records the load average, which says how
+quiet the machine was.
 
-Two servers of the same finished run start side by side on loopback (each `slm serve` in its own
-process, on a free port): `retrieval` (DTKR per request, per-sample slots on the side branch,
-mixed tasks batched) and `merged` (retrieval off, `serve.merged_task` = the first task, its slots
-merged into W: one merged adapter, what serving a merged LoRA costs). Each round sends the same
-requests to both, one server after the other, in alternating order (A B, B A, ...) so both see
-the same background load. A round: `--clients` threads, each with its own official `openai`
-client, share `--requests` chat requests round-robin over every task's test records; greedy,
-`ignore_eos` so both servers decode exactly `--max-tokens` tokens per request (equal work).
+Writes bench/results/serve/<name>.json (`<name>-quick.json` with --quick) through bench.runner:
+section `serve_info` (retrieval_vs_merged: summary, ratios and every round; continuous_vs_static:
+per client count and server, the ratios and the markdown table); run_info adds the settings,
+the overrides, threads, the tasks and the load average at start.
 
-Reported per server: requests/s (requests / wall time of the round), p50 / p95 latency, medians
-over rounds; and retrieval/merged ratios: `rps_ratio` (< 1: retrieval serves fewer requests per
-second) and `p50_ratio` / `p95_ratio`. The last line printed is `rps_ratio=<x> p50_ratio=<y>`.
-Results: bench/results/serve.json (command, commit, machine, every round).
-
-Timings on a shared machine are noise: the script records the load average at start and end;
-rerun on a quiet machine for numbers worth quoting. On an oversubscribed CPU, pass `--threads 1`:
-with 2 OpenMP threads per server, every small op of the side branch waits for a descheduled
-thread, and routed decoding was measured 9x slower than with 1 (the merged server, with fewer
-ops per step, suffers much less), so the ratio then measures the machine, not the server.
+Timings on a shared machine are noise: rerun on a quiet machine for numbers worth quoting. On an
+oversubscribed CPU, pass `--threads 1`: with 2 OpenMP threads per server, every small op of the
+side branch waits for a descheduled thread, and routed decoding was measured 9x slower than with
+1 (the merged server, with fewer ops per step, suffers much less), so the ratio then measures the
+machine, not the server.
 """
 
 from __future__ import annotations
@@ -44,58 +52,85 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Literal
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from pydantic import Field
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/x.py` puts bench/ on sys.path
+
+from bench import runner  # noqa: E402
+from pipeline.spec import Spec  # noqa: E402
+
+runner.preamble()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+BENCH = "serve"
+# --quick: the least load that still runs every code path (two client counts for batching)
+QUICK = {"retrieval_vs_merged": {"clients": 4, "requests": 16, "max_tokens": 8, "rounds": 1},
+         "continuous_vs_static": {"clients": 4, "requests": 8, "client_counts": [1, 4], "mixed_tokens": [4, 12]}}
+
+
+class Settings(Spec):
+    """bench/experiments/serve/<name>.yaml."""
+
+    name: str
+    """The file's stem: the results are bench/results/serve/<name>.json."""
+    config: str | None = None
+    """The experiment whose finished, indexed run both servers serve (null: the embedded default)."""
+    overrides: list[str] = Field(default_factory=list)
+    """Overrides of that experiment for both servers, as for `slm serve`."""
+    compare: Literal["retrieval_vs_merged", "continuous_vs_static"] = "retrieval_vs_merged"
+    """What the two servers differ in."""
+    clients: int = Field(8, ge=1)
+    """Concurrent openai clients (retrieval_vs_merged; the warm-up's default size)."""
+    requests: int = Field(64, ge=1)
+    """Requests per round and server (continuous_vs_static: per client count and server)."""
+    max_tokens: int = Field(16, ge=1)
+    """Tokens decoded per request, ignore_eos (retrieval_vs_merged)."""
+    rounds: int = Field(3, ge=1)
+    """Rounds, medians over them (retrieval_vs_merged)."""
+    warmup: int | None = Field(None, ge=0)
+    """Untimed requests per server first (null: `clients`)."""
+    batch_size: int = Field(8, ge=1)
+    """serve.max_batch_size of both servers."""
+    wait_ms: float = Field(10.0, ge=0)
+    """serve.max_wait_ms of both servers."""
+    start_timeout_s: float = Field(600.0, gt=0)
+    """How long a server may take to answer /health."""
+    client_counts: list[int] = Field(default_factory=lambda: [1, 4, 16], min_length=1)
+    """Concurrent clients, one load round each (continuous_vs_static)."""
+    mixed_tokens: list[int] = Field(default_factory=lambda: [8, 32], min_length=1)
+    """Tokens per request, cycled over the requests, ignore_eos (continuous_vs_static)."""
+
+
+def load_settings(name: str) -> Settings:
+    return Settings.model_validate(runner.read_experiment(BENCH, name))
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("-c", "--config", default=None, help="experiment YAML (default: the embedded default)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for both servers (repeatable)")
-    p.add_argument("--clients", type=int, default=8, help="concurrent openai clients")
-    p.add_argument("--requests", type=int, default=64, help="requests per round and server")
-    p.add_argument("--max-tokens", type=int, default=16, help="tokens decoded per request (ignore_eos)")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=None, help="untimed requests per server first (default: clients)")
-    p.add_argument("--batch-size", type=int, default=8, help="serve.max_batch_size of both servers")
-    p.add_argument("--wait-ms", type=float, default=10.0, help="serve.max_wait_ms of both servers")
+    p.add_argument("experiment", nargs="?", default="default",
+                   help="bench/experiments/serve/<name>.yaml (or a path to such a file)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="more overrides of the served experiment, e.g. output_dir=runs/x")
+    p.add_argument("--quick", action="store_true", help="the least load that runs every path; <name>-quick.json")
     p.add_argument("--threads", type=int, default=None,
                    help="serve.threads of both servers (torch threads of the decoding worker; 1 on a shared CPU)")
-    p.add_argument("--quick", action="store_true", help="4 clients x 16 requests, 8 tokens, 1 round")
-    p.add_argument("--start-timeout-s", type=float, default=600.0)
-    p.add_argument("--json", type=Path, default=None,
-                   help="results file (default: bench/results/serve.json, with --batching serve-batching.json)")
-    p.add_argument("--batching", action="store_true", help="compare continuous and static batching (see above)")
-    p.add_argument("--client-counts", default="1,4,16", help="--batching: concurrent clients, comma-separated")
-    p.add_argument("--mixed-tokens", default="8,32",
-                   help="--batching: tokens per request, cycled over the requests (ignore_eos)")
-    args = p.parse_args(argv)
-    name = "serve-batching.json" if args.batching else "serve.json"
-    args.json = args.json or ROOT / "bench" / "results" / name
-    if args.quick:
-        args.clients, args.requests, args.max_tokens, args.rounds = 4, 16, 8, 1
-        if args.batching:
-            args.client_counts, args.requests, args.mixed_tokens = "1,4", 8, "4,12"
-    if args.warmup is None:
-        args.warmup = args.clients
-    return args
+    p.add_argument("--results-dir", type=Path, default=runner.RESULTS)
+    return p.parse_args(argv)
 
 
 # ---- the servers -------------------------------------------------------------------------------
@@ -108,21 +143,22 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(args, name: str, extra: list[str], logs: Path):
+def server(settings: Settings, threads: int | None, name: str, extra: list[str], logs: Path) -> Iterator[str]:
     """One `slm serve` process on a free loopback port; yields its base URL once /health answers."""
     import httpx
 
     port = free_port()
-    sets = [f"serve.max_batch_size={args.batch_size}", f"serve.max_wait_ms={args.wait_ms}",
-            f"serve.max_tokens_limit={max(512, args.max_tokens)}", "serve.reload_poll_s=0",
-            *([f"serve.threads={args.threads}"] if args.threads else []), *args.overrides, *extra]
+    longest = max(settings.max_tokens, *settings.mixed_tokens)
+    sets = [f"serve.max_batch_size={settings.batch_size}", f"serve.max_wait_ms={settings.wait_ms}",
+            f"serve.max_tokens_limit={max(512, longest)}", "serve.reload_poll_s=0",
+            *([f"serve.threads={threads}"] if threads else []), *settings.overrides, *extra]
     cmd = [sys.executable, "-m", "pipeline.cli", "serve", "--port", str(port), "--host", "127.0.0.1",
-           *(["-c", args.config] if args.config else []), *sets]
+           *(["-c", settings.config] if settings.config else []), *sets]
     out = (logs / f"{name}.log").open("w")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=runner.ROOT, stdout=out, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        end = time.monotonic() + args.start_timeout_s
+        end = time.monotonic() + settings.start_timeout_s
         while True:
             if proc.poll() is not None:
                 raise SystemExit(f"{name} server exited with {proc.returncode}:\n"
@@ -131,7 +167,7 @@ def server(args, name: str, extra: list[str], logs: Path):
                 if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                     break
             if time.monotonic() > end:
-                raise SystemExit(f"{name} server did not answer /health within {args.start_timeout_s:.0f} s")
+                raise SystemExit(f"{name} server did not answer /health within {settings.start_timeout_s:.0f} s")
             time.sleep(0.5)
         yield url
     finally:
@@ -146,14 +182,14 @@ def server(args, name: str, extra: list[str], logs: Path):
 # ---- the load ----------------------------------------------------------------------------------
 
 
-def test_records(args) -> tuple[list[dict], list[str]]:
+def test_records(settings: Settings) -> tuple[list[dict], list[str]]:
     """Every task's test records, interleaved task by task, and the task names (checks the run first)."""
-    from data_prep.prepared import load_prepared
-    from pipeline.config import load_config
-    from pipeline.layout import RunLayout
-    from pipeline.stages.index import done_tasks
+    from pipeline.data.prepared import load_prepared
+    from pipeline.experiment import load_config
+    from pipeline.state.layout import RunLayout
+    from pipeline.state.validity import done_tasks
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(settings.config, settings.overrides)
     layout = RunLayout.of(cfg)
     n = done_tasks(cfg, layout)
     if n == 0 or not (layout.index / "DONE").is_file():
@@ -171,9 +207,9 @@ def test_records(args) -> tuple[list[dict], list[str]]:
 
 def prompt_fits(cfg, records: list[dict]) -> list[bool]:
     """Whether each record's prompt fits the server's prompt cap, counted as prepare counts it."""
-    from data_prep.build import token_lengths
-    from pipeline.models import load_tokenizer
-    from pipeline.truncation import TokenCaps
+    from pipeline.data.build import token_lengths
+    from pipeline.prompts.truncation import TokenCaps
+    from pipeline.runtime.models import load_tokenizer
 
     cap = TokenCaps.of(cfg.model).prompt_cap()
     lengths = token_lengths(load_tokenizer(cfg.model.name_or_path), cfg.model.prompt_format, records)
@@ -191,15 +227,15 @@ def one_request(client, model: str, record: dict, max_tokens: int) -> float:
     return time.perf_counter() - t0
 
 
-def load_round(url: str, args, records: list[dict], n_requests: int, clients: int | None = None,
+def load_round(url: str, settings: Settings, records: list[dict], n_requests: int, clients: int | None = None,
                tokens: list[int] | None = None) -> dict:
-    """`n_requests` requests over `clients` (default `args.clients`) concurrent clients in a closed
-    loop, request i decoding `tokens[i % len(tokens)]` tokens (default `args.max_tokens`); wall
-    time and each latency."""
+    """`n_requests` requests over `clients` (default: the settings') concurrent clients in a closed
+    loop, request i decoding `tokens[i % len(tokens)]` tokens (default: `max_tokens`); wall time
+    and each latency."""
     import openai
 
-    n_clients = clients or args.clients
-    tokens = tokens or [args.max_tokens]
+    n_clients = clients or settings.clients
+    tokens = tokens or [settings.max_tokens]
     pool_clients = [openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
                     for _ in range(n_clients)]
     model = pool_clients[0].models.list().data[0].id
@@ -226,30 +262,26 @@ def summarize(rounds: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in rounds) for k in keys}
 
 
-# ---- main --------------------------------------------------------------------------------------
+# ---- retrieval vs merged -------------------------------------------------------------------------
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    if args.batching:
-        return batching_main(args)
-    t_start = time.perf_counter()
-    load_at_start = list(os.getloadavg())
-    records, tasks = test_records(args)
-    log(f"{len(records)} test records of {tasks}; {args.clients} clients x {args.requests} requests x "
-        f"{args.max_tokens} tokens, {args.rounds} round(s); load avg {load_at_start}")
+def retrieval_vs_merged(settings: Settings, threads: int | None, records: list[dict],
+                        tasks: list[str]) -> dict[str, Any]:
+    """Both servers, `rounds` rounds of the same load in alternating order -> section serve_info."""
+    log(f"{len(records)} test records of {tasks}; {settings.clients} clients x {settings.requests} requests x "
+        f"{settings.max_tokens} tokens, {settings.rounds} round(s)")
     variants = {"retrieval": [], "merged": [f"serve.merged_task={tasks[0]}"]}
     results: dict[str, list[dict]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="slm-bench-serve-") as tmp, contextlib.ExitStack() as stack:
-        urls = {v: stack.enter_context(server(args, v, extra, Path(tmp))) for v, extra in variants.items()}
+        urls = {v: stack.enter_context(server(settings, threads, v, extra, Path(tmp))) for v, extra in variants.items()}
         log(f"servers up: {urls}")
-        for url in urls.values():
-            load_round(url, args, records, args.warmup)  # first-call costs: threads, caches, allocator
-        for i in range(args.rounds):
+        for url in urls.values():  # first-call costs: threads, caches, allocator
+            load_round(url, settings, records, warmup_requests(settings))
+        for i in range(settings.rounds):
             for v in list(variants)[:: 1 if i % 2 == 0 else -1]:
-                r = load_round(urls[v], args, records, args.requests)
+                r = load_round(urls[v], settings, records, settings.requests)
                 results[v].append(r)
-                log(f"  round {i + 1}/{args.rounds} {v:<9}: {r['rps']:.2f} req/s, p50 {r['p50_s']:.3f} s, "
+                log(f"  round {i + 1}/{settings.rounds} {v:<9}: {r['rps']:.2f} req/s, p50 {r['p50_s']:.3f} s, "
                     f"p95 {r['p95_s']:.3f} s")
     summary = {v: summarize(rs) for v, rs in results.items()}
     ret, mer = summary["retrieval"], summary["merged"]
@@ -259,64 +291,41 @@ def main(argv=None) -> dict:
     print(f"{'server':<10} {'req/s':>8} {'tok/s':>8} {'p50 s':>8} {'p95 s':>8}")
     for v, st in summary.items():
         print(f"{v:<10} {st['rps']:>8.2f} {st['tokens_per_s']:>8.1f} {st['p50_s']:>8.3f} {st['p95_s']:>8.3f}")
-    result = {
-        "run_info": {"script": "bench/serve.py", "command": " ".join([sys.executable, *sys.argv]),
-                     "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                     "tasks": tasks, "merged_task": tasks[0], "records": len(records),
-                     "load_avg_at_start": load_at_start, "total_s": time.perf_counter() - t_start},
-        "serve_info": {"summary": summary, **ratios, "rounds": results},
-        "meta_info": meta_info(),
-    }
-    from pipeline.artifacts import atomic_write_json
-
-    atomic_write_json(args.json, result)
-    log(f"wrote {args.json}")
-    print(f"rps_ratio={ratios['rps_ratio']:.3f} p50_ratio={ratios['p50_ratio']:.3f}")
-    return result
+    return {"summary": summary, **ratios, "rounds": results}
 
 
-# ---- --batching: continuous vs static -----------------------------------------------------------
+def warmup_requests(settings: Settings) -> int:
+    return settings.clients if settings.warmup is None else settings.warmup
 
 
-def batching_main(args) -> dict:
-    """Continuous vs static batching at each client count: one run, results with provenance."""
-    from bench.provenance import run_provenance
-    from pipeline.artifacts import atomic_write_json
+# ---- continuous vs static batching --------------------------------------------------------------
 
-    t_start = time.perf_counter()
-    load_at_start = list(os.getloadavg())
-    records, tasks = test_records(args)
-    counts = [int(c) for c in args.client_counts.split(",")]
-    tokens = [int(t) for t in args.mixed_tokens.split(",")]
-    log(f"{len(records)} test records of {tasks}; clients {counts}, {args.requests} requests each, tokens "
-        f"{tokens} (cycled); batches of up to {args.batch_size}; load avg {load_at_start}")
+
+def continuous_vs_static(settings: Settings, threads: int | None, records: list[dict],
+                         tasks: list[str]) -> dict[str, Any]:
+    """Both servers at each client count, in alternating order -> section serve_info."""
+    tokens = settings.mixed_tokens
+    log(f"{len(records)} test records of {tasks}; clients {settings.client_counts}, {settings.requests} requests "
+        f"each, tokens {tokens} (cycled); batches of up to {settings.batch_size}")
     variants = {"continuous": ["serve.batching=continuous"], "static": ["serve.batching=static"]}
     results: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory(prefix="slm-bench-serve-") as tmp, contextlib.ExitStack() as stack:
-        urls = {v: stack.enter_context(server(args, v, extra, Path(tmp))) for v, extra in variants.items()}
-        for url in urls.values():
-            load_round(url, args, records, args.warmup, tokens=tokens)  # first-call costs
-        for i, clients in enumerate(counts):
+        urls = {v: stack.enter_context(server(settings, threads, v, extra, Path(tmp))) for v, extra in variants.items()}
+        for url in urls.values():  # first-call costs
+            load_round(url, settings, records, warmup_requests(settings), tokens=tokens)
+        for i, clients in enumerate(settings.client_counts):
             results[str(clients)] = {}
             for v in list(variants)[:: 1 if i % 2 == 0 else -1]:  # alternate who goes first
-                r = load_round(urls[v], args, records, args.requests, clients=clients, tokens=tokens)
+                r = load_round(urls[v], settings, records, settings.requests, clients=clients, tokens=tokens)
                 results[str(clients)][v] = r
                 log(f"  {clients:>2} client(s) {v:<10}: {r['rps']:.2f} req/s, p50 {r['p50_s']:.3f} s, "
                     f"p95 {r['p95_s']:.3f} s")
     table = batching_table(results)
     print("\n" + "\n".join(table))
-    result = {"run_info": {"script": "bench/serve.py --batching", **run_provenance(),
-                           "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                           "tasks": tasks, "records": len(records), "load_avg_at_start": load_at_start,
-                           "load_avg_at_end": list(os.getloadavg()), "total_s": time.perf_counter() - t_start},
-              "serve_info": {"by_clients": results, "table": table,
-                             "ratios": {c: {"rps": r["continuous"]["rps"] / r["static"]["rps"],
-                                            "p50": r["continuous"]["p50_s"] / r["static"]["p50_s"],
-                                            "p95": r["continuous"]["p95_s"] / r["static"]["p95_s"]}
-                                        for c, r in results.items()}}}
-    atomic_write_json(args.json, result)
-    log(f"wrote {args.json}")
-    return result
+    return {"by_clients": results, "table": table,
+            "ratios": {c: {"rps": r["continuous"]["rps"] / r["static"]["rps"],
+                           "p50": r["continuous"]["p50_s"] / r["static"]["p50_s"],
+                           "p95": r["continuous"]["p95_s"] / r["static"]["p95_s"]} for c, r in results.items()}}
 
 
 def batching_table(results: dict[str, dict[str, dict]]) -> list[str]:
@@ -328,17 +337,34 @@ def batching_table(results: dict[str, dict[str, dict]]) -> list[str]:
     return lines
 
 
-def meta_info() -> dict:
-    import torch
+# ---- main ----------------------------------------------------------------------------------------
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                capture_output=True, text=True).stdout.strip())
-    return {"commit": commit, "dirty_tree": dirty, "python": platform.python_version(), "torch": torch.__version__,
-            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "load_avg_at_end": list(os.getloadavg()), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the experiment; its results record (as written)."""
+    args = parse_args(argv)
+    settings = load_settings(args.experiment)
+    name = settings.name
+    if args.quick:
+        settings, name = settings.model_copy(update=QUICK[settings.compare]), f"{settings.name}-quick"
+    settings = settings.model_copy(update={"overrides": [*settings.overrides, *args.overrides]})
+    t_start = time.perf_counter()
+    load_at_start = list(os.getloadavg())
+    log(f"load avg {load_at_start}")
+    records, tasks = test_records(settings)
+    measure = retrieval_vs_merged if settings.compare == "retrieval_vs_merged" else continuous_vs_static
+    serve_info = measure(settings, args.threads, records, tasks)
+    run = {**runner.run_info(), "name": name, "settings": settings.model_dump(mode="json"), "threads": args.threads,
+           "tasks": tasks, "records": len(records), "load_avg_at_start": load_at_start,
+           "total_s": time.perf_counter() - t_start}
+    if settings.compare == "retrieval_vs_merged":
+        run["merged_task"] = tasks[0]
+    meta = runner.meta_info()  # its machine's load average is the one at the end
+    path = runner.write_result(BENCH, name, {"serve_info": serve_info}, run, meta, results=args.results_dir)
+    log(f"wrote {path}")
+    if settings.compare == "retrieval_vs_merged":
+        print(f"rps_ratio={serve_info['rps_ratio']:.3f} p50_ratio={serve_info['p50_ratio']:.3f}")
+    return {"run_info": run, "meta_info": meta, "serve_info": serve_info}
 
 
 if __name__ == "__main__":

@@ -9,17 +9,20 @@ generate and serve load exactly the same thing.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from pipeline.artifacts import atomic_path
-from pipeline.config import ExperimentConfig
 from pipeline.errors import CheckpointError
 from pipeline.jare.inject import JareBank, inject_jare
-from pipeline.layout import RunLayout
-from pipeline.models import load_base_model
+from pipeline.runtime.models import load_base_model
+from pipeline.state.artifacts import atomic_path
+
+if TYPE_CHECKING:
+    from pipeline.config import ExperimentConfig
+    from pipeline.state.layout import RunLayout
 
 KEYS_TENSOR = "keys"
 
@@ -34,11 +37,11 @@ def slot_dtype(model) -> torch.dtype:
     return next(p.dtype for p in model.parameters() if p.dtype in (torch.float32, torch.bfloat16, torch.float16))
 
 
-def jare_model(cfg: ExperimentConfig, layout: RunLayout, n_tasks: int, device: torch.device | None = None,
+def jare_model(cfg: ExperimentConfig, layout: RunLayout, n_tasks: int, slots: int, device: torch.device | None = None,
                model=None) -> tuple[torch.nn.Module, JareBank]:
     """Base + JARe with the saved slots of tasks 0..n_tasks-1 (all frozen)."""
     model = model if model is not None else base_model(cfg, device)
-    bank = inject_jare(model, cfg.jare.target_modules, cfg.jare.rank, cfg.jare.slots_per_task, slot_dtype(model))
+    bank = inject_jare(model, cfg.adapter.target_modules, cfg.adapter.rank, slots, slot_dtype(model))
     for j in range(n_tasks):
         name = cfg.tasks[j].name
         bank.load_task(name, layout.adapter_file(j, name), expect_meta={"task": name})
@@ -64,8 +67,8 @@ def lora_config(cfg: ExperimentConfig):
     """Every LoRA-family method's LoRA: the rank and target modules of JARe, alpha = rank."""
     from peft import LoraConfig
 
-    rank = cfg.train.lora_rank or cfg.jare.rank
-    return LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules=list(cfg.jare.target_modules))
+    rank = cfg.adapter.rank
+    return LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules=list(cfg.adapter.target_modules))
 
 
 def load_lora_state(peft_model, path: Path, adapter_name: str = "default") -> None:

@@ -32,7 +32,9 @@ a bare file name such as `cl_benchmark.yaml` names a shipped config.
 """
 
 # command -> one-line help; the module is pipeline.stages.<command> unless renamed here
-MODULES = {"eval": "evaluate"}
+# command -> the module whose `main(cfg, layout, args)` runs it (imported only when chosen): a
+# stage of the pipeline, or the command of its own package (plan, serve).
+MODULES = {"eval": "pipeline.stages.evaluate", "plan": "pipeline.planning.command", "serve": "pipeline.serve.command"}
 COMMANDS: dict[str, str] = {
     "prepare": "data sources -> unified {task, instruction, input, output} datasets on disk",
     "train": "learn task i's DTKR keys, then its JARe slot values, under DeepSpeed",
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False)) or os.environ.get("SLM_DEBUG", "") not in ("", "0")
-    from pipeline.library_logs import route_library_logs
+    from pipeline.runtime.library_logs import route_library_logs
 
     route_library_logs(debug)
     try:
@@ -195,15 +197,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config
-    from pipeline.layout import RunLayout
+    from pipeline.experiment import load_config
+    from pipeline.state.layout import RunLayout
 
     overrides = [*(args.overrides or []), *getattr(args, "set_overrides", [])]
     if args.method:
         overrides.append(f"method={args.method}")
     cfg = load_config(args.config, overrides)
     layout = RunLayout.of(cfg)
-    module = importlib.import_module(f"pipeline.stages.{MODULES.get(args.command, args.command)}")
+    module = importlib.import_module(MODULES.get(args.command, f"pipeline.stages.{args.command}"))
     return int(module.main(cfg, layout, args) or 0)
 
 

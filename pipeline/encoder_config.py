@@ -2,7 +2,7 @@
 
 Config validation uses it to find a `dtkr.groups` that does not divide the dimension before any
 query is encoded. Only light imports: `slm status` and `slm submit --dry-run` validate configs
-too and must not import torch. The bundled table mirrors pipeline.models.BUNDLED_ENCODERS (a
+too and must not import torch. The bundled table mirrors pipeline.runtime.models.BUNDLED_ENCODERS (a
 test keeps the two equal); models.py imports torch, so it cannot be imported from here.
 """
 
@@ -22,11 +22,11 @@ def encoder_config_file(name: str) -> Path | None:
     if name in BUNDLED_ENCODER_MODULES:
         spec = importlib.util.find_spec(BUNDLED_ENCODER_MODULES[name])
         if spec is None or not spec.submodule_search_locations:
-            return None  # not installed: pipeline.models names the pip package to install
+            return None  # not installed: pipeline.runtime.models names the pip package to install
         return Path(list(spec.submodule_search_locations)[0]) / "model" / "config.json"
     if name.startswith("bundled:"):
-        # a split encoder (pipeline.models.SPLIT_ENCODERS: its groups are checked when it loads), or
-        # an unknown name, which pipeline.models reports with the known ones
+        # a split encoder (pipeline.runtime.models.SPLIT_ENCODERS: its groups are checked when it loads), or
+        # an unknown name, which pipeline.runtime.models reports with the known ones
         return None
     local = Path(name).expanduser() / "config.json"
     if local.is_file():

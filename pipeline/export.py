@@ -27,10 +27,7 @@ from typing import Any
 
 import torch
 
-from pipeline.artifacts import atomic_path
-from pipeline.config import ExperimentConfig
-from pipeline.errors import ConfigError
-from pipeline.layout import RunLayout
+from pipeline.state.artifacts import atomic_path
 
 LoraWeights = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module -> (A (r, d_in), B (d_out, r))
 PEFT_PREFIX = "base_model.model."  # where PEFT's state dict keys of a causal LM start
@@ -108,30 +105,6 @@ def peft_state(lora: LoraWeights) -> dict[str, torch.Tensor]:
         state[f"{PEFT_PREFIX}{module}{PEFT_A}"] = a.detach().cpu().contiguous()
         state[f"{PEFT_PREFIX}{module}{PEFT_B}"] = b.detach().cpu().contiguous()
     return state
-
-
-def jare_task_export(cfg: ExperimentConfig, layout: RunLayout, t: int) -> TaskExport:
-    """Task t of a JARe method (slm, oracle_task_id): its P slots at equal weights 1/P.
-
-    Why equal weights: a LoRA has one fixed increment, while DTKR picks top-k slots and their
-    weights per input. Equal weights over the task's own slots is the one weighting that does not
-    depend on an input, and what `serve.merged_task` merges into W; retrieval's per-input choice
-    among (and across) tasks' slots is what the export gives up.
-    """
-    from pipeline.adapters import read_safetensors
-
-    if cfg.jare.transfer == "route_retrieved":
-        raise ConfigError("slm export: with jare.transfer=route_retrieved a task also routes through the earlier "
-                          "tasks' slots it retrieves per input, which one fixed LoRA cannot hold yet",
-                          hint="export from a run with jare.transfer=none or init_from_retrieved, or serve this "
-                               "run with `slm serve`, which keeps the routing")
-    name, slots = cfg.tasks[t].name, cfg.jare.slots_per_task
-    path = layout.adapter_file(t, name)
-    weights = [1.0 / slots] * slots
-    return TaskExport(task_lora_weights(read_safetensors(path), t, weights),
-                      describes=f"the {slots} slots of task {t} ({name}) at equal weights 1/{slots}, as "
-                                "serve.merged_task merges them (no per-input retrieval)",
-                      info={"sources": [str(path)], "slot_weights": weights})
 
 
 # ---- writing ----------------------------------------------------------------------------------------

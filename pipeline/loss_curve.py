@@ -14,9 +14,9 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from pipeline.artifacts import atomic_path
 from pipeline.config import ExperimentConfig
-from pipeline.layout import RunLayout
+from pipeline.state.artifacts import atomic_path
+from pipeline.state.layout import RunLayout
 from pipeline.tracking import train_log
 
 Curve = list[tuple[int, float]]  # (step, loss), steps ascending

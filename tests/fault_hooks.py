@@ -1,4 +1,4 @@
-"""Send a signal to the training process at an exact point, for tests/test_faults.py.
+"""Send a signal to the training process at an exact point, for the fault suite (tests/faults/).
 
 In-process (SIGTERM, SIGUSR1: the handler of `slm train` sets its flag and the run goes on):
 
@@ -64,7 +64,7 @@ def install(setattr_: SetAttr, point: str, signum: int, step: int = 0) -> None:
 
         setattr_(train, "_one_step", hooked_step)
     elif point == "checkpoint":
-        import pipeline.checkpoints as checkpoints
+        import pipeline.state.checkpoints as checkpoints
 
         complete = checkpoints.write_complete
 

@@ -28,7 +28,7 @@ def save_tiny_checkpoint(folder, seed: int = 0) -> str:
     """A tiny random LLaMA with SmolLM2's real tokenizer (and chat template), saved as a normal
     local model folder: the pipeline loads it through the same from_pretrained path as a hub
     model, and a training step takes milliseconds."""
-    from pipeline.models import load_tokenizer
+    from pipeline.runtime.models import load_tokenizer
 
     tok = load_tokenizer("bundled:smollm2")
     model = tiny_llama(seed=seed, vocab=len(tok))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-from pipeline.models import resolve_encoder_path
+from pipeline.runtime.models import resolve_encoder_path
 
 
 class SentenceEncoder:

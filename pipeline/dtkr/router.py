@@ -22,7 +22,7 @@ from pipeline.jare.routing import Routing
 class Router:
     """Routes records over the tasks held by `store`, with the retrieval settings of `spec`.
 
-    `through_earlier` (jare.transfer=route_retrieved): each sample also routes through the top-k
+    `through_earlier` (methods.slm.transfer=route_retrieved): each sample also routes through the top-k
     slots of the tasks *before* its own task (the task of its top-1 slot), frozen knowledge it
     learned with. Task t was trained with exactly that routing (its own slots + those of tasks
     < t), so an input that retrieves task t gets the mix task t learned, and a later task changes
@@ -50,7 +50,7 @@ class Router:
         return self.store.tasks
 
     def embed(self, records: list[dict], progress: bool = False) -> torch.Tensor:
-        from pipeline.batching import queries
+        from pipeline.prompts.batching import queries
 
         if self.encoder is None:
             raise RuntimeError("this router was built without an encoder: pass embeddings to route_embeddings")

@@ -22,15 +22,21 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from pipeline.artifacts import atomic_path
 from pipeline.dtkr import faiss_build
 from pipeline.dtkr.keys import group_normalize, weights_from_similarity
 from pipeline.errors import CheckpointError
 from pipeline.jare.routing import Routing
+from pipeline.state import validity
+from pipeline.state.artifacts import atomic_path
+
+if TYPE_CHECKING:
+    from pipeline.config import ExperimentConfig
+    from pipeline.state.layout import RunLayout
 
 # No FAISS, or two builds at once: an error that says what to install, not an ImportError.
 faiss_build.require("auto", need_device=False)
@@ -214,3 +220,9 @@ def _gpu_resources(device: int):
     if device not in _resources:
         _resources[device] = faiss.StandardGpuResources()
     return _resources[device]
+
+
+def load_store(cfg: ExperimentConfig, layout: RunLayout, n_tasks: int) -> KeyStore:
+    """The saved index, checked (files, format, and the keys of tasks 0..n_tasks-1 as they are now)."""
+    validity.require_index(cfg, layout, n_tasks)
+    return KeyStore.load(layout.index, encoder=cfg.dtkr.encoder)

@@ -19,10 +19,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from pipeline.artifacts import atomic_path
 from pipeline.errors import CheckpointError, NoTargetModuleError
 from pipeline.jare.layer import JareLinear, SlotInit
 from pipeline.jare.routing import Routing, RoutingState
+from pipeline.state.artifacts import atomic_path
 
 ADAPTER_FORMAT = "slm-jare-v1"
 
@@ -43,7 +43,7 @@ def find_targets(model: nn.Module, targets: list[str]) -> list[str]:
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and _matches(n, targets)]
     if not names:
         suffixes = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
-        raise NoTargetModuleError(f"jare.target_modules {targets} match no linear layer of "
+        raise NoTargetModuleError(f"adapter.target_modules {targets} match no linear layer of "
                                   f"{type(model).__name__}; its linear layers end in: {suffixes}")
     return names
 

@@ -4,7 +4,7 @@
 
 V starts as PEFT starts a LoRA's A (`init="lora"`: kaiming-uniform, +-1/sqrt(d_in)), or as the
 reference code does (`init="paper"`: N(0, 1)). With U = 0 and no alpha/r scaling, a slot with
-the LoRA init is exactly a PEFT LoRA of rank r and alpha = r (tests/test_jare_lora_equivalence.py);
+the LoRA init is exactly a PEFT LoRA of rank r and alpha = r (tests/jare/test_jare_lora_equivalence.py);
 the paper's V is ~sqrt(3 d_in) times larger, so Adam, which moves each element by ~lr per step,
 leaves it nearly where it started unless the run is long.
 

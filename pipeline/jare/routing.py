@@ -15,7 +15,7 @@ import torch
 @dataclass(frozen=True)
 class Routing:
     slot_ids: torch.Tensor  # (B, k) global slot indices (task t owns t*P .. t*P+P-1)
-    # (B, k), each row sums to 1; with jare.transfer=route_retrieved a row is the sample's own k
+    # (B, k), each row sums to 1; with transfer=route_retrieved a row is the sample's own k
     # slots (summing to 1) then its k earlier-task slots (summing to 1, or 0 for the first task)
     weights: torch.Tensor
     # Set when every slot belongs to one task (training, oracle): layers then index that

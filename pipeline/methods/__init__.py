@@ -1,18 +1,22 @@
 """The method registry: the one list of continual-learning methods and where each one lives.
 
-Adding a method = one module under pipeline/methods/ with a `Method` subclass, plus one line
-here. Config validation, the CLI's `--method` choices, the README's method table and the report
-all read this list. Importing this package is cheap (no torch): a method's module is imported
-only when `get_method` is called.
+Adding a method = one module under pipeline/methods/ with a `Method` subclass (its `Options`, its
+trainer and predictor, its memory load for `slm plan`, the option a learning-rate sweep turns),
+plus one line here. Config validation (`methods_spec`: each method's options section), the CLI's
+`--method` choices, `slm plan`, the benches, the README's method table and the report all read
+this list. Importing this package is cheap (no torch); a method's module is imported when its
+options or the method itself are first asked for.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pipeline.methods.base import Method
+    from pipeline.spec import Spec
 
 # name -> "module:Class", in the order reports list them: ours, its ceiling, then the baselines
 # from the forgetting floor up to the joint-training upper bound.
@@ -29,6 +33,7 @@ REGISTRY: dict[str, str] = {
 METHOD_NAMES: tuple[str, ...] = tuple(REGISTRY)
 
 
+@functools.cache
 def get_method(name: str) -> Method:
     if name not in REGISTRY:
         raise ValueError(f"unknown method {name!r}; valid: {', '.join(METHOD_NAMES)}")
@@ -37,3 +42,18 @@ def get_method(name: str) -> Method:
     if method.name != name:
         raise RuntimeError(f"pipeline.methods.REGISTRY maps {name!r} to a class named {method.name!r}")
     return method
+
+
+@functools.cache
+def methods_spec() -> type[Spec]:
+    """The `methods:` section of an experiment: one field per options section, typed by the Options
+    its method declares (a method may read another's section: oracle_task_id reads slm's)."""
+    from pydantic import create_model
+
+    from pipeline.spec import Spec
+
+    fields = {}
+    for name in METHOD_NAMES:
+        method = get_method(name)
+        fields.setdefault(method.section, (method.Options, method.Options()))
+    return create_model("MethodsSpec", __base__=Spec, __doc__="Each method's own options.", **fields)

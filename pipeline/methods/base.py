@@ -1,6 +1,9 @@
 """What every continual-learning method declares, so the stages never ask which method they run.
 
-A method is one small class (one module per method, registered in `pipeline.methods`). The train
+A method is one small class (one module per method, registered in `pipeline.methods`), the way a
+PEFT tuner ties its config class to its model class: `Options` (its section `methods.<name>` of the
+experiment, each field with its help), its role, what it trains, infers and stores, the option a
+learning-rate sweep turns, its memory load for `slm plan`, and the hooks the stages call. The train
 stage asks it for task i's records, its step count and learning rate, and a `Trainer` (the model,
 the parameters that train, a per-micro-batch hook, an extra loss term, what to save); eval,
 generate and serve ask it for a `Predictor` (the model of one row and how a batch is routed); the
@@ -12,20 +15,35 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
-from torch import nn
+from pydantic import Field
 
-from pipeline.config import METHOD_TRAIN_KNOBS, ExperimentConfig
-from pipeline.export import TaskExport
-from pipeline.jare.routing import Routing
-from pipeline.layout import RunLayout
+from pipeline.spec import Spec
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from pipeline.config import ExperimentConfig
+    from pipeline.export import TaskExport
+    from pipeline.jare.routing import Routing
+    from pipeline.methods.loads import MethodLoad
+    from pipeline.planning.shapes import ModelShape
+    from pipeline.state.layout import RunLayout
 
 Role = Literal["ours", "ceiling", "floor", "baseline", "peer", "upper bound"]
 # Loads the frozen base for training (the stage's, so ZeRO-3 loads it partitioned); the argument
 # overrides model.name_or_path (seq_ft continues from the previous task's saved model).
-LoadBase = Callable[..., nn.Module]
+LoadBase = Callable[..., "nn.Module"]
+
+
+class MethodOptions(Spec):
+    """Options every method has; a method's `Options` extends it."""
+
+    lr: float = Field(5e-3, gt=0)
+    """Learning rate of what the method trains (AdamW, warmup then linear decay): the option a
+    learning-rate sweep turns (bench/lr_sweep.py)."""
 
 
 @dataclass
@@ -44,17 +62,25 @@ class Trainer:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def _no_routing(records: list[dict], task: int) -> Routing | None:
+    return None
+
+
+def _unrouted(routing: Routing | None) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
 @dataclass
 class Predictor:
     """The model of one row of the accuracy matrix, and how it routes a batch."""
 
     model: nn.Module
     # records, index of their true task -> routing of the batch (None: the model needs none)
-    route: Callable[[list[dict], int], Routing | None] = lambda records, task: None
+    route: Callable[[list[dict], int], Routing | None] = _no_routing
     # the task index of each sample's top-1 slot, for retrieval accuracy (methods that retrieve)
     top1_tasks: Callable[[Routing], list[int]] | None = None
     # a context that applies a routing to the model's forward passes
-    routed: Callable[[Routing | None], contextlib.AbstractContextManager] = lambda r: contextlib.nullcontext()
+    routed: Callable[[Routing | None], contextlib.AbstractContextManager] = _unrouted
     router: Any = None  # pipeline.dtkr.router.Router for methods with DTKR keys
     bank: Any = None  # pipeline.jare.inject.JareBank for JARe methods
 
@@ -66,23 +92,62 @@ class Method:
     role: ClassVar[Role]
     trains: ClassVar[str]  # one line: what trains (README, report)
     infers: ClassVar[str]  # one line: what answers at inference
+    stores: ClassVar[str]  # one line: what a finished task writes into its folder
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+    # The `methods.<section>` this method reads; None: its own name (oracle_task_id reads slm's).
+    options_key: ClassVar[str | None] = None
+    sweep_key: ClassVar[str] = "lr"  # the option a learning-rate sweep turns (bench/lr_sweep.py)
     learns_keys: ClassVar[bool] = False  # DTKR keys per task and a FAISS index (`slm index`)
     retrieves: ClassVar[bool] = False  # eval reports retrieval accuracy
-    # The TrainSpec fields only this method reads (pipeline.config.METHOD_TRAIN_KNOBS holds all of them).
-    train_knobs: ClassVar[tuple[str, ...]] = ()
+    trains_base: ClassVar[bool] = False  # the base's own weights train (the plan counts them)
+
+    @property
+    def section(self) -> str:
+        return self.options_key or self.name
+
+    def options(self, cfg: ExperimentConfig) -> Any:
+        """This method's options in `cfg` (an instance of its `Options`): validated with the experiment
+        by pipeline.experiment; a config built by hand holds them raw and they are validated here."""
+        if cfg.methods is None or isinstance(cfg.methods, dict):
+            return self.Options.model_validate((cfg.methods or {}).get(self.section, {}))
+        return getattr(cfg.methods, self.section)
+
+    def config_problems(self, cfg: ExperimentConfig) -> list[str]:
+        """Problems of a whole experiment for this method (`key: why` lines), reported with the
+        config's own when it is loaded."""
+        return []
 
     def check(self, cfg: ExperimentConfig) -> None:
-        """Refuse a config this method cannot run, before any work (raise ConfigError)."""
+        """Refuse a config this method cannot run here, before any work (raise ConfigError); `slm
+        plan` asks it per DeepSpeed / quantization row."""
 
     # ---- what a task's result depends on -----------------------------------------------------
     def settings(self, cfg: ExperimentConfig) -> dict[str, Any]:
-        """The config subset a trained task depends on; other methods' knobs are left out, so
-        changing `train.replay_ratio` does not invalidate an slm run."""
-        settings = cfg.model_dump(include={"method", "seed", "model", "jare", "dtkr", "train"})
-        for key in METHOD_TRAIN_KNOBS:
-            if key not in self.train_knobs:
-                settings["train"].pop(key, None)
-        return settings
+        """The config subset a trained task depends on: the shared sections it reads and its own
+        options; other methods' options are left out, so tuning replay never invalidates an slm run."""
+        include = {"method", "seed", "model", "adapter", "train", *(("dtkr",) if self.learns_keys else ())}
+        return {**cfg.model_dump(include=include), "methods": {self.section: self.options(cfg).model_dump()}}
+
+    def eval_settings(self, cfg: ExperimentConfig) -> dict[str, Any]:
+        """The config subset an eval row depends on besides the tasks it loads (routing, decoding)."""
+        include = {"method", "model", "adapter", "eval", *(("dtkr",) if self.learns_keys else ())}
+        return {**cfg.model_dump(include=include), "methods": {self.section: self.options(cfg).model_dump()}}
+
+    # ---- planning ------------------------------------------------------------------------------
+    def key_slots(self, cfg: ExperimentConfig) -> int:
+        """DTKR keys per task in the index (0: the method learns none)."""
+        return 0
+
+    def trained_base_modules(self, cfg: ExperimentConfig) -> list[str] | None:
+        """The base linears a method that trains the base selects (None: all of the decoder's)."""
+        return None
+
+    def memory_load(self, cfg: ExperimentConfig, shape: ModelShape, encoder_dim: int) -> MethodLoad:
+        """What the method adds to `slm plan`'s memory of a frozen-base step (pipeline.planning)."""
+        from pipeline.errors import ConfigError
+
+        raise ConfigError(f"method {self.name} declares no memory load, so `slm plan` cannot plan it",
+                          hint=f"give {type(self).__name__} a `memory_load` (pipeline/methods/base.py says how)")
 
     # ---- training ----------------------------------------------------------------------------
     def training_records(self, cfg: ExperimentConfig, layout: RunLayout, prepared: dict, t: int) -> list[dict]:
@@ -93,7 +158,7 @@ class Method:
         return 1
 
     def learning_rate(self, cfg: ExperimentConfig) -> float:
-        return cfg.train.lr
+        return self.options(cfg).lr
 
     def trainer(self, cfg: ExperimentConfig, layout: RunLayout, t: int, records: list[dict],
                 device: torch.device, load_base: LoadBase) -> Trainer:

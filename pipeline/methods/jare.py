@@ -4,7 +4,7 @@ Task t: embed its queries, learn its keys (cached in train_state, so a resumed r
 as the interrupted one), route every training record to its own task's slots, train only those
 slots. Inference: base + every finished task's slots, routed per sample by the `Router`.
 
-Forward transfer (`jare.transfer`) never writes an earlier slot: `init_from_retrieved` copies the
+Forward transfer (`methods.slm.transfer`) never writes an earlier slot: `init_from_retrieved` copies the
 earlier slots that DTKR retrieves most for task t's training queries into task t's new slots
 before training; `route_retrieved` routes every query through its retrieved earlier slots
 (frozen) beside its own, in training and at inference alike (`Router.through_earlier`).
@@ -12,14 +12,22 @@ before training; `route_retrieved` routes every query through its retrieved earl
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Literal
+
 import torch
+from pydantic import Field
 
 from pipeline import distributed
 from pipeline.adapters import jare_model, load_keys, save_keys
-from pipeline.config import ExperimentConfig
 from pipeline.jare.routing import Routing
-from pipeline.layout import RunLayout
-from pipeline.methods.base import LoadBase, Method, Predictor, Trainer
+from pipeline.methods.base import LoadBase, Method, MethodOptions, Predictor, Trainer
+
+if TYPE_CHECKING:
+    from pipeline.config import ExperimentConfig
+    from pipeline.export import TaskExport
+    from pipeline.methods.loads import MethodLoad
+    from pipeline.planning.shapes import ModelShape
+    from pipeline.state.layout import RunLayout
 
 ADAPTER_FILE, KEYS_FILE = "adapter.safetensors", "keys.safetensors"
 # Warn when a new task's keys take the top-1 slot of more than this share of an earlier task's
@@ -27,8 +35,71 @@ ADAPTER_FILE, KEYS_FILE = "adapter.safetensors", "keys.safetensors"
 CAPTURE_WARN, CAPTURE_QUERIES = 0.05, 200
 
 
+class JareOptions(MethodOptions):
+    """The JARe methods' options (slm; oracle_task_id reads slm's, its slots are the same)."""
+
+    slots_per_task: int = Field(1, ge=1)
+    """P: the slots each task owns (every slot: one rank-`adapter.rank` increment per target layer
+    and one DTKR key). 1, with dtkr.top_k 1, measured best at CPU scale (bench/results/plasticity/:
+    a task's one slot sees all of its data); the paper's 4 with top-k 2 is one override away."""
+    init: Literal["paper", "lora"] = "lora"
+    """How a new slot's V starts (U starts at 0 either way). lora: as PEFT starts a LoRA's A
+    (kaiming-uniform, +-1/sqrt(d_in)), so a slot learns like a LoRA at a LoRA's learning rate;
+    paper: N(0, 1), the reference code's, which Adam barely moves in a few hundred steps."""
+    transfer: Literal["none", "init_from_retrieved", "route_retrieved"] = "init_from_retrieved"
+    """What a new task takes from the earlier ones; earlier slots are never written, so none of
+    these can cause forgetting. none: fresh slots. init_from_retrieved: its slots start as copies
+    of the earlier slots DTKR retrieves most for its training queries (measured best:
+    bench/results/plasticity/). route_retrieved: every query also routes through its top-k
+    earlier-task slots (frozen) beside its own, in training and at inference alike."""
+
+
 class JareMethod(Method):
+    Options = JareOptions
     learns_keys = True
+    stores = "adapter.safetensors (the task's P slots) + keys.safetensors (its P DTKR keys)"
+
+    def config_problems(self, cfg: ExperimentConfig) -> list[str]:
+        if cfg.dtkr.top_k > self.options(cfg).slots_per_task * len(cfg.tasks):
+            return [f"dtkr.top_k: {cfg.dtkr.top_k} exceeds the slots of all tasks "
+                    f"({self.options(cfg).slots_per_task} x {len(cfg.tasks)} tasks)"]
+        return []
+
+    def export(self, cfg: ExperimentConfig, layout: RunLayout, t: int) -> TaskExport:
+        """Task t's P slots at equal weights 1/P, as one LoRA of rank P*r.
+
+        Why equal weights: a LoRA has one fixed increment, while DTKR picks top-k slots and their
+        weights per input. Equal weights over the task's own slots is the one weighting that does not
+        depend on an input, and what `serve.merged_task` merges into W; retrieval's per-input choice
+        among (and across) tasks' slots is what the export gives up.
+        """
+        from pipeline.adapters import read_safetensors
+        from pipeline.errors import ConfigError
+        from pipeline.export import TaskExport, task_lora_weights
+
+        opts = self.options(cfg)
+        if opts.transfer == "route_retrieved":
+            raise ConfigError(f"slm export: with methods.{self.section}.transfer=route_retrieved a task also routes "
+                              "through the earlier tasks' slots it retrieves per input, which one fixed LoRA cannot "
+                              "hold", hint="serve this run with `slm serve`, which keeps the routing, or export a run "
+                                           "with transfer none or init_from_retrieved")
+        name, slots = cfg.tasks[t].name, opts.slots_per_task
+        path = layout.adapter_file(t, name)
+        weights = [1.0 / slots] * slots
+        return TaskExport(task_lora_weights(read_safetensors(path), t, weights),
+                          describes=f"the {slots} slots of task {t} ({name}) at equal weights 1/{slots}, as "
+                                    "serve.merged_task merges them (no per-input retrieval)",
+                          info={"sources": [str(path)], "slot_weights": weights})
+
+    def key_slots(self, cfg: ExperimentConfig) -> int:
+        return self.options(cfg).slots_per_task
+
+    def memory_load(self, cfg: ExperimentConfig, shape: ModelShape, encoder_dim: int) -> MethodLoad:
+        from pipeline.methods.loads import compute_bytes, jare_load
+
+        p = self.options(cfg).slots_per_task
+        return jare_load(shape, len(cfg.tasks), p, max(p, cfg.dtkr.top_k), encoder_dim, compute_bytes(cfg),
+                         cfg.method)
 
     def trainer(self, cfg: ExperimentConfig, layout: RunLayout, t: int, records: list[dict],
                 device: torch.device, load_base: LoadBase) -> Trainer:
@@ -40,18 +111,19 @@ class JareMethod(Method):
         embeddings = encoder.encode(_queries(records), progress=distributed.is_main())
         earlier = [(cfg.tasks[j].name, load_keys(layout.keys_file(j, cfg.tasks[j].name), cfg.dtkr.encoder,
                                                  cfg.dtkr.groups)) for j in range(t)]
-        keys = learn_keys(cfg, layout, t, embeddings, earlier)
-        router = Router.from_keys([*earlier, (name, keys)], encoder, cfg.dtkr, cfg.jare.slots_per_task,
-                                  through_earlier=routes_through_earlier(cfg))
+        keys = learn_keys(cfg, layout, t, embeddings, earlier, self.key_slots(cfg))
+        opts = self.options(cfg)
+        router = Router.from_keys([*earlier, (name, keys)], encoder, cfg.dtkr, opts.slots_per_task,
+                                  through_earlier=opts.transfer == "route_retrieved")
         routing = router.route_embeddings(embeddings, tasks=[name])  # task t's own slots (+ earlier, frozen)
         captured = capture_warning(cfg, layout, t, router)
         # The base only now: under ZeRO-3 every from_pretrained after it loads partitioned, and
         # the encoder above must load whole.
-        model, bank = jare_model(cfg, layout, t, device, model=load_base())
-        bank.add_task(name, seed=cfg.seed + 1000 * t, init=cfg.jare.init)
+        model, bank = jare_model(cfg, layout, t, opts.slots_per_task, device, model=load_base())
+        bank.add_task(name, seed=cfg.seed + 1000 * t, init=opts.init)
         info: dict = {"capture": captured}
-        if cfg.jare.transfer == "init_from_retrieved" and t > 0:
-            sources = most_retrieved_slots(router, embeddings, [n for n, _ in earlier], cfg.jare.slots_per_task)
+        if opts.transfer == "init_from_retrieved" and t > 0:
+            sources = most_retrieved_slots(router, embeddings, [n for n, _ in earlier], opts.slots_per_task)
             bank.copy_slots(t, sources)
             info["init_from_slots"] = [router.describe_slot(s) for s in sources]
             distributed.log(f"train: task {t} ({name}) starts from the earlier slots " +
@@ -74,11 +146,11 @@ class JareMethod(Method):
     def predictor(self, cfg: ExperimentConfig, layout: RunLayout, after: int, device: torch.device) -> Predictor:
         from pipeline.dtkr.encoder import SentenceEncoder
         from pipeline.dtkr.router import Router
-        from pipeline.stages.index import load_store
+        from pipeline.dtkr.store import load_store
 
-        model, bank = jare_model(cfg, layout, after + 1, device)
+        model, bank = jare_model(cfg, layout, after + 1, self.key_slots(cfg), device)
         router = Router(load_store(cfg, layout, after + 1), SentenceEncoder(cfg.dtkr.encoder, device), cfg.dtkr,
-                        through_earlier=routes_through_earlier(cfg))
+                        through_earlier=self.options(cfg).transfer == "route_retrieved")
         seen = [t.name for t in cfg.tasks[: after + 1]]
 
         def route(records: list[dict], task: int) -> Routing | None:
@@ -89,10 +161,6 @@ class JareMethod(Method):
     def route_eval(self, router, seen: list[str], true_task: str, records: list[dict]) -> Routing | None:
         """Routing of an eval batch of `true_task`'s records, given the finished tasks `seen`."""
         raise NotImplementedError
-
-
-def routes_through_earlier(cfg: ExperimentConfig) -> bool:
-    return cfg.jare.transfer == "route_retrieved"
 
 
 def most_retrieved_slots(router, embeddings: torch.Tensor, earlier: list[str], slots: int) -> list[int]:
@@ -108,13 +176,13 @@ def most_retrieved_slots(router, embeddings: torch.Tensor, earlier: list[str], s
 
 
 def _queries(records: list[dict]) -> list[str]:
-    from pipeline.batching import queries
+    from pipeline.prompts.batching import queries
 
     return queries(records)
 
 
 def learn_keys(cfg: ExperimentConfig, layout: RunLayout, t: int, embeddings: torch.Tensor,
-               earlier: list[tuple[str, torch.Tensor]]) -> torch.Tensor:
+               earlier: list[tuple[str, torch.Tensor]], slots: int) -> torch.Tensor:
     """Task t's keys, learned on its own queries (and the earlier tasks' frozen keys, for the
     centrifugal term) before any value; cached in train_state so a resumed run routes exactly as
     the interrupted one did."""
@@ -129,7 +197,7 @@ def learn_keys(cfg: ExperimentConfig, layout: RunLayout, t: int, embeddings: tor
         return load_keys(cached, d.encoder, d.groups)
     distributed.log(f"train: learning DTKR keys of task {t} ({name}) on {len(embeddings)} queries")
     previous = torch.cat([k for _, k in earlier]) if earlier else None
-    keys, losses = learn_task_keys(embeddings, d, cfg.jare.slots_per_task, seed=cfg.seed + t,
+    keys, losses = learn_task_keys(embeddings, d, slots, seed=cfg.seed + t,
                                    previous_keys=previous, progress=distributed.is_main())
     if losses:
         distributed.log(f"train: key loss {losses[0]:.4f} -> {losses[-1]:.4f}")
@@ -142,7 +210,7 @@ def learn_keys(cfg: ExperimentConfig, layout: RunLayout, t: int, embeddings: tor
 def capture_warning(cfg: ExperimentConfig, layout: RunLayout, t: int, router) -> dict[str, float]:
     """How much of each earlier task's held-out queries task t's keys now capture (top-1), warned
     about above CAPTURE_WARN: the user should know before any evaluation. Recorded in the DONE."""
-    from data_prep.prepared import load_prepared
+    from pipeline.data.prepared import load_prepared
     from pipeline.dtkr.router import capture_rates
 
     if t == 0:

@@ -1,5 +1,5 @@
-"""The LoRA family (seq_lora, replay, multitask, o_lora): PEFT LoRA of the same rank, on the same
-modules as JARe (`jare.target_modules`), at `train.lora_lr`.
+"""The LoRA family (seq_lora, replay, multitask, o_lora, n_lora): PEFT LoRA of the same rank, on the
+same modules as JARe's slots (`adapter.rank`, `adapter.target_modules`), at the method's own `lr`.
 
 One LoRA continues through the sequence (seq_lora, replay) or restarts at every stage (multitask);
 o_lora keeps one LoRA per task. Inference: the LoRA(s) saved after the row's task, no routing.
@@ -7,25 +7,33 @@ o_lora keeps one LoRA per task. Inference: the LoRA(s) saved after the row's tas
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from pipeline import distributed
 from pipeline.adapters import lora_model, lora_trainable, read_safetensors, save_lora
-from pipeline.config import ExperimentConfig
 from pipeline.export import TaskExport, lora_from_peft_state
-from pipeline.layout import RunLayout
 from pipeline.methods.base import LoadBase, Method, Predictor, Trainer
+
+if TYPE_CHECKING:
+    from pipeline.config import ExperimentConfig
+    from pipeline.methods.loads import MethodLoad
+    from pipeline.planning.shapes import ModelShape
+    from pipeline.state.layout import RunLayout
 
 ADAPTER_FILE = "adapter.safetensors"
 
 
 class LoraMethod(Method):
-    train_knobs = ("lora_rank", "lora_lr")
+    stores = "adapter.safetensors (the LoRA after the task)"
+    one_lora_per_task = False  # o_lora / n_lora keep every task's LoRA resident
 
-    def learning_rate(self, cfg: ExperimentConfig) -> float:
-        # PEFT starts A at kaiming scale while JARe's V is N(0, 1): at one lr the LoRA moves far
-        # slower, so the LoRA baselines have their own (train.lora_lr; README "Fairness").
-        return cfg.train.lora_lr or cfg.train.lr
+    def memory_load(self, cfg: ExperimentConfig, shape: ModelShape, encoder_dim: int) -> MethodLoad:
+        from pipeline.methods.loads import compute_bytes, lora_load
+
+        return lora_load(shape, cfg.adapter.rank, len(cfg.tasks), self.one_lora_per_task, compute_bytes(cfg),
+                         cfg.method)
 
     def continues_from(self, t: int) -> int | None:
         """The task whose saved LoRA task t starts from (None: a fresh LoRA, B = 0)."""

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from pipeline.config import ExperimentConfig
-from pipeline.layout import RunLayout
+from typing import TYPE_CHECKING
+
 from pipeline.methods.lora import LoraMethod
+
+if TYPE_CHECKING:
+    from pipeline.config import ExperimentConfig
+    from pipeline.state.layout import RunLayout
 
 
 class Multitask(LoraMethod):

@@ -9,19 +9,32 @@ lambda_2 0 (its published scripts). Earlier LoRAs are loaded from their files an
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+from pydantic import Field
 
 from pipeline.adapters import base_model, load_lora_state, lora_config, read_safetensors
-from pipeline.config import ExperimentConfig
 from pipeline.errors import ConfigError
 from pipeline.export import TaskExport, concat_loras, lora_from_peft_state
-from pipeline.layout import RunLayout
-from pipeline.methods.base import LoadBase, Predictor, Trainer
+from pipeline.methods.base import LoadBase, MethodOptions, Predictor, Trainer
 from pipeline.methods.lora import LoraMethod, save_peft_state
+
+if TYPE_CHECKING:
+    from pipeline.config import ExperimentConfig
+    from pipeline.state.layout import RunLayout
 
 
 def adapter_name(t: int) -> str:
     return f"task{t}"
+
+
+class OLoraOptions(MethodOptions):
+    lambda1: float = Field(0.5, ge=0)
+    """Weight of the orthogonality term sum |A_j A_t^T|_1 between the new LoRA's A and every earlier
+    task's (the O-LoRA scripts' 0.5, cmnfriend/O-LoRA scripts/order_*.sh)."""
+    lambda2: float = Field(0.0, ge=0)
+    """Weight of the L2 norm of the new LoRA's matrices (the O-LoRA scripts' 0)."""
 
 
 class OLora(LoraMethod):
@@ -29,15 +42,17 @@ class OLora(LoraMethod):
     role = "peer"
     trains = "a new LoRA per task, its A kept orthogonal to the earlier (frozen) tasks' A"
     infers = "the sum of every task's LoRA (no task id)"
-    train_knobs = ("lora_rank", "lora_lr", "o_lora_lambda1", "o_lora_lambda2")
+    stores = "adapter.safetensors (the task's own LoRA; inference adds all of them)"
+    Options = OLoraOptions
+    one_lora_per_task = True  # every task's LoRA stays in memory
 
     def check(self, cfg: ExperimentConfig) -> None:
-        from pipeline.deepspeed_config import zero_stage
+        from pipeline.runtime.deepspeed_config import zero_stage
 
         if zero_stage(cfg) == 3:
             # The orthogonality term reads every task's A outside the forward pass, where ZeRO-3
             # holds only shards; gathering them every step is not implemented.
-            raise ConfigError(f"method o_lora does not support ZeRO-3 (train.deepspeed={cfg.train.deepspeed}); "
+            raise ConfigError(f"method {self.name} does not support ZeRO-3 (train.deepspeed={cfg.train.deepspeed}); "
                               "use zero2 or zero2_offload (its LoRAs are small)")
 
     def trainer(self, cfg: ExperimentConfig, layout: RunLayout, t: int, records: list[dict],
@@ -46,7 +61,7 @@ class OLora(LoraMethod):
         new, old = adapter_name(t), [adapter_name(j) for j in range(t)]
         layers = lora_layers(model)
         params = [p for layer in layers for p in (layer.lora_A[new].weight, layer.lora_B[new].weight)]
-        lam1, lam2 = cfg.train.o_lora_lambda1, cfg.train.o_lora_lambda2
+        lam1, lam2 = self.options(cfg).lambda1, self.options(cfg).lambda2
 
         def extra_loss() -> torch.Tensor:
             total = params[0].new_zeros(())

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from pipeline.config import ExperimentConfig
-from pipeline.export import TaskExport, jare_task_export
-from pipeline.jare.routing import Routing
-from pipeline.layout import RunLayout
+from typing import TYPE_CHECKING
+
 from pipeline.methods.jare import JareMethod
+
+if TYPE_CHECKING:
+    from pipeline.jare.routing import Routing
 
 
 class OracleTaskId(JareMethod):
@@ -14,11 +15,9 @@ class OracleTaskId(JareMethod):
     role = "ceiling"
     trains = "as slm"
     infers = "the true task's slots (the retrieval ceiling)"
+    options_key = "slm"  # the same slots as slm, routed by the true task
 
     def route_eval(self, router, seen: list[str], true_task: str, records: list[dict]) -> Routing | None:
         if true_task not in seen:
             return None  # the true task has no slots yet: the base model answers
         return router.route(records, tasks=[true_task])
-
-    def export(self, cfg: ExperimentConfig, layout: RunLayout, t: int) -> TaskExport:
-        return jare_task_export(cfg, layout, t)

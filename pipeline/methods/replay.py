@@ -1,7 +1,7 @@
 """replay: seq_lora plus a small seeded buffer of every earlier task's training records (the
 paper's "Replay" row, 1 % by default).
 
-The buffer of task i holds max(1, round(replay_ratio * n_j)) records of each earlier task j, a
+The buffer of task i holds max(1, round(ratio * n_j)) records of each earlier task j, a
 seeded sample, and is written to the task's folder (replay_buffer.jsonl, listed in its DONE), so a
 resumed or re-run task trains on exactly the same records; a buffer on disk that no longer matches
 the data is an error, not silently replaced.
@@ -10,31 +10,42 @@ the data is an error, not silently replaced.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import torch
+from pydantic import Field
 
-from data_prep.records import stable_rng, stable_sample
 from pipeline import distributed
-from pipeline.artifacts import atomic_write_text
-from pipeline.config import ExperimentConfig
+from pipeline.data.records import stable_rng, stable_sample
 from pipeline.errors import StageInputError
-from pipeline.layout import RunLayout
-from pipeline.methods.base import LoadBase, Trainer
+from pipeline.methods.base import LoadBase, MethodOptions, Trainer
 from pipeline.methods.lora import LoraMethod
+from pipeline.state.artifacts import atomic_write_text
+
+if TYPE_CHECKING:
+    from pipeline.config import ExperimentConfig
+    from pipeline.state.layout import RunLayout
 
 BUFFER_FILE = "replay_buffer.jsonl"
+
+
+class ReplayOptions(MethodOptions):
+    ratio: float = Field(0.01, gt=0, le=1)
+    """The fraction of each earlier task's training records mixed into task i's data (the paper's
+    1 %), at least one record per earlier task."""
 
 
 class Replay(LoraMethod):
     name = "replay"
     role = "baseline"
-    trains = "as seq_lora, plus a seeded buffer of train.replay_ratio (1 %) of each earlier task's records"
+    trains = "as seq_lora, plus a seeded buffer of methods.replay.ratio (1 %) of each earlier task's records"
     infers = "the LoRA after the last task"
-    train_knobs = ("lora_rank", "lora_lr", "replay_ratio")
+    stores = "adapter.safetensors (the LoRA after the task) + replay_buffer.jsonl (the records it replayed)"
+    Options = ReplayOptions
 
     def training_records(self, cfg: ExperimentConfig, layout: RunLayout, prepared: dict, t: int) -> list[dict]:
         own = super().training_records(cfg, layout, prepared, t)
-        buffer = replay_buffer(cfg, prepared, t)
+        buffer = replay_buffer(cfg, prepared, t, self.options(cfg).ratio)
         _write_or_check(layout.task_dir(t, cfg.tasks[t].name) / BUFFER_FILE, buffer)
         return own + buffer
 
@@ -46,13 +57,13 @@ class Replay(LoraMethod):
         return trainer
 
 
-def replay_buffer(cfg: ExperimentConfig, prepared: dict, t: int) -> list[dict]:
+def replay_buffer(cfg: ExperimentConfig, prepared: dict, t: int, ratio: float) -> list[dict]:
     """A seeded sample of each earlier task's training records (at least one per task)."""
     buffer: list[dict] = []
     for j in range(t):
         name = cfg.tasks[j].name
         records = [dict(r) for r in prepared[name]["train"]]
-        n = max(1, round(cfg.train.replay_ratio * len(records)))
+        n = max(1, round(ratio * len(records)))
         buffer += stable_sample(records, n, stable_rng("replay", cfg.seed, cfg.tasks[t].name, name))
     return buffer
 
@@ -62,7 +73,7 @@ def _write_or_check(path, buffer: list[dict]) -> None:
     if path.is_file():
         if path.read_text() != text:
             raise StageInputError(f"{path} holds another replay buffer than the data now gives (earlier "
-                                  "tasks' records or train.replay_ratio changed)",
+                                  "tasks' records or methods.replay.ratio changed)",
                                   hint=f"`slm run --restart` (or `slm train --task <i> --restart`) discards "
                                        f"{path.parent} and retrains it with the new buffer")
         return

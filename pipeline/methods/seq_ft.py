@@ -1,7 +1,7 @@
 """seq_ft: sequential full fine-tuning of the base, task after task (the paper's "Fine-tune" row).
 
 Task t starts from the model saved after task t-1 (the base at t = 0) and trains every linear
-layer of the decoder blocks (or `train.ft_modules`) at `train.ft_lr`, under the experiment's
+layer of the decoder blocks (or `methods.seq_ft.modules`) at `methods.seq_ft.lr`, under the experiment's
 DeepSpeed config: here the optimizer state is the full model's, which is what ZeRO-2/3 and CPU
 offload are for. Each task's model is saved whole, as safetensors shards (in the training dtype:
 bf16 on GPUs), in <task>/model/, so eval after task i loads it like any local checkpoint.
@@ -9,42 +9,64 @@ bf16 on GPUs), in <task>/model/, so eval after task i loads it like any local ch
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+from pydantic import Field
 from torch import nn
 
 from pipeline import distributed
-from pipeline.artifacts import atomic_path
-from pipeline.config import ExperimentConfig
 from pipeline.errors import ConfigError, NoTargetModuleError
 from pipeline.export import TaskExport
-from pipeline.layout import RunLayout
-from pipeline.methods.base import LoadBase, Method, Predictor, Trainer
-from pipeline.models import load_base_model
+from pipeline.methods.base import LoadBase, Method, MethodOptions, Predictor, Trainer
+from pipeline.runtime.models import load_base_model
+from pipeline.state.artifacts import atomic_path
+
+if TYPE_CHECKING:
+    from pipeline.config import ExperimentConfig
+    from pipeline.methods.loads import MethodLoad
+    from pipeline.planning.shapes import ModelShape
+    from pipeline.state.layout import RunLayout
 
 MODEL_DIR = "model"
 SHARD_SIZE = "2GB"
 
 
+class SeqFtOptions(MethodOptions):
+    lr: float = Field(3e-5, gt=0)
+    """Full fine-tuning learning rate (the reference's 3e-5); the option a learning-rate sweep turns."""
+    modules: list[str] | None = None
+    """Which linear layers train, by name or suffix (as adapter.target_modules); null: every linear
+    layer of the decoder blocks."""
+
+
 class SeqFt(Method):
     name = "seq_ft"
     role = "floor"
-    trains = "every linear layer of the decoder (train.ft_modules), task after task, at train.ft_lr"
+    trains = "every linear layer of the decoder (methods.seq_ft.modules), task after task, at methods.seq_ft.lr"
     infers = "the model after the last task"
-    train_knobs = ("ft_lr", "ft_modules")
+    stores = "model/ (the whole model after the task, safetensors shards in the training dtype)"
+    Options = SeqFtOptions
+    trains_base = True
+
+    def trained_base_modules(self, cfg: ExperimentConfig) -> list[str] | None:
+        return self.options(cfg).modules
+
+    def memory_load(self, cfg: ExperimentConfig, shape: ModelShape, encoder_dim: int) -> MethodLoad:
+        from pipeline.methods.loads import compute_bytes, full_ft_load
+
+        return full_ft_load(shape, len(cfg.tasks), compute_bytes(cfg), cfg.method)
 
     def check(self, cfg: ExperimentConfig) -> None:
         if cfg.model.quantization != "none":
             raise ConfigError(f"method seq_ft trains the base weights, which model.quantization="
                               f"{cfg.model.quantization} stores packed; use model.quantization=none")
 
-    def learning_rate(self, cfg: ExperimentConfig) -> float:
-        return cfg.train.ft_lr
-
     def trainer(self, cfg: ExperimentConfig, layout: RunLayout, t: int, records: list[dict],
                 device: torch.device, load_base: LoadBase) -> Trainer:
         previous = None if t == 0 else str(layout.task_dir(t - 1, cfg.tasks[t - 1].name) / MODEL_DIR)
         model = load_base(previous)
-        params = mark_trainable(model, cfg.train.ft_modules)
+        params = mark_trainable(model, self.options(cfg).modules)
 
         def save() -> list[str]:
             folder = layout.task_dir(t, cfg.tasks[t].name) / MODEL_DIR

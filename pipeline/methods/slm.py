@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from pipeline.config import ExperimentConfig
-from pipeline.export import TaskExport, jare_task_export
-from pipeline.jare.routing import Routing
-from pipeline.layout import RunLayout
+from typing import TYPE_CHECKING
+
 from pipeline.methods.jare import JareMethod
+
+if TYPE_CHECKING:
+    from pipeline.jare.routing import Routing
 
 
 class Slm(JareMethod):
@@ -18,6 +19,3 @@ class Slm(JareMethod):
 
     def route_eval(self, router, seen: list[str], true_task: str, records: list[dict]) -> Routing | None:
         return router.route(records, tasks=seen)  # the true task is never looked at
-
-    def export(self, cfg: ExperimentConfig, layout: RunLayout, t: int) -> TaskExport:
-        return jare_task_export(cfg, layout, t)

@@ -20,15 +20,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pipeline import validity
 from pipeline.adapters import load_keys
-from pipeline.artifacts import read_done
-from pipeline.batching import prompts
 from pipeline.config import ExperimentConfig
 from pipeline.errors import ConfigError, RequestError, SlmError, StageInputError
 from pipeline.jare.routing import Routing
-from pipeline.layout import RunLayout
-from pipeline.truncation import TokenCaps, fit_prompt
+from pipeline.methods import get_method
+from pipeline.prompts.batching import prompts
+from pipeline.prompts.truncation import TokenCaps, fit_prompt
+from pipeline.state import validity
+from pipeline.state.artifacts import read_done
+from pipeline.state.layout import RunLayout
 
 log = logging.getLogger("slm.serve")
 
@@ -51,6 +52,7 @@ class InferenceSession:
     def __init__(self, cfg: ExperimentConfig, layout: RunLayout, model, bank, router, tokenizer,
                  device: torch.device, n_tasks: int | None = None) -> None:
         self.cfg, self.layout = cfg, layout
+        self.method = get_method(cfg.method)  # resolved once for the session's validity checks
         self.model, self.bank, self.router, self.tokenizer = model, bank, router, tokenizer
         self.device = device
         self.caps = TokenCaps.of(cfg.model)
@@ -77,7 +79,7 @@ class InferenceSession:
     def encode(self, record: dict, truncate: bool = False) -> list[int]:
         """Prompt token ids of {instruction, input} in the experiment's prompt format. Too long:
         cut as training cuts (`truncate`, slm generate) or refused (RequestError, slm serve)."""
-        from data_prep.templates import prompt_add_special_tokens
+        from pipeline.prompts.templates import prompt_add_special_tokens
 
         fmt = self.cfg.model.prompt_format
         ids = self.tokenizer(prompts(self.tokenizer, fmt, [record]),
@@ -137,12 +139,12 @@ class InferenceSession:
         if name not in self.bank.task_names:
             raise ConfigError(f"serve.merged_task {name!r} is not a loaded task; loaded: {', '.join(self.tasks)}")
         t = self.bank.task_names.index(name)
-        one = Routing.single_task(t, self.cfg.jare.slots_per_task, 1)
+        one = Routing.single_task(t, self.bank.shape.slots_per_task, 1)
         for layer in self.bank.layers.values():
             layer.merge(one.slot_ids[0], one.weights[0])
         self.bank.set_routing(None)
         self.merged_task = name
-        p = self.cfg.jare.slots_per_task
+        p = self.bank.shape.slots_per_task
         self._merged_retrieval = [{"task": name, "slot": s, "weight": 1.0 / p} for s in range(p)]
 
     # ---- new tasks ----------------------------------------------------------------------------
@@ -175,14 +177,14 @@ class InferenceSession:
     def _refresh_model(self, update: TaskUpdate) -> TaskUpdate:
         """A method without slots: the model of the newest finished task replaces the current one."""
         from pipeline.methods import get_method
-        from pipeline.stages.index import done_tasks
+        from pipeline.state.validity import done_tasks
 
         n = done_tasks(self.cfg, self.layout)
         if n <= (self._n_tasks or 0):
             return update
         name = self.cfg.tasks[n - 1].name
         try:
-            validity.require_tasks(self.cfg, self.layout, n)
+            validity.require_tasks(self.cfg, self.method, self.layout, n)
             self.model = get_method(self.cfg.method).predictor(self.cfg, self.layout, n - 1, self.device).model.eval()
         except SlmError as e:
             update.rejected[name] = str(e)
@@ -197,7 +199,7 @@ class InferenceSession:
         return update
 
     def _load_task(self, t: int, name: str) -> None:
-        validity.require_task(self.cfg, self.layout, t)  # DONE, its files, and built from these inputs
+        validity.require_task(self.cfg, self.method, self.layout, t)  # DONE, its files, and built from these inputs
         d = self.cfg.dtkr
         keys = load_keys(self.layout.keys_file(t, name), d.encoder, d.groups)
         self.bank.load_task(name, self.layout.adapter_file(t, name), expect_meta={"task": name})
@@ -224,8 +226,8 @@ def load_session(cfg: ExperimentConfig, layout: RunLayout, device: torch.device 
     cover yet are loaded from their own folders (as `refresh` does for tasks finished later).
     """
     from pipeline.methods import get_method
-    from pipeline.models import default_device, load_tokenizer
-    from pipeline.stages.index import done_tasks
+    from pipeline.runtime.models import default_device, load_tokenizer
+    from pipeline.state.validity import done_tasks
 
     method = get_method(cfg.method)
     if not method.learns_keys:
@@ -234,7 +236,7 @@ def load_session(cfg: ExperimentConfig, layout: RunLayout, device: torch.device 
     if n == 0:
         raise StageInputError(f"no finished, indexed task under {layout.root}: run `slm run` (or `slm train "
                               "--task 0` and `slm index`) before `slm serve`")
-    validity.require_tasks(cfg, layout, n)  # each DONE, its files, and built from the current inputs
+    validity.require_tasks(cfg, method, layout, n)  # each DONE, its files, and built from the current inputs
     device = device or default_device()
     predictor = method.predictor(cfg, layout, n - 1, device)
     if predictor.bank is None or predictor.router is None:
@@ -255,15 +257,16 @@ def load_session(cfg: ExperimentConfig, layout: RunLayout, device: torch.device 
 def _one_model_session(cfg: ExperimentConfig, layout: RunLayout, device: torch.device) -> InferenceSession:
     """A method without slots (LoRA baselines, multitask, seq_ft): its model after the last finished task."""
     from pipeline.methods import get_method
-    from pipeline.models import load_tokenizer
-    from pipeline.stages.index import done_tasks
+    from pipeline.runtime.models import load_tokenizer
+    from pipeline.state.validity import done_tasks
 
     n = done_tasks(cfg, layout)
     if n == 0:
         raise StageInputError(f"no finished task under {layout.root}: run `slm run --method {cfg.method}` (or "
                               f"`slm train --task 0 --method {cfg.method}`) before `slm serve`")
-    validity.require_tasks(cfg, layout, n)
-    model = get_method(cfg.method).predictor(cfg, layout, n - 1, device).model.eval()
+    method = get_method(cfg.method)
+    validity.require_tasks(cfg, method, layout, n)
+    model = method.predictor(cfg, layout, n - 1, device).model.eval()
     return InferenceSession(cfg, layout, model, None, None, load_tokenizer(cfg.model.name_or_path), device, n)
 
 

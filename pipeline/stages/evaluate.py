@@ -6,7 +6,7 @@ input's own task (retrieval accuracy) and the confusion of true task x retrieved
 `--after -1` scores the untrained base model (the b_i of FWT).
 
 Nothing is loaded before tasks 0..i are checked against the current config, data and earlier
-tasks, and their files against their DONE (pipeline/validity.py): a changed split is never
+tasks, and their files against their DONE (pipeline/state/validity.py): a changed split is never
 scored with adapters trained on its test records. A row records its inputs and format; a row
 that no longer matches is scored again. Runs under the writer lock of the output folder.
 """
@@ -14,38 +14,25 @@ that no longer matches is scored again. Runs under the writer lock of the output
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 from tqdm import tqdm
 
-from data_prep.prepared import load_prepared, read_manifest
-from pipeline import metrics, preflight, validity
+from pipeline import metrics, preflight
 from pipeline.adapters import base_model
-from pipeline.artifacts import DONE_FORMAT, atomic_write_json
-from pipeline.batching import TokenCaps, collate, encode_prompts_left_padded, tokenize_for_training
 from pipeline.config import ExperimentConfig
+from pipeline.data.prepared import load_prepared, read_manifest
 from pipeline.errors import StageInputError
-from pipeline.layout import RunLayout
-from pipeline.locks import writer_stage
 from pipeline.methods import get_method
 from pipeline.methods.base import Predictor
-from pipeline.models import default_device, load_tokenizer
-from pipeline.orders import single_run
-from pipeline.stages.index import done_tasks
-
-
-def read_row(layout: RunLayout, after: int) -> dict | None:
-    """Row `after`, or None when it is missing or cannot be parsed (torn, not UTF-8): scored again."""
-    path = layout.eval_row(after)
-    try:
-        row = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (ValueError, OSError) as e:
-        print(f"eval: {path} cannot be read ({type(e).__name__}); scoring row {after} again")
-        return None
-    return row if isinstance(row, dict) else None
+from pipeline.prompts.batching import TokenCaps, collate, encode_prompts_left_padded, tokenize_for_training
+from pipeline.runtime.models import default_device, load_tokenizer
+from pipeline.state import validity
+from pipeline.state.artifacts import DONE_FORMAT, atomic_write_json
+from pipeline.state.layout import RunLayout
+from pipeline.state.locks import writer_stage
+from pipeline.state.orders import single_run
+from pipeline.state.validity import done_tasks, read_row
 
 
 def run(cfg: ExperimentConfig, layout: RunLayout, after: int) -> int:
@@ -59,12 +46,13 @@ def _run(cfg: ExperimentConfig, layout: RunLayout, after: int) -> int:
     if after >= n_done:
         raise StageInputError(f"cannot evaluate after task {after}: only {n_done} task(s) are DONE under "
                               f"{layout.root / 'tasks'}; run `slm train --task {n_done}` first")
-    validity.require_tasks(cfg, layout, after + 1)  # before any adapter or key is loaded
-    if after >= 0 and get_method(cfg.method).learns_keys:
+    method = get_method(cfg.method)
+    validity.require_tasks(cfg, method, layout, after + 1)  # before any adapter or key is loaded
+    if after >= 0 and method.learns_keys:
         validity.require_index(cfg, layout, after + 1)
-    inputs = validity.eval_inputs(cfg, layout, after)
+    inputs = validity.eval_inputs(cfg, method, layout, after)
     row = read_row(layout, after)
-    if row is not None and validity.problem_of(lambda: validity.require_row(cfg, layout, after, row)) is None:
+    if row is not None and validity.problem_of(lambda: validity.require_row(cfg, method, layout, after, row)) is None:
         print(f"eval: row {after} already done ({layout.eval_row(after)})")
         return 0
     prepared = load_prepared(cfg, layout)
@@ -84,7 +72,7 @@ def _run(cfg: ExperimentConfig, layout: RunLayout, after: int) -> int:
             confusion[j][s] += 1
         print(f"eval after {after}: {task.name:<16} {task.metric:<12} {row['scores'][task.name]:.3f}")
     row["retrieval"] = _retrieval_summary(cfg, after, confusion, scorer.retrieves)
-    row.update(format=DONE_FORMAT, inputs=inputs, settings=validity.eval_settings(cfg))
+    row.update(format=DONE_FORMAT, inputs=inputs, settings=validity.eval_settings(cfg, method))
     atomic_write_json(layout.eval_row(after), row)
     print(f"eval: row {after} -> {layout.eval_row(after)}")
     from pipeline.tracking import log_eval_row

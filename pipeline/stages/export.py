@@ -13,15 +13,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline import validity
 from pipeline.config import ExperimentConfig
 from pipeline.errors import StageInputError
 from pipeline.export import write_merged_model, write_model_copy, write_peft_adapter
-from pipeline.layout import RunLayout
 from pipeline.methods import get_method
-from pipeline.models import resolve_model_path
-from pipeline.orders import single_run
-from pipeline.stages.index import done_tasks
+from pipeline.runtime.models import resolve_model_path
+from pipeline.state import validity
+from pipeline.state.layout import RunLayout
+from pipeline.state.orders import single_run
+from pipeline.state.validity import done_tasks
 
 
 def export_dir(layout: RunLayout, t: int, name: str, merged: bool = False) -> Path:
@@ -52,7 +52,7 @@ def chosen_tasks(cfg: ExperimentConfig, layout: RunLayout, wanted: list[str] | N
 def run(cfg: ExperimentConfig, layout: RunLayout, tasks: list[int], merged: bool = False) -> list[Path]:
     """Export each task in `tasks`; returns the folders written."""
     method = get_method(cfg.method)
-    validity.require_tasks(cfg, layout, max(tasks) + 1)  # DONE, intact, built from the current inputs
+    validity.require_tasks(cfg, method, layout, max(tasks) + 1)  # DONE, intact, built from the current inputs
     written = []
     for t in tasks:
         name = cfg.tasks[t].name
@@ -61,7 +61,7 @@ def run(cfg: ExperimentConfig, layout: RunLayout, tasks: list[int], merged: bool
         info = {"experiment": cfg.name, "method": cfg.method, "task": name, "index": t,
                 "base_model": cfg.model.name_or_path, "holds": exported.describes, **exported.info}
         if exported.lora is not None:
-            write_peft_adapter(folder, exported.lora, list(cfg.jare.target_modules),
+            write_peft_adapter(folder, exported.lora, list(cfg.adapter.target_modules),
                                resolve_model_path(cfg.model.name_or_path), info)
             print(f"export: task {t} ({name}) -> {folder}  (PEFT LoRA, rank {exported.rank}: {exported.describes})")
         else:
@@ -85,7 +85,7 @@ def _merge(cfg: ExperimentConfig, layout: RunLayout, t: int, adapter_dir: Path, 
 
 
 def _tokenizer(cfg: ExperimentConfig):
-    from pipeline.models import load_tokenizer
+    from pipeline.runtime.models import load_tokenizer
 
     return load_tokenizer(cfg.model.name_or_path)
 

@@ -6,7 +6,7 @@ slots cached across decode steps. So `slm generate` and a served request give th
 for the same prompt, by construction. Other methods generate with their one adapter.
 
 Every finished task, and the index, is checked against the current config and its DONE
-(pipeline/validity.py) before anything is loaded.
+(pipeline/state/validity.py) before anything is loaded.
 """
 
 from __future__ import annotations
@@ -15,16 +15,17 @@ import argparse
 
 import torch
 
-from pipeline import preflight, validity
-from pipeline.artifacts import read_done
-from pipeline.batching import TokenCaps, encode_prompts_left_padded
+from pipeline import preflight
 from pipeline.config import ExperimentConfig
 from pipeline.errors import StageInputError
-from pipeline.layout import RunLayout
 from pipeline.methods import get_method
-from pipeline.models import default_device, load_tokenizer
-from pipeline.orders import single_run
-from pipeline.stages.index import done_tasks
+from pipeline.prompts.batching import TokenCaps, encode_prompts_left_padded
+from pipeline.runtime.models import default_device, load_tokenizer
+from pipeline.state import validity
+from pipeline.state.artifacts import read_done
+from pipeline.state.layout import RunLayout
+from pipeline.state.orders import single_run
+from pipeline.state.validity import done_tasks
 
 
 def run(cfg: ExperimentConfig, layout: RunLayout, prompt: str, input_text: str = "",
@@ -34,7 +35,7 @@ def run(cfg: ExperimentConfig, layout: RunLayout, prompt: str, input_text: str =
         raise StageInputError(f"no task is DONE under {layout.root / 'tasks'}: train first (`slm run`)")
     record = {"instruction": prompt, "input": input_text}
     method = get_method(cfg.method)
-    validity.require_tasks(cfg, layout, n)
+    validity.require_tasks(cfg, method, layout, n)
     if method.learns_keys:  # no task id here: retrieve over every finished task
         indexed = len((read_done(layout.index) or {}).get("tasks", []))
         validity.require_index(cfg, layout, max(1, min(n, indexed)))

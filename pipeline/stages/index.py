@@ -1,6 +1,6 @@
 """`slm index`: one FAISS index over the keys of every finished task (methods with DTKR keys).
 
-Each task is checked against the current config first (pipeline/validity.py); the index's DONE
+Each task is checked against the current config first (pipeline/state/validity.py); the index's DONE
 records the tasks' hashes, and its readers (`load_store`, generate, serve) check them, and the
 index files, before use. Runs under the writer lock of the output folder.
 """
@@ -9,23 +9,17 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline import preflight, validity
+from pipeline import preflight
 from pipeline.adapters import load_keys
-from pipeline.artifacts import read_done, write_done
 from pipeline.config import ExperimentConfig
 from pipeline.errors import StageInputError
-from pipeline.layout import RunLayout
-from pipeline.locks import writer_stage
 from pipeline.methods import get_method
-from pipeline.orders import single_run
-
-
-def done_tasks(cfg: ExperimentConfig, layout: RunLayout) -> int:
-    """How many tasks, from the first, are DONE (the sequence is strictly in order)."""
-    n = 0
-    while n < len(cfg.tasks) and read_done(layout.task_dir(n, cfg.tasks[n].name)):
-        n += 1
-    return n
+from pipeline.state import validity
+from pipeline.state.artifacts import read_done, write_done
+from pipeline.state.layout import RunLayout
+from pipeline.state.locks import writer_stage
+from pipeline.state.orders import single_run
+from pipeline.state.validity import done_tasks
 
 
 def run(cfg: ExperimentConfig, layout: RunLayout) -> int:
@@ -57,7 +51,7 @@ def _build(cfg: ExperimentConfig, layout: RunLayout) -> int:
         name = cfg.tasks[j].name
         keys = load_keys(layout.keys_file(j, name), d.encoder, d.groups)
         if store is None:
-            store = KeyStore(keys.shape[1] * keys.shape[2], d.groups, cfg.jare.slots_per_task, d.encoder)
+            store = KeyStore(keys.shape[1] * keys.shape[2], d.groups, get_method(cfg.method).key_slots(cfg), d.encoder)
         store.add_task(name, keys)
     assert store is not None
     store.save(layout.index)
@@ -71,25 +65,18 @@ def valid_tasks(cfg: ExperimentConfig, layout: RunLayout) -> int:
     after them (task 0 was just retrained by `slm run --restart`) is left out with a warning; a
     stale first task is an error, as is no finished task."""
     n = done_tasks(cfg, layout)
+    method = get_method(cfg.method)
     if n == 0:
         raise StageInputError(f"no task is DONE under {layout.root / 'tasks'}: run `slm train --task 0` "
                               "(or `slm run`) before `slm index`")
     for j in range(n):
-        problem = validity.problem_of(lambda j=j: validity.require_task(cfg, layout, j))
+        problem = validity.problem_of(lambda j=j: validity.require_task(cfg, method, layout, j))
         if problem and j == 0:
-            validity.require_task(cfg, layout, 0)  # raises, with its hint
+            validity.require_task(cfg, method, layout, 0)  # raises, with its hint
         if problem:
             print(f"warning: index: {problem}; indexing tasks 0..{j - 1} only")
             return j
     return n
-
-
-def load_store(cfg: ExperimentConfig, layout: RunLayout, n_tasks: int):
-    """The saved index, checked (files, format, and the keys of tasks 0..n_tasks-1 as they are now)."""
-    from pipeline.dtkr.store import KeyStore
-
-    validity.require_index(cfg, layout, n_tasks)
-    return KeyStore.load(layout.index, encoder=cfg.dtkr.encoder)
 
 
 def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:

@@ -16,20 +16,31 @@ from typing import Any
 
 from tqdm import tqdm
 
-from data_prep.build import PreparedTask, build_task, length_stats, token_lengths
-from data_prep.prepared import STAGE, load_prepared, prepare_inputs, read_manifest, task_spec_hash
-from data_prep.records import COLUMNS, HISTORY, records_sha256
-from data_prep.synthetic import describe_generators
 from pipeline import preflight
-from pipeline.artifacts import atomic_path, atomic_write_json, atomic_write_text, read_done, require_done, write_done
 from pipeline.config import ExperimentConfig
-from pipeline.errors import StageInputError
-from pipeline.layout import RunLayout
-from pipeline.locks import data_lock
-from pipeline.orders import selected_runs
-from pipeline.truncation import TokenCaps
+from pipeline.data.build import PreparedTask, build_task, length_stats, token_lengths
+from pipeline.data.prepared import (
+    STAGE,
+    load_prepared,
+    prepare_inputs,
+    prepared_up_to_date,
+    read_manifest,
+    task_spec_hash,
+)
+from pipeline.data.records import COLUMNS, HISTORY, records_sha256
+from pipeline.data.synthetic import describe_generators
+from pipeline.prompts.truncation import TokenCaps
+from pipeline.state.artifacts import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    write_done,
+)
+from pipeline.state.layout import RunLayout
+from pipeline.state.locks import data_lock
+from pipeline.state.orders import selected_runs
 
-# load_prepared is re-exported: later stages may take it from here or from data_prep.
+# load_prepared is re-exported: later stages may take it from here or from pipeline.data.prepared.
 __all__ = ["load_prepared", "main", "run"]
 
 
@@ -38,7 +49,7 @@ def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> 
         print(describe_generators())
         return 0
     # Each task order (or seed) is its own experiment in its own folder, data included: the folder
-    # `slm train --order NAME` reads (pipeline.orders).
+    # `slm train --order NAME` reads (pipeline.state.orders).
     worst = 0
     for name, run_cfg in selected_runs(cfg, args):
         if name:
@@ -62,7 +73,7 @@ def run(cfg: ExperimentConfig, layout: RunLayout, force: bool = False) -> dict[s
 
 def _prepare(cfg: ExperimentConfig, layout: RunLayout, force: bool) -> dict[str, Any]:
     inputs = prepare_inputs(cfg)
-    if not force and up_to_date(layout, inputs):
+    if not force and prepared_up_to_date(layout, inputs):
         atomic_write_text(layout.config, cfg.to_yaml())
         print(f"prepare: already done ({layout.data}, {len(cfg.tasks)} tasks; --force rebuilds)")
         return read_manifest(layout)
@@ -83,24 +94,10 @@ def _prepare(cfg: ExperimentConfig, layout: RunLayout, force: bool) -> dict[str,
     return manifest
 
 
-def up_to_date(layout: RunLayout, inputs: dict[str, str], quiet: bool = False) -> bool:
-    """DONE with the same input hashes, and every file it lists still intact."""
-    marker = read_done(layout.data)
-    if not marker or marker.get("inputs") != inputs or not layout.manifest.is_file():
-        return False
-    try:
-        require_done(layout.data, STAGE, rerun="slm prepare --force")
-    except StageInputError as e:
-        if not quiet:
-            print(f"prepare: rebuilding, {e}")
-        return False
-    return True
-
-
 @functools.lru_cache(maxsize=2)
 def _tokenizer(name: str) -> Any:
     # Loading takes seconds; `slm run` and the tests prepare several times in one process.
-    from pipeline.models import load_tokenizer
+    from pipeline.runtime.models import load_tokenizer
 
     return load_tokenizer(name)
 

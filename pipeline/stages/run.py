@@ -15,10 +15,11 @@ import argparse
 import time
 
 from pipeline.config import ExperimentConfig
-from pipeline.layout import RunLayout
-from pipeline.locks import writer_stage
-from pipeline.orders import order_runs, selected_runs
+from pipeline.report.markdown import write_orders_summary
 from pipeline.stages import evaluate, index, prepare, report, train
+from pipeline.state.layout import RunLayout
+from pipeline.state.locks import writer_stage
+from pipeline.state.orders import order_runs, selected_runs
 
 
 def run(cfg: ExperimentConfig, layout: RunLayout, restart: bool = False) -> int:
@@ -47,5 +48,5 @@ def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> 
         if status != 0:
             return status
     if len(order_runs(cfg)) > 1:
-        print(f"run: over all runs: {report.write_orders_summary(cfg, layout.base)}")
+        print(f"run: over all runs: {write_orders_summary(cfg, layout.base)}")
     return 0

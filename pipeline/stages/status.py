@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import locks, slurm, validity
-from pipeline.artifacts import is_done
+from pipeline import slurm
 from pipeline.config import ExperimentConfig
-from pipeline.layout import RunLayout
-from pipeline.orders import selected_runs
+from pipeline.methods import get_method
+from pipeline.state import locks, validity
+from pipeline.state.artifacts import is_done
+from pipeline.state.layout import RunLayout
+from pipeline.state.orders import selected_runs
 
 RUNNING_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STAGE_OUT", "SIGNALING"}
 QUERY_TIMEOUT_S = 30
@@ -149,7 +151,8 @@ def task_rows(cfg: ExperimentConfig, layout: RunLayout, jobs: dict[str, Any] | N
 def stale_reason(cfg: ExperimentConfig, layout: RunLayout, i: int) -> str | None:
     """Why task i's DONE no longer counts (config, data or an earlier task changed), or None.
     Compares the recorded inputs only: status does not hash the task's files."""
-    return validity.problem_of(lambda: validity.require_task(cfg, layout, i, verify=False))
+    method = get_method(cfg.method)
+    return validity.problem_of(lambda: validity.require_task(cfg, method, layout, i, verify=False))
 
 
 def _single_job(cfg: ExperimentConfig, layout: RunLayout, jobs: dict[str, Any] | None,

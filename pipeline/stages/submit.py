@@ -1,7 +1,7 @@
 """`slm submit`: the experiment as Slurm jobs, prepare -> train array -> finish, one chain per run.
 
 An experiment with `orders:` (or `seeds:`) has several runs, each a plain single-order experiment
-in its own folder (`pipeline.orders`, `<output_dir>/<order>/`): each gets its own independent
+in its own folder (`pipeline.state.orders`, `<output_dir>/<order>/`): each gets its own independent
 chain of three jobs, or only the one `--order` names. Reads top to bottom: resolve `slurm.setup`
 paths from the folder we run in; render every chain's scripts (pure, pipeline/slurm.py); print the
 memory plan (the same for every order) and refuse a plan that does not fit unless --ignore-plan;
@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import slurm
-from pipeline.artifacts import atomic_write_json, atomic_write_text
 from pipeline.config import ExperimentConfig
 from pipeline.errors import SlmError
-from pipeline.layout import RunLayout
-from pipeline.orders import order_runs, selected_runs
 from pipeline.stages import status
+from pipeline.state.artifacts import atomic_write_json, atomic_write_text
+from pipeline.state.layout import RunLayout
+from pipeline.state.orders import order_runs, selected_runs
 
 SBATCH_TIMEOUT_S = 60
 NO_SLURM_HINT = ("start the local single-node Slurm with `scripts/local_slurm.sh start` and run the "
@@ -82,7 +82,7 @@ def make_chain(run: str, cfg: ExperimentConfig) -> Chain:
 def check_plan(cfg: ExperimentConfig, ignore: bool, dry_run: bool) -> None:
     """Print the memory plan; a plan that does not fit stops the submission (not a dry run)."""
     try:
-        from pipeline.plan import check_fits
+        from pipeline.planning.memory import check_fits
     except ImportError:  # the planner is optional: submit works without it
         return
     try:

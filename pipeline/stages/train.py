@@ -6,7 +6,7 @@ baselines: their LoRA(s) or the full model) -> deepspeed.initialize -> resume fr
 good checkpoint -> steps (checkpoint every N, and on USR1/SIGTERM) -> the method saves its files
 atomically -> DONE with hashes, trainable parameters, wall time and peak memory.
 
-A result is valid only for the inputs it records (pipeline/validity.py): a DONE that no longer
+A result is valid only for the inputs it records (pipeline/state/validity.py): a DONE that no longer
 matches the config, data or earlier tasks is refused, and so is a train_state/ (checkpoints and
 cached keys) started from other inputs; `--restart` discards either and says so. The whole stage
 holds the writer lock of the output folder, so two writers never share a train_state.
@@ -30,21 +30,22 @@ import time
 
 import torch
 
-from data_prep.prepared import load_prepared
-from pipeline import distributed, preflight, validity
-from pipeline.artifacts import DONE, atomic_write_json, atomic_write_text, read_done, sha256_file, write_done
-from pipeline.batching import TokenCaps, collate, tokenize_for_training
-from pipeline.checkpoints import make_private, prune_checkpoints, resume_latest, save_checkpoint
+from pipeline import distributed, preflight
 from pipeline.config import ExperimentConfig
-from pipeline.deepspeed_config import build_ds_config, check_quantization_pairing, make_optimizer
+from pipeline.data.prepared import load_prepared
 from pipeline.errors import StageInputError
-from pipeline.layout import RunLayout
-from pipeline.locks import writer_stage
 from pipeline.methods import get_method
-from pipeline.methods.base import Trainer
-from pipeline.models import load_base_model, load_tokenizer, release_zero3_loading
-from pipeline.orders import single_run
-from pipeline.preemption import EXIT_PREEMPTED, EXIT_PREVIOUS_NOT_DONE, EXIT_TERMINATED, PreemptionFlag
+from pipeline.methods.base import Method, Trainer
+from pipeline.prompts.batching import TokenCaps, collate, tokenize_for_training
+from pipeline.runtime.deepspeed_config import build_ds_config, check_quantization_pairing, make_optimizer
+from pipeline.runtime.models import load_base_model, load_tokenizer, release_zero3_loading
+from pipeline.state import validity
+from pipeline.state.artifacts import DONE, atomic_write_json, atomic_write_text, read_done, sha256_file, write_done
+from pipeline.state.checkpoints import make_private, prune_checkpoints, resume_latest, save_checkpoint
+from pipeline.state.layout import RunLayout
+from pipeline.state.locks import writer_stage
+from pipeline.state.orders import single_run
+from pipeline.state.preemption import EXIT_PREEMPTED, EXIT_PREVIOUS_NOT_DONE, EXIT_TERMINATED, PreemptionFlag
 from pipeline.tracking import JsonlLog, Trackers, check_report_to, train_log
 
 STATE_INPUTS = "INPUTS.json"  # in train_state/: the inputs it was started from, written before its first file
@@ -94,34 +95,36 @@ def check(cfg: ExperimentConfig, layout: RunLayout, t: int) -> int:
     if read_done(layout.task_dir(t, name)) is None:
         print(f"train: task {t} ({name}) has not finished ({layout.task_dir(t, name) / DONE} is missing)")
         return EXIT_NOT_FINISHED
-    validity.require_tasks(cfg, layout, t, verify=False)  # the inputs chain; its own files below
-    validity.require_task(cfg, layout, t)
+    method = get_method(cfg.method)
+    validity.require_tasks(cfg, method, layout, t, verify=False)  # the inputs chain; its own files below
+    validity.require_task(cfg, method, layout, t)
     print(f"train: task {t} ({name}) is already done and matches the current inputs ({layout.task_dir(t, name)})")
     return 0
 
 
 def run(cfg: ExperimentConfig, layout: RunLayout, t: int, restart: bool = False) -> int:
     check_quantization_pairing(cfg)  # a quantised base with ZeRO-3: refuse before any work
-    get_method(cfg.method).check(cfg)
+    method = get_method(cfg.method)  # resolved once; every step below is handed it
+    method.check(cfg)
     check_report_to(cfg)  # a wandb / mlflow that is not installed: refuse before any work
     preflight.use_faiss_of(cfg)
     with writer_stage(layout):  # one writer per output folder: nobody else touches this train_state
-        validity.require_tasks(cfg, layout, t, verify=False)  # earlier tasks still match the config and data
-        if _already_done(cfg, layout, t, restart):
+        validity.require_tasks(cfg, method, layout, t, verify=False)  # earlier tasks still match the config and data
+        if _already_done(cfg, method, layout, t, restart):
             return 0
-        validity.require_tasks(cfg, layout, t)  # and their files, which training loads, are intact
+        validity.require_tasks(cfg, method, layout, t)  # and their files, which training loads, are intact
         # Handlers go in before any slow work: a USR1 during model loading must not kill the job.
         with PreemptionFlag() as preempt:
-            return _run(cfg, layout, t, validity.task_inputs(cfg, layout, t), preempt, restart)
+            return _run(cfg, method, layout, t, validity.task_inputs(cfg, method, layout, t), preempt, restart)
 
 
-def _already_done(cfg: ExperimentConfig, layout: RunLayout, t: int, restart: bool) -> bool:
+def _already_done(cfg: ExperimentConfig, method: Method, layout: RunLayout, t: int, restart: bool) -> bool:
     """True when task t is DONE and valid. A stale DONE is refused, or with --restart discarded."""
     name = cfg.tasks[t].name
     task_dir = layout.task_dir(t, name)
     if read_done(task_dir) is None:
         return False
-    problem = validity.problem_of(lambda: validity.require_task(cfg, layout, t))
+    problem = validity.problem_of(lambda: validity.require_task(cfg, method, layout, t))
     if problem is None:
         distributed.log(f"train: task {t} ({name}) already done ({task_dir}); nothing to do")
         return True
@@ -135,13 +138,14 @@ def _already_done(cfg: ExperimentConfig, layout: RunLayout, t: int, restart: boo
 # ---- train_state belongs to the inputs it was started from ---------------------------------------
 
 
-def _claim_state(cfg: ExperimentConfig, layout: RunLayout, t: int, inputs: dict[str, str], restart: bool) -> None:
+def _claim_state(cfg: ExperimentConfig, method: Method, layout: RunLayout, t: int, inputs: dict[str, str],
+                 restart: bool) -> None:
     """Refuse a train_state of other inputs, or with --restart discard the whole task folder (a stale
     result, a train_state, files of an unfinished attempt such as a replay buffer); then record
     our inputs before the state's first file. Every rank reads before rank 0 changes anything, so
     all take the same branch."""
     task_dir, state_dir = layout.task_dir(t, cfg.tasks[t].name), layout.train_state(t, cfg.tasks[t].name)
-    problem = _state_problem(cfg, layout, t, inputs)
+    problem = _state_problem(cfg, method, layout, t, inputs)
     has_state = state_dir.is_dir() and any(state_dir.iterdir())
     has_files = task_dir.is_dir() and any(task_dir.iterdir())
     distributed.barrier()
@@ -158,11 +162,12 @@ def _claim_state(cfg: ExperimentConfig, layout: RunLayout, t: int, inputs: dict[
         state_dir.mkdir(parents=True, exist_ok=True)
         make_private(state_dir)
         atomic_write_json(state_dir / STATE_INPUTS, {"format": 1, "task": cfg.tasks[t].name, "inputs": inputs,
-                                                     "settings": validity.task_settings(cfg, t), "caches": {}})
+                                                     "settings": validity.task_settings(cfg, method, t), "caches": {}})
     distributed.barrier()
 
 
-def _state_problem(cfg: ExperimentConfig, layout: RunLayout, t: int, inputs: dict[str, str]) -> str | None:
+def _state_problem(cfg: ExperimentConfig, method: Method, layout: RunLayout, t: int,
+                   inputs: dict[str, str]) -> str | None:
     """Why the train_state of task t must not be resumed with `inputs` (None: absent, empty or ours)."""
     state_dir = layout.train_state(t, cfg.tasks[t].name)
     if not state_dir.is_dir() or not any(state_dir.iterdir()):
@@ -172,7 +177,7 @@ def _state_problem(cfg: ExperimentConfig, layout: RunLayout, t: int, inputs: dic
         return record
     if record.get("inputs") != inputs:
         what = validity.what_changed(record.get("inputs") or {}, inputs, validity.labeller(cfg, layout),
-                                     record.get("settings"), validity.task_settings(cfg, t))
+                                     record.get("settings"), validity.task_settings(cfg, method, t))
         return f"{state_dir} (checkpoints and cached keys) was started from other inputs: {what}"
     return None
 
@@ -214,13 +219,13 @@ def _record_caches(state_dir) -> None:
         atomic_write_json(state_dir / STATE_INPUTS, record)
 
 
-def _run(cfg: ExperimentConfig, layout: RunLayout, t: int, inputs: dict[str, str], preempt: PreemptionFlag,
+def _run(cfg: ExperimentConfig, method: Method, layout: RunLayout, t: int, inputs: dict[str, str],
+         preempt: PreemptionFlag,
          restart: bool) -> int:
     name = cfg.tasks[t].name
-    method = get_method(cfg.method)
     started = time.time()
     rank, world = distributed.setup()
-    _claim_state(cfg, layout, t, inputs, restart)  # before any write: a refused resume changes nothing
+    _claim_state(cfg, method, layout, t, inputs, restart)  # before any write: a refused resume changes nothing
     if distributed.is_main():
         atomic_write_text(layout.config, cfg.to_yaml())
     device = distributed.local_device()
@@ -244,7 +249,7 @@ def _run(cfg: ExperimentConfig, layout: RunLayout, t: int, inputs: dict[str, str
         status = _train_loop(cfg, layout, t, method, trainer, examples, rank, world, preempt, ds_config)
         if status != 0:
             return status
-        _save_results(cfg, layout, t, trainer, inputs, time.time() - started)
+        _save_results(cfg, method, layout, t, trainer, inputs, time.time() - started)
     finally:
         release_zero3_loading()  # later stages of this process (slm run) load whole models again
     distributed.log(f"train: task {t} ({name}) done -> {layout.task_dir(t, name)}")
@@ -254,10 +259,10 @@ def _run(cfg: ExperimentConfig, layout: RunLayout, t: int, inputs: dict[str, str
 # ---- the loop --------------------------------------------------------------------------------
 
 
-def total_steps(cfg: ExperimentConfig, n_examples: int, world: int, t: int) -> int:
+def total_steps(cfg: ExperimentConfig, method: Method, n_examples: int, world: int, t: int) -> int:
     tr = cfg.train
     if tr.max_steps is not None:
-        return tr.max_steps * get_method(cfg.method).steps_scale(t)
+        return tr.max_steps * method.steps_scale(t)
     per_step = tr.micro_batch_size * tr.grad_accum * world
     return max(1, math.ceil(tr.epochs * n_examples / per_step))
 
@@ -288,7 +293,7 @@ def _train_loop(cfg, layout, t, method, trainer: Trainer, examples: list, rank: 
     from tqdm import tqdm
 
     tr = cfg.train
-    steps = total_steps(cfg, len(examples), world, t)
+    steps = total_steps(cfg, method, len(examples), world, t)
     order = sample_order(len(examples), steps * tr.micro_batch_size * tr.grad_accum * world, cfg.seed + t)
     optimizer = make_optimizer(trainer.params, method.learning_rate(cfg), tr.weight_decay, ds_config,
                                where=str(cfg.deepspeed_config_path()))
@@ -371,13 +376,14 @@ def _pad_id(cfg: ExperimentConfig) -> int:
 # ---- results ---------------------------------------------------------------------------------
 
 
-def _save_results(cfg, layout, t, trainer: Trainer, inputs: dict[str, str], wall_s: float) -> None:
+def _save_results(cfg: ExperimentConfig, method: Method, layout: RunLayout, t: int, trainer: Trainer,
+                  inputs: dict[str, str], wall_s: float) -> None:
     name = cfg.tasks[t].name
     task_dir = layout.task_dir(t, name)
     files = trainer.save()  # every rank: under ZeRO-3 saving gathers
     if distributed.is_main():
         write_done(task_dir, "train", inputs=inputs, files=files, task=name, index=t, method=cfg.method,
-                   settings=validity.task_settings(cfg, t),
+                   settings=validity.task_settings(cfg, method, t),
                    trainable_params=sum(p.numel() for p in trainer.params), wall_s=round(wall_s, 1),
                    peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), **trainer.info)
         shutil.rmtree(layout.train_state(t, name), ignore_errors=True)

@@ -1,0 +1,83 @@
+"""The results tables of README.md and docs/results.md, rendered from bench/results/ (no number
+typed by hand; scripts/docs.py writes them, tests/test_docs.py fails when one is stale).
+
+A block is marked in a markdown file as
+
+    <!-- cl-results: EXP -->          ... <!-- end cl-results -->          bench/cl_methods.py, experiment EXP
+    <!-- lr-sweep: NAME -->           ... <!-- end lr-sweep -->            bench/lr_sweep.py, sweep NAME
+    <!-- plasticity: NAME -->         ... <!-- end plasticity -->          bench/plasticity.py, EXP-ORDER
+    <!-- retrieval-results: NAME -->  ... <!-- end retrieval-results -->   bench/retrieval.py, run NAME
+    <!-- methods: all -->             ... <!-- end methods -->             the method registry
+
+and holds exactly the table the bench's own renderer makes from its results file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+
+from bench.runner import RESULTS
+
+
+def cl_table(experiment: str) -> str:
+    from bench.cl_methods import comparison_markdown, load_results
+
+    rows = load_results(RESULTS, experiment)
+    if not rows:
+        raise SystemExit(f"a table shows results of {experiment!r}, but {RESULTS}/cl_methods has none")
+    return comparison_markdown(rows)
+
+
+def lr_sweep_table(name: str) -> str:
+    from bench.lr_sweep import markdown
+
+    return markdown(json.loads((RESULTS / "lr_sweep" / f"{name}.json").read_text())["sweep"],
+                    f"bench/results/lr_sweep/{name}.json")
+
+
+def plasticity_table(name: str) -> str:
+    from bench.plasticity import table
+
+    record = json.loads((RESULTS / "plasticity" / f"{name}.json").read_text())
+    source = f"bench/results/plasticity/{name}.json"
+    return table(record["points"]) + f"\none task order ({record['order']}); from {source}\n"
+
+
+def retrieval_table(name: str) -> str:
+    from bench.retrieval import markdown
+
+    return markdown(json.loads((RESULTS / "retrieval" / f"{name}.json").read_text()))
+
+
+def methods_table(_: str) -> str:
+    """Every registered method: its role, what trains, what answers (pipeline/methods/)."""
+    from pipeline.methods import METHOD_NAMES, get_method
+
+    lines = ["| method | role | trains | infers |", "|---|---|---|---|"]
+    for name in METHOD_NAMES:
+        m = get_method(name)
+        lines.append(f"| `{name}` | {m.role} | {m.trains} | {m.infers} |")
+    return "\n".join(lines) + "\n"
+
+
+KINDS: dict[str, Callable[[str], str]] = {"cl-results": cl_table, "lr-sweep": lr_sweep_table,
+                                          "plasticity": plasticity_table, "retrieval-results": retrieval_table,
+                                          "methods": methods_table}
+
+
+def blocks(text: str) -> list[tuple[str, str, str, tuple[int, int]]]:
+    """(kind, name, current content, span of the content) of every marked block."""
+    out = []
+    for kind in KINDS:
+        pattern = rf"<!-- {kind}: (\S+) -->\n(.*?)<!-- end {kind} -->"
+        out += [(kind, m.group(1), m.group(2), m.span(2)) for m in re.finditer(pattern, text, flags=re.S)]
+    return out
+
+
+def render_file(text: str) -> str:
+    """`text` with every block replaced by its table from the results files."""
+    for kind, name, _, (start, end) in sorted(blocks(text), key=lambda b: -b[3][0]):
+        text = text[:start] + KINDS[kind](name).strip() + "\n" + text[end:]
+    return text

@@ -1,0 +1,146 @@
+"""One task's fixed splits: load, de-duplicate, seeded shuffle, split, few-shot, cap, overlap check.
+
+Then token-length statistics of the prompt + response the model will see, so too-small token
+caps show up at prepare time rather than as silently truncated answers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.config import ExperimentConfig, TaskSpec
+from pipeline.data.records import Located, Record, record_key, stable_rng, stable_shuffle
+from pipeline.data.sources import load_source
+from pipeline.errors import ConfigError, DataError
+from pipeline.metrics import reference_words
+from pipeline.prompts.templates import build_prompt, build_response, history_turns, prompt_add_special_tokens
+from pipeline.prompts.truncation import TokenCaps
+
+
+@dataclass
+class PreparedTask:
+    spec: TaskSpec
+    origin: str
+    train: list[Record]
+    test: list[Record]
+    labels: list[str] | None
+    own_test_split: bool  # the source had its own test split (else a random one was cut)
+    label_dropped: int  # records skipped by source.drop_labels
+    duplicates_dropped: int  # repeated inputs removed before a random split
+    train_per_label: dict[str, int] | None = None  # few-shot (max_train_per_label): records kept per label
+    overlap_dropped: int = 0  # test records repeating a training input, dropped (data.on_overlap=drop_test)
+
+
+def build_task(task: TaskSpec, cfg: ExperimentConfig) -> PreparedTask:
+    src = load_source(task, cfg)
+    rng = stable_rng("split", cfg.data.seed, task.name)
+    duplicates = 0
+    if src.test is None:
+        # Duplicates must go before a random cut, or copies would land on both sides.
+        pool, duplicates = _dedupe(src.train)
+        if len(pool) < 2:
+            raise DataError(f"{src.origin}: task {task.name!r} has {len(pool)} distinct record(s); "
+                            f"a train/test split needs at least 2")
+        pool = stable_shuffle(pool, rng)
+        n_test = min(len(pool) - 1, max(1, round(len(pool) * cfg.data.test_ratio)))
+        test, train = pool[:n_test], pool[n_test:]
+    else:
+        # Shuffle the source's own splits too: files are often sorted by label, and caps then
+        # take a label-mixed sample.
+        train, test = stable_shuffle(src.train, rng), stable_shuffle(src.test, rng)
+    per_label = None
+    if task.max_train_per_label is not None:
+        train, per_label = few_shot(task, src.labels, train)
+    train = train[: task.max_train]
+    test, overlap_dropped = resolve_overlap(task.name, train, test, task.max_test, cfg.data.on_overlap)
+    if task.metric == "first_word":
+        check_one_word_answers(task.name, test)
+    return PreparedTask(task, src.origin, [x.record for x in train], [x.record for x in test], src.labels,
+                        src.test is not None, src.dropped, duplicates, per_label, overlap_dropped)
+
+
+def few_shot(task: TaskSpec, labels: list[str] | None, train: list[Located]) -> tuple[list[Located], dict[str, int]]:
+    """The first k records of each label in the (already seeded-shuffled) train order, in that order.
+
+    A label with fewer than k records keeps all of them; the counts go into the manifest.
+    """
+    k = task.max_train_per_label
+    if not labels:
+        raise ConfigError(f"task {task.name!r}: max_train_per_label={k} needs a label set, and this task has "
+                          f"none (free-text outputs); give the task `labels:` or drop max_train_per_label")
+    taken = dict.fromkeys(labels, 0)
+    kept = []
+    for item in train:
+        label = item.record["output"]
+        if taken.get(label, k) < k:  # outputs lie in the label set (checked on load)
+            taken[label] += 1
+            kept.append(item)
+    return kept, taken
+
+
+def check_one_word_answers(task: str, test: list[Located]) -> None:
+    """first_word compares one-word answers (the reference asserts it): a longer gold answer is a
+    wrong metric choice, found here rather than after training."""
+    for t in test:
+        words = reference_words(t.record["output"])
+        if len(words) != 1:
+            raise DataError(f"task {task!r}: test record {t.where} has the answer {t.record['output'][:80]!r}, "
+                            f"{len(words)} words after stripping punctuation; metric first_word needs one-word "
+                            f"answers (labels, letters). Use exact_match, rouge_l or bertscore for this task")
+
+
+def _dedupe(items: list[Located]) -> tuple[list[Located], int]:
+    seen: dict[str, Located] = {}
+    for item in items:
+        seen.setdefault(record_key(item.record), item)
+    return list(seen.values()), len(items) - len(seen)
+
+
+def resolve_overlap(task: str, train: list[Located], test: list[Located], max_test: int | None,
+                    on_overlap: str) -> tuple[list[Located], int]:
+    """The first `max_test` test records, none of which repeats a training example (normalised
+    instruction ### input): on_overlap=error refuses a repeat among them, drop_test skips it and
+    takes the next test record instead. Returns (test, records skipped). Both give the same test
+    records whenever `error` passes."""
+    by_key = {record_key(x.record): x for x in train}
+    kept: list[Located] = []
+    dropped = 0
+    for t in test:
+        if max_test is not None and len(kept) == max_test:
+            break
+        hit = by_key.get(record_key(t.record))
+        if hit is None:
+            kept.append(t)
+        elif on_overlap == "drop_test":
+            dropped += 1
+        else:
+            raise DataError(f"task {task!r}: test record {t.where} is also a training record ({hit.where}) "
+                            f"after normalisation (lowercase, collapsed whitespace): input "
+                            f"{t.record['input'][:100]!r}. Train and test must not overlap: remove it "
+                            f"from one of the splits, or set data.on_overlap=drop_test to drop such test "
+                            f"records (counted in the manifest as overlap_dropped)")
+    return kept, dropped
+
+
+def token_lengths(tokenizer: Any, prompt_format: str, records: list[Record]) -> list[tuple[int, int]]:
+    """(prompt, response) tokens per record, untruncated, tokenized the way training does (batched)."""
+    if not records:
+        return []
+    prompts = [build_prompt(tokenizer, prompt_format, r["instruction"], r["input"], history_turns(r)) for r in records]
+    responses = [build_response(tokenizer, r["output"]) for r in records]
+    p_ids = tokenizer(prompts, add_special_tokens=prompt_add_special_tokens(prompt_format))["input_ids"]
+    r_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
+    return [(len(p), len(r)) for p, r in zip(p_ids, r_ids, strict=True)]
+
+
+def length_stats(lengths: list[tuple[int, int]], caps: int | TokenCaps) -> dict[str, Any]:
+    """min / mean / p95 (nearest rank) / max of prompt + response tokens, and how many records
+    training would cut (`caps`: max_seq_len alone, or separate prompt and answer caps)."""
+    if not lengths:
+        return {"min": 0, "mean": 0.0, "p95": 0, "max": 0, "truncated": 0}
+    caps = TokenCaps.coerce(caps)
+    s = sorted(p + r for p, r in lengths)
+    return {"min": s[0], "mean": round(sum(s) / len(s), 1), "p95": s[math.ceil(0.95 * len(s)) - 1],
+            "max": s[-1], "truncated": sum(caps.truncates(p, r) for p, r in lengths)}

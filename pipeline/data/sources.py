@@ -1,0 +1,286 @@
+"""Load one task's source into unified records {task, instruction, input, output}.
+
+Five source types (TaskSpec.source.type): `hub` (datasets.load_dataset, or a local
+save_to_disk / data-file folder), `file` (JSONL, JSON, CSV, Parquet), `hf_dataset` (a
+save_to_disk folder, by split name), `cl_benchmark` (the O-LoRA CL_Benchmark folder layout) and
+`synthetic` (pipeline.data.synthetic). A row is flat instruction/input/output columns, or with
+`source.format: sharegpt | messages` one conversation (pipeline.data.conversations). Every record is
+checked here, where its file and line are still known: required fields present, output not
+empty, label inside the task's label set.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from pipeline.config import ExperimentConfig, TaskSpec
+from pipeline.data.conversations import CONVERSATION_FORMATS, conversation_record
+from pipeline.data.readers import RawRows, load_json, read_dataset, read_file, read_saved_dataset
+from pipeline.data.records import Located, Record, SourceRecords
+from pipeline.data.synthetic import get_generator
+from pipeline.errors import DataError
+
+UNIFIED = ("instruction", "input", "output")
+
+# CL_Benchmark task folder -> instruction family of its instruction_config.json.
+CL_FAMILIES = {"agnews": "TC", "dbpedia": "TC", "yahoo": "TC", "amazon": "SC", "yelp": "SC",
+               "sst-2": "SC", "imdb": "SC", "mnli": "NLI", "rte": "NLI", "cb": "NLI", "qqp": "QQP",
+               "boolqa": "BoolQA", "boolq": "BoolQA", "multirc": "MultiRC", "wic": "WiC"}
+# Used when the benchmark folder ships no instruction_config.json (same texts as upstream's).
+CL_INSTRUCTIONS = {
+    "TC": "What is the topic of the following paragraph? Choose one from the option.",
+    "SC": "What is the sentiment of the following paragraph? Choose one from the option.",
+    "NLI": 'What is the logical relationship between the "sentence 1" and the "sentence 2"? '
+           "Choose one from the option.",
+    "QQP": 'Whether the "first sentence" and the "second sentence" have the same meaning? '
+           "Choose one from the option.",
+    "BoolQA": "According to the following passage, is the question true or false? Choose one from the option.",
+    "MultiRC": "According to the following passage and question, is the candidate answer true or false? "
+               "Choose one from the option.",
+    "WiC": "Given a word and two sentences, whether the word is used with the same sense in both sentence? "
+           "Choose one from the option.",
+}
+CL_GENERIC = "Which label fits the following text? Choose one from the option."
+MULTIPLE_CHOICE_INSTRUCTION = "Answer the multiple-choice question with the letter of the correct option."
+
+
+def load_source(task: TaskSpec, cfg: ExperimentConfig) -> SourceRecords:
+    """The task's records (and its own test split, if the source has one), all validated."""
+    loaders = {"synthetic": _load_synthetic, "file": _load_file, "hub": _load_hub, "hf_dataset": _load_hf_dataset,
+               "cl_benchmark": _load_cl_benchmark}
+    out = loaders[task.source.type](task, cfg)
+    if not out.train:
+        raise DataError(f"{out.origin}: task {task.name!r} has no records"
+                        + (f" ({out.dropped} dropped by source.drop_labels)" if out.dropped else ""))
+    if out.test is not None and not out.test:
+        raise DataError(f"{out.origin}: the test split of task {task.name!r} has no records")
+    return out
+
+
+def source_files(task: TaskSpec, cfg: ExperimentConfig) -> list[Path]:
+    """The local files a task reads (for the prepare fingerprint); [] for hub ids and synthetic."""
+    src = task.source
+    if src.type == "synthetic" or src.path is None:
+        return []
+    base = cfg.resolve_source_path(src.path)
+    if src.type == "file":
+        return [base] + ([cfg.resolve_source_path(src.test_split)] if src.test_split else [])
+    if src.type == "cl_benchmark":
+        names = ["train.json", src.test_split or "test.json", "labels.json"]
+        return [base / n for n in names] + [d / "instruction_config.json" for d in (base, base.parent)]
+    return sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else []
+
+
+# ---- per source type -------------------------------------------------------------------------
+
+
+def _load_synthetic(task: TaskSpec, cfg: ExperimentConfig) -> SourceRecords:
+    gen = get_generator(task.source.generator or "")
+    rows = gen.generate(cfg.data.synthetic_size, cfg.data.seed)
+    origin = f"synthetic:{gen.name}"
+    raw = RawRows(origin, rows, [f"{origin} record {i}" for i in range(len(rows))])
+    labels = task.labels or (list(gen.labels) if gen.labels else None)
+    train, dropped = to_records(raw, task, labels, default_instruction=task.instruction or gen.instruction)
+    return SourceRecords(origin, train, None, labels, dropped)
+
+
+def _load_file(task: TaskSpec, cfg: ExperimentConfig) -> SourceRecords:
+    src = task.source
+    path = cfg.resolve_source_path(src.path or "")
+    train, dropped = to_records(read_file(path, src.format), task, task.labels)
+    test = None
+    if src.test_split:
+        test, more = to_records(read_file(cfg.resolve_source_path(src.test_split), src.format), task, task.labels)
+        dropped += more
+    return SourceRecords(str(path), train, test, task.labels, dropped)
+
+
+def _load_hub(task: TaskSpec, cfg: ExperimentConfig) -> SourceRecords:
+    src = task.source
+    path = src.path or ""
+    resolved = cfg.resolve_source_path(path)
+    local = resolved if resolved.exists() else None
+    if local is None and path.startswith((".", "/", "~")):  # clearly local, so not a hub id
+        raise DataError(f"{resolved}: no such local dataset folder (source.path {path!r} of task {task.name!r})")
+    if local is not None and local.is_file():
+        raise DataError(f"{local}: a hub source needs a dataset folder; for one data file use type: file")
+    raw = read_dataset(path, local, src.config, src.split)
+    labels = task.labels or raw.class_names.get(src.fields.get("output", "output"))
+    train, dropped = to_records(raw, task, labels)
+    test = None
+    if src.test_split:
+        test, more = to_records(read_dataset(path, local, src.config, src.test_split), task, labels)
+        dropped += more
+    return SourceRecords(raw.origin, train, test, labels, dropped)
+
+
+def _load_hf_dataset(task: TaskSpec, cfg: ExperimentConfig) -> SourceRecords:
+    src = task.source
+    folder = cfg.resolve_source_path(src.path or "")
+    raw = read_saved_dataset(folder, src.split)
+    labels = task.labels or raw.class_names.get(src.fields.get("output", "output"))
+    train, dropped = to_records(raw, task, labels)
+    test = None
+    if src.test_split:
+        test, more = to_records(read_saved_dataset(folder, src.test_split, key="test_split"), task, labels)
+        dropped += more
+    return SourceRecords(raw.origin, train, test, labels, dropped)
+
+
+def _load_cl_benchmark(task: TaskSpec, cfg: ExperimentConfig) -> SourceRecords:
+    src = task.source
+    folder = cfg.resolve_source_path(src.path or "")
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such cl_benchmark folder for task {task.name!r} (expected train.json, "
+                        f"test.json and labels.json inside; is data_root right?)")
+    labels = task.labels or _cl_labels(folder / "labels.json", task)
+    instruction = task.instruction or cl_instruction(folder, labels)
+    fields = {"input": "sentence", "output": "label", **src.fields}
+    train, dropped = to_records(read_file(folder / "train.json", "json"), task, labels, instruction, fields)
+    test_file = folder / (src.test_split or "test.json")
+    test = None
+    if src.test_split or test_file.is_file():  # no test.json: fall back to a random split
+        test, more = to_records(read_file(test_file, "json"), task, labels, instruction, fields)
+        dropped += more
+    return SourceRecords(str(folder), train, test, labels, dropped)
+
+
+# Metrics that score free text: a cl_benchmark task with one of these needs no label set.
+FREE_TEXT_METRICS = ("rouge_l", "bertscore")
+
+
+def _cl_labels(path: Path, task: TaskSpec) -> list[str] | None:
+    if not path.is_file():
+        # A missing labels.json must not silently turn a classification task into free text.
+        if task.metric in FREE_TEXT_METRICS:
+            return None
+        raise DataError(f"{path}: no such file; task {task.name!r} (metric {task.metric}) is scored as "
+                        f"classification and needs its label set. Add labels.json (a JSON list of the "
+                        f"labels), give the task `labels: [...]`, or, if its answers are free text, set "
+                        f"`metric: rouge_l`")
+    labels = load_json(path)
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise DataError(f"{path}: expected a non-empty JSON list of label strings, got {labels!r:.80}")
+    return labels
+
+
+def cl_instruction(folder: Path, labels: list[str] | None) -> str:
+    """The upstream instruction of the folder's task family, with the label options appended."""
+    family = CL_FAMILIES.get(folder.name.lower())
+    text = CL_INSTRUCTIONS.get(family or "", CL_GENERIC)
+    for cfg_file in (folder / "instruction_config.json", folder.parent / "instruction_config.json"):
+        if family and cfg_file.is_file():
+            entries = load_json(cfg_file).get(family) or []
+            if entries and isinstance(entries[0], dict) and entries[0].get("instruction"):
+                text = entries[0]["instruction"]
+            break
+    text = text.strip()
+    return f"{text}\nOption: {', '.join(labels)}" if labels else text
+
+
+# ---- rows -> records ---------------------------------------------------------------------------
+
+
+def to_records(raw: RawRows, task: TaskSpec, labels: list[str] | None, default_instruction: str | None = None,
+               fields: dict[str, str] | None = None) -> tuple[list[Located], int]:
+    """Map and check every row; returns the records and how many drop_labels removed."""
+    src = task.source
+    fields = fields if fields is not None else dict(src.fields)
+    default_instruction = default_instruction or task.instruction
+    if src.converter == "multiple_choice":
+        default_instruction = default_instruction or MULTIPLE_CHOICE_INSTRUCTION
+    label_set = set(labels) if labels else None
+    out: list[Located] = []
+    dropped = 0
+    rows = zip(raw.rows, raw.where, strict=True)
+    if len(raw.rows) > 20_000:  # hub corpora (ChatDoctor: 200k rows) take a while to check
+        rows = tqdm(rows, total=len(raw.rows), desc=f"{task.name}: check records", disable=None)
+    for row, where in rows:
+        if src.format in CONVERSATION_FORMATS:
+            record = {"task": task.name, **conversation_record(row, where, src.format, fields.get("messages"))}
+        else:
+            row_fields = fields
+            if src.converter:
+                row, row_fields = CONVERTERS[src.converter](row, where), {}
+            record = _map_row(row, where, row_fields, task.name, default_instruction)
+        if record["output"] in src.drop_labels:
+            dropped += 1
+            continue
+        if label_set is not None and record["output"] not in label_set:
+            raise DataError(f"{where}: label {record['output']!r} is not in the label set of task {task.name!r}; "
+                            f"valid labels: {labels}. Fix the record, list the label in `labels:`, or skip "
+                            f"such records with source.drop_labels")
+        out.append(Located(record, where))
+    return out, dropped
+
+
+def _map_row(row: dict[str, Any], where: str, fields: dict[str, str], task: str,
+             default_instruction: str | None) -> Record:
+    values: dict[str, str | None] = {}
+    for unified in UNIFIED:
+        col = fields.get(unified, unified)
+        if col == "":  # mapped to nothing on purpose: no such column in this source
+            values[unified] = None
+            continue
+        if col not in row:
+            optional = unified == "instruction" and "instruction" not in fields and default_instruction
+            if optional:
+                values[unified] = None
+                continue
+            raise DataError(f"{where}: missing field {col!r} (the unified {unified!r} field of task {task!r}); "
+                            f"keys present: {sorted(row)}. Map the right column with source.fields.{unified}"
+                            + (" or give the task an `instruction:`" if unified == "instruction" else ""))
+        values[unified] = None if row[col] is None else str(row[col])
+    instruction = (values["instruction"] or "").strip() or default_instruction
+    if not instruction:
+        raise DataError(f"{where}: empty instruction and task {task!r} has no `instruction:` to fall back on")
+    output = (values["output"] or "").strip()
+    if not output:
+        col = fields.get("output", "output")
+        raise DataError(f"{where}: empty output (field {col!r}) in task {task!r}; every record needs an answer")
+    return Record(task=task, instruction=instruction, input=(values["input"] or "").strip(), output=output)
+
+
+# ---- converters for rows that are not flat instruction/input/output columns --------------------
+
+
+def _human_assistant(row: dict[str, Any], where: str) -> dict[str, Any]:
+    """'### Instruction: I ### Human: X ### Assistant: Y' in one `text` column (llama-2-finance)."""
+    text = row.get("text")
+    if not isinstance(text, str):
+        raise DataError(f"{where}: converter human_assistant needs a string field 'text'; keys present: "
+                        f"{sorted(row)}")
+    if "### Assistant:" not in text:
+        raise DataError(f"{where}: converter human_assistant found no '### Assistant:' marker in {text[:80]!r}")
+    head, _, answer = text.partition("### Assistant:")
+    m_instr = re.search(r"### Instruction:(.*?)(?:### Human:|$)", head, re.S)
+    m_input = re.search(r"### Human:(.*)", head, re.S)
+    answer = answer.strip().removesuffix("</s>").strip()
+    return {"instruction": m_instr.group(1).strip() if m_instr else None,
+            "input": m_input.group(1).strip() if m_input else head.strip(), "output": answer}
+
+
+def _multiple_choice(row: dict[str, Any], where: str) -> dict[str, Any]:
+    """question + choices + answer (index or letter) -> lettered options and the answer letter."""
+    if "question" not in row and len(row) == 1 and isinstance(next(iter(row.values())), dict):
+        row = next(iter(row.values()))  # cais/mmlu nests auxiliary_train rows one level deeper
+    missing = [k for k in ("question", "choices", "answer") if k not in row]
+    if missing:
+        raise DataError(f"{where}: converter multiple_choice needs fields question, choices, answer; missing "
+                        f"{missing}; keys present: {sorted(row)}")
+    choices = list(row["choices"] or [])
+    letters = [chr(ord("A") + i) for i in range(len(choices))]
+    answer = row["answer"]
+    if isinstance(answer, int) and 0 <= answer < len(choices):
+        answer = letters[answer]
+    if answer not in letters:
+        raise DataError(f"{where}: answer {row['answer']!r} does not pick one of {len(choices)} choices")
+    options = "\n".join(f"{letter}. {choice}" for letter, choice in zip(letters, choices, strict=True))
+    return {"instruction": None, "input": f"{str(row['question']).strip()}\n{options}", "output": answer}
+
+
+CONVERTERS = {"human_assistant": _human_assistant, "multiple_choice": _multiple_choice}

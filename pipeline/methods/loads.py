@@ -1,0 +1,106 @@
+"""What each continual-learning method adds to the memory plan of a frozen-base step.
+
+`pipeline.planning.memory` sizes the base model, its activations and the ZeRO buffers; a method adds its own
+parameters, by role (`MethodLoad`):
+
+resident     adapter parameters held in memory besides the base (JARe: every task's slots; a
+             LoRA method: its LoRA, o_lora: one per task; seq_ft: none, it trains the base itself)
+trainable    what the optimizer updates: JARe: task t's P slots; LoRA: one LoRA (o_lora: the
+             newest); seq_ft: the decoder linears `pipeline.methods.seq_ft.mark_trainable` selects,
+             counted on the meta-device model by that same function
+saved inputs features per token that trainable linears (or side branches) save for backward:
+             a weight gradient needs the layer's input, which a frozen layer never saves
+stored       bytes written per task (JARe: P slots x target linears + fp32 keys; LoRA: one
+             adapter; seq_ft: the whole model in the training dtype)
+
+Each method declares its own load (`Method.memory_load`, in its module) from the builders here:
+a new method says what it holds, nothing here names it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pipeline.config import ExperimentConfig
+    from pipeline.planning.shapes import ModelShape
+
+KEY_BYTES = 4  # DTKR keys are stored in fp32
+
+
+@dataclass(frozen=True)
+class MethodLoad:
+    """One method's parameters in the plan (see the module doc); counts, not bytes."""
+
+    method: str
+    summary: str  # one line for the table's title: what trains
+    adapter_label: str  # the table's column for the resident adapter parameters
+    resident_params: int
+    trainable_params: int
+    saved_input_features: int  # per token, summed over layers
+    gathered_params: int  # per sample, summed over layers: JARe gathers the routed slots
+    tasks: int
+    stored_per_task_bytes: int  # written to disk per task
+    stored_what: str
+    trains_base: bool = False  # the trainable parameters are the base's own weights
+
+    @property
+    def stored_total_bytes(self) -> int:
+        return self.tasks * self.stored_per_task_bytes
+
+
+def jare_load(shape: ModelShape, tasks: int, slots: int, gathered: int, encoder_dim: int, compute_bytes: int,
+              method: str = "slm", note: str = "") -> MethodLoad:
+    """T tasks x P slots resident, task t's P slots train, `gathered` slots per sample."""
+    rank = shape.slot_params // shape.target_features
+    summary = f"JARe: T={tasks} x P={slots} slots of rank {rank} resident, task t's P train{note}"
+    return MethodLoad(method=method, summary=summary,
+                      adapter_label="slots", resident_params=tasks * slots * shape.slot_params,
+                      trainable_params=slots * shape.slot_params, saved_input_features=shape.side_input_features,
+                      gathered_params=gathered * shape.slot_params,
+                      tasks=tasks,
+                      stored_per_task_bytes=slots * (shape.slot_params * compute_bytes + encoder_dim * KEY_BYTES),
+                      stored_what=f"{slots} slots x target linears in {_dtype(compute_bytes)} + {slots} fp32 keys")
+
+
+def lora_load(shape: ModelShape, rank: int, tasks: int, one_per_task: bool, compute_bytes: int,
+              method: str) -> MethodLoad:
+    """One PEFT LoRA of rank `rank` on the target linears (o_lora: one per task, all resident),
+    the newest trains.
+
+    The LoRA's A reads the layer's input (lora_dropout 0 is an identity, so q/k/v share one
+    saved input, as JARe's side branches do); frozen LoRAs save nothing."""
+    one = rank * shape.target_features
+    held = f"T={tasks} LoRAs resident, the newest" if one_per_task else "one LoRA"
+    return MethodLoad(method=method, summary=f"LoRA rank {rank}: {held} trains",
+                      adapter_label="LoRAs" if one_per_task else "LoRA",
+                      resident_params=(tasks if one_per_task else 1) * one, trainable_params=one,
+                      saved_input_features=shape.side_input_features, gathered_params=0, tasks=tasks,
+                      stored_per_task_bytes=one * compute_bytes,
+                      stored_what=f"one LoRA adapter in {_dtype(compute_bytes)}")
+
+
+def full_ft_load(shape: ModelShape, tasks: int, compute_bytes: int, method: str = "seq_ft") -> MethodLoad:
+    """Full fine-tuning: the selected decoder linears train and save their inputs; the whole
+    model is stored per task."""
+    if not shape.ft_linears:
+        raise ConfigError(f"method {method}: {shape.name} has no decoder layers where seq_ft looks for them "
+                          f"(model.get_decoder().layers); full fine-tuning supports LLaMA-style models")
+    share = shape.ft_params / shape.total_params
+    return MethodLoad(method=method, summary=f"full fine-tuning: {shape.ft_linears} decoder linears "
+                      f"({share:.1%} of the parameters) train", adapter_label="adapters", resident_params=0,
+                      trainable_params=shape.ft_params, saved_input_features=shape.ft_input_features,
+                      gathered_params=0, tasks=tasks, stored_per_task_bytes=shape.total_params * compute_bytes,
+                      stored_what=f"the whole model in {_dtype(compute_bytes)}, safetensors shards", trains_base=True)
+
+
+def _dtype(compute_bytes: int) -> str:
+    return "bf16" if compute_bytes == 2 else "fp32"
+
+
+def compute_bytes(cfg: ExperimentConfig) -> int:
+    """Bytes of one trained value: bf16 on GPUs (model.dtype auto or bfloat16), fp32 when asked."""
+    return 4 if cfg.model.dtype == "float32" else 2

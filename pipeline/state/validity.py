@@ -1,0 +1,260 @@
+"""A stage's output is valid only for the exact inputs it records; every reader checks that here.
+
+Each finished stage leaves a DONE marker (`pipeline.state.artifacts.write_done`) holding the code's
+format version, the sha256 of every file it wrote and the hashes of what it was built from:
+
+    task i     the method's config subset (`task_settings`), the prepared data, tasks 0..i-1
+    index      tasks 0..n-1 (it may hold more than a reader needs)
+    eval row   the prepared data, the inference settings, tasks 0..i
+
+Every reader (train's resume and "already done", `slm train --check` behind the Slurm skip,
+index, eval, generate, serve, report) calls `require_valid` through one of the `require_*`
+helpers before it loads anything. The error names the file, what changed (down to the config
+key when the marker recorded its settings) and the command that rebuilds it, so nothing is
+ever computed from, or scored with, a result of other inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.errors import StageInputError
+from pipeline.state.artifacts import (
+    DONE,
+    DONE_FORMAT,
+    format_of,
+    marker_digest,
+    read_done,
+    read_done_checked,
+    sha256_json,
+    verify_outputs,
+)
+
+if TYPE_CHECKING:
+    from pipeline.config import ExperimentConfig
+    from pipeline.methods.base import Method
+    from pipeline.state.layout import RunLayout
+
+MAX_LISTED = 4  # config keys named in one message; the rest are counted
+
+
+# ---- what each result depends on ----------------------------------------------------------------
+
+
+def task_settings(cfg: ExperimentConfig, method: Method, t: int) -> dict[str, Any]:
+    """The config subset task t's result depends on (the method's own knobs and the task spec)."""
+    settings = method.settings(cfg)
+    settings["task"] = cfg.tasks[t].model_dump()
+    return settings
+
+
+def task_inputs(cfg: ExperimentConfig, method: Method, layout: RunLayout, t: int) -> dict[str, str]:
+    """What task t's result depends on; recorded in its DONE and in its train_state."""
+    inputs = {"settings": sha256_json(task_settings(cfg, method, t)), "data": marker_digest(layout.data)}
+    for j in range(t):
+        inputs[f"task{j}"] = marker_digest(layout.task_dir(j, cfg.tasks[j].name))
+    return inputs
+
+
+def index_inputs(cfg: ExperimentConfig, layout: RunLayout, n: int) -> dict[str, str]:
+    return {f"task{j}": marker_digest(layout.task_dir(j, cfg.tasks[j].name)) for j in range(n)}
+
+
+def eval_settings(cfg: ExperimentConfig, method: Method) -> dict[str, Any]:
+    """The config subset an eval row depends on (recorded in the row, so a refusal names the key)."""
+    return method.eval_settings(cfg)
+
+
+def eval_inputs(cfg: ExperimentConfig, method: Method, layout: RunLayout, after: int) -> dict[str, str]:
+    inputs = {"data": marker_digest(layout.data), "settings": sha256_json(eval_settings(cfg, method))}
+    for j in range(after + 1):
+        inputs[f"task{j}"] = marker_digest(layout.task_dir(j, cfg.tasks[j].name))
+    return inputs
+
+
+# ---- commands that rebuild a result ---------------------------------------------------------------
+
+
+def train_command(cfg: ExperimentConfig, t: int) -> str:
+    return f"slm train --method {cfg.method} --task {t} --restart"
+
+
+def eval_command(cfg: ExperimentConfig, after: int) -> str:
+    return f"slm eval --after {after} --method {cfg.method}"  # as pipeline.stages.report words it
+
+
+def index_command(cfg: ExperimentConfig) -> str:
+    return f"slm index --method {cfg.method}"
+
+
+# ---- the one check ----------------------------------------------------------------------------------
+
+
+def require_valid(folder: Path, stage: str, rerun: str, inputs: dict[str, str], label: Callable[[str], str],
+                  settings: dict[str, Any] | None = None, verify: bool = True, prefix: bool = False) -> dict:
+    """The DONE marker of `folder` if it is finished, in this code's format, built from exactly
+    `inputs` and its files hash as recorded; otherwise a StageInputError naming the file, what
+    changed and `rerun`.
+
+    `settings`: the current config subset, diffed against the one the marker recorded so the
+    message names the changed keys. `prefix`: the marker may record more inputs than `inputs`
+    (an index over more tasks than the reader needs).
+    """
+    marker = read_done_checked(folder, stage, rerun)
+    recorded = marker.get("inputs") or {}
+    if prefix:
+        recorded = {k: recorded.get(k) for k in inputs}
+    if recorded != inputs:
+        what = what_changed(recorded, inputs, label, marker.get("settings"), settings)
+        raise StageInputError(f"{stage}: {folder / DONE} was built from other inputs than the current ones: "
+                              f"{what}. Rerun `{rerun}`.", hint=_rerun_hint(rerun))
+    if verify:
+        verify_outputs(folder, marker, stage, rerun)
+    return marker
+
+
+def problem_of(check: Callable[[], object]) -> str | None:
+    """The message of the StageInputError `check` raises, or None when it passes."""
+    try:
+        check()
+    except StageInputError as e:
+        return str(e)
+    return None
+
+
+def _rerun_hint(rerun: str) -> str:
+    return (f"run `{rerun}` with this command's -c and overrides (or `slm run --restart` for the whole "
+            "sequence); nothing was loaded from the stale result")
+
+
+# ---- what changed -----------------------------------------------------------------------------------
+
+
+def what_changed(recorded: dict[str, Any], current: dict[str, str], label: Callable[[str], str],
+                 recorded_settings: dict | None = None, current_settings: dict | None = None) -> str:
+    """'the config changed (methods.slm.lr: 0.005 -> 0.002); task 0 (sentiment) changed' for the inputs that differ."""
+    parts = []
+    for key in sorted(set(recorded) | set(current), key=_input_order):
+        if recorded.get(key) == current.get(key):
+            continue
+        if key == "settings" and recorded_settings is not None and current_settings is not None:
+            parts.append(f"{label(key)} changed ({settings_diff(recorded_settings, current_settings)})")
+        elif current.get(key) is None:
+            parts.append(f"{label(key)} is no longer an input")
+        elif recorded.get(key) is None:
+            parts.append(f"{label(key)} is not among its inputs")
+        else:
+            parts.append(f"{label(key)} changed")
+    return "; ".join(parts)
+
+
+def _input_order(key: str) -> tuple[int, int, str]:
+    if key.startswith("task") and key[4:].isdigit():
+        return (2, int(key[4:]), key)
+    return (0 if key == "settings" else 1, 0, key)
+
+
+def settings_diff(before: dict, after: dict) -> str:
+    """'methods.slm.lr: 0.005 -> 0.002, seed: 1 -> 2' (the first few keys that differ)."""
+    old, new = _flatten(_plain(before)), _flatten(_plain(after))
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k, _MISSING) != new.get(k, _MISSING)]
+    shown = [f"{k}: {_show(old.get(k, _MISSING))} -> {_show(new.get(k, _MISSING))}" for k in keys[:MAX_LISTED]]
+    more = f", and {len(keys) - MAX_LISTED} more" if len(keys) > MAX_LISTED else ""
+    return ", ".join(shown) + more if shown else "same keys, other values"
+
+
+_MISSING = object()
+
+
+def _plain(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))  # tuples -> lists, as the recorded JSON has them
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): obj}
+
+
+def _show(value: Any) -> str:
+    return "(unset)" if value is _MISSING else json.dumps(value)
+
+
+def labeller(cfg: ExperimentConfig, layout: RunLayout) -> Callable[[str], str]:
+    """Input key -> words: 'the config', 'the prepared data (<path>)', 'task 1 (geography)'."""
+
+    def label(key: str) -> str:
+        if key == "settings":
+            return "the config"
+        if key == "data":
+            return f"the prepared data ({layout.data})"
+        if key.startswith("task") and key[4:].isdigit() and int(key[4:]) < len(cfg.tasks):
+            return f"task {key[4:]} ({cfg.tasks[int(key[4:])].name})"
+        return key
+
+    return label
+
+
+# ---- the readers' helpers ---------------------------------------------------------------------------
+
+
+def require_task(cfg: ExperimentConfig, method: Method, layout: RunLayout, t: int, verify: bool = True) -> dict:
+    """Task t's DONE, checked against the current config, data and earlier tasks (and its files)."""
+    name = cfg.tasks[t].name
+    return require_valid(layout.task_dir(t, name), f"task {t} ({name})", train_command(cfg, t),
+                         task_inputs(cfg, method, layout, t), labeller(cfg, layout), task_settings(cfg, method, t),
+                         verify=verify)
+
+
+def require_tasks(cfg: ExperimentConfig, method: Method, layout: RunLayout, n: int, verify: bool = True) -> None:
+    """Tasks 0..n-1 are each DONE and valid (the first stale one is named)."""
+    for j in range(n):
+        require_task(cfg, method, layout, j, verify=verify)
+
+
+def require_index(cfg: ExperimentConfig, layout: RunLayout, n: int) -> dict:
+    """The index's DONE: its files intact and built from the keys of tasks 0..n-1 as they are now."""
+    return require_valid(layout.index, "index", index_command(cfg), index_inputs(cfg, layout, n),
+                         labeller(cfg, layout), prefix=True)
+
+
+def require_row(cfg: ExperimentConfig, method: Method, layout: RunLayout, after: int, row: dict) -> None:
+    """Eval row `after` (already parsed) was scored in this code's format from the current data,
+    settings and tasks 0..after."""
+    path, rerun = layout.eval_row(after), eval_command(cfg, after)
+    if format_of(row) != DONE_FORMAT:
+        raise StageInputError(f"{path} was written in format {format_of(row)!r} by another version of slm; this "
+                              f"one reads format {DONE_FORMAT}. Rerun `{rerun}`.", hint=_rerun_hint(rerun))
+    current = eval_inputs(cfg, method, layout, after)
+    recorded = row.get("inputs") or {}
+    if recorded != current:
+        what = what_changed(recorded, current, labeller(cfg, layout), row.get("settings"), eval_settings(cfg, method))
+        raise StageInputError(f"row {after} of the matrix ({path}) was scored from other inputs than the current "
+                              f"ones: {what}. Rerun `{rerun}`.", hint=_rerun_hint(rerun))
+
+
+def read_row(layout: RunLayout, after: int) -> dict | None:
+    """Row `after`, or None when it is missing or cannot be parsed (torn, not UTF-8): scored again."""
+    path = layout.eval_row(after)
+    try:
+        row = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (ValueError, OSError) as e:
+        print(f"eval: {path} cannot be read ({type(e).__name__}); scoring row {after} again")
+        return None
+    return row if isinstance(row, dict) else None
+
+
+def done_tasks(cfg: ExperimentConfig, layout: RunLayout) -> int:
+    """How many tasks, from the first, are DONE (the sequence is strictly in order)."""
+    n = 0
+    while n < len(cfg.tasks) and read_done(layout.task_dir(n, cfg.tasks[n].name)):
+        n += 1
+    return n

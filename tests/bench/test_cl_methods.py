@@ -1,0 +1,110 @@
+"""bench/cl_methods.py, the tiny version CI runs: two methods and two task orders on a tiny LLaMA,
+results as data (one file per method in the runner's schema, and a plot), resumable only for the
+same config and code, --summary."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from bench import cl_methods
+from bench.runner import check_result, method_fingerprint
+from tests.tiny import save_tiny_checkpoint
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _bench_yaml(tmp_path, model: str) -> str:
+    path = tmp_path / "tinybench.yaml"
+    path.write_text(yaml.safe_dump({"config": "default.yaml", "overrides": [
+        f"output_dir={tmp_path / 'run'}", f"model.name_or_path={model}", "name=tinybench", "data.synthetic_size=40",
+        "train.max_steps=2", "train.micro_batch_size=4", "train.save_every=2", "model.max_seq_len=64",
+        "eval.max_records_per_task=4", "orders=[{name: fwd, tasks: [sentiment, geography, animals]},"
+        " {name: rev, tasks: [animals, geography, sentiment]}]"]}))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_two_methods_over_two_orders_give_results_files_a_plot_and_a_summary(tmp_path, capsys) -> None:
+    results = tmp_path / "results"
+    bench = _bench_yaml(tmp_path, save_tiny_checkpoint(tmp_path / "tiny"))
+    argv = [bench, "--methods", "slm,seq_lora", "--results-dir", str(results)]
+    assert cl_methods.main(argv) == 0
+
+    for method in ("slm", "seq_lora"):
+        r = json.loads((results / "cl_methods" / f"tinybench-{method}.json").read_text())
+        assert check_result(r) == []
+        info = r["run_info"]
+        assert info["method"] == method and list(info["orders"]) == ["fwd", "rev"]
+        assert info["orders"]["rev"] == ["animals", "geography", "sentiment"]
+        assert len(info["config_sha256"]) == 64 and info["code_fingerprint"] == method_fingerprint(method)["sha256"]
+        assert all(info["per_order"][o]["code_fingerprint"] == info["code_fingerprint"] for o in ("fwd", "rev"))
+        assert r["train_info"]["wall_s"] > 0 and r["train_info"]["peak_rss_mib"] > 0
+        per_order = r["metrics"]["per_order"]
+        assert [len(per_order[o]["matrix"]) for o in ("fwd", "rev")] == [3, 3]
+        mean = sum(per_order[o]["AA"] for o in ("fwd", "rev")) / 2
+        assert r["metrics"]["AA"] == pytest.approx(mean) and r["metrics"]["AA_std"] is not None
+        assert (r["metrics"]["retrieval_accuracy"] is None) == (method == "seq_lora")
+    table = cl_methods.comparison_markdown(cl_methods.load_results(results, "tinybench"))
+    assert "| `slm` |" in table and "| `seq_lora` |" in table and "over 2 task orders" in table
+    assert (results / "cl_methods" / "tinybench.png").read_bytes()[:8] == PNG_MAGIC
+
+    # resumable: each order recorded for the same config and code is kept
+    capsys.readouterr()
+    assert cl_methods.main(argv) == 0
+    assert capsys.readouterr().out.count("already recorded") == 4  # two methods x two orders
+    assert cl_methods.main([bench, "--summary", "--results-dir", str(results)]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("method=")]
+    assert [ln.split()[0] for ln in lines] == ["method=slm", "method=seq_lora"]
+    assert all(ln.split()[1].startswith("AA=") and "wall_s=" in ln for ln in lines)
+    assert "retrieval=na" in lines[1] and "retrieval=na" not in lines[0]
+
+
+def _entry(tasks: list[str], aa: float, wall: float, date: str, digest: str, code: str) -> dict:
+    matrix = [[aa] * len(tasks)] * len(tasks)
+    metrics = {k: None for k in cl_methods.PER_ORDER_KEYS} | {"AA": aa, "complete": True, "tasks": tasks,
+                                                              "matrix": matrix}
+    return {"metrics": metrics, "training": {"trainable_params": 10}, "data_sha256": {t: "0" * 64 for t in tasks},
+            "wall_s": wall, "peak_rss_mib": 100, "meta_info": {"versions": {}, "machine": {"m": 1}},
+            "provenance": {"command": f"run {date}", "commit": "c", "dirty": False, "date": date,
+                           "config_sha256": digest, "code_fingerprint": code}}
+
+
+def test_orders_recorded_one_by_one_add_up_and_are_kept_only_for_the_same_config_and_code(tmp_path) -> None:
+    from pipeline.experiment import load_config
+
+    cfg = load_config("default.yaml", ["orders=[{name: fwd, tasks: [sentiment, geography, animals]},"
+                                       " {name: rev, tasks: [animals, geography, sentiment]}]"])
+    path = tmp_path / "cl_methods" / "x-slm.json"
+    digest, code = cl_methods.config_sha256(cfg), "code-1"
+    assert cl_methods.recorded_orders(path, digest, code) == {}  # nothing recorded yet
+
+    # rev ran first (on its own day), fwd later: the record lists the experiment's order
+    rev = _entry(["animals", "geography", "sentiment"], 0.4, 30.0, "2026-12-01T10:00:00", digest, code)
+    cl_methods.write_record(path, cl_methods.result_record(cfg, "x", "slm", {"rev": rev}))
+    done = cl_methods.recorded_orders(path, digest, code)
+    assert list(done) == ["rev"] and done["rev"]["metrics"]["AA"] == 0.4 and done["rev"]["wall_s"] == 30.0
+    done["fwd"] = _entry(["sentiment", "geography", "animals"], 0.6, 50.0, "2026-12-02T10:00:00", digest, code)
+    r = cl_methods.result_record(cfg, "x", "slm", done)
+    assert list(r["run_info"]["orders"]) == ["fwd", "rev"]
+    assert r["metrics"]["AA"] == pytest.approx(0.5) and r["metrics"]["AA_std"] > 0
+    assert r["train_info"]["wall_s"] == 80.0 and r["train_info"]["wall_s_per_order"] == {"fwd": 50.0, "rev": 30.0}
+    assert r["run_info"]["command"] == "run 2026-12-02T10:00:00"  # the latest run; each order keeps its own
+    assert r["run_info"]["per_order"]["rev"]["command"] == "run 2026-12-01T10:00:00"
+
+    # other code, or another config (here: another seed), keeps nothing: it is other data
+    assert cl_methods.recorded_orders(path, digest, "code-2") == {}
+    assert cl_methods.recorded_orders(path, cl_methods.config_sha256(load_config("default.yaml", ["seed=7"])),
+                                      code) == {}
+
+
+def test_the_config_hash_covers_only_the_methods_own_options() -> None:
+    from pipeline.experiment import load_config
+
+    base = load_config("default.yaml", ["method=seq_lora"])
+    other = load_config("default.yaml", ["method=seq_lora", "methods.replay.ratio=0.5", "methods.slm.lr=0.1"])
+    own = load_config("default.yaml", ["method=seq_lora", "methods.seq_lora.lr=0.1"])
+    assert cl_methods.config_sha256(base) == cl_methods.config_sha256(other)
+    assert cl_methods.config_sha256(base) != cl_methods.config_sha256(own)

@@ -1,0 +1,200 @@
+"""The report stage on fake eval rows: metrics, matrix, markdown, plots, partial runs and comparisons."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ExperimentConfig
+from pipeline.errors import StageInputError
+from pipeline.experiment import load_config
+from pipeline.stages import report
+from pipeline.state.layout import RunLayout
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MATRIX = [
+    [0.9, 0.1, 0.0],
+    [0.8, 0.7, 0.1],
+    [0.6, 0.7, 0.5],
+]
+UNTRAINED = [0.2, 0.0, 0.1]
+CONFUSION = [[19, 1, 0], [0, 20, 0], [2, 0, 18]]
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> ExperimentConfig:
+    # Task names pinned here so the hand-made rows below do not depend on the default's tasks.
+    return load_config(None, [f"output_dir={tmp_path}", "tasks.0.name=sentiment", "tasks.1.name=arithmetic",
+                              "tasks.2.name=geography"])
+
+
+@pytest.fixture
+def layout(cfg: ExperimentConfig) -> RunLayout:
+    return RunLayout.of(cfg)
+
+
+def write_row(layout: RunLayout, after: int, scores: list[float], retrieval: bool = True) -> None:
+    tasks = ["sentiment", "arithmetic", "geography"]
+    row = {
+        "after": after,
+        "method": layout.method,
+        "tasks": tasks,
+        "scores": dict(zip(tasks, scores, strict=True)),
+        "metric": dict.fromkeys(tasks, "exact_match"),
+        "n_records": dict.fromkeys(tasks, 20),
+        "retrieval": {
+            "accuracy": 57 / 60,
+            "per_task": {"sentiment": 0.95, "arithmetic": 1.0, "geography": 0.9},
+            "confusion": CONFUSION,
+        } if retrieval else {"accuracy": None, "per_task": {}, "confusion": None},
+    }
+    path = layout.eval_row(after)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(as_scored(layout, row, after)))
+
+
+def as_scored(layout: RunLayout, row: dict, after: int) -> dict:
+    """`row` as `slm eval` records it, over fake finished tasks 0..after: the report checks each
+    task's DONE against the config and each row's inputs against the tasks on disk."""
+    from pipeline.methods import get_method
+    from pipeline.state import validity
+    from pipeline.state.artifacts import write_done
+
+    cfg = load_config(None, [f"output_dir={layout.base}", "tasks.0.name=sentiment", "tasks.1.name=arithmetic",
+                             "tasks.2.name=geography"])  # the `cfg` fixture, which every test reports with
+    method = get_method(cfg.method)
+    for j in range(after + 1):
+        write_done(layout.task_dir(j, cfg.tasks[j].name), "train", inputs=validity.task_inputs(cfg, method, layout, j),
+                   files=[])
+    return {**row, "inputs": validity.eval_inputs(cfg, method, layout, after)}
+
+
+def write_rows(layout: RunLayout, rows: list[list[float]], untrained: bool = True, retrieval: bool = True) -> None:
+    for i, scores in enumerate(rows):
+        write_row(layout, i, scores, retrieval)
+    if untrained:
+        write_row(layout, -1, UNTRAINED, retrieval=False)
+
+
+def test_a_full_matrix_gives_metrics_matrix_report_and_plots(cfg: ExperimentConfig, layout: RunLayout,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    write_rows(layout, MATRIX)
+    assert report.main(cfg, layout, None) == 0
+
+    m = json.loads((layout.eval / "metrics.json").read_text())
+    assert {"method", "AA", "BWT", "forgetting", "FWT", "retrieval_accuracy", "matrix", "untrained",
+            "tasks"} <= set(m)
+    assert m["method"] == "slm" and m["complete"] is True
+    assert m["tasks"] == ["sentiment", "arithmetic", "geography"]
+    assert m["AA"] == pytest.approx((0.6 + 0.7 + 0.5) / 3)
+    assert m["BWT"] == pytest.approx(((0.6 - 0.9) + (0.7 - 0.7)) / 2)
+    assert m["forgetting"] == pytest.approx(((0.9 - 0.6) + (0.7 - 0.7)) / 2)
+    assert m["FWT"] == pytest.approx(((0.1 - 0.0) + (0.1 - 0.1)) / 2)
+    assert m["retrieval_accuracy"] == pytest.approx(0.95)
+    assert m["matrix"] == MATRIX and m["untrained"] == UNTRAINED
+
+    mj = json.loads((layout.eval / "matrix.json").read_text())
+    assert mj["matrix"] == MATRIX
+    assert mj["row_labels"] == ["after 0: sentiment", "after 1: arithmetic", "after 2: geography"]
+    assert mj["untrained"] == {"label": "untrained", "scores": UNTRAINED}
+
+    md = (layout.eval / "report.md").read_text()
+    assert "| after 2: geography | 0.600 | 0.700 | **0.500** |" in md
+    assert "| untrained (b) | 0.200 | 0.000 | 0.100 |" in md
+    assert "| BWT | -0.150 |" in md and "| forgetting | 0.150 |" in md
+    assert "**0.950**" in md and "| sentiment | 19 | 1 | 0 |" in md
+    assert "Partial" not in md
+    for png in ("matrix.png", "retrieval_confusion.png"):
+        assert (layout.eval / png).read_bytes()[:8] == PNG_MAGIC
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(layout.eval / "report.md")
+
+
+def test_a_partial_matrix_is_reported_as_the_tasks_learned_so_far(cfg: ExperimentConfig,
+                                                                   layout: RunLayout) -> None:
+    write_rows(layout, MATRIX[:2])
+    m = report.run(cfg, layout)
+    assert m["complete"] is False and m["rows_present"] == 2 and m["rows_expected"] == 3
+    assert m["AA"] == pytest.approx((0.8 + 0.7) / 2)
+    assert m["BWT"] == pytest.approx(0.8 - 0.9)
+    assert json.loads((layout.eval / "matrix.json").read_text())["complete"] is False
+    md = (layout.eval / "report.md").read_text()
+    assert "Partial matrix: 2 of 3 rows" in md and "slm eval --after 2" in md
+
+
+def test_no_rows_at_all_tells_the_user_what_to_run(cfg: ExperimentConfig, layout: RunLayout) -> None:
+    with pytest.raises(StageInputError, match=r"slm eval --after 0.*slm run"):
+        report.run(cfg, layout)
+
+
+def test_a_gap_in_the_rows_names_the_missing_row(cfg: ExperimentConfig, layout: RunLayout) -> None:
+    write_rows(layout, MATRIX)
+    layout.eval_row(1).unlink()
+    with pytest.raises(StageInputError, match=r"row 1 .* missing but row 2 exists.*slm eval --after 1"):
+        report.run(cfg, layout)
+
+
+def test_a_row_from_another_task_list_is_refused(cfg: ExperimentConfig, layout: RunLayout) -> None:
+    write_rows(layout, MATRIX)
+    row = json.loads(layout.eval_row(0).read_text())
+    row["tasks"] = ["sentiment", "geography", "arithmetic"]
+    layout.eval_row(0).write_text(json.dumps(row))
+    with pytest.raises(StageInputError, match="another config"):
+        report.run(cfg, layout)
+
+
+def test_without_the_untrained_row_fwt_is_null_and_the_report_says_how_to_get_it(
+        cfg: ExperimentConfig, layout: RunLayout) -> None:
+    write_rows(layout, MATRIX, untrained=False)
+    m = report.run(cfg, layout)
+    assert m["FWT"] is None and m["untrained"] is None
+    assert "slm eval --after -1" in (layout.eval / "report.md").read_text()
+
+
+def test_a_method_without_retrieval_has_no_retrieval_plot(cfg: ExperimentConfig, layout: RunLayout) -> None:
+    seq = layout.for_method("seq_lora")
+    write_rows(seq, MATRIX, retrieval=False)
+    m = report.run(cfg, seq)
+    assert m["retrieval_accuracy"] is None and m["retrieval_confusion"] is None
+    assert (seq.eval / "matrix.png").is_file() and not (seq.eval / "retrieval_confusion.png").exists()
+    assert "does not retrieve" in (seq.eval / "report.md").read_text()
+
+
+def test_the_comparison_lists_every_method_with_metrics(cfg: ExperimentConfig, layout: RunLayout) -> None:
+    seq = layout.for_method("seq_lora")
+    write_rows(seq, [[0.9, 0.0, 0.0], [0.1, 0.9, 0.0], [0.0, 0.1, 0.9]], retrieval=False)
+    report.run(cfg, seq)
+    comparison = (layout.base / "comparison.md").read_text()
+    assert "`seq_lora`" in comparison and "`slm`" not in comparison
+
+    write_rows(layout, MATRIX)
+    report.run(cfg, layout)
+    comparison = (layout.base / "comparison.md").read_text()
+    # slm first (registry order). seq_lora: AA (0.0 + 0.1 + 0.9) / 3, BWT ((0.0 - 0.9) + (0.1 - 0.9)) / 2.
+    assert comparison.index("`slm`") < comparison.index("`seq_lora`")
+    assert "| `seq_lora` | floor | 3/3 | 0.333 | -0.850 |" in comparison
+    assert "trainable params | stored / task | train wall" in comparison
+    assert "slm/eval/report.md" in comparison
+    md = (layout.eval / "report.md").read_text()
+    assert "## Comparison across methods" in md and "`seq_lora`" in md
+
+
+def test_keys_that_captured_an_earlier_task_are_warned_about_in_the_report(
+        cfg: ExperimentConfig, layout: RunLayout, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.methods import get_method
+    from pipeline.state import validity
+    from pipeline.state.artifacts import write_done
+
+    write_rows(layout, MATRIX)
+    # what `slm train` records for task 2: the share of each earlier task's held-out queries it takes
+    inputs = validity.task_inputs(cfg, get_method(cfg.method), layout, 2)
+    write_done(layout.task_dir(2, "geography"), "train", inputs=inputs, files=[],
+               capture={"sentiment": 0.3, "arithmetic": 0.01})
+    assert report.main(cfg, layout, None) == 0
+
+    m = json.loads((layout.eval / "metrics.json").read_text())
+    assert m["training"]["capture_warnings"] == ["task 2 (geography) captures 30% of sentiment's held-out queries"]
+    assert "captures 30% of sentiment's held-out queries" in (layout.eval / "report.md").read_text()
+    out = capsys.readouterr().out
+    assert "warning: task 2 (geography) captures 30%" in out and "arithmetic's" not in out
