@@ -151,21 +151,33 @@ def runs_of(cfg: ExperimentConfig, order: str | None) -> list[tuple[str, Experim
 
 
 def recorded_orders(path: Path | None, digest: str, code: str) -> dict[str, dict]:
-    """The per-order entries `path` holds that this config and this code made (none for others)."""
-    if path is None or not path.is_file():
+    """The per-order entries `path` holds that this config and this code made (none for others),
+    and those of bench/lr_sweep.py points of the same config and code beside it (a sweep point at
+    the method's pick is that order's run)."""
+    if path is None:
         return {}
-    r = json.loads(path.read_text())
-    info, train, metrics = r["run_info"], r["train_info"], r["metrics"]
     entries = {}
-    for name in info["orders"]:
-        provenance = info["per_order"][name]
-        if provenance.get("config_sha256") != digest or provenance.get("code_fingerprint") != code:
-            continue
-        entries[name] = {"metrics": {"complete": metrics["complete"], **metrics["per_order"][name]},
-                         "training": train["per_order"][name], "wall_s": train["wall_s_per_order"][name],
-                         "peak_rss_mib": train["peak_rss_mib_per_order"][name], "provenance": provenance,
-                         "data_sha256": info["data_sha256"], "meta_info": r["meta_info"]["per_order"][name]}
+    if path.is_file():
+        for name, entry in entries_of(json.loads(path.read_text())).items():
+            made = entry["provenance"]
+            if made.get("config_sha256") == digest and made.get("code_fingerprint") == code:
+                entries[name] = entry
+    for sweep in sorted((path.parent.parent / "lr_sweep").glob("*.json")):
+        for point in json.loads(sweep.read_text())["sweep"]["points"]:
+            for order, entry in (point.get("entries") or {}).items():
+                if point["key"] == f"{digest}:{code}@{order}":
+                    entries.setdefault(order, entry)
     return entries
+
+
+def entries_of(record: dict) -> dict[str, dict]:
+    """The per-order entries of a results record (the inverse of `result_record`)."""
+    info, train, metrics = record["run_info"], record["train_info"], record["metrics"]
+    return {name: {"metrics": {"complete": metrics["complete"], **metrics["per_order"][name]},
+                   "training": train["per_order"][name], "wall_s": train["wall_s_per_order"][name],
+                   "peak_rss_mib": train["peak_rss_mib_per_order"][name], "provenance": info["per_order"][name],
+                   "data_sha256": info["data_sha256"], "meta_info": record["meta_info"]["per_order"][name]}
+            for name in info["orders"]}
 
 
 def result_record(cfg: ExperimentConfig, experiment: str, method: str, entries: dict[str, dict]) -> dict:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.cl_methods import BenchExperiment, config_sha256, run_method  # noqa: E402
+from bench.cl_methods import BenchExperiment, config_sha256, entries_of, run_method  # noqa: E402
 from bench.runner import RESULTS, method_fingerprint, read_experiment, result_path, write_result  # noqa: E402
 from pipeline.methods import METHOD_NAMES, get_method  # noqa: E402
 from pipeline.state.layout import RunLayout  # noqa: E402
@@ -64,7 +64,9 @@ def sweep_point(bench: BenchExperiment, order: str, method: str, value: float, d
             "value": value, "key": key, "orders": [order], "AA": m["AA"], "BWT": m["BWT"],
             "forgetting": m["forgetting"], "wall_s": record["train_info"]["wall_s"],
             "matrix": {name: run["matrix"] for name, run in m["per_order"].items()},
-            "output_dir": str(RunLayout.of(cfg).base), "run_info": record["run_info"]}
+            "output_dir": str(RunLayout.of(cfg).base), "run_info": record["run_info"],
+            # the whole run, so bench/cl_methods.py reuses it as this config's order (same code)
+            "entries": entries_of(record)}
 
 
 def point_key(digest: str, code: str, order: str) -> str:
@@ -119,10 +121,13 @@ def markdown(sweep: dict, source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sweep_section(points: list[dict], methods: list[str]) -> dict:
+def sweep_section(points: list[dict], methods: list[str], previous: dict | None = None) -> dict:
+    """The file's `sweep` section; points of earlier code stay under their own keys (history)."""
     picks = picks_of(points)
+    history = {k: v for k, v in (previous or {}).items() if k.startswith("superseded_")}
     return {"rule": RULE, "grids": {m: list(grid(m)) for m in methods}, "points": points,
-            "picks": {m: {"knob": pt["knob"], "value": pt["value"], "AA": pt["AA"]} for m, pt in picks.items()}}
+            "picks": {m: {"knob": pt["knob"], "value": pt["value"], "AA": pt["AA"]} for m, pt in picks.items()},
+            **history}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.methods:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     out = result_path(BENCH, settings["name"], args.results_dir)
-    previous = json.loads(out.read_text())["sweep"]["points"] if out.is_file() else []
-    done = {pt["key"]: pt for pt in previous}
+    previous = json.loads(out.read_text())["sweep"] if out.is_file() else {}
+    done = {pt["key"]: pt for pt in previous.get("points", [])}
     for method in methods:
         mine = {pt["value"]: pt for pt in done.values() if pt["method"] == method and pt["key"].endswith(f"@{order}")
                 and pt["key"] == point_key(config_sha256(bench.with_overrides([override(method, pt["value"])]).load(
@@ -151,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
             done[point["key"]] = mine[value] = point
             print(f"[{method}] {point['knob']}={value:g}: AA {point['AA']:.3f}, forgetting {point['forgetting']}",
                   flush=True)
-            write_result(BENCH, settings["name"], {"sweep": sweep_section(list(done.values()), methods)},
+            write_result(BENCH, settings["name"], {"sweep": sweep_section(list(done.values()), methods, previous)},
                          results=args.results_dir)  # after every point: an interruption keeps them
-    sweep = sweep_section(list(done.values()), methods)
+    sweep = sweep_section(list(done.values()), methods, previous)
     write_result(BENCH, settings["name"], {"sweep": sweep}, results=args.results_dir)
     print("picks: " + " ".join(f"{m}={pt['value']:g}" for m, pt in sweep["picks"].items()))
     return 0
