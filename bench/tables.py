@@ -8,6 +8,8 @@ A block is marked in a markdown file as
     <!-- plasticity: NAME -->         ... <!-- end plasticity -->          bench/plasticity.py, EXP-ORDER
     <!-- retrieval-results: NAME -->  ... <!-- end retrieval-results -->   bench/retrieval.py, run NAME
     <!-- methods: all -->             ... <!-- end methods -->             the method registry
+    <!-- plan: CONFIG[+KEY=VALUE...] --> ... <!-- end plan -->             `slm plan` of a shipped config
+                                                                          (nodes=, gpus=, gpu_mem= or overrides)
 
 and holds exactly the table the bench's own renderer makes from its results file.
 """
@@ -62,9 +64,26 @@ def methods_table(_: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plan_table(spec: str) -> str:
+    """`slm plan`'s table for a shipped config, from the config alone (no results file: the plan is
+    computed, so the table is as current as the code). `spec`: CONFIG+nodes=N+gpus=G+KEY=VALUE..."""
+    from pipeline.experiment import load_config
+    from pipeline.planning.memory import format_plan, load_of_config, plan_memory, recommend
+
+    config, *rest = spec.split("+")
+    resources = {k: v for k, _, v in (r.partition("=") for r in rest) if k in ("nodes", "gpus", "gpu_mem")}
+    cfg = load_config(config, [r for r in rest if r.partition("=")[0] not in resources])
+    nodes = int(resources.get("nodes", cfg.slurm.train.nodes))
+    gpus = int(resources.get("gpus", max(1, cfg.slurm.train.gpus_per_node)))
+    rows = plan_memory(cfg, nodes, gpus, float(resources.get("gpu_mem", 80)))
+    return (f"`slm plan -c {config} --nodes {nodes} --gpus-per-node {gpus}"
+            + "".join(f" {r}" for r in rest if r.partition("=")[0] not in resources) + "`:\n\n```\n"
+            + format_plan(rows, recommend(rows), load_of_config(cfg)) + "\n```\n")
+
+
 KINDS: dict[str, Callable[[str], str]] = {"cl-results": cl_table, "lr-sweep": lr_sweep_table,
                                           "plasticity": plasticity_table, "retrieval-results": retrieval_table,
-                                          "methods": methods_table}
+                                          "methods": methods_table, "plan": plan_table}
 
 
 def blocks(text: str) -> list[tuple[str, str, str, tuple[int, int]]]:
