@@ -38,3 +38,23 @@ def save_tiny_checkpoint(folder, seed: int = 0) -> str:
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return str(folder)
+
+
+def tiny_overrides(out, model: str, steps: int = 3, save_every: int | None = None, eval_records: int = 4,
+                   new_tokens: int = 3) -> list[str]:
+    """CLI overrides that run the embedded default's tasks on a tiny model in seconds, into `out`."""
+    return [f"output_dir={out}", f"model.name_or_path={model}", "data.synthetic_size=40",
+            f"train.max_steps={steps}", "train.micro_batch_size=4", f"train.save_every={save_every or steps}",
+            f"eval.max_records_per_task={eval_records}", f"eval.max_new_tokens={new_tokens}", "model.max_seq_len=64"]
+
+
+def finish_tasks(overrides: list[str], tasks: int = 3) -> list[str]:
+    """Prepare, train every task and index, through the CLI; returns `overrides`."""
+    from pipeline.cli import main as slm
+
+    assert slm(["prepare", *overrides]) == 0
+    for t in range(tasks):
+        assert slm(["train", "--task", str(t), *overrides]) == 0
+    assert slm(["index", *overrides]) == 0
+    return overrides
+

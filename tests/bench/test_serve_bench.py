@@ -10,8 +10,7 @@ import pytest
 
 from bench import serve
 from bench.runner import check_result
-from pipeline.cli import main as slm
-from tests.tiny import save_tiny_checkpoint
+from tests.tiny import finish_tasks, save_tiny_checkpoint, tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -19,13 +18,7 @@ def run_overrides(tmp_path_factory) -> list[str]:
     """A finished, indexed run of the embedded default's three tasks on a tiny LLaMA."""
     root = tmp_path_factory.mktemp("serve-bench")
     model = save_tiny_checkpoint(root / "tiny")
-    overrides = [f"output_dir={root / 'run'}", f"model.name_or_path={model}", "data.synthetic_size=40",
-                 "train.max_steps=2", "train.micro_batch_size=4", "train.save_every=2", "model.max_seq_len=64"]
-    assert slm(["prepare", *overrides]) == 0
-    for t in range(3):
-        assert slm(["train", "--task", str(t), *overrides]) == 0
-    assert slm(["index", *overrides]) == 0
-    return overrides
+    return finish_tasks(tiny_overrides(root / "run", model, steps=2))
 
 
 def test_the_shipped_experiments_compare_merged_and_batching() -> None:

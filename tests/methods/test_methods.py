@@ -16,15 +16,14 @@ from pipeline.errors import StageInputError
 from pipeline.experiment import load_config
 from pipeline.methods import METHOD_NAMES, REGISTRY, get_method
 from pipeline.state.artifacts import read_done, sha256_file, sha256_json
+from tests.tiny import tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def overrides(tmp_path, tiny_model_dir) -> list[str]:
-    return [f"output_dir={tmp_path / 'run'}", f"model.name_or_path={tiny_model_dir}", "data.synthetic_size=40",
-            "train.max_steps=3", "train.micro_batch_size=4", "train.save_every=3", "eval.max_records_per_task=4",
-            "eval.max_new_tokens=3", "model.max_seq_len=64"]
+    return tiny_overrides(tmp_path / "run", tiny_model_dir)
 
 
 def task_dir(tmp_path: Path, method: str, i: int) -> Path:

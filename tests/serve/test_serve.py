@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,7 +24,7 @@ from pipeline.serve.app import create_app
 from pipeline.serve.runner import serving
 from pipeline.serve.session import load_session
 from pipeline.state.layout import RunLayout
-from tests.tiny import save_tiny_checkpoint
+from tests.tiny import finish_tasks, save_tiny_checkpoint, tiny_overrides
 
 GENERATORS = {"sentiment": "sentiment", "geography": "geography", "animals": "animal_class"}  # default.yaml
 NEW_TOKENS = 10
@@ -36,13 +35,7 @@ def run_overrides(tmp_path_factory) -> list[str]:
     """A finished run of the embedded default's three tasks on a tiny LLaMA (~40 s on 2 cores)."""
     root = tmp_path_factory.mktemp("serve")
     model = save_tiny_checkpoint(root / "tiny")
-    overrides = [f"output_dir={root / 'run'}", f"model.name_or_path={model}", "data.synthetic_size=40",
-                 "train.max_steps=3", "train.micro_batch_size=4", "train.save_every=3", "model.max_seq_len=64"]
-    assert slm(["prepare", *overrides]) == 0
-    for t in range(3):
-        assert slm(["train", "--task", str(t), *overrides]) == 0
-    assert slm(["index", *overrides]) == 0
-    return overrides
+    return finish_tasks(tiny_overrides(root / "run", model))
 
 
 @pytest.fixture(scope="module")
@@ -283,11 +276,4 @@ def test_serve_refuses_a_run_without_an_index_or_without_a_finished_task(tmp_pat
     with pytest.raises(StageInputError, match="no finished task"):
         load_session(lora, RunLayout.of(lora))
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _no_stray_threads():
-    before = set(threading.enumerate())
-    yield
-    stray = [t for t in set(threading.enumerate()) - before if t.name.startswith("slm-serve")]
-    assert not stray, f"server threads left running: {stray}"
 

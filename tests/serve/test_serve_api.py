@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -222,10 +221,3 @@ def test_every_method_serves_through_its_predictor(trained, method):
     assert chat.model_extra["slm"] == {"method": method}  # no retrieval to report
     assert forced.status_code == 400 and forced.json()["error"]["param"] == "task"
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _no_stray_threads():
-    before = set(threading.enumerate())
-    yield
-    stray = [t for t in set(threading.enumerate()) - before if t.name.startswith("slm-serve")]
-    assert not stray, f"server threads left running: {stray}"

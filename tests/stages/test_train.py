@@ -16,15 +16,14 @@ from safetensors.torch import load_file
 from pipeline.cli import main as slm
 from pipeline.state.artifacts import sha256_file
 from pipeline.state.preemption import EXIT_PREEMPTED, EXIT_PREVIOUS_NOT_DONE
+from tests.tiny import tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def overrides(tmp_path, tiny_model_dir) -> list[str]:
-    return [f"output_dir={tmp_path / 'run'}", f"model.name_or_path={tiny_model_dir}", "data.synthetic_size=40",
-            "train.max_steps=4", "train.micro_batch_size=4", "train.save_every=2", "eval.max_records_per_task=6",
-            "eval.max_new_tokens=4", "model.max_seq_len=64"]
+    return tiny_overrides(tmp_path / "run", tiny_model_dir, steps=4, save_every=2, eval_records=6, new_tokens=4)
 
 
 def task_dir(tmp_path: Path, i: int, method: str = "slm") -> Path:
