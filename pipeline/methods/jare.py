@@ -86,10 +86,9 @@ class JareMethod(Method):
         name, slots = cfg.tasks[t].name, opts.slots_per_task
         path = layout.adapter_file(t, name)
         weights = [1.0 / slots] * slots
-        which = (f"the slot of task {t} ({name}), at weight 1" if slots == 1 else
-                 f"the {slots} slots of task {t} ({name}) at equal weights 1/{slots}")
         return TaskExport(task_lora_weights(read_safetensors(path), t, weights),
-                          describes=f"{which}, as serve.merged_task merges them (no per-input retrieval)",
+                          describes=f"the {slots} slots of task {t} ({name}) at equal weights 1/{slots}, as "
+                                    "serve.merged_task merges them (no per-input retrieval)",
                           info={"sources": [str(path)], "slot_weights": weights})
 
     def key_slots(self, cfg: ExperimentConfig) -> int:
