@@ -14,7 +14,7 @@ encoder is the bundled MiniLM. Everything runs through `slm` itself, in this pro
                 the adapter is saved and its U moved from zero; tokens/s of the optimizer steps
                 (each step timed around the stage's own `_one_step`, the first one left out)
   memory-zero2  peak GPU memory of that training (torch.cuda.max_memory_allocated) against
-                `slm plan`'s estimate for exactly that config (pipeline.planning.memory.own_row): the plan must
+                `slm plan`'s estimate for exactly that config (pipeline.planning.checks.own_row): the plan must
                 not under-estimate
   train-zero3, memory-zero3   the same under ZeRO-3
   zero2-zero3   both stages give the same adapter (bf16 tolerance on a GPU)
@@ -189,7 +189,7 @@ def train_check(zero: str, overrides: list[str], steps_wanted: int, device: str)
     from safetensors.torch import load_file
 
     from pipeline.experiment import load_config
-    from pipeline.planning.memory import own_row
+    from pipeline.planning.checks import own_row
 
     code, _ = slm(["prepare", *overrides])
     if code != 0:

@@ -8,18 +8,190 @@ problem, generic or a method's, is reported in one `ConfigError` naming the file
 
 from __future__ import annotations
 
+import copy
 import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+import yaml
+from pydantic import BaseModel, ValidationError
 
-from pipeline.config import ExperimentConfig, error_lines, format_problems, moved_keys, read_raw
+from pipeline.config import BUILTIN_CONFIGS, DEFAULT_CONFIG, ExperimentConfig
 from pipeline.errors import ConfigError
 from pipeline.methods import METHOD_NAMES, get_method, methods_spec
 
 if TYPE_CHECKING:
     from pipeline.methods.base import Method
+
+
+# Where the keys of earlier versions live now (`moved_keys` names them, each as one problem).
+MOVED_JARE = {"target_modules": "adapter.target_modules", "rank": "adapter.rank", "top_k": "dtkr.top_k"}
+MOVED_TRAIN = {"lr": "methods.<method>.lr (slm, oracle_task_id: methods.slm.lr)",
+               "lora_lr": "methods.<method>.lr of each LoRA method (seq_lora, replay, o_lora, n_lora, multitask)",
+               "lora_rank": "adapter.rank (every adapter method has the same rank)",
+               "replay_ratio": "methods.replay.ratio", "ft_lr": "methods.seq_ft.lr",
+               "ft_modules": "methods.seq_ft.modules",
+               "o_lora_lambda1": "methods.o_lora.lambda1 (and methods.n_lora.lambda1)",
+               "o_lora_lambda2": "methods.o_lora.lambda2 (and methods.n_lora.lambda2)",
+               "n_lora_lambda": "methods.n_lora.sparsity"}
+
+
+def moved_keys(raw: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """Problems for the keys of earlier versions in `raw` (each named with where it lives now), and
+    `raw` without them, so the rest is still validated and every problem reported at once."""
+    lines, raw = [], copy.deepcopy(raw)
+    jare = raw.pop("jare", None)
+    if jare is not None:
+        found = sorted(jare) if isinstance(jare, dict) else []
+        lines += [f"  jare.{k}: moved to {MOVED_JARE.get(k, 'methods.slm.' + k)}" for k in found] or [
+            "  jare: moved to adapter (target_modules, rank) and methods.slm (slots_per_task, init, transfer, lr)"]
+    train = raw.get("train")
+    if isinstance(train, dict):
+        for key in [k for k in train if k in MOVED_TRAIN]:
+            lines.append(f"  train.{key}: moved to {MOVED_TRAIN[key]}")
+            del train[key]
+    return lines, raw
+
+
+# ---- overrides and problems ---------------------------------------------------------------------
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (value parsed as YAML, so `3`, `true`, `[a, b]` work).
+
+    A numeric path part indexes a list: `tasks.0.max_train=50`.
+    """
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.max_steps=10)",
+                              hint="give config overrides as dotted KEY=VALUE after the command's options; "
+                                   "`slm <command> --help` shows the options")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem}); quote it, "
+                              f"e.g. {key}='\"...\"'") from None
+        node: Any = out
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override {item!r}: {'.'.join(parts[:i]) or 'root'} is a list; "
+                                      f"use an index below {len(node)}")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[:i])} is not a section")
+    return out
+
+
+def _section_model(loc: tuple[Any, ...], root: type[BaseModel] | None = None) -> type[BaseModel] | None:
+    """The Spec class of the section that holds the field at `loc` (None: not a known section)."""
+    model: Any = root or ExperimentConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return None
+        model = _spec_class(field.annotation)
+        if model is None:
+            return None
+    return model
+
+
+def _spec_class(annotation: Any) -> type[BaseModel] | None:
+    """The Spec class inside `annotation` (`ModelSpec`, `list[TaskSpec]`, `list[OrderSpec] | None`)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _spec_class(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _valid_keys(loc: tuple[Any, ...], root: type[BaseModel] | None = None) -> str:
+    """A "did you mean" for the unknown key at `loc`, then the keys valid beside it: scalars with
+    their default, sections by name only (their defaults are a wall of reprs; docs/config.md has them)."""
+    model = _section_model(loc, root)
+    if model is None:
+        return ""
+    names = [n for n in model.model_fields if n != "config_dir"]
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+    items = []
+    for name in names:
+        f = model.model_fields[name]
+        if f.is_required():
+            items.append(f"{name} (required)")
+        elif _spec_class(f.annotation) is not None:
+            items.append(name)
+        else:
+            items.append(f"{name} (default {f.get_default(call_default_factory=True)!r})")
+    mean = f"; did you mean {close[0]!r}?" if close else ";"
+    return f"{mean} valid keys here: " + ", ".join(items)
+
+
+def error_lines(err: ValidationError, root: type[BaseModel] | None = None, prefix: tuple[str, ...] = ()) -> list[str]:
+    """One line per problem, named by its dotted key (`prefix` first: `methods` for a method's options)."""
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in (*prefix, *e["loc"])) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {where}: unknown key{_valid_keys(e['loc'], root)}")
+        elif e["type"] == "missing":
+            lines.append(f"  {where}: required key is missing")
+        else:
+            got = "" if e["type"].startswith("value_error") else f" (got {e.get('input')!r})"
+            lines.append(f"  {where}: {e['msg']}{got}")
+    return lines
+
+
+def format_problems(lines: list[str], source: str) -> str:
+    return f"{source}: {len(lines)} problem(s) in the experiment config:\n" + "\n".join(lines)
+
+
+def read_raw(path: str | Path | None, overrides: list[str]) -> tuple[Path, dict[str, Any]]:
+    """The experiment file (no path: the embedded default; a bare name: a shipped config) as a
+    mapping, with the overrides applied and `config_dir` set."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        shipped = sorted(p.name for p in BUILTIN_CONFIGS.glob("*.yaml"))
+        if (BUILTIN_CONFIGS / path.name).is_file() and len(path.parts) == 1:
+            path = BUILTIN_CONFIGS / path.name  # a shipped config named by its file name
+        else:
+            raise ConfigError(f"{path}: no such experiment file (shipped configs: {', '.join(shipped)})",
+                              hint="check the path after -c (relative to the current folder), or name a shipped "
+                                   "config by its file name, e.g. -c cl_benchmark.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}", hint="fix the YAML syntax at the line and column "
+                                                                "named above") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})",
+                          hint="save the file as UTF-8, then run the command again") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}",
+                          hint="an experiment YAML is `key: value` lines (name:, tasks:, train:, ...); see "
+                               "pipeline/configs/default.yaml")
+    raw = apply_overrides(raw, overrides)
+    raw["config_dir"] = str(path.resolve().parent)
+    return path, raw
+
+
+# ---- loading ----------------------------------------------------------------------------------
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:

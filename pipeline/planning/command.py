@@ -13,16 +13,12 @@ from pipeline.config import ExperimentConfig
 from pipeline.dtkr import faiss_build
 from pipeline.errors import ConfigError
 from pipeline.methods import get_method
+from pipeline.planning.checks import check_resources, gpu_mem_default, nothing_fits_message, overrides_for, own_row
 from pipeline.planning.memory import (
     PlanRow,
-    check_resources,
     dense_reference_gib,
     format_plan,
-    gpu_mem_default,
     load_of_config,
-    nothing_fits_message,
-    overrides_for,
-    own_row,
     plan_memory,
     recommend,
     shape_of_config,

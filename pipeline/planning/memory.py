@@ -67,8 +67,6 @@ stored       disk per task (not GPU memory; pipeline.methods.loads): JARe P slot
 from __future__ import annotations
 
 import json
-import math
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -455,118 +453,6 @@ def dense_reference_gib(shape: ModelShape, nodes: int, gpus_per_node: int) -> di
                                                         gpus_per_node, nodes, cpu_offload=False,
                                                         cpu_offload_params=False)
     return {"zero2": zero2 / GIB, "zero3": zero3 / GIB}
-
-
-# ---- the submit-time check ---------------------------------------------------------------------
-
-
-def gpu_mem_default() -> float:
-    value = os.environ.get(GPU_MEM_ENV)
-    try:
-        gib = float(value) if value else DEFAULT_GPU_MEM_GIB
-    except ValueError:
-        raise ConfigError(f"{GPU_MEM_ENV}={value!r} is not a number of GiB (e.g. 80)") from None
-    if not gib > 0:  # also NaN
-        raise ConfigError(f"{GPU_MEM_ENV}={value!r}: the memory of one GPU must be a positive number of GiB (e.g. 80)")
-    return gib
-
-
-def check_resources(nodes: int, gpus_per_node: int, gpu_mem_gib: float) -> None:
-    """Refuse a plan for no hardware: every count and size must be positive (all problems at once)."""
-    problems = [f"{flag} {value:g}: {what}" for flag, value, what in (
-        ("--nodes", nodes, "a job runs on at least 1 node"),
-        ("--gpus-per-node", gpus_per_node, "a GPU memory plan needs at least 1 GPU per node (a CPU run, "
-                                           "slurm.train.gpus_per_node=0, needs no plan)"),
-        ("--gpu-mem-gib", gpu_mem_gib, "the memory of one GPU must be a positive number of GiB"))
-        if not value > 0]
-    if problems:
-        raise ConfigError("; ".join(problems), hint="give positive values, e.g. `slm plan --nodes 1 --gpus-per-node "
-                                                    "8 --gpu-mem-gib 80`")
-
-
-# ---- nothing fits: the smallest change that would --------------------------------------------
-
-MAX_GPUS_PER_NODE = 8  # what one node of a GPU cluster holds
-MAX_NODES = 64
-
-
-def _fits_anywhere(cfg: ExperimentConfig, nodes: int, gpus_per_node: int, gpu_mem_gib: float) -> PlanRow | None:
-    return recommend(plan_memory(cfg, nodes, gpus_per_node, gpu_mem_gib))
-
-
-def smallest_changes(cfg: ExperimentConfig, nodes: int, gpus_per_node: int, gpu_mem_gib: float) -> list[str]:
-    """When no row fits: along each axis alone, the smallest change after which one does, each with
-    the row it allows (fewest changes first: a smaller micro batch needs no other hardware)."""
-    found = []
-    tr = cfg.train
-    for micro in range(tr.micro_batch_size - 1, 0, -1):  # the largest smaller micro batch that fits
-        smaller = cfg.model_copy(update={"train": tr.model_copy(update={"micro_batch_size": micro})})
-        if row := _fits_anywhere(smaller, nodes, gpus_per_node, gpu_mem_gib):
-            accum = -(-tr.micro_batch_size * tr.grad_accum // micro)  # about the same global batch
-            found.append(f"train.micro_batch_size={micro} train.grad_accum={accum} ({_change_row(row)})")
-            break
-    for gpn in range(gpus_per_node + 1, MAX_GPUS_PER_NODE + 1):
-        if row := _fits_anywhere(cfg, nodes, gpn, gpu_mem_gib):
-            found.append(f"--gpus-per-node {gpn} (slurm.train.gpus_per_node={gpn}; {_change_row(row)})")
-            break
-    for n in range(nodes + 1, MAX_NODES + 1):
-        if row := _fits_anywhere(cfg, n, gpus_per_node, gpu_mem_gib):
-            found.append(f"--nodes {n} (slurm.train.nodes={n}; {_change_row(row)})")
-            break
-    rows = [r for r in plan_memory(cfg, nodes, gpus_per_node, gpu_mem_gib) if r.unsupported is None]
-    if rows:
-        least = min(rows, key=lambda r: (max(r.total_gib, r.load_gib), -r.base_bits))
-        found.append(f"GPUs of at least {math.ceil(max(least.total_gib, least.load_gib))} GiB ({_change_row(least)})")
-    return found
-
-
-def _change_row(row: PlanRow) -> str:
-    return f"{overrides_for(row)}: {row.total_gib:.1f} GiB per GPU"
-
-
-def nothing_fits_message(cfg: ExperimentConfig, nodes: int, gpus_per_node: int, gpu_mem_gib: float) -> str:
-    changes = smallest_changes(cfg, nodes, gpus_per_node, gpu_mem_gib)
-    head = f"nothing fits on {nodes} x {gpus_per_node} GPUs of {gpu_mem_gib:g} GiB"
-    if not changes:
-        return f"{head}, and no single change up to {MAX_NODES} nodes of {MAX_GPUS_PER_NODE} GPUs makes it fit"
-    return f"{head}; the smallest change that fits: " + "; or ".join(changes)
-
-
-def own_row(cfg: ExperimentConfig, nodes: int, gpus_per_node: int, gpu_mem_gib: float) -> PlanRow:
-    """The plan for exactly the config's deepspeed JSON, quantization and checkpointing."""
-    work = workload(cfg, nodes, gpus_per_node, gpu_mem_gib)
-    bits = {"8bit": 8, "4bit": 4}.get(cfg.model.quantization, 8 * work.compute_bytes)
-    mode = zero_mode(cfg.deepspeed_config_path(), cfg.train.deepspeed)
-    shape = shape_of_config(cfg)
-    return estimate(shape, work, mode, bits, cfg.model.gradient_checkpointing, load_of_config(cfg, shape),
-                    refusal(cfg, cfg.train.deepspeed, cfg.model.quantization))
-
-
-def check_fits(cfg: ExperimentConfig, gpu_mem_gib: float | None = None) -> tuple[bool, str]:
-    """Does the config's own setting fit on slurm.train.nodes x gpus_per_node GPUs? (fits, table text).
-
-    GPU memory: `gpu_mem_gib`, else $SLM_GPU_MEM_GIB, else 80 GiB. A CPU-only config fits.
-    """
-    if cfg.slurm.train.gpus_per_node == 0:
-        return True, "CPU run: no GPU memory plan"
-    gpu_mem = gpu_mem_gib if gpu_mem_gib is not None else gpu_mem_default()
-    nodes, gpn = cfg.slurm.train.nodes, cfg.slurm.train.gpus_per_node
-    row = own_row(cfg, nodes, gpn, gpu_mem)
-    text = [f"memory plan for {cfg.model.name_or_path} on {nodes} x {gpn} GPUs of {gpu_mem:g} GiB "
-            f"(train.deepspeed={cfg.train.deepspeed}, model.quantization={cfg.model.quantization}, "
-            f"model.gradient_checkpointing={str(cfg.model.gradient_checkpointing).lower()}):",
-            format_plan([row], load=load_of_config(cfg))]
-    if not row.fits:
-        best = recommend(plan_memory(cfg, nodes, gpn, gpu_mem))
-        text.append("does not fit; " + (f"the plan recommends {overrides_for(best)}" if best else
-                                        nothing_fits_message(cfg, nodes, gpn, gpu_mem)) + " (see `slm plan`)")
-    return row.fits, "\n".join(text)
-
-
-def overrides_for(row: PlanRow) -> str:
-    """The config overrides that select `row`."""
-    return (f"train.deepspeed={row.deepspeed} model.quantization={row.quantization} "
-            f"model.gradient_checkpointing={str(row.checkpointing).lower()}")
 
 
 def refusal(cfg: ExperimentConfig, deepspeed: str, quantization: str) -> str | None:

@@ -82,7 +82,7 @@ def make_chain(run: str, cfg: ExperimentConfig) -> Chain:
 def check_plan(cfg: ExperimentConfig, ignore: bool, dry_run: bool) -> None:
     """Print the memory plan; a plan that does not fit stops the submission (not a dry run)."""
     try:
-        from pipeline.planning.memory import check_fits
+        from pipeline.planning.checks import check_fits
     except ImportError:  # the planner is optional: submit works without it
         return
     try:

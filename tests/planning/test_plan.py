@@ -14,14 +14,8 @@ from pipeline import cli
 from pipeline.errors import ConfigError
 from pipeline.experiment import load_config
 from pipeline.methods import METHOD_NAMES
-from pipeline.planning.memory import (
-    PlanRow,
-    check_fits,
-    format_plan,
-    plan_memory,
-    recommend,
-    shipped_mode,
-)
+from pipeline.planning.checks import check_fits
+from pipeline.planning.memory import PlanRow, format_plan, plan_memory, recommend, shipped_mode
 from pipeline.planning.shapes import LLAMA2_CONFIGS, config_for, model_shape
 
 

@@ -10,7 +10,8 @@ import pytest
 from pipeline.cli import main as slm
 from pipeline.errors import ConfigError
 from pipeline.experiment import load_config
-from pipeline.planning.memory import check_fits, plan_memory, recommend
+from pipeline.planning.checks import check_fits
+from pipeline.planning.memory import plan_memory, recommend
 from pipeline.slurm import resolve_setup
 
 

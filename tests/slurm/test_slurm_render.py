@@ -169,9 +169,9 @@ def fixed_python(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def fake_plan(monkeypatch: pytest.MonkeyPatch, fits: bool) -> None:
-    import pipeline.planning.memory
+    import pipeline.planning.checks
 
-    monkeypatch.setattr(pipeline.planning.memory, "check_fits", lambda cfg: (fits, "PLAN TABLE"))
+    monkeypatch.setattr(pipeline.planning.checks, "check_fits", lambda cfg: (fits, "PLAN TABLE"))
 
 
 @pytest.mark.parametrize("shape", SHAPES)
