@@ -18,7 +18,8 @@ interrupted run resumes and `--order order2` run later adds to an `--order order
 
 and <name>.png plots AA vs forgetting and the matrices of every method with results. `--summary`
 reads the results files only and prints one line per method:
-`method=<m> AA=<x> forgetting=<y> retrieval=<z|na> wall_s=<s>`.
+`method=<m> AA=<x> forgetting=<y> retrieval=<z|na> wall_s=<s> orders=<n> current=<yes|no>`, where
+current=no says the method's code or its config in the bench experiment changed since it ran.
 """
 
 from __future__ import annotations
@@ -228,46 +229,72 @@ def load_results(results: Path, experiment: str) -> list[dict]:
     return [json.loads(found[m].read_text()) for m in METHOD_NAMES if m in found]
 
 
-def shared_orders(rows: list[dict]) -> list[str]:
-    """The task orders every row has run, in the first row's order: the table compares on these."""
-    common = set.intersection(*(set(r["run_info"]["orders"]) for r in rows))
-    return [o for o in rows[0]["run_info"]["orders"] if o in common]
+def all_orders(rows: list[dict]) -> list[str]:
+    """Every task order some row has run, in the order of the row that ran the most."""
+    fullest = max(rows, key=lambda r: len(r["run_info"]["orders"]))
+    return [*fullest["run_info"]["orders"],
+            *sorted({o for r in rows for o in r["run_info"]["orders"]} - set(fullest["run_info"]["orders"]))]
 
 
-def comparison_markdown(rows: list[dict]) -> str:
-    """One row per method, over the orders all methods ran (like with like); a method's other
-    orders stay in its file and are named under the table."""
-    orders = shared_orders(rows)
+def is_current(row: dict, bench: BenchExperiment | None) -> bool | None:
+    """Whether every order of `row` ran the method's code as it is now and (with `bench`) the
+    config the bench experiment gives it now; None when the method is no longer registered."""
+    method = row["run_info"]["method"]
+    if method not in METHOD_NAMES:
+        return None
+    code = method_fingerprint(method)["sha256"]
+    digest = config_sha256(bench.load(method)) if bench is not None else None
+    return all(p.get("code_fingerprint") == code and (digest is None or p.get("config_sha256") == digest)
+               for p in row["run_info"]["per_order"].values())
+
+
+def comparison_markdown(rows: list[dict], bench: BenchExperiment | None = None) -> str:
+    """One row per method over the orders it ran; a row that lacks some of the orders the others
+    ran is marked (its mean is over fewer orders), and so is a row that earlier code or another
+    config made (with `bench`: the config it gives each method now)."""
+    orders = all_orders(rows)
     head = ("| method | AA ↑ | BWT ↑ | forgetting ↓ | FWT ↑ | retrieval ↑ | trainable params | stored / task "
             "| wall s / order | peak RSS MiB |")
-    lines = [head, "|" + "---|" * 10]
+    lines, partial, stale = [head, "|" + "---|" * 10], [], []
     for r in rows:
-        per_order, train = r["metrics"]["per_order"], r["train_info"]
-        stats = {k: mean_std([per_order[o].get(k) for o in orders]) for k in METRICS}
+        method, per_order, train = r["run_info"]["method"], r["metrics"]["per_order"], r["train_info"]
+        ran = [o for o in orders if o in per_order]
+        stats = {k: mean_std([per_order[o].get(k) for o in ran]) for k in METRICS}
         cells = [fmt(stats[k][0], signed=k in ("BWT", "FWT"), std=stats[k][1]) for k in METRICS]
-        cost = train["per_order"][orders[0]] or {}
-        peak = max(train["peak_rss_mib_per_order"][o] for o in orders)
-        wall = sum(train["wall_s_per_order"][o] for o in orders) / len(orders)
-        lines.append(f"| `{r['run_info']['method']}` | " + " | ".join(cells)
+        cost = train["per_order"][ran[0]] or {}
+        peak = max(train["peak_rss_mib_per_order"][o] for o in ran)
+        wall = sum(train["wall_s_per_order"][o] for o in ran) / len(ran)
+        marks = ""
+        if ran != orders:
+            partial.append(f"`{method}` ({', '.join(ran)})")
+            marks += "¹"
+        if is_current(r, bench) is False:
+            stale.append(f"`{method}`")
+            marks += "²"
+        lines.append(f"| `{method}`{marks} | " + " | ".join(cells)
                      + f" | {count(cost.get('trainable_params'))} | {nbytes(cost.get('bytes_per_task'))}"
                      + f" | {wall:.0f} | {peak} |")
     note = "one task order" if len(orders) == 1 else f"mean ± std over {len(orders)} task orders"
     note += f" ({', '.join(orders)})" if orders != ["as_listed"] else ""
-    extra = [f"`{r['run_info']['method']}` also {', '.join(o for o in r['run_info']['orders'] if o not in orders)}"
-             for r in rows if len(r["run_info"]["orders"]) > len(orders)]
-    if extra:
-        note += "; recorded beyond these (in their files): " + ", ".join(extra)
+    if partial:
+        note += "; ¹ over the orders it ran only: " + ", ".join(partial)
+    if stale:
+        note += ("; ² run by earlier code or config than the method's now (its file's provenance says which): "
+                 + ", ".join(stale))
     experiment = rows[0]["run_info"]["experiment"]
     return "\n".join(lines) + f"\n\n{note}; from bench/results/{BENCH}/{experiment}-*.json\n"
 
 
-def summary_lines(rows: list[dict]) -> list[str]:
+def summary_lines(rows: list[dict], bench: BenchExperiment | None = None) -> list[str]:
+    """`method=<m> AA=<x> forgetting=<y> retrieval=<z|na> wall_s=<s> orders=<n> current=<yes|no>`."""
     out = []
     for r in rows:
         m = r["metrics"]
         retrieval = "na" if m["retrieval_accuracy"] is None else f"{m['retrieval_accuracy']:.3f}"
+        current = {True: "yes", False: "no", None: "unregistered"}[is_current(r, bench)]
         out.append(f"method={r['run_info']['method']} AA={m['AA']:.3f} forgetting={fmt(m['forgetting'])} "
-                   f"retrieval={retrieval} wall_s={r['train_info']['wall_s']:.0f}")
+                   f"retrieval={retrieval} wall_s={r['train_info']['wall_s']:.0f} "
+                   f"orders={len(r['run_info']['orders'])} current={current}")
     return out
 
 
@@ -327,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = load_results(args.results_dir, bench.name)
         if not rows:
             raise SystemExit(f"no results for {bench.name!r} in {args.results_dir / BENCH}")
-        print("\n".join(summary_lines(rows)))
+        print("\n".join(summary_lines(rows, bench)))
         return 0
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHOD_NAMES))
@@ -339,8 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{method}] -> {path}", flush=True)
     rows = load_results(args.results_dir, bench.name)
     plot(rows, args.results_dir / BENCH / f"{bench.name}.png")
-    print(comparison_markdown(rows))
-    print("\n".join(summary_lines(rows)))
+    print(comparison_markdown(rows, bench))
+    print("\n".join(summary_lines(rows, bench)))
     return 0
 
 

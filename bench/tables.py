@@ -24,12 +24,12 @@ from bench.runner import RESULTS
 
 
 def cl_table(experiment: str) -> str:
-    from bench.cl_methods import comparison_markdown, load_results
+    from bench.cl_methods import BenchExperiment, comparison_markdown, load_results
 
     rows = load_results(RESULTS, experiment)
     if not rows:
         raise SystemExit(f"a table shows results of {experiment!r}, but {RESULTS}/cl_methods has none")
-    return comparison_markdown(rows)
+    return comparison_markdown(rows, BenchExperiment.read(experiment))
 
 
 def lr_sweep_table(name: str) -> str:

@@ -58,7 +58,8 @@ def test_two_methods_over_two_orders_give_results_files_a_plot_and_a_summary(tmp
     assert cl_methods.main([bench, "--summary", "--results-dir", str(results)]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("method=")]
     assert [ln.split()[0] for ln in lines] == ["method=slm", "method=seq_lora"]
-    assert all(ln.split()[1].startswith("AA=") and "wall_s=" in ln for ln in lines)
+    assert all(ln.split()[1].startswith("AA=") and "wall_s=" in ln and ln.endswith("orders=2 current=yes")
+               for ln in lines)
     assert "retrieval=na" in lines[1] and "retrieval=na" not in lines[0]
 
 
@@ -108,3 +109,31 @@ def test_the_config_hash_covers_only_the_methods_own_options() -> None:
     own = load_config("default.yaml", ["method=seq_lora", "methods.seq_lora.lr=0.1"])
     assert cl_methods.config_sha256(base) == cl_methods.config_sha256(other)
     assert cl_methods.config_sha256(base) != cl_methods.config_sha256(own)
+
+
+def test_the_comparison_marks_rows_over_fewer_orders_and_rows_from_other_code(tmp_path, capsys) -> None:
+    from pipeline.experiment import load_config
+
+    orders = ("orders=[{name: fwd, tasks: [sentiment, geography, animals]},"
+              " {name: rev, tasks: [animals, geography, sentiment]}]")
+    tasks = {"fwd": ["sentiment", "geography", "animals"], "rev": ["animals", "geography", "sentiment"]}
+    bench = cl_methods.BenchExperiment("x", "default.yaml", [orders])
+    rows = []
+    for method, ran, code in (("seq_ft", ["fwd", "rev"], None), ("seq_lora", ["fwd"], None),
+                              ("replay", ["fwd", "rev"], "old-code")):
+        cfg = load_config("default.yaml", [orders, f"method={method}"])
+        digest, current = cl_methods.config_sha256(cfg), method_fingerprint(method)["sha256"]
+        entries = {o: _entry(tasks[o], 0.5, 10.0, "2026-12-01T10:00:00", digest, code or current) for o in ran}
+        path = tmp_path / "cl_methods" / f"x-{method}.json"
+        cl_methods.write_record(path, cl_methods.result_record(cfg, "x", method, entries))
+        rows.append(json.loads(path.read_text()))
+
+    table = cl_methods.comparison_markdown(rows, bench)
+    assert "| `seq_ft` |" in table and "| `seq_lora`¹ |" in table and "| `replay`² |" in table
+    assert "over 2 task orders (fwd, rev)" in table and "¹ over the orders it ran only: `seq_lora` (fwd)" in table
+    lines = cl_methods.summary_lines(rows, bench)
+    assert [ln.split()[-2:] for ln in lines] == [["orders=2", "current=yes"], ["orders=1", "current=yes"],
+                                                  ["orders=2", "current=no"]]
+    # another config for a method (its lr) makes its row not current either
+    assert cl_methods.summary_lines(rows[:1], bench.with_overrides(["methods.seq_ft.lr=0.5"]))[0].endswith(
+        "current=no")
