@@ -308,6 +308,42 @@ def load_str() -> str:
     return "load avg " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def table_rows(train: dict, generate: dict, steps: dict) -> list[tuple[str, str, dict, dict]]:
+    """(section, variant, its timings, the LoRA timings it is compared with), for the printed table
+    and for `markdown` (which reads them back from a results file)."""
+    rows = [
+        ("train step", "JARe, task-restricted (task hint)", train["jare_task"], train["lora"]),
+        ("train step", "JARe, all-tasks gather (no hint)", train["jare_all"], train["lora"]),
+        ("train step", "LoRA (PEFT)", train["lora"], train["lora"]),
+        ("generate", "JARe routed per sample, end to end", generate["jare_routed"], generate["lora_merged"]),
+        ("generate", "  of which DTKR retrieval", generate["retrieve"], generate["lora_merged"]),
+        ("generate", "  of which routed generate()", generate["generate_routed"], generate["lora_merged"]),
+        ("generate", "JARe routed, branch cache off", generate["jare_routed_nocache"], generate["lora_merged"]),
+        ("generate", "LoRA merged (= base model)", generate["lora_merged"], generate["lora_merged"]),
+        ("decode step", "JARe routed, one KV-cached step", steps["jare_step"], steps["lora_step"]),
+        ("decode step", "JARe routed, branch cache off", steps["jare_step_nocache"], steps["lora_step"]),
+        ("decode step", "LoRA merged", steps["lora_step"], steps["lora_step"]),
+    ]
+    if "lora_merged_1" in generate:
+        one_ref = generate["lora_merged_1"]
+        rows += [("generate 1", "JARe retrieve + merge W (bank.merged)", generate["jare_merged_1"], one_ref),
+                 ("generate 1", "LoRA merged", one_ref, one_ref)]
+    return rows
+
+
+def markdown(record: dict, source: str) -> str:
+    """A results file as a markdown table: each variant's median wall time and its ratio to LoRA."""
+    rows = table_rows(record["train_info"]["train_step"], record["generate_info"]["generate"],
+                      record["decode_step_info"]["decode_step"])
+    lines = ["| what | variant | median s | / LoRA |", "|---|---|---|---|"]
+    lines += [f"| {section} | {name.strip()} | {st['median_s']:.3f} | {st['median_s'] / ref['median_s']:.2f} |"
+              for section, name, st, ref in rows]
+    run = record["run_info"]
+    return ("\n".join(lines) + f"\n\n{run['threads']} threads, {run['rounds']['train']} train / "
+            f"{run['rounds']['generate']} generate rounds alternating; load average at start "
+            f"{run['load_avg_at_start'][0]:.2f}; from {source}\n")
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the experiment; its results record (as written)."""
     args = parse_args(argv)
@@ -453,23 +489,7 @@ def main(argv: list[str] | None = None) -> dict:
     top1_ok = sum(s[0] // settings.slots == t for s, t in zip(routed_slots, truth, strict=True)) / len(truth)
 
     # ---- report ------------------------------------------------------------------------------
-    rows = [
-        ("train step", "JARe, task-restricted (task hint)", train["jare_task"], train["lora"]),
-        ("train step", "JARe, all-tasks gather (no hint)", train["jare_all"], train["lora"]),
-        ("train step", "LoRA (PEFT)", train["lora"], train["lora"]),
-        ("generate", "JARe routed per sample, end to end", generate["jare_routed"], generate["lora_merged"]),
-        ("generate", "  of which DTKR retrieval", generate["retrieve"], generate["lora_merged"]),
-        ("generate", "  of which routed generate()", generate["generate_routed"], generate["lora_merged"]),
-        ("generate", "JARe routed, branch cache off", generate["jare_routed_nocache"], generate["lora_merged"]),
-        ("generate", "LoRA merged (= base model)", generate["lora_merged"], generate["lora_merged"]),
-        ("decode step", "JARe routed, one KV-cached step", steps["jare_step"], steps["lora_step"]),
-        ("decode step", "JARe routed, branch cache off", steps["jare_step_nocache"], steps["lora_step"]),
-        ("decode step", "LoRA merged", steps["lora_step"], steps["lora_step"]),
-    ]
-    if settings.single_prompt:
-        one_ref = generate["lora_merged_1"]
-        rows += [("generate 1", "JARe retrieve + merge W (bank.merged)", generate["jare_merged_1"], one_ref),
-                 ("generate 1", "LoRA merged", one_ref, one_ref)]
+    rows = table_rows(train, generate, steps)
     print()
     print(f"{'':<11} {'variant':<38} {'wall s':>8} {'/ LoRA':>7} {'cpu s':>8} {'/ LoRA':>7}")
     for section, name, st, ref in rows:

@@ -233,6 +233,16 @@ def report(settings: Settings, checkpointing: bool) -> dict:
             "plan_gib": plan, "measured_gib": measured, "step_s": got["step_s"], "ratio": ratio}
 
 
+def markdown(record: dict, source: str) -> str:
+    """A results file as a markdown table: the plan's memory beside the measured peak."""
+    lines = ["| method | model | dtype | batch x seq | checkpointing | plan GiB | measured GiB | plan / measured |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['method']} | {r['model']} | {r['dtype']} | {r['batch']} x {r['seq']} | "
+              f"{'on' if r['checkpointing'] else 'off'} | {r['plan_gib']['total']:.3f} | {r['measured_gib']:.3f} | "
+              f"{r['ratio']:.2f} |" for r in record["results"]]
+    return "\n".join(lines) + f"\n\nfrom {source}\n"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", nargs="?", default="random-float32",

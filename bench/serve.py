@@ -337,6 +337,20 @@ def batching_table(results: dict[str, dict[str, dict]]) -> list[str]:
     return lines
 
 
+def markdown(record: dict, source: str) -> str:
+    """A results file as a markdown table: each server's requests/s and latency percentiles."""
+    info, run = record["serve_info"], record["run_info"]
+    if "by_clients" in info:
+        lines = batching_table(info["by_clients"])
+    else:
+        lines = ["| server | req/s | tokens/s | p50 s | p95 s |", "|---|---|---|---|---|"]
+        lines += [f"| {v} | {st['rps']:.2f} | {st['tokens_per_s']:.1f} | {st['p50_s']:.3f} | {st['p95_s']:.3f} |"
+                  for v, st in info["summary"].items()]
+    threads = run["threads"] if run["threads"] is not None else "torch's default"
+    return ("\n".join(lines) + f"\n\n{run['records']} test records of {', '.join(run['tasks'])}; {threads} "
+            f"thread(s) a server; load average at start {run['load_avg_at_start'][0]:.2f}; from {source}\n")
+
+
 # ---- main ----------------------------------------------------------------------------------------
 
 

@@ -10,6 +10,8 @@ A block is marked in a markdown file as
     <!-- methods: all -->             ... <!-- end methods -->             the method registry
     <!-- plan: CONFIG[+KEY=VALUE...] --> ... <!-- end plan -->             `slm plan` of a shipped config
                                                                           (nodes=, gpus=, gpu_mem= or overrides)
+    <!-- jare-vs-lora: NAME -->  <!-- serve: NAME -->  <!-- plan-vs-measured: NAME -->
+                                  bench/<bench>.py's results file NAME, as its `markdown` renders it
 
 and holds exactly the table the bench's own renderer makes from its results file.
 """
@@ -53,6 +55,16 @@ def retrieval_table(name: str) -> str:
     return markdown(json.loads((RESULTS / "retrieval" / f"{name}.json").read_text()))
 
 
+def bench_table(bench: str) -> Callable[[str], str]:
+    """The table of a results file of `bench`, as that bench script renders it (its `markdown`)."""
+    def render(name: str) -> str:
+        import importlib
+
+        record = json.loads((RESULTS / bench / f"{name}.json").read_text())
+        return importlib.import_module(f"bench.{bench}").markdown(record, f"bench/results/{bench}/{name}.json")
+    return render
+
+
 def methods_table(_: str) -> str:
     """Every registered method: its role, what trains, what answers (pipeline/methods/)."""
     from pipeline.methods import METHOD_NAMES, get_method
@@ -83,7 +95,9 @@ def plan_table(spec: str) -> str:
 
 KINDS: dict[str, Callable[[str], str]] = {"cl-results": cl_table, "lr-sweep": lr_sweep_table,
                                           "plasticity": plasticity_table, "retrieval-results": retrieval_table,
-                                          "methods": methods_table, "plan": plan_table}
+                                          "methods": methods_table, "plan": plan_table,
+                                          "jare-vs-lora": bench_table("jare_vs_lora"), "serve": bench_table("serve"),
+                                          "plan-vs-measured": bench_table("plan_vs_measured")}
 
 
 def blocks(text: str) -> list[tuple[str, str, str, tuple[int, int]]]:

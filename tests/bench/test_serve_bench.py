@@ -39,6 +39,8 @@ def test_retrieval_vs_merged_quick_serves_both_and_prints_the_ratios(run_overrid
     assert result["serve_info"]["rps_ratio"] == info["rps_ratio"] > 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert re.fullmatch(r"rps_ratio=\d+\.\d{3} p50_ratio=\d+\.\d{3}", last), last
+    table = serve.markdown(record, "x.json")  # what docs/benchmarks.md shows of such a file
+    assert f"| merged | {info['summary']['merged']['rps']:.2f} |" in table and "1 thread(s) a server" in table
 
 
 @pytest.mark.slow
@@ -49,3 +51,4 @@ def test_continuous_vs_static_quick_loads_each_client_count(run_overrides, tmp_p
     by_clients = record["serve_info"]["by_clients"]
     assert list(by_clients) == ["1", "4"] and all(set(r) == {"continuous", "static"} for r in by_clients.values())
     assert set(record["serve_info"]["ratios"]) == {"1", "4"} and len(record["serve_info"]["table"]) == 2 + 4
+    assert serve.markdown(record, "x.json").startswith("\n".join(record["serve_info"]["table"]))
