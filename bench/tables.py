@@ -1,4 +1,4 @@
-"""The results tables of README.md and docs/results.md, rendered from bench/results/ (no number
+"""The results tables of README.md and docs/*.md, rendered from bench/results/ (no number
 typed by hand; scripts/docs.py writes them, tests/test_docs.py fails when one is stale).
 
 A block is marked in a markdown file as

@@ -1,5 +1,5 @@
 """Generated documentation: docs/config.md from the config schema, and the results tables of
-README.md and docs/results.md from bench/results/. Nothing here is typed by hand.
+README.md and docs/*.md from bench/results/. Nothing here is typed by hand.
 
     python scripts/docs.py           # rewrite docs/config.md and every marked table
     python scripts/docs.py --check   # exit 1 naming what is stale (tests/test_docs.py runs it)
@@ -105,9 +105,8 @@ def results_blocks() -> list[tuple[Path, str, str]]:
     """(file, old text, new text) for every file with generated results tables."""
     from bench.tables import render_file
 
-    return [(path, path.read_text(), render_file(path.read_text())) for path in (ROOT / "README.md",
-                                                                                   ROOT / "docs" / "results.md")
-            if path.is_file()]
+    return [(path, path.read_text(), render_file(path.read_text()))
+            for path in (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))) if path != CONFIG_DOC]
 
 
 def main(argv: list[str] | None = None) -> int:
