@@ -60,8 +60,11 @@ def bench_table(bench: str) -> Callable[[str], str]:
     def render(name: str) -> str:
         import importlib
 
-        record = json.loads((RESULTS / bench / f"{name}.json").read_text())
-        return importlib.import_module(f"bench.{bench}").markdown(record, f"bench/results/{bench}/{name}.json")
+        path = RESULTS / bench / f"{name}.json"
+        if not path.is_file():
+            raise SystemExit(f"a table shows {bench}'s results {name!r}, but {path} does not exist")
+        return importlib.import_module(f"bench.{bench}").markdown(json.loads(path.read_text()),
+                                                                  f"bench/results/{bench}/{name}.json")
     return render
 
 
