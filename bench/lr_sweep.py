@@ -105,8 +105,9 @@ def picks_of(points: list[dict]) -> dict[str, dict]:
     return {m: pick(pts) for m, pts in by_method.items()}
 
 
-def markdown(sweep: dict, source: str) -> str:
-    """One row per sweep point, grouped by method; the method's pick is marked."""
+def markdown(record: dict, source: str) -> str:
+    """One row per sweep point of a results file, grouped by method; the method's pick is marked."""
+    sweep = record["sweep"]
     picked = {id(pt) for pt in picks_of(sweep["points"]).values()}
     lines = ["| method | option | value | AA ↑ | BWT ↑ | forgetting ↓ | wall s | pick |",
              "|---|---|---|---|---|---|---|---|"]

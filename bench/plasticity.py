@@ -69,6 +69,11 @@ def table(points: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown(record: dict, source: str) -> str:
+    """The table of a results file, with the order it ran on."""
+    return table(record["points"]) + f"\none task order ({record['order']}); from {source}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("experiment", help="a bench/experiments/cl_methods/<name>.yaml")

@@ -321,7 +321,7 @@ def extra_seeds(settings: Settings, cfg) -> list[int]:
     return [s for s in dict.fromkeys(settings.seeds) if s != cfg.seed]
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict, source: str) -> str:
     """The README's table of a main run: per sequence, mean top-1 retrieval accuracy of DTKR and
     the baselines, and its worst task against the centroid baseline."""
     lines = ["| sequence | tasks | DTKR | centroid | 1-NN | per-sample centroid | worst task vs centroid |",
@@ -338,8 +338,7 @@ def markdown(result: dict) -> str:
             f"{_fmt(seeds['worst']['same_family_min_mean'])}") if seeds else ""
     return "\n".join(lines) + (f"\n\nencoder {result['run_info']['dtkr']['encoder']}; "
                                f"min margin {result['retrieval_min_margin']:+.3f}, same-family min mean "
-                               f"{_fmt(result['same_family_min_mean'])}{note}; from bench/results/"
-                               f"{BENCH}/{result['run_info']['name']}.json\n")
+                               f"{_fmt(result['same_family_min_mean'])}{note}; from {source}\n")
 
 
 def print_table(results: dict[str, dict]) -> None:

@@ -4,12 +4,10 @@ typed by hand; scripts/docs.py writes them, tests/test_docs.py fails when one is
 A block is marked in a markdown file as
 
     <!-- cl-results: EXP -->          ... <!-- end cl-results -->          bench/cl_methods.py, experiment EXP
-    <!-- lr-sweep: NAME -->           ... <!-- end lr-sweep -->            bench/lr_sweep.py, sweep NAME
-    <!-- plasticity: NAME -->         ... <!-- end plasticity -->          bench/plasticity.py, EXP-ORDER
-    <!-- retrieval-results: NAME -->  ... <!-- end retrieval-results -->   bench/retrieval.py, run NAME
     <!-- methods: all -->             ... <!-- end methods -->             the method registry
     <!-- plan: CONFIG[+KEY=VALUE...] --> ... <!-- end plan -->             `slm plan` of a shipped config
                                                                           (nodes=, gpus=, gpu_mem= or overrides)
+    <!-- lr-sweep: NAME -->  <!-- plasticity: NAME -->  <!-- retrieval-results: NAME -->
     <!-- jare-vs-lora: NAME -->  <!-- serve: NAME -->  <!-- plan-vs-measured: NAME -->
                                   bench/<bench>.py's results file NAME, as its `markdown` renders it
 
@@ -32,27 +30,6 @@ def cl_table(experiment: str) -> str:
     if not rows:
         raise SystemExit(f"a table shows results of {experiment!r}, but {RESULTS}/cl_methods has none")
     return comparison_markdown(rows, BenchExperiment.read(experiment))
-
-
-def lr_sweep_table(name: str) -> str:
-    from bench.lr_sweep import markdown
-
-    return markdown(json.loads((RESULTS / "lr_sweep" / f"{name}.json").read_text())["sweep"],
-                    f"bench/results/lr_sweep/{name}.json")
-
-
-def plasticity_table(name: str) -> str:
-    from bench.plasticity import table
-
-    record = json.loads((RESULTS / "plasticity" / f"{name}.json").read_text())
-    source = f"bench/results/plasticity/{name}.json"
-    return table(record["points"]) + f"\none task order ({record['order']}); from {source}\n"
-
-
-def retrieval_table(name: str) -> str:
-    from bench.retrieval import markdown
-
-    return markdown(json.loads((RESULTS / "retrieval" / f"{name}.json").read_text()))
 
 
 def bench_table(bench: str) -> Callable[[str], str]:
@@ -96,11 +73,14 @@ def plan_table(spec: str) -> str:
             + format_plan(rows, recommend(rows), load_of_config(cfg)) + "\n```\n")
 
 
-KINDS: dict[str, Callable[[str], str]] = {"cl-results": cl_table, "lr-sweep": lr_sweep_table,
-                                          "plasticity": plasticity_table, "retrieval-results": retrieval_table,
-                                          "methods": methods_table, "plan": plan_table,
-                                          "jare-vs-lora": bench_table("jare_vs_lora"), "serve": bench_table("serve"),
-                                          "plan-vs-measured": bench_table("plan_vs_measured")}
+# A marked block's kind -> its renderer; every bench results file renders through its script's own
+# `markdown(record, source)`, so a table has one home: the script that writes its file.
+KINDS: dict[str, Callable[[str], str]] = {
+    "cl-results": cl_table, "methods": methods_table, "plan": plan_table,
+    **{kind: bench_table(bench) for kind, bench in [
+        ("lr-sweep", "lr_sweep"), ("plasticity", "plasticity"), ("retrieval-results", "retrieval"),
+        ("jare-vs-lora", "jare_vs_lora"), ("serve", "serve"), ("plan-vs-measured", "plan_vs_measured")]},
+}
 
 
 def blocks(text: str) -> list[tuple[str, str, str, tuple[int, int]]]:

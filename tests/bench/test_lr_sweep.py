@@ -56,7 +56,8 @@ def test_the_table_marks_each_methods_best_final_aa() -> None:
 
     result = {"rule": "max final AA", "points": [point("slm", 1e-3, 0.4), point("slm", 3e-3, 0.5),
                                                  point("o_lora", 1e-3, 0.6), point("o_lora", 5e-3, 0.3)]}
-    rows = [line for line in markdown(result, "bench/results/lr_sweep/x.json").splitlines() if line.startswith("| `")]
+    table = markdown({"sweep": result}, "bench/results/lr_sweep/x.json")
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
     picked = [(r.split("|")[1].strip(), r.split("|")[3].strip()) for r in rows if r.rstrip(" |").endswith("yes")]
     assert picked == [("`slm`", "0.003"), ("`o_lora`", "0.001")]
 
@@ -70,5 +71,6 @@ def test_a_method_no_longer_registered_sorts_last_instead_of_failing() -> None:
                 "wall_s": 1.0, "orders": ["order1"]}
 
     result = {"rule": "max final AA", "points": [point("retired_method", 1e-3), point("slm", 1e-3)]}
-    rows = [line for line in markdown(result, "bench/results/lr_sweep/x.json").splitlines() if line.startswith("| `")]
+    table = markdown({"sweep": result}, "bench/results/lr_sweep/x.json")
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
     assert [r.split("|")[1].strip() for r in rows] == ["`slm`", "`retired_method`"]

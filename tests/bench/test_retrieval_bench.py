@@ -36,7 +36,9 @@ def test_the_bench_reports_dtkr_and_the_baselines_per_task_and_its_last_line(cl_
     info = saved["run_info"]
     assert info["embedding_cache"] == {"hits": 0, "misses": 4} and info["config_hash"]
     assert info["name"] == "two" and info["overrides"] == ["data.on_overlap=drop_test"]
-    assert "from bench/results/retrieval/two.json" in retrieval.markdown(saved)  # the table renders from the file
+    table = retrieval.markdown(saved, "bench/results/retrieval/two.json")  # what the README shows of the file
+    for seq, r in saved["sequences"].items():
+        assert f"| {seq} | " in table and f" | {r['mean']['dtkr']:.3f} | " in table
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert re.fullmatch(r"retrieval_min_margin=-?\d\.\d{3} same_family_min_mean=n/a", last)
 
