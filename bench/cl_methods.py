@@ -10,7 +10,8 @@ overrides and the data folder. Each method runs each task order as `slm run --me
 one in bench/results/cl_methods/<name>-<method>.json: an order already recorded for the same
 config hash *and* the same code (`bench.runner.method_fingerprint`) is kept, not rerun, so an
 interrupted run resumes and `--order order2` run later adds to an `--order order1` result;
-`--force` reruns. Besides bench.runner's run_info / meta_info, a file holds
+`--force` reruns (an order whose run folder was built by another config needs it: `slm run`
+refuses to reuse finished stages for other inputs). Besides bench.runner's run_info / meta_info, a file holds
 
     train_info  wall time and peak RSS (total, and per order), per-task training cost
     metrics     AA, BWT, forgetting, FWT, retrieval accuracy, the whole matrix, the untrained row;
@@ -107,20 +108,22 @@ def run_method(bench: BenchExperiment, method: str, order: str | None = None, fo
             print(f"[{method}] {name or 'as_listed'}: already recorded in {path} (same config and code); kept",
                   flush=True)
             continue
-        done[name or "as_listed"] = run_order(bench, cfg, method, name, digest, code)
+        done[name or "as_listed"] = run_order(bench, cfg, method, name, digest, code, restart=force)
         if path is not None:
             write_record(path, result_record(cfg, bench.name, method, done))
     return result_record(cfg, bench.name, method, done)
 
 
 def run_order(bench: BenchExperiment, cfg: ExperimentConfig, method: str, name: str, digest: str,
-              code: str) -> dict:
-    """One `slm run` of one task order (`name` empty: an experiment without orders) -> its entry."""
+              code: str, restart: bool = False) -> dict:
+    """One `slm run` of one task order (`name` empty: an experiment without orders) -> its entry.
+    Without `restart` the run resumes what its folder holds for this config, and `slm run` refuses
+    a folder built from other inputs (a changed option); `restart` rebuilds it (`slm run --restart`)."""
     log_dir = RunLayout.of(cfg).logs
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"bench-cl-{method}.log"
     argv = [sys.executable, "-m", "pipeline.cli", "run", "-c", bench.config, "--method", method,
-            *(["--order", name] if name else []), *bench.overrides]
+            *(["--order", name] if name else []), *(["--restart"] if restart else []), *bench.overrides]
     print(f"[{method}] {' '.join(argv[2:])}  (log: {log_file})", flush=True)
     start = time.time()
     with open(log_file, "a") as log:
@@ -129,7 +132,10 @@ def run_order(bench: BenchExperiment, cfg: ExperimentConfig, method: str, name: 
     wall = time.time() - start
     code_ = os.waitstatus_to_exitcode(status)
     if code_ != 0:
-        raise SystemExit(f"[{method}] slm run failed with exit {code_}; see {log_file}")
+        errors = [ln for ln in log_file.read_text(errors="replace").splitlines()[-20:] if ln.startswith("error:")]
+        raise SystemExit(f"[{method}] slm run failed with exit {code_}; see {log_file}"
+                         + "".join(f"\n{ln}" for ln in errors[-1:])
+                         + ("" if restart else "\n(--force reruns the order from scratch, as `slm run --restart`)"))
     layout = RunLayout.of(dict(order_runs(cfg))[name])
     metrics = json.loads((layout.root / "eval" / "metrics.json").read_text())
     manifest = json.loads(layout.manifest.read_text())
@@ -344,7 +350,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--summary", action="store_true", help="print the recorded results only; run nothing")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="more config overrides, as for `slm run`")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # KEY=VALUE overrides may follow the flags
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", help="comma-separated subset of the experiment's methods")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # KEY=VALUE overrides may follow the flags
     settings = read_experiment(BENCH, args.experiment)
     bench = BenchExperiment.read(settings["experiment"], args.overrides)
     # A method that reads another's options (oracle_task_id: slm's slots) takes that one's pick.

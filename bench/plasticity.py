@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     p.add_argument("--summary", action="store_true", help="print the recorded points only")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # KEY=VALUE overrides may follow the flags
     bench = BenchExperiment.read(args.experiment, args.overrides)
     name = f"{bench.name}-{args.order}"
     out = result_path(BENCH, name, args.results_dir)

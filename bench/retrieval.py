@@ -103,7 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results-dir", type=Path, default=runner.RESULTS)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="more experiment overrides, e.g. dtkr.key_init=orthogonal (recorded in run_info)")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # KEY=VALUE overrides may follow the flags
 
 
 # ---- records and embeddings -------------------------------------------------------------------

@@ -130,7 +130,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None,
                    help="serve.threads of both servers (torch threads of the decoding worker; 1 on a shared CPU)")
     p.add_argument("--results-dir", type=Path, default=runner.RESULTS)
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # KEY=VALUE overrides may follow the flags
 
 
 # ---- the servers -------------------------------------------------------------------------------

@@ -62,6 +62,18 @@ def test_two_methods_over_two_orders_give_results_files_a_plot_and_a_summary(tmp
                for ln in lines)
     assert "retrieval=na" in lines[1] and "retrieval=na" not in lines[0]
 
+    # another learning rate: the run folder holds the old one's stages, which `slm run` does not
+    # reuse; the bench says so, and --force rebuilds the order and replaces its entry
+    before = json.loads((results / "cl_methods" / "tinybench-seq_lora.json").read_text())["run_info"]
+    changed = [bench, "--methods", "seq_lora", "--order", "fwd", "--results-dir", str(results),
+               "methods.seq_lora.lr=1e-3"]
+    with pytest.raises(SystemExit, match=r"(?s)config changed \(methods\.seq_lora\.lr.*--force reruns"):
+        cl_methods.main(changed)
+    assert cl_methods.main([*changed, "--force"]) == 0
+    after = json.loads((results / "cl_methods" / "tinybench-seq_lora.json").read_text())["run_info"]
+    assert list(after["orders"]) == ["fwd"]  # one file, one config: the old config's orders are gone
+    assert after["config_sha256"] != before["config_sha256"]
+
 
 def _entry(tasks: list[str], aa: float, wall: float, date: str, digest: str, code: str) -> dict:
     matrix = [[aa] * len(tasks)] * len(tasks)
