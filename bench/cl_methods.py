@@ -254,19 +254,26 @@ def is_current(row: dict, bench: BenchExperiment | None) -> bool | None:
                for p in row["run_info"]["per_order"].values())
 
 
+def mean_diagonal(matrix: list[list[float]]) -> float:
+    """How well each task was learned right after training it: the mean of R[i][i]."""
+    return sum(matrix[i][i] for i in range(len(matrix))) / len(matrix)
+
+
 def comparison_markdown(rows: list[dict], bench: BenchExperiment | None = None) -> str:
     """One row per method over the orders it ran; a row that lacks some of the orders the others
     ran is marked (its mean is over fewer orders), and so is a row that earlier code or another
     config made (with `bench`: the config it gives each method now)."""
     orders = all_orders(rows)
-    head = ("| method | AA ↑ | BWT ↑ | forgetting ↓ | FWT ↑ | retrieval ↑ | trainable params | stored / task "
-            "| wall s / order | peak RSS MiB |")
-    lines, partial, stale = [head, "|" + "---|" * 10], [], []
+    head = ("| method | AA ↑ | diagonal ↑ | BWT ↑ | forgetting ↓ | FWT ↑ | retrieval ↑ | trainable params "
+            "| stored / task | wall s / order | peak RSS MiB |")
+    lines, partial, stale = [head, "|" + "---|" * 11], [], []
     for r in rows:
         method, per_order, train = r["run_info"]["method"], r["metrics"]["per_order"], r["train_info"]
         ran = [o for o in orders if o in per_order]
         stats = {k: mean_std([per_order[o].get(k) for o in ran]) for k in METRICS}
         cells = [fmt(stats[k][0], signed=k in ("BWT", "FWT"), std=stats[k][1]) for k in METRICS]
+        diagonal, diagonal_std = mean_std([mean_diagonal(per_order[o]["matrix"]) for o in ran])
+        cells.insert(1, fmt(diagonal, std=diagonal_std))
         cost = train["per_order"][ran[0]] or {}
         peak = max(train["peak_rss_mib_per_order"][o] for o in ran)
         wall = sum(train["wall_s_per_order"][o] for o in ran) / len(ran)

@@ -146,6 +146,11 @@ def test_the_comparison_marks_rows_over_fewer_orders_and_rows_from_other_code(tm
     lines = cl_methods.summary_lines(rows, bench)
     assert [ln.split()[-2:] for ln in lines] == [["orders=2", "current=yes"], ["orders=1", "current=yes"],
                                                   ["orders=2", "current=no"]]
+    # the diagonal column is the mean of R[i][i] (here: a matrix with 0.9 on its diagonal, 0.1 off it)
+    diag = [[0.9 if i == j else 0.1 for j in range(3)] for i in range(3)]
+    rows[0]["metrics"]["per_order"]["fwd"]["matrix"] = rows[0]["metrics"]["per_order"]["rev"]["matrix"] = diag
+    seq_ft_row = cl_methods.comparison_markdown(rows, bench).splitlines()[2].split("|")
+    assert [c.strip() for c in seq_ft_row[1:4]] == ["`seq_ft`", "0.500", "0.900"]
     # another config for a method (its lr) makes its row not current either
     assert cl_methods.summary_lines(rows[:1], bench.with_overrides(["methods.seq_ft.lr=0.5"]))[0].endswith(
         "current=no")
