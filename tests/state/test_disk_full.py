@@ -205,6 +205,10 @@ def test_a_file_size_limit_ends_the_same_way(tmp_path: Path, tiny_model_dir: str
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    # DeepSpeed builds its shared-memory op on first use (or when the cache was built from another
+    # checkout's paths); the compiler's own writes must not meet the limit: build it first, unlimited
+    subprocess.run([sys.executable, "-c", "from deepspeed.comm.torch import build_shm_op; build_shm_op()"],
+                   cwd=REPO, env=env, capture_output=True, timeout=600, check=True)
     done = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", "--task", "0", *overrides], cwd=REPO,
                           env=dict(env, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"), preexec_fn=limited,
                           capture_output=True, text=True, timeout=600, check=False)
