@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.cl_methods import BenchExperiment, config_sha256, run_method  # noqa: E402
+from bench.cl_methods import BenchExperiment, config_sha256, mean_diagonal, run_method  # noqa: E402
 from bench.runner import RESULTS, method_fingerprint, read_experiment, result_path, write_result  # noqa: E402
 
 BENCH = "plasticity"
@@ -48,7 +48,7 @@ def point(bench: BenchExperiment, order: str, setting: dict) -> dict:
     diagonal = [row[i] for i, row in enumerate(per_order["matrix"])]
     return {"name": setting["name"], "overrides": setting["overrides"], "key": key_of(bench, setting),
             "AA": m["AA"], "BWT": m["BWT"], "forgetting": m["forgetting"],
-            "mean_diagonal": sum(diagonal) / len(diagonal), "diagonal": diagonal, "matrix": per_order["matrix"],
+            "mean_diagonal": mean_diagonal(per_order["matrix"]), "diagonal": diagonal, "matrix": per_order["matrix"],
             "tasks": per_order["tasks"], "retrieval_accuracy": m["retrieval_accuracy"],
             "wall_s": record["train_info"]["wall_s"], "run_info": record["run_info"]}
 
