@@ -17,6 +17,8 @@ import docs  # noqa: E402
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 # A score, ratio or fraction as prose reports one: 0.425, 0.95, 1.26 (settings and commands are in code spans)
 RESULT_NUMBER = re.compile(r"(?<![\w.`/-])[01]\.\d{2,3}(?![\w.%])")
+# A block scripts/docs.py generates (bench/tables.py's markers): <!-- KIND: ARG --> ... <!-- end KIND -->
+GENERATED_BLOCK = re.compile(r"<!-- ([\w-]+): \S+ -->\n.*?<!-- end \1 -->", flags=re.S)
 
 
 def test_generated_docs_and_results_tables_are_current() -> None:
@@ -30,7 +32,7 @@ def test_every_config_key_has_help() -> None:
 
 def _prose(text: str) -> str:
     """`text` without generated blocks, fenced code and code spans."""
-    text = re.sub(r"<!-- ([\w-]+): \S+ -->\n.*?<!-- end \1 -->", "", text, flags=re.S)
+    text = GENERATED_BLOCK.sub("", text)
     text = re.sub(r"```.*?```", "", text, flags=re.S)
     return re.sub(r"`[^`\n]*`", "", text)
 
@@ -57,8 +59,7 @@ def _recorded_numbers() -> set[str]:
 def _tabled_numbers() -> set[str]:
     """Every number of the generated tables in the docs (derived from the results files by code,
     e.g. a mean diagonal of the matrices)."""
-    blocks = [m.group(0) for path in DOCS for m in
-              re.finditer(r"<!-- ([\w-]+): \S+ -->\n.*?<!-- end \1 -->", path.read_text(), flags=re.S)]
+    blocks = [m.group(0) for path in DOCS for m in GENERATED_BLOCK.finditer(path.read_text())]
     return {n for block in blocks for n in RESULT_NUMBER.findall(block)}
 
 
