@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.cl_methods import BenchExperiment, config_sha256, entries_of, run_method  # noqa: E402
 from bench.runner import RESULTS, method_fingerprint, read_experiment, result_path, write_result  # noqa: E402
 from pipeline.methods import METHOD_NAMES, get_method  # noqa: E402
+from pipeline.report.format import fmt  # noqa: E402
 from pipeline.state.layout import RunLayout  # noqa: E402
 
 BENCH = "lr_sweep"
@@ -95,7 +96,8 @@ def _round(value: float) -> float:
 
 
 def pick(points: list[dict]) -> dict:
-    return max(points, key=lambda p: (p["AA"], -(p["forgetting"] or 0.0)))
+    # Rounded so that float noise in a mean (forgetting 1e-17 for 0) never decides between points.
+    return max(points, key=lambda p: (round(p["AA"], 6), -round(p["forgetting"] or 0.0, 6)))
 
 
 def picks_of(points: list[dict]) -> dict[str, dict]:
@@ -114,9 +116,9 @@ def markdown(record: dict, source: str) -> str:
     # Registry order; a method no longer registered (an old results file) sorts last, by name.
     rank = {m: i for i, m in enumerate(METHOD_NAMES)}
     for pt in sorted(sweep["points"], key=lambda pt: (rank.get(pt["method"], len(rank)), pt["method"], pt["value"])):
-        forgetting = "n/a" if pt["forgetting"] is None else f"{pt['forgetting']:.3f}"
-        lines.append(f"| `{pt['method']}` | `{pt['knob']}` | {pt['value']:g} | {pt['AA']:.3f} | {pt['BWT']:+.3f} | "
-                     f"{forgetting} | {pt['wall_s']:.0f} | {'yes' if id(pt) in picked else ''} |")
+        lines.append(f"| `{pt['method']}` | `{pt['knob']}` | {pt['value']:g} | {fmt(pt['AA'])} | "
+                     f"{fmt(pt['BWT'], True)} | {fmt(pt['forgetting'])} | {pt['wall_s']:.0f} | "
+                     f"{'yes' if id(pt) in picked else ''} |")
     orders = sorted({o for pt in sweep["points"] for o in pt.get("orders", [])})
     lines += ["", f"rule: {sweep['rule']}; orders: {', '.join(orders)}; from {source}"]
     return "\n".join(lines) + "\n"
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         while (value := next_value(list(mine), mine, grid(method))) is not None:
             point = sweep_point(bench, order, method, value, done)
             done[point["key"]] = mine[value] = point
-            print(f"[{method}] {point['knob']}={value:g}: AA {point['AA']:.3f}, forgetting {point['forgetting']}",
+            print(f"[{method}] {point['knob']}={value:g}: AA {fmt(point['AA'])}, forgetting {fmt(point['forgetting'])}",
                   flush=True)
             write_result(BENCH, settings["name"], {"sweep": sweep_section(list(done.values()), methods, previous)},
                          results=args.results_dir)  # after every point: an interruption keeps them

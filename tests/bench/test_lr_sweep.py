@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.lr_sweep import grid, next_value, override, point_key
+from bench.lr_sweep import grid, next_value, override, pick, point_key
 from pipeline.methods import METHOD_NAMES, get_method
 
 
@@ -24,6 +24,15 @@ def test_the_sweep_runs_the_base_grid_then_extends_past_an_edge_until_the_score_
     assert next_value(list(turned), turned, base) is None
     falling = _points({1e-3: 0.5, 5e-3: 0.4, 2e-2: 0.3})
     assert next_value(list(falling), falling, base) == 2e-4  # one ratio (x5) below the bottom edge
+
+
+def test_a_tie_in_aa_goes_to_lower_forgetting_and_float_noise_decides_nothing() -> None:
+    # Means of the same scores summed in another order differ in the last bits (1.85e-17 for 0).
+    noisy = {"value": 1e-3, "AA": 0.52 + 2e-16, "forgetting": 0.04}
+    clean = {"value": 5e-3, "AA": 0.52, "forgetting": 0.0}
+    assert pick([noisy, clean])["value"] == 5e-3
+    assert pick([{"value": 1e-3, "AA": 0.5, "forgetting": 1.85e-17}, {"value": 5e-3, "AA": 0.5, "forgetting": 0.0}]
+                )["value"] == 1e-3  # equal in every digit that means something: the first point stays
 
 
 def test_an_extension_stops_after_the_most_steps_a_side() -> None:
