@@ -10,8 +10,9 @@ overrides and the data folder. Each method runs each task order as `slm run --me
 one in bench/results/cl_methods/<name>-<method>.json: an order already recorded for the same
 config hash *and* the same code (`bench.runner.method_fingerprint`) is kept, not rerun, so an
 interrupted run resumes and `--order order2` run later adds to an `--order order1` result;
-`--force` reruns (an order whose run folder was built by another config needs it: `slm run`
-refuses to reuse finished stages for other inputs). Besides bench.runner's run_info / meta_info, a file holds
+`--force` reruns from scratch (it deletes the method's run folder of the order first; an order
+whose folder was built by another config needs it: `slm run` refuses to reuse finished stages for
+other inputs). Besides bench.runner's run_info / meta_info, a file holds
 
     train_info  wall time and peak RSS (total, and per order), per-task training cost
     metrics     AA, BWT, forgetting, FWT, retrieval accuracy, the whole matrix, the untrained row;
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -117,13 +119,20 @@ def run_method(bench: BenchExperiment, method: str, order: str | None = None, fo
 def run_order(bench: BenchExperiment, cfg: ExperimentConfig, method: str, name: str, digest: str,
               code: str, restart: bool = False) -> dict:
     """One `slm run` of one task order (`name` empty: an experiment without orders) -> its entry.
-    Without `restart` the run resumes what its folder holds for this config, and `slm run` refuses
-    a folder built from other inputs (a changed option); `restart` rebuilds it (`slm run --restart`)."""
+    Without `restart` the run resumes what its folder holds for this config (the entry says
+    `resumed`: its wall time is then the resume's, not the run's), and `slm run` refuses a folder
+    built from other inputs (a changed option). `restart` deletes the method's folder of this order
+    first, so the order runs from scratch (`slm run --restart` would keep its valid finished tasks)."""
+    layout = RunLayout.of(dict(order_runs(cfg))[name])
+    if restart and layout.root.exists():
+        print(f"[{method}] --force: removing {layout.root} to run from scratch", flush=True)
+        shutil.rmtree(layout.root)
+    resumed = any(layout.root.glob("tasks/*/DONE"))
     log_dir = RunLayout.of(cfg).logs
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"bench-cl-{method}.log"
     argv = [sys.executable, "-m", "pipeline.cli", "run", "-c", bench.config, "--method", method,
-            *(["--order", name] if name else []), *(["--restart"] if restart else []), *bench.overrides]
+            *(["--order", name] if name else []), *bench.overrides]
     print(f"[{method}] {' '.join(argv[2:])}  (log: {log_file})", flush=True)
     start = time.time()
     with open(log_file, "a") as log:
@@ -135,13 +144,12 @@ def run_order(bench: BenchExperiment, cfg: ExperimentConfig, method: str, name: 
         errors = [ln for ln in log_file.read_text(errors="replace").splitlines()[-20:] if ln.startswith("error:")]
         raise SystemExit(f"[{method}] slm run failed with exit {code_}; see {log_file}"
                          + "".join(f"\n{ln}" for ln in errors[-1:])
-                         + ("" if restart else "\n(--force reruns the order from scratch, as `slm run --restart`)"))
-    layout = RunLayout.of(dict(order_runs(cfg))[name])
+                         + ("" if restart else "\n(--force reruns the order from scratch)"))
     metrics = json.loads((layout.root / "eval" / "metrics.json").read_text())
     manifest = json.loads(layout.manifest.read_text())
     return {"metrics": {k: metrics.get(k) for k in PER_ORDER_KEYS}, "training": metrics.get("training"),
             "data_sha256": {t: e["sha256"] for t, e in manifest["tasks"].items()},
-            "wall_s": round(wall, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024),
+            "wall_s": round(wall, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024), "resumed": resumed,
             "provenance": {**run_info(), "config_sha256": digest, "code_fingerprint": code},
             "meta_info": meta_info()}
 
@@ -182,7 +190,8 @@ def entries_of(record: dict) -> dict[str, dict]:
     info, train, metrics = record["run_info"], record["train_info"], record["metrics"]
     return {name: {"metrics": {"complete": metrics["complete"], **metrics["per_order"][name]},
                    "training": train["per_order"][name], "wall_s": train["wall_s_per_order"][name],
-                   "peak_rss_mib": train["peak_rss_mib_per_order"][name], "provenance": info["per_order"][name],
+                   "peak_rss_mib": train["peak_rss_mib_per_order"][name],
+                   "resumed": name in train.get("resumed_orders", []), "provenance": info["per_order"][name],
                    "data_sha256": info["data_sha256"], "meta_info": record["meta_info"]["per_order"][name]}
             for name in info["orders"]}
 
@@ -206,7 +215,9 @@ def result_record(cfg: ExperimentConfig, experiment: str, method: str, entries: 
                        "peak_rss_mib": max(e["peak_rss_mib"] for e in entries.values()),
                        "per_order": {n: e["training"] for n, e in entries.items()},
                        "wall_s_per_order": {n: e["wall_s"] for n, e in entries.items()},
-                       "peak_rss_mib_per_order": {n: e["peak_rss_mib"] for n, e in entries.items()}},
+                       "peak_rss_mib_per_order": {n: e["peak_rss_mib"] for n, e in entries.items()},
+                       # orders whose run resumed finished work: their wall time is the resume's only
+                       "resumed_orders": [n for n, e in entries.items() if e.get("resumed")]},
         "metrics": summarise([e["metrics"] for e in entries.values()], names),
     }
 
@@ -266,7 +277,7 @@ def comparison_markdown(rows: list[dict], bench: BenchExperiment | None = None) 
     orders = all_orders(rows)
     head = ("| method | AA ↑ | diagonal ↑ | BWT ↑ | forgetting ↓ | FWT ↑ | retrieval ↑ | trainable params "
             "| stored / task | wall s / order | peak RSS MiB |")
-    lines, partial, stale = [head, "|" + "---|" * 11], [], []
+    lines, partial, stale, resumed = [head, "|" + "---|" * 11], [], [], []
     for r in rows:
         method, per_order, train = r["run_info"]["method"], r["metrics"]["per_order"], r["train_info"]
         ran = [o for o in orders if o in per_order]
@@ -284,9 +295,11 @@ def comparison_markdown(rows: list[dict], bench: BenchExperiment | None = None) 
         if is_current(r, bench) is False:
             stale.append(f"`{method}`")
             marks += "²"
+        wall_mark = "³" if set(ran) & set(train.get("resumed_orders", [])) else ""
+        resumed += [f"`{method}`"] if wall_mark else []
         lines.append(f"| `{method}`{marks} | " + " | ".join(cells)
                      + f" | {count(cost.get('trainable_params'))} | {nbytes(cost.get('bytes_per_task'))}"
-                     + f" | {wall:.0f} | {peak} |")
+                     + f" | {wall:.0f}{wall_mark} | {peak} |")
     note = "one task order" if len(orders) == 1 else f"mean ± std over {len(orders)} task orders"
     note += f" ({', '.join(orders)})" if orders != ["as_listed"] else ""
     if partial:
@@ -294,6 +307,8 @@ def comparison_markdown(rows: list[dict], bench: BenchExperiment | None = None) 
     if stale:
         note += ("; ² run by earlier code or config than the method's now (its file's provenance says which): "
                  + ", ".join(stale))
+    if resumed:
+        note += "; ³ resumed finished work, so its wall time is the resume's only: " + ", ".join(resumed)
     experiment = rows[0]["run_info"]["experiment"]
     return "\n".join(lines) + f"\n\n{note}; from bench/results/{BENCH}/{experiment}-*.json\n"
 

@@ -73,6 +73,17 @@ def test_two_methods_over_two_orders_give_results_files_a_plot_and_a_summary(tmp
     after = json.loads((results / "cl_methods" / "tinybench-seq_lora.json").read_text())["run_info"]
     assert list(after["orders"]) == ["fwd"]  # one file, one config: the old config's orders are gone
     assert after["config_sha256"] != before["config_sha256"]
+    assert "removing" in capsys.readouterr().out  # --force deleted the folder: the order ran from scratch
+    forced = json.loads((results / "cl_methods" / "tinybench-seq_lora.json").read_text())["train_info"]
+    assert forced["resumed_orders"] == []
+
+    # a run over a finished folder (its results file lost) only resumes: the record and table say so
+    (results / "cl_methods" / "tinybench-slm.json").unlink()
+    assert cl_methods.main([bench, "--methods", "slm", "--order", "fwd", "--results-dir", str(results)]) == 0
+    resumed = json.loads((results / "cl_methods" / "tinybench-slm.json").read_text())
+    assert resumed["train_info"]["resumed_orders"] == ["fwd"]
+    table = cl_methods.comparison_markdown(cl_methods.load_results(results, "tinybench"))
+    assert "³ resumed finished work" in table and "`slm`" in table.split("³ resumed")[1]
 
 
 def _entry(tasks: list[str], aa: float, wall: float, date: str, digest: str, code: str) -> dict:
@@ -104,6 +115,11 @@ def test_orders_recorded_one_by_one_add_up_and_are_kept_only_for_the_same_config
     assert list(r["run_info"]["orders"]) == ["fwd", "rev"]
     assert r["metrics"]["AA"] == pytest.approx(0.5) and r["metrics"]["AA_std"] > 0
     assert r["train_info"]["wall_s"] == 80.0 and r["train_info"]["wall_s_per_order"] == {"fwd": 50.0, "rev": 30.0}
+    assert r["train_info"]["resumed_orders"] == []
+    done["rev"]["resumed"] = True  # its wall time was a resume's: kept with the order
+    cl_methods.write_record(path, cl_methods.result_record(cfg, "x", "slm", done))
+    kept = cl_methods.recorded_orders(path, digest, code)
+    assert kept["rev"]["resumed"] is True and kept["fwd"]["resumed"] is False
     assert r["run_info"]["command"] == "run 2026-12-02T10:00:00"  # the latest run; each order keeps its own
     assert r["run_info"]["per_order"]["rev"]["command"] == "run 2026-12-01T10:00:00"
 
