@@ -52,7 +52,7 @@ from pipeline.config import ExperimentConfig  # noqa: E402
 from pipeline.experiment import load_config  # noqa: E402
 from pipeline.methods import METHOD_NAMES, get_method  # noqa: E402
 from pipeline.report.format import count, fmt, mean_std, nbytes  # noqa: E402
-from pipeline.state.artifacts import atomic_path, sha256_json  # noqa: E402
+from pipeline.state.artifacts import atomic_path, is_done, sha256_json  # noqa: E402
 from pipeline.state.layout import RunLayout  # noqa: E402
 from pipeline.state.orders import order_runs  # noqa: E402
 
@@ -123,11 +123,12 @@ def run_order(bench: BenchExperiment, cfg: ExperimentConfig, method: str, name: 
     `resumed`: its wall time is then the resume's, not the run's), and `slm run` refuses a folder
     built from other inputs (a changed option). `restart` deletes the method's folder of this order
     first, so the order runs from scratch (`slm run --restart` would keep its valid finished tasks)."""
-    layout = RunLayout.of(dict(order_runs(cfg))[name])
+    run_cfg = dict(order_runs(cfg))[name]
+    layout = RunLayout.of(run_cfg)
     if restart and layout.root.exists():
         print(f"[{method}] --force: removing {layout.root} to run from scratch", flush=True)
         shutil.rmtree(layout.root)
-    resumed = any(layout.root.glob("tasks/*/DONE"))
+    resumed = any(is_done(layout.task_dir(i, task.name)) for i, task in enumerate(run_cfg.tasks))
     log_dir = RunLayout.of(cfg).logs
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"bench-cl-{method}.log"
@@ -295,8 +296,10 @@ def comparison_markdown(rows: list[dict], bench: BenchExperiment | None = None) 
         if is_current(r, bench) is False:
             stale.append(f"`{method}`")
             marks += "²"
-        wall_mark = "³" if set(ran) & set(train.get("resumed_orders", [])) else ""
-        resumed += [f"`{method}`"] if wall_mark else []
+        wall_mark = ""
+        if set(ran) & set(train.get("resumed_orders", [])):
+            resumed.append(f"`{method}`")
+            wall_mark = "³"
         lines.append(f"| `{method}`{marks} | " + " | ".join(cells)
                      + f" | {count(cost.get('trainable_params'))} | {nbytes(cost.get('bytes_per_task'))}"
                      + f" | {wall:.0f}{wall_mark} | {peak} |")
