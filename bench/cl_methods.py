@@ -49,8 +49,8 @@ from bench.runner import (  # noqa: E402
     write_result,
 )
 from pipeline.config import ExperimentConfig  # noqa: E402
-from pipeline.experiment import load_config  # noqa: E402
-from pipeline.methods import METHOD_NAMES, get_method  # noqa: E402
+from pipeline.experiment import Experiment, load_experiment  # noqa: E402
+from pipeline.methods import METHOD_NAMES, registered  # noqa: E402
 from pipeline.report.format import count, fmt, mean_std, nbytes  # noqa: E402
 from pipeline.state.artifacts import atomic_path, is_done, sha256_json  # noqa: E402
 from pipeline.state.layout import RunLayout  # noqa: E402
@@ -81,14 +81,14 @@ class BenchExperiment:
     def with_overrides(self, extra: list[str]) -> BenchExperiment:
         return BenchExperiment(self.name, self.config, [*self.overrides, *extra])
 
-    def load(self, method: str) -> ExperimentConfig:
-        return load_config(self.config, [*self.overrides, f"method={method}"])
+    def load(self, method: str) -> Experiment:
+        return load_experiment(self.config, [*self.overrides, f"method={method}"])
 
 
-def config_sha256(cfg: ExperimentConfig) -> str:
-    """The experiment as `cfg.method` runs it: every shared section and that method's own options
+def config_sha256(exp: Experiment) -> str:
+    """The experiment as its method runs it: every shared section and that method's own options
     (other methods' options, and where it ran: output_dir, the YAML's folder, data_root, left out)."""
-    method = get_method(cfg.method)
+    cfg, method = exp.cfg, exp.method
     shared = cfg.model_dump(mode="json", exclude={"output_dir", "config_dir", "data_root", "methods"})
     return sha256_json({**shared, "methods": {method.section: method.options(cfg).model_dump(mode="json")}})
 
@@ -102,8 +102,9 @@ def run_method(bench: BenchExperiment, method: str, order: str | None = None, fo
     per order, and return its results record. Orders that `path` already records for the same config
     and code are kept, not rerun, and the record is written to `path` after every order: an
     interruption loses one order at most, and orders run on different days add up to one record."""
-    cfg = bench.load(method)
-    digest, code = config_sha256(cfg), method_fingerprint(method)["sha256"]
+    exp = bench.load(method)
+    cfg = exp.cfg
+    digest, code = config_sha256(exp), method_fingerprint(exp.method)["sha256"]
     done = recorded_orders(path, digest, code) if path is not None and not force else {}
     for name, _ in runs_of(cfg, order):
         if (name or "as_listed") in done:
@@ -260,7 +261,7 @@ def is_current(row: dict, bench: BenchExperiment | None) -> bool | None:
     method = row["run_info"]["method"]
     if method not in METHOD_NAMES:
         return None
-    code = method_fingerprint(method)["sha256"]
+    code = method_fingerprint(registered()[method])["sha256"]
     digest = config_sha256(bench.load(method)) if bench is not None else None
     return all(p.get("code_fingerprint") == code and (digest is None or p.get("config_sha256") == digest)
                for p in row["run_info"]["per_order"].values())

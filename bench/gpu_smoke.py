@@ -80,8 +80,7 @@ class Settings(Spec):
     """model.max_seq_len of the runs."""
 
 
-def load_settings(name: str) -> Settings:
-    return Settings.model_validate(runner.read_experiment(BENCH, name))
+load_settings = runner.settings_loader(BENCH, Settings)
 
 
 @dataclass
@@ -188,7 +187,7 @@ def train_check(zero: str, overrides: list[str], steps_wanted: int, device: str)
     """train-<zero> and memory-<zero>; also returns the saved adapter."""
     from safetensors.torch import load_file
 
-    from pipeline.experiment import load_config
+    from pipeline.experiment import load_experiment
     from pipeline.planning.checks import own_row
 
     code, _ = slm(["prepare", *overrides])
@@ -201,8 +200,8 @@ def train_check(zero: str, overrides: list[str], steps_wanted: int, device: str)
     with timed_steps(device) as steps:
         code, _ = slm(["train", "--task", "0", *overrides])
     wall = time.perf_counter() - start
-    cfg = load_config(None, overrides)
-    folder = Path(cfg.output_dir) / "slm" / "tasks" / "0-sentiment"
+    exp = load_experiment(None, overrides)
+    folder = exp.layout.task_dir(0, exp.cfg.tasks[0].name)
     if code != 0 or not (folder / "adapter.safetensors").is_file():
         return (Check(f"train-{zero}", "FAIL", f"slm train exited {code}", {"wall_s": round(wall, 1)}),
                 Check(f"memory-{zero}", "SKIP", "no training", {}), {})
@@ -215,7 +214,7 @@ def train_check(zero: str, overrides: list[str], steps_wanted: int, device: str)
                   f"{rate:,.0f} tokens/s, {wall:.0f} s with loading", values)
     on_gpu = device == "cuda"
     gpu_gib = torch.cuda.get_device_properties(0).total_memory / GIB if on_gpu else 80.0
-    planned = own_row(cfg, 1, 1, gpu_gib).total_gib  # what `slm plan` says for this config on one GPU
+    planned = own_row(exp.cfg, exp.method, 1, 1, gpu_gib).total_gib  # what `slm plan` says for this config on one GPU
     peak = torch.cuda.max_memory_allocated() / GIB if on_gpu else None
     return train, memory_check(zero, peak, planned), adapter
 

@@ -175,8 +175,7 @@ class Settings(Spec):
     seed: int = 0
 
 
-def load_settings(name: str) -> Settings:
-    return Settings.model_validate(runner.read_experiment(BENCH, name))
+load_settings = runner.settings_loader(BENCH, Settings)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -14,7 +14,7 @@ rounds after `min_rounds` once the next would pass the `budget_s` deadline (270 
 (a) train step = forward + backward + AdamW step (+ zero_grad), batch 8 x 64 random tokens, loss
     on every token. JARe: 3 tasks x P=4 slots of rank 8 on o_proj, top-2, training task 2 with
     per-sample routing restricted to its own slots (`Routing(..., task=2)`, what `slm train` sets).
-    LoRA: PEFT, same rank, same target modules, alpha = rank (`pipeline.adapters.lora_model`).
+    LoRA: PEFT, same rank, same target modules, alpha = rank (`pipeline.methods.lora.model.lora_model`).
     Extra line: JARe with the same slots but no task hint (the all-tasks gather path).
 (b) generate = 8 prompts (built-in sentiment / arithmetic / geography tasks, mixed), left padded,
     greedy, exactly 16 new tokens (EOS suppressed so both sides decode the same number of steps).
@@ -121,12 +121,10 @@ class Settings(Spec):
     seed: int = 0
 
 
-def load_settings(name: str) -> Settings:
-    return Settings.model_validate(runner.read_experiment(BENCH, name))
+load_settings = runner.settings_loader(BENCH, Settings)
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+log = runner.log
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

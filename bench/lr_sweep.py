@@ -28,9 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.cl_methods import BenchExperiment, config_sha256, entries_of, run_method  # noqa: E402
 from bench.runner import RESULTS, method_fingerprint, read_experiment, result_path, write_result  # noqa: E402
-from pipeline.methods import METHOD_NAMES, get_method  # noqa: E402
+from pipeline.methods import METHOD_NAMES, registered  # noqa: E402
 from pipeline.report.format import fmt  # noqa: E402
-from pipeline.state.layout import RunLayout  # noqa: E402
 
 BENCH = "lr_sweep"
 GRID_RATIOS = (1 / 5, 1.0, 4.0)  # the base grid around a method's default learning rate
@@ -41,31 +40,31 @@ RULE = ("max final AA, ties: lower forgetting; the same rule for every method: t
 
 def grid(method: str) -> tuple[float, ...]:
     """The base grid of `method`'s sweep option, around its default."""
-    m = get_method(method)
+    m = registered()[method]
     default = m.Options.model_fields[m.sweep_key].default
     return tuple(_round(default * r) for r in GRID_RATIOS)
 
 
 def override(method: str, value: float) -> str:
-    m = get_method(method)
+    m = registered()[method]
     return f"methods.{m.section}.{m.sweep_key}={value}"
 
 
 def sweep_point(bench: BenchExperiment, order: str, method: str, value: float, done: dict) -> dict:
-    base = bench.load(method)
+    base = bench.load(method).cfg
     point = bench.with_overrides([override(method, value),
                                   f"output_dir={Path(base.output_dir) / 'sweep' / f'{method}-{value:g}'}"])
-    cfg = point.load(method)
-    key = point_key(config_sha256(cfg), method_fingerprint(method)["sha256"], order)
+    exp = point.load(method)
+    key = point_key(config_sha256(exp), method_fingerprint(exp.method)["sha256"], order)
     if key in done:
         return done[key]
     record = run_method(point, method, order)
     m = record["metrics"]
-    return {"method": method, "knob": f"methods.{get_method(method).section}.{get_method(method).sweep_key}",
+    return {"method": method, "knob": f"methods.{exp.method.section}.{exp.method.sweep_key}",
             "value": value, "key": key, "orders": [order], "AA": m["AA"], "BWT": m["BWT"],
             "forgetting": m["forgetting"], "wall_s": record["train_info"]["wall_s"],
             "matrix": {name: run["matrix"] for name, run in m["per_order"].items()},
-            "output_dir": str(RunLayout.of(cfg).base), "run_info": record["run_info"],
+            "output_dir": str(exp.layout.base), "run_info": record["run_info"],
             # the whole run, so bench/cl_methods.py reuses it as this config's order (same code)
             "entries": entries_of(record)}
 
@@ -143,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = read_experiment(BENCH, args.experiment)
     bench = BenchExperiment.read(settings["experiment"], args.overrides)
     # A method that reads another's options (oracle_task_id: slm's slots) takes that one's pick.
-    own = [m for m in METHOD_NAMES if get_method(m).section == m]
+    own = [name for name, m in registered().items() if m.section == name]
     order, methods = settings["order"], settings.get("methods") or own
     if args.methods:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -153,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     for method in methods:
         mine = {pt["value"]: pt for pt in done.values() if pt["method"] == method and pt["key"].endswith(f"@{order}")
                 and pt["key"] == point_key(config_sha256(bench.with_overrides([override(method, pt["value"])]).load(
-                    method)), method_fingerprint(method)["sha256"], order)}
+                    method)), method_fingerprint(registered()[method])["sha256"], order)}
         while (value := next_value(list(mine), mine, grid(method))) is not None:
             point = sweep_point(bench, order, method, value, done)
             done[point["key"]] = mine[value] = point

@@ -91,8 +91,7 @@ class Settings(Spec):
         return self
 
 
-def load_settings(name: str) -> Settings:
-    return Settings.model_validate(runner.read_experiment(BENCH, name))
+load_settings = runner.settings_loader(BENCH, Settings)
 
 
 def bench_config(model: str):
@@ -192,17 +191,20 @@ def measure(settings: Settings, checkpointing: bool) -> dict:
 
 def planned(settings: Settings, checkpointing: bool) -> dict[str, float]:
     """pipeline.planning.memory's CPU-equivalent estimate for the same model and step, in GiB."""
-    from pipeline.methods.loads import full_ft_load
+    from pipeline.planning.loads import full_ft_load, jare_load
     from pipeline.planning.memory import Workload, estimate, shipped_mode
     from pipeline.planning.shapes import shape_from_config
 
-    shape = shape_from_config(settings.model, bench_config(settings.model), ["o_proj"], settings.rank)
+    shape = shape_from_config(settings.model, bench_config(settings.model))
     work_bytes = 2 if settings.dtype == "bfloat16" else 4
-    work = Workload(tasks=settings.tasks, slots_per_task=settings.slots, slots_gathered=settings.slots,
-                    micro_batch=settings.batch, seq_len=settings.seq, nodes=1, gpus_per_node=1,
+    work = Workload(tasks=settings.tasks, micro_batch=settings.batch, seq_len=settings.seq, nodes=1, gpus_per_node=1,
                     gpu_mem_gib=float("inf"), compute_bytes=work_bytes, encoder_params=0, encoder_dim=0,
                     on_gpu=False)
-    load = full_ft_load(shape, settings.tasks, work_bytes) if settings.method == "full_ft" else None  # None: JARe
+    if settings.method == "full_ft":
+        load = full_ft_load(shape, shape.decoder_linears(), settings.tasks, work_bytes, "seq_ft")
+    else:  # JARe on o_proj, as the measured step trains it
+        load = jare_load(shape.targets(["o_proj"]), settings.rank, settings.tasks, settings.slots, settings.slots, 0,
+                         work_bytes, "slm")
     row = estimate(shape, work, shipped_mode("zero0"), 8 * work_bytes, checkpointing, load)
     return {"params": shape.total_params, "weights": row.weights_gib, "adapters": row.adapters_gib,
             "optim": row.optim_gib, "activations": row.activations_gib, "total": row.total_gib}

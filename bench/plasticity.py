@@ -39,7 +39,7 @@ def settings(names: list[str] | None) -> list[dict]:
 
 
 def point(bench: BenchExperiment, order: str, setting: dict) -> dict:
-    base = bench.load("slm")
+    base = bench.load("slm").cfg
     run = bench.with_overrides([*setting["overrides"],
                                 f"output_dir={Path(base.output_dir) / 'plasticity' / setting['name']}"])
     record = run_method(run, "slm", order)
@@ -55,8 +55,8 @@ def point(bench: BenchExperiment, order: str, setting: dict) -> dict:
 
 def key_of(bench: BenchExperiment, setting: dict) -> str:
     """A setting's point: its config and the code that runs it."""
-    cfg = bench.with_overrides(setting["overrides"]).load("slm")
-    return f"{config_sha256(cfg)}:{method_fingerprint('slm')['sha256']}"
+    exp = bench.with_overrides(setting["overrides"]).load("slm")
+    return f"{config_sha256(exp)}:{method_fingerprint(exp.method)['sha256']}"
 
 
 def table(points: list[dict]) -> str:

@@ -88,12 +88,11 @@ class Settings(Spec):
     seed) instead of the main table."""
 
 
-def load_settings(name: str) -> Settings:
-    return Settings.model_validate(runner.read_experiment(BENCH, name))
+load_settings = runner.settings_loader(BENCH, Settings)
 
 
 def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    runner.log(msg, err=True)  # stdout carries the table
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -274,13 +273,6 @@ def evaluate_sequence(names: list[str], emb: dict[str, dict], dtkr, slots: int, 
 
 
 # ---- driver -----------------------------------------------------------------------------------
-def key_slots(cfg) -> int:
-    """P: the DTKR keys per task of the experiment's method."""
-    from pipeline.methods import get_method
-
-    return get_method(cfg.method).key_slots(cfg)
-
-
 def sequences_to_run(settings: Settings, cfg) -> dict[str, list[str]]:
     return {name: list(tasks) if tasks else [t.name for t in cfg.tasks] for name, tasks in settings.sequences.items()}
 
@@ -303,13 +295,13 @@ def seed_summary(results: dict[str, dict], same_family: list[str]) -> dict:
                                for row in r["rows"] if row["margin"] < 0]}
 
 
-def run_seeds(seqs: dict[str, list[str]], emb: dict, dtkr, cfg, settings: Settings,
+def run_seeds(seqs: dict[str, list[str]], emb: dict, dtkr, cfg, slots: int, settings: Settings,
               first: dict[str, dict]) -> dict[str, dict]:
     """seed -> seed_summary, for the experiment's seed (`first`, already run) and every extra seed,
     plus the worst case over them."""
     out = {str(cfg.seed): seed_summary(first, settings.same_family)}
     for seed in extra_seeds(settings, cfg):
-        results = run_all(seqs, emb, dtkr, key_slots(cfg), seed, settings.knn_per_task)
+        results = run_all(seqs, emb, dtkr, slots, seed, settings.knn_per_task)
         out[str(seed)] = seed_summary(results, settings.same_family)
     family = [v["same_family_min_mean"] for v in out.values() if v["same_family_min_mean"] is not None]
     worst = {"retrieval_min_margin": min(v["retrieval_min_margin"] for v in out.values()),
@@ -367,18 +359,18 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-def main_table(seqs: dict[str, list[str]], emb: dict, cfg, settings: Settings) -> dict[str, Any]:
+def main_table(seqs: dict[str, list[str]], emb: dict, cfg, slots: int, settings: Settings) -> dict[str, Any]:
     """The sections of a main run: every sequence at the experiment's seed, then the extra seeds."""
-    results = run_all(seqs, emb, cfg.dtkr, key_slots(cfg), cfg.seed, settings.knn_per_task)
+    results = run_all(seqs, emb, cfg.dtkr, slots, cfg.seed, settings.knn_per_task)
     print_table(results)
     sections: dict[str, Any] = {"sequences": results, **summary(results, settings.same_family)}
     if extra_seeds(settings, cfg):
-        sections["seeds"] = run_seeds(seqs, emb, cfg.dtkr, cfg, settings, results)
+        sections["seeds"] = run_seeds(seqs, emb, cfg.dtkr, cfg, slots, settings, results)
         print_seeds(sections["seeds"])
     return sections
 
 
-def ablation(seqs: dict[str, list[str]], emb: dict, cfg, settings: Settings) -> dict[str, dict]:
+def ablation(seqs: dict[str, list[str]], emb: dict, cfg, slots: int, settings: Settings) -> dict[str, dict]:
     """setting -> its summary and per-sequence DTKR / centroid accuracy, for every grid setting."""
     from pipeline.config import DtkrSpec
 
@@ -386,7 +378,7 @@ def ablation(seqs: dict[str, list[str]], emb: dict, cfg, settings: Settings) -> 
     for setting, changes in (settings.ablation or {}).items():
         dtkr = DtkrSpec.model_validate({**cfg.dtkr.model_dump(), **changes})
         t0 = time.perf_counter()
-        res = run_all(seqs, emb, dtkr, key_slots(cfg), cfg.seed, settings.knn_per_task)
+        res = run_all(seqs, emb, dtkr, slots, cfg.seed, settings.knn_per_task)
         out[setting] = {"dtkr_changes": changes, **summary(res, settings.same_family),
                         "sequences": {s: {"mean": r["mean"], "min_margin": r["min_margin"],
                                           "dtkr": {row["task"]: row["dtkr"] for row in r["rows"]},
@@ -394,7 +386,7 @@ def ablation(seqs: dict[str, list[str]], emb: dict, cfg, settings: Settings) -> 
                                       for s, r in res.items()}}
         cells = " ".join(f"{s}={r['mean']['dtkr']:.3f}" for s, r in res.items())
         if extra_seeds(settings, cfg):
-            out[setting]["seeds"] = run_seeds(seqs, emb, dtkr, cfg, settings, res)
+            out[setting]["seeds"] = run_seeds(seqs, emb, dtkr, cfg, slots, settings, res)
             worst = out[setting]["seeds"]["worst"]
             cells += (f" | over seeds: min_margin={worst['retrieval_min_margin']:+.3f} "
                       f"same_family_min_mean={_fmt(worst['same_family_min_mean'])}")
@@ -403,14 +395,14 @@ def ablation(seqs: dict[str, list[str]], emb: dict, cfg, settings: Settings) -> 
     return out
 
 
-def retrieval_run_info(settings: Settings, overrides: list[str], data_root: Path, cfg, seqs: dict[str, list[str]],
-                       t_start: float, cache: EmbeddingCache) -> dict:
+def retrieval_run_info(settings: Settings, overrides: list[str], data_root: Path, cfg, slots: int,
+                       seqs: dict[str, list[str]], t_start: float, cache: EmbeddingCache) -> dict:
     """bench.runner's run_info plus what this run was: the settings, the experiment as resolved and
     its hash (dtkr, data, P, seeds and every task spec: what the numbers depend on), the cache."""
     from pipeline.state.artifacts import sha256_json
 
     hashed = {"dtkr": cfg.dtkr.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json"),
-              "slots_per_task": key_slots(cfg), "seed": cfg.seed, "seeds": [cfg.seed, *extra_seeds(settings, cfg)],
+              "slots_per_task": slots, "seed": cfg.seed, "seeds": [cfg.seed, *extra_seeds(settings, cfg)],
               "tasks": {n: task_spec(cfg, n, settings).model_dump(mode="json")
                         for names in seqs.values() for n in names}}
     return {**runner.run_info(), "name": settings.name, "settings": settings.model_dump(mode="json"),
@@ -423,23 +415,24 @@ def retrieval_run_info(settings: Settings, overrides: list[str], data_root: Path
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the experiment; its results record (as written)."""
-    from pipeline.experiment import load_config
+    from pipeline.experiment import load_experiment
 
     args = parse_args(argv)
     settings = load_settings(args.experiment)
     t_start = time.perf_counter()
     data_root = (runner.ROOT / settings.data_root).resolve()
     overrides = [*settings.overrides, *args.overrides]
-    cfg = load_config(settings.config, [f"data_root={data_root}", *overrides])
+    exp = load_experiment(settings.config, [f"data_root={data_root}", *overrides])
+    cfg, slots = exp.cfg, exp.method.key_slots(exp.cfg)  # P: the DTKR keys per task
     seqs = sequences_to_run(settings, cfg)
     log(f"load average {os.getloadavg()[0]:.1f} on {len(os.sched_getaffinity(0))} cores; encoder {cfg.dtkr.encoder}")
     cache = EmbeddingCache(cfg.dtkr.encoder)
     emb = task_embeddings(cfg, list(dict.fromkeys(n for names in seqs.values() for n in names)), cache, settings)
     if settings.ablation is not None:
-        sections = {"settings": ablation(seqs, emb, cfg, settings)}
+        sections = {"settings": ablation(seqs, emb, cfg, slots, settings)}
     else:
-        sections = main_table(seqs, emb, cfg, settings)
-    info = retrieval_run_info(settings, overrides, data_root, cfg, seqs, t_start, cache)
+        sections = main_table(seqs, emb, cfg, slots, settings)
+    info = retrieval_run_info(settings, overrides, data_root, cfg, slots, seqs, t_start, cache)
     path = runner.write_result(BENCH, settings.name, sections, info, runner.meta_info(), results=args.results_dir)
     log(f"wrote {path} ({info['wall_s']:.0f} s)")
     if settings.ablation is None:

@@ -26,10 +26,18 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from pipeline.methods.base import Method
+
+S = TypeVar("S", bound="BaseModel")
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "bench" / "experiments"
@@ -69,6 +77,21 @@ def read_experiment(bench: str, name: str) -> dict[str, Any]:
     path = experiment_file(bench, name)
     settings = yaml.safe_load(path.read_text()) or {}
     return {"name": path.stem, **settings}
+
+
+def settings_loader(bench: str, schema: type[S]) -> Callable[[str], S]:
+    """`load_settings(name)` of a bench: its experiment file validated by its pydantic `schema`
+    (an unknown key or a wrong type is an error naming the field)."""
+
+    def load_settings(name: str) -> S:
+        return schema.model_validate(read_experiment(bench, name))
+
+    return load_settings
+
+
+def log(msg: str, err: bool = False) -> None:
+    """One timestamped progress line (stderr with `err`, where stdout carries the bench's numbers)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr if err else sys.stdout, flush=True)
 
 
 # ---- provenance --------------------------------------------------------------------------------
@@ -125,12 +148,10 @@ def fingerprint(modules: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return {"sha256": digest.hexdigest(), "files": files}
 
 
-def method_fingerprint(method: str) -> dict[str, Any]:
+def method_fingerprint(method: Method) -> dict[str, Any]:
     """The code a continual-learning result depends on: the method's modules (its class and the
     classes it derives from, up to the base) and the stages `slm run` ran."""
-    from pipeline.methods import get_method
-
-    classes = [c for c in type(get_method(method)).__mro__ if c.__module__.startswith("pipeline.")]
+    classes = [c for c in type(method).__mro__ if c.__module__.startswith("pipeline.")]
     return fingerprint([*{c.__module__ for c in classes}, *RUN_STAGES])
 
 

@@ -112,12 +112,10 @@ class Settings(Spec):
     """Tokens per request, cycled over the requests, ignore_eos (continuous_vs_static)."""
 
 
-def load_settings(name: str) -> Settings:
-    return Settings.model_validate(runner.read_experiment(BENCH, name))
+load_settings = runner.settings_loader(BENCH, Settings)
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+log = runner.log
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -185,13 +183,12 @@ def server(settings: Settings, threads: int | None, name: str, extra: list[str],
 def test_records(settings: Settings) -> tuple[list[dict], list[str]]:
     """Every task's test records, interleaved task by task, and the task names (checks the run first)."""
     from pipeline.data.prepared import load_prepared
-    from pipeline.experiment import load_config
-    from pipeline.state.layout import RunLayout
+    from pipeline.experiment import load_experiment
     from pipeline.state.validity import done_tasks
 
-    cfg = load_config(settings.config, settings.overrides)
-    layout = RunLayout.of(cfg)
-    n = done_tasks(cfg, layout)
+    exp = load_experiment(settings.config, settings.overrides)
+    cfg, layout = exp.cfg, exp.layout
+    n = done_tasks(exp)
     if n == 0 or not (layout.index / "DONE").is_file():
         raise SystemExit(f"no finished, indexed run under {layout.root}: run `slm run` first")
     prepared = load_prepared(cfg, layout)

@@ -47,11 +47,10 @@ def bench_table(bench: str) -> Callable[[str], str]:
 
 def methods_table(_: str) -> str:
     """Every registered method: its role, what trains, what answers (pipeline/methods/)."""
-    from pipeline.methods import METHOD_NAMES, get_method
+    from pipeline.methods import registered
 
     lines = ["| method | role | trains | infers |", "|---|---|---|---|"]
-    for name in METHOD_NAMES:
-        m = get_method(name)
+    for name, m in registered().items():
         lines.append(f"| `{name}` | {m.role} | {m.trains} | {m.infers} |")
     return "\n".join(lines) + "\n"
 
@@ -59,18 +58,19 @@ def methods_table(_: str) -> str:
 def plan_table(spec: str) -> str:
     """`slm plan`'s table for a shipped config, from the config alone (no results file: the plan is
     computed, so the table is as current as the code). `spec`: CONFIG+nodes=N+gpus=G+KEY=VALUE..."""
-    from pipeline.experiment import load_config
-    from pipeline.planning.memory import format_plan, load_of_config, plan_memory, recommend
+    from pipeline.experiment import load_experiment
+    from pipeline.planning.memory import format_plan, load_of, plan_memory, recommend
 
     config, *rest = spec.split("+")
     resources = {k: v for k, _, v in (r.partition("=") for r in rest) if k in ("nodes", "gpus", "gpu_mem")}
-    cfg = load_config(config, [r for r in rest if r.partition("=")[0] not in resources])
+    exp = load_experiment(config, [r for r in rest if r.partition("=")[0] not in resources])
+    cfg = exp.cfg
     nodes = int(resources.get("nodes", cfg.slurm.train.nodes))
     gpus = int(resources.get("gpus", max(1, cfg.slurm.train.gpus_per_node)))
-    rows = plan_memory(cfg, nodes, gpus, float(resources.get("gpu_mem", 80)))
+    rows = plan_memory(cfg, exp.method, nodes, gpus, float(resources.get("gpu_mem", 80)))
     return (f"`slm plan -c {config} --nodes {nodes} --gpus-per-node {gpus}"
             + "".join(f" {r}" for r in rest if r.partition("=")[0] not in resources) + "`:\n\n```\n"
-            + format_plan(rows, recommend(rows), load_of_config(cfg)) + "\n```\n")
+            + format_plan(rows, recommend(rows), load_of(cfg, exp.method)) + "\n```\n")
 
 
 # A marked block's kind -> its renderer; every bench results file renders through its script's own

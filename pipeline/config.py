@@ -19,6 +19,13 @@ from pipeline.spec import Spec
 PACKAGE_DIR = Path(__file__).resolve().parent
 BUILTIN_CONFIGS = PACKAGE_DIR / "configs"
 DEFAULT_CONFIG = BUILTIN_CONFIGS / "default.yaml"
+DS_CONFIGS = PACKAGE_DIR / "ds_configs"  # the shipped DeepSpeed JSONs, named by stem in train.deepspeed
+
+
+def shipped_deepspeed(name: str) -> Path:
+    """The shipped DeepSpeed JSON `name` (zero0, zero2, zero2_offload, zero3, zero3_offload)."""
+    return DS_CONFIGS / f"{name}.json"
+
 
 class ModelSpec(Spec):
     name_or_path: str = "bundled:smollm2"
@@ -470,7 +477,7 @@ class ExperimentConfig(Spec):
     def deepspeed_config_path(self) -> Path:
         name = self.train.deepspeed
         if "/" not in name and not name.endswith(".json"):
-            return PACKAGE_DIR / "ds_configs" / f"{name}.json"
+            return shipped_deepspeed(name)
         p = Path(name).expanduser()
         return p if p.is_absolute() else (Path(self.config_dir) / p).resolve()
 

@@ -1,4 +1,5 @@
-"""Load an experiment: the YAML file and its overrides, validated once into (config, method).
+"""Load an experiment: the YAML file and its overrides, validated once and resolved into an
+`Experiment` (config, method, layout, the selected runs) that every stage is handed.
 
 The generic sections are `pipeline.config`'s; each method's options (`methods.<name>`) are what
 its module declares, found through the method registry (`pipeline.methods.methods_spec`), so the
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +21,8 @@ from pydantic import BaseModel, ValidationError
 from pipeline.config import BUILTIN_CONFIGS, DEFAULT_CONFIG, ExperimentConfig
 from pipeline.errors import ConfigError
 from pipeline.methods import METHOD_NAMES, get_method, methods_spec
+from pipeline.state.layout import RunLayout
+from pipeline.state.orders import order_runs, select_run
 
 if TYPE_CHECKING:
     from pipeline.methods.base import Method
@@ -200,11 +204,59 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return validate(raw, str(source))
 
 
-def load_experiment(path: str | Path | None = None, overrides: list[str] | None = None) -> tuple[ExperimentConfig,
-                                                                                               Method]:
-    """The experiment and its method, resolved once for the stages."""
-    cfg = load_config(path, overrides)
-    return cfg, get_method(cfg.method)
+def load_experiment(path: str | Path | None = None, overrides: list[str] | None = None,
+                    order: str | None = None) -> Experiment:
+    """The experiment resolved once: its config, method, layout and the runs `order` selects
+    (None: every order x seed run). What `slm` hands to every stage."""
+    experiment = Experiment.of(load_config(path, overrides), order)
+    experiment.runs()  # an unknown --order is a ConfigError now, before any stage starts
+    return experiment
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One resolved experiment: the validated config, the method it names (looked up once, here),
+    every path it writes, and which of its order x seed runs a command works on.
+
+    An experiment without `orders:`/`seeds:` is its own single run. With them, `runs()` gives one
+    Experiment per selected run (tasks reordered, output_dir <output_dir>/<run>), each a plain
+    single-order experiment every stage runs unchanged (pipeline.state.orders).
+    """
+
+    cfg: ExperimentConfig
+    method: Method
+    layout: RunLayout
+    run_name: str = ""  # the run's name inside its experiment ("" for an experiment of one run)
+    order: str | None = None  # the run `--order` selects; None: all of them
+
+    @classmethod
+    def of(cls, cfg: ExperimentConfig, order: str | None = None, run_name: str = "") -> Experiment:
+        return cls(cfg, get_method(cfg.method), RunLayout.of(cfg), run_name, order)
+
+    def runs(self) -> list[Experiment]:
+        """Every order x seed run, or only the one `order` names: what prepare, run, status, plan,
+        report and submit work through."""
+        if self.order is None:
+            return [self._run(name, cfg) for name, cfg in order_runs(self.cfg)]
+        return [self._run(self.order, select_run(self.cfg, self.order))]
+
+    def single(self) -> Experiment:
+        """The one run a per-run stage (train, index, eval, generate, serve, export) works on: the
+        run `order` names, or the experiment itself when it has one run (else a ConfigError)."""
+        cfg = select_run(self.cfg, self.order)
+        return self._run(self.order or "", cfg)
+
+    def _run(self, name: str, cfg: ExperimentConfig) -> Experiment:
+        return self if cfg is self.cfg else Experiment(cfg, self.method, RunLayout.of(cfg), name, None)
+
+    @property
+    def has_runs(self) -> bool:
+        """The experiment lists several orders or seeds (each run into its own folder)."""
+        return len(order_runs(self.cfg)) > 1
+
+    def with_config(self, cfg: ExperimentConfig) -> Experiment:
+        """The same run with another config of the same method (a check of a variant: `slm plan`)."""
+        return Experiment.of(cfg, self.order, self.run_name)
 
 
 def validate(raw: dict[str, Any], source: str = "experiment") -> ExperimentConfig:

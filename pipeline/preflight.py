@@ -15,46 +15,45 @@ tests/config/test_shipped_configs.py runs every rendered stage's --check on ever
 
 from __future__ import annotations
 
-from pipeline.config import ExperimentConfig
+from typing import TYPE_CHECKING
+
 from pipeline.dtkr import faiss_build
 from pipeline.errors import ConfigError
-from pipeline.methods import get_method
 from pipeline.state import validity
 from pipeline.state.artifacts import read_done
-from pipeline.state.layout import RunLayout
+
+if TYPE_CHECKING:
+    from pipeline.config import ExperimentConfig
+    from pipeline.experiment import Experiment
 
 EXIT_CURRENT = 0
 EXIT_WOULD_RUN = 1
 FAISS_STAGES = ("train", "index", "eval", "generate", "serve")
 
 
-def searches_keys(cfg: ExperimentConfig) -> bool:
-    method = get_method(cfg.method)
-    return method.learns_keys or method.retrieves
-
-
-def use_faiss_of(cfg: ExperimentConfig) -> faiss_build.FaissBuild | None:
+def use_faiss_of(exp: Experiment) -> faiss_build.FaissBuild | None:
     """At the start of a stage that searches keys: check `dtkr.faiss` against this machine and
     search that way from now on. None for a method without keys."""
-    if not searches_keys(cfg):
+    if not exp.method.learns_keys:
         return None
     from pipeline.dtkr.store import use_faiss
 
-    return use_faiss(cfg.dtkr.faiss)
+    return use_faiss(exp.cfg.dtkr.faiss)
 
 
-def require_runnable(cfg: ExperimentConfig, stage: str) -> None:
+def require_runnable(exp: Experiment, stage: str) -> None:
     """Raise what `stage` would raise on the cluster before its real work (see the module doc)."""
+    cfg = exp.cfg
     if stage == "prepare":
         _require_local_sources(cfg)
     if stage == "train":
         from pipeline.planning.memory import shape_of_config
         from pipeline.runtime.deepspeed_config import build_ds_config
 
-        get_method(cfg.method).check(cfg)
+        exp.method.check(cfg)
         build_ds_config(cfg, world_size=1)  # the JSON exists, parses, pairs with the quantization
         shape_of_config(cfg)  # the model's architecture is known offline (pipeline/planning/shapes.py)
-    if stage in FAISS_STAGES and searches_keys(cfg):
+    if stage in FAISS_STAGES and exp.method.learns_keys:
         # A login node renders the jobs without a GPU: the build is checked here, the GPU at run time.
         faiss_build.require(cfg.dtkr.faiss, need_device=False)
 
@@ -69,40 +68,40 @@ def _require_local_sources(cfg: ExperimentConfig) -> None:
                                "data_root, else from the YAML's folder)")
 
 
-def check(cfg: ExperimentConfig, layout: RunLayout, stage: str, after: int | None = None) -> int:
+def check(exp: Experiment, stage: str, after: int | None = None) -> int:
     """The `--check` of prepare, index, eval (row `after`) and report (train has its own)."""
-    require_runnable(cfg, stage)
-    problem = _not_current(cfg, layout, stage, after)
+    require_runnable(exp, stage)
+    problem = _not_current(exp, stage, after)
     print(f"{stage}: {'would run: ' + problem if problem else 'done and current'}")
     return EXIT_WOULD_RUN if problem else EXIT_CURRENT
 
 
-def _not_current(cfg: ExperimentConfig, layout: RunLayout, stage: str, after: int | None) -> str | None:
+def _not_current(exp: Experiment, stage: str, after: int | None) -> str | None:
     """Why `stage` would (re)do its work, or None when its output is current."""
+    layout = exp.layout
     if stage == "prepare":
         from pipeline.data.prepared import prepare_inputs, prepared_up_to_date
 
-        return None if prepared_up_to_date(layout, prepare_inputs(cfg), quiet=True) else f"{layout.data} is not current"
+        current = prepared_up_to_date(layout, prepare_inputs(exp.cfg), quiet=True)
+        return None if current else f"{layout.data} is not current"
     if stage == "index":
-        if not get_method(cfg.method).learns_keys:
+        if not exp.method.learns_keys:
             return None  # nothing to index
-        from pipeline.state.validity import done_tasks
-
         if read_done(layout.index) is None:
             return f"no index in {layout.index}"
-        return validity.problem_of(lambda: validity.require_index(cfg, layout, done_tasks(cfg, layout)))
+        return validity.problem_of(lambda: validity.require_index(exp, validity.done_tasks(exp)))
     if stage == "eval":
         if after is None:
             return "no task is DONE yet"
         row = validity.read_row(layout, after)
         if row is None:
             return f"no row {layout.eval_row(after)}"
-        return validity.problem_of(lambda: validity.require_row(cfg, get_method(cfg.method), layout, after, row))
+        return validity.problem_of(lambda: validity.require_row(exp, after, row))
     if stage == "report":
         if not (layout.eval / "report.md").is_file():
             return f"no {layout.eval / 'report.md'}"
         from pipeline.report.rows import load_rows
 
-        load_rows(cfg, layout)  # rows that no longer match are an error for report itself too
+        load_rows(exp)  # rows that no longer match are an error for report itself too
         return None
     raise ValueError(f"no --check for stage {stage!r}")

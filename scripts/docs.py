@@ -82,19 +82,19 @@ def section(model: type[BaseModel], prefix: str, out: list[str], missing: list[s
 def config_doc() -> tuple[str, list[str]]:
     """docs/config.md, and the keys that have no help."""
     from pipeline.config import ExperimentConfig
-    from pipeline.methods import METHOD_NAMES, get_method
+    from pipeline.methods import registered
 
     out, missing = [HEADER, "## Top level", ""], []
     section(ExperimentConfig, "", out, missing)
     out += ["## `methods`", "", "Each method's own options, declared by its module (`Options`); a section not "
             "written keeps its defaults. `oracle_task_id` reads `slm`'s (it routes the same slots).", ""]
     seen: set[str] = set()
-    for name in METHOD_NAMES:
-        method = get_method(name)
+    methods = registered()
+    for method in methods.values():
         if method.section in seen:
             continue
         seen.add(method.section)
-        readers = [m for m in METHOD_NAMES if get_method(m).section == method.section]
+        readers = [name for name, m in methods.items() if m.section == method.section]
         out += [f"### `methods.{method.section}`", "", f"Read by {', '.join(f'`{m}`' for m in readers)}: "
                 f"{method.trains}. The learning-rate sweep turns `{method.sweep_key}`.", ""]
         section(method.Options, f"methods.{method.section}.", out, missing)

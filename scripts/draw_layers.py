@@ -28,9 +28,10 @@ LAYERS: list[list[str]] = [
     ["distributed", "metrics", "prompts"],
     ["state"],
     ["runtime", "data", "jare"],
-    ["dtkr", "adapters", "export", "tracking", "loss_curve"],
+    ["dtkr", "peft_export", "tracking"],
+    ["planning"],  # knows no method: a method hands the plan its own load
     ["methods"],
-    ["experiment", "planning", "report", "preflight", "slurm", "error_report"],
+    ["experiment", "report", "preflight", "slurm", "error_report"],
     ["serve"],
     ["stages"],
     ["cli"],
@@ -62,20 +63,36 @@ def _type_checking_lines(tree: ast.AST) -> set[int]:
     return lines
 
 
-def imports(path: Path) -> set[str]:
-    """Modules `path` imports at run time (anywhere in the file, function bodies included)."""
+def _absolute(module: str | None, level: int, package: str) -> str:
+    """`from ..x import y` inside `package` -> the absolute module name (level 0: as written)."""
+    if level == 0:
+        return module or ""
+    base = package.split(".")[: len(package.split(".")) - (level - 1)]
+    return ".".join([*base, *([module] if module else [])])
+
+
+def imports(path: Path, package: str = "") -> set[str]:
+    """Modules `path` imports at run time (anywhere in the file, function bodies included).
+    Relative imports are resolved against `package`, the package the file lives in."""
     tree = ast.parse(path.read_text())
     hints = _type_checking_lines(tree)
     found = set()
     for node in ast.walk(tree):
         if getattr(node, "lineno", None) in hints:
             continue
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found.update(f"{node.module}.{a.name}" for a in node.names)
+        if isinstance(node, ast.ImportFrom):
+            module = _absolute(node.module, node.level, package)
+            if module:
+                found.add(module)
+            found.update(f"{module}.{a.name}" if module else a.name for a in node.names)
         elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
     return found
+
+
+def package_of(name: str, path: Path) -> str:
+    """The package a module's relative imports start from: itself for an __init__.py."""
+    return name if path.name == "__init__.py" else name.rpartition(".")[0]
 
 
 def edges() -> dict[tuple[str, str], list[str]]:
@@ -84,7 +101,7 @@ def edges() -> dict[tuple[str, str], list[str]]:
     known = modules()
     for name, path in known.items():
         a = room_of(name)
-        for target in imports(path):
+        for target in imports(path, package_of(name, path)):
             if target not in known:
                 continue
             b = room_of(target)

@@ -49,6 +49,14 @@ class Router:
     def tasks(self) -> list[str]:
         return self.store.tasks
 
+    def add_task(self, name: str, keys: torch.Tensor) -> None:
+        """Make a newly finished task retrievable: its keys (P, g, D/g) join the store (FAISS add)."""
+        self.store.add_task(name, keys)
+
+    def remove_task(self, name: str) -> None:
+        """Stop retrieving task `name`: its keys leave the store; every other task's stay as they were."""
+        self.store.remove_task(name)
+
     def embed(self, records: list[dict], progress: bool = False) -> torch.Tensor:
         from pipeline.prompts.batching import queries
 

@@ -35,8 +35,7 @@ from pipeline.state import validity
 from pipeline.state.artifacts import atomic_path
 
 if TYPE_CHECKING:
-    from pipeline.config import ExperimentConfig
-    from pipeline.state.layout import RunLayout
+    from pipeline.experiment import Experiment
 
 # No FAISS, or two builds at once: an error that says what to install, not an ImportError.
 faiss_build.require("auto", need_device=False)
@@ -222,7 +221,7 @@ def _gpu_resources(device: int):
     return _resources[device]
 
 
-def load_store(cfg: ExperimentConfig, layout: RunLayout, n_tasks: int) -> KeyStore:
+def load_store(exp: Experiment, n_tasks: int) -> KeyStore:
     """The saved index, checked (files, format, and the keys of tasks 0..n_tasks-1 as they are now)."""
-    validity.require_index(cfg, layout, n_tasks)
-    return KeyStore.load(layout.index, encoder=cfg.dtkr.encoder)
+    validity.require_index(exp, n_tasks)
+    return KeyStore.load(exp.layout.index, encoder=exp.cfg.dtkr.encoder)

@@ -34,13 +34,15 @@ class JareShape:
     target_modules: tuple[str, ...]
 
 
-def _matches(name: str, targets: list[str]) -> bool:
+def name_matches(name: str, targets: list[str]) -> bool:
+    """The one rule that says which layers a module list names: the name itself, or its suffix
+    after a dot (`o_proj`, `self_attn.q_proj`). Injection, seq_ft's selection and the plan use it."""
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
 def find_targets(model: nn.Module, targets: list[str]) -> list[str]:
     """Names of the linear layers whose name equals, or ends with '.' + , a target."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and _matches(n, targets)]
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and name_matches(n, targets)]
     if not names:
         suffixes = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
         raise NoTargetModuleError(f"adapter.target_modules {targets} match no linear layer of "
@@ -124,8 +126,19 @@ class JareBank:
             with self.routed(None):
                 yield
         finally:
-            for layer in self.layers.values():
-                layer.unmerge()
+            self.unmerge()
+
+    def merge_task(self, t: int) -> None:
+        """Merge task t's slots at equal weights (one adapter of rank P*r) into every layer's W, and
+        route nothing: what serving with retrieval off does for good. `unmerge` restores W."""
+        one = Routing.single_task(t, self.shape.slots_per_task, 1)
+        for layer in self.layers.values():
+            layer.merge(one.slot_ids[0], one.weights[0])
+        self.set_routing(None)
+
+    def unmerge(self) -> None:
+        for layer in self.layers.values():
+            layer.unmerge()
 
     # ---- persistence ------------------------------------------------------------------------
     def task_state_dict(self, t: int) -> dict[str, torch.Tensor]:

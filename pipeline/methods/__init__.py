@@ -21,14 +21,14 @@ if TYPE_CHECKING:
 # name -> "module:Class", in the order reports list them: ours, its ceiling, then the baselines
 # from the forgetting floor up to the joint-training upper bound.
 REGISTRY: dict[str, str] = {
-    "slm": "pipeline.methods.slm:Slm",
-    "oracle_task_id": "pipeline.methods.oracle_task_id:OracleTaskId",
+    "slm": "pipeline.methods.jare.slm:Slm",
+    "oracle_task_id": "pipeline.methods.jare.oracle_task_id:OracleTaskId",
     "seq_ft": "pipeline.methods.seq_ft:SeqFt",
-    "seq_lora": "pipeline.methods.seq_lora:SeqLora",
-    "replay": "pipeline.methods.replay:Replay",
-    "o_lora": "pipeline.methods.o_lora:OLora",
-    "n_lora": "pipeline.methods.n_lora:NLora",
-    "multitask": "pipeline.methods.multitask:Multitask",
+    "seq_lora": "pipeline.methods.lora.seq_lora:SeqLora",
+    "replay": "pipeline.methods.lora.replay:Replay",
+    "o_lora": "pipeline.methods.lora.o_lora:OLora",
+    "n_lora": "pipeline.methods.lora.n_lora:NLora",
+    "multitask": "pipeline.methods.lora.multitask:Multitask",
 }
 METHOD_NAMES: tuple[str, ...] = tuple(REGISTRY)
 
@@ -45,6 +45,13 @@ def get_method(name: str) -> Method:
 
 
 @functools.cache
+def registered() -> dict[str, Method]:
+    """Every registered method by name, in registry order: what lists of all methods read (the
+    README's methods table, the report's roles, `slm plan --method`)."""
+    return {name: get_method(name) for name in METHOD_NAMES}
+
+
+@functools.cache
 def methods_spec() -> type[Spec]:
     """The `methods:` section of an experiment: one field per options section, typed by the Options
     its method declares (a method may read another's section: oracle_task_id reads slm's)."""
@@ -53,7 +60,6 @@ def methods_spec() -> type[Spec]:
     from pipeline.spec import Spec
 
     fields = {}
-    for name in METHOD_NAMES:
-        method = get_method(name)
+    for method in registered().values():
         fields.setdefault(method.section, (method.Options, method.Options()))
     return create_model("MethodsSpec", __base__=Spec, __doc__="Each method's own options.", **fields)

@@ -2,7 +2,7 @@
 
 A method is one small class (one module per method, registered in `pipeline.methods`), the way a
 PEFT tuner ties its config class to its model class: `Options` (its section `methods.<name>` of the
-experiment, each field with its help), its role, what it trains, infers and stores, the option a
+experiment, each field with its help), its role, what it trains and infers, the option a
 learning-rate sweep turns, its memory load for `slm plan`, and the hooks the stages call. The train
 stage asks it for task i's records, its step count and learning rate, and a `Trainer` (the model,
 the parameters that train, a per-micro-batch hook, an extra loss term, what to save); eval,
@@ -26,11 +26,11 @@ if TYPE_CHECKING:
     from torch import nn
 
     from pipeline.config import ExperimentConfig
-    from pipeline.export import TaskExport
+    from pipeline.experiment import Experiment
     from pipeline.jare.routing import Routing
-    from pipeline.methods.loads import MethodLoad
+    from pipeline.peft_export import TaskExport
+    from pipeline.planning.loads import MethodLoad
     from pipeline.planning.shapes import ModelShape
-    from pipeline.state.layout import RunLayout
 
 Role = Literal["ours", "ceiling", "floor", "baseline", "peer", "upper bound"]
 # Loads the frozen base for training (the stage's, so ZeRO-3 loads it partitioned); the argument
@@ -92,14 +92,15 @@ class Method:
     role: ClassVar[Role]
     trains: ClassVar[str]  # one line: what trains (README, report)
     infers: ClassVar[str]  # one line: what answers at inference
-    stores: ClassVar[str]  # one line: what a finished task writes into its folder
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     # The `methods.<section>` this method reads; None: its own name (oracle_task_id reads slm's).
     options_key: ClassVar[str | None] = None
     sweep_key: ClassVar[str] = "lr"  # the option a learning-rate sweep turns (bench/lr_sweep.py)
     learns_keys: ClassVar[bool] = False  # DTKR keys per task and a FAISS index (`slm index`)
-    retrieves: ClassVar[bool] = False  # eval reports retrieval accuracy
-    trains_base: ClassVar[bool] = False  # the base's own weights train (the plan counts them)
+    has_slots: ClassVar[bool] = False  # per-task slots in a JareBank: a task can be named, merged, added live
+    # Answers route by DTKR retrieval with no task id (eval reports retrieval accuracy; a served
+    # request needs no task). The oracle has slots and keys but routes by the true task.
+    retrieves: ClassVar[bool] = False
 
     @property
     def section(self) -> str:
@@ -138,10 +139,6 @@ class Method:
         """DTKR keys per task in the index (0: the method learns none)."""
         return 0
 
-    def trained_base_modules(self, cfg: ExperimentConfig) -> list[str] | None:
-        """The base linears a method that trains the base selects (None: all of the decoder's)."""
-        return None
-
     def memory_load(self, cfg: ExperimentConfig, shape: ModelShape, encoder_dim: int) -> MethodLoad:
         """What the method adds to `slm plan`'s memory of a frozen-base step (pipeline.planning)."""
         from pipeline.errors import ConfigError
@@ -150,8 +147,8 @@ class Method:
                           hint=f"give {type(self).__name__} a `memory_load` (pipeline/methods/base.py says how)")
 
     # ---- training ----------------------------------------------------------------------------
-    def training_records(self, cfg: ExperimentConfig, layout: RunLayout, prepared: dict, t: int) -> list[dict]:
-        return [dict(r) for r in prepared[cfg.tasks[t].name]["train"]]
+    def training_records(self, exp: Experiment, prepared: dict, t: int) -> list[dict]:
+        return [dict(r) for r in prepared[exp.cfg.tasks[t].name]["train"]]
 
     def steps_scale(self, t: int) -> int:
         """Multiplier on train.max_steps at task t (multitask sees t+1 tasks' worth of steps)."""
@@ -160,19 +157,19 @@ class Method:
     def learning_rate(self, cfg: ExperimentConfig) -> float:
         return self.options(cfg).lr
 
-    def trainer(self, cfg: ExperimentConfig, layout: RunLayout, t: int, records: list[dict],
-                device: torch.device, load_base: LoadBase) -> Trainer:
+    def trainer(self, exp: Experiment, t: int, records: list[dict], device: torch.device,
+                load_base: LoadBase) -> Trainer:
         """Build task t's model (calling `load_base()` once, after any encoder work) and say what trains."""
         raise NotImplementedError
 
     # ---- export ------------------------------------------------------------------------------
-    def export(self, cfg: ExperimentConfig, layout: RunLayout, t: int) -> TaskExport:
+    def export(self, exp: Experiment, t: int) -> TaskExport:
         """Task t as one LoRA with scaling 1 (`slm export`: PEFT, vLLM, a merged model) or as the
         folder of the whole model the method saved after it; what it answers with after task t."""
         raise NotImplementedError(f"method {self.name!r} has no export")
 
     # ---- inference ---------------------------------------------------------------------------
-    def predictor(self, cfg: ExperimentConfig, layout: RunLayout, after: int, device: torch.device) -> Predictor:
+    def predictor(self, exp: Experiment, after: int, device: torch.device) -> Predictor:
         """The model after training task `after` (0-based; -1 is never passed: the untrained base
         model is built by the stage itself)."""
         raise NotImplementedError

@@ -17,16 +17,16 @@ from torch import nn
 
 from pipeline import distributed
 from pipeline.errors import ConfigError, NoTargetModuleError
-from pipeline.export import TaskExport
 from pipeline.methods.base import LoadBase, Method, MethodOptions, Predictor, Trainer
+from pipeline.peft_export import TaskExport
 from pipeline.runtime.models import load_base_model
 from pipeline.state.artifacts import atomic_path
 
 if TYPE_CHECKING:
     from pipeline.config import ExperimentConfig
-    from pipeline.methods.loads import MethodLoad
+    from pipeline.experiment import Experiment
+    from pipeline.planning.loads import MethodLoad
     from pipeline.planning.shapes import ModelShape
-    from pipeline.state.layout import RunLayout
 
 MODEL_DIR = "model"
 SHARD_SIZE = "2GB"
@@ -45,25 +45,26 @@ class SeqFt(Method):
     role = "floor"
     trains = "every linear layer of the decoder (methods.seq_ft.modules), task after task, at methods.seq_ft.lr"
     infers = "the model after the last task"
-    stores = "model/ (the whole model after the task, safetensors shards in the training dtype)"
     Options = SeqFtOptions
-    trains_base = True
-
-    def trained_base_modules(self, cfg: ExperimentConfig) -> list[str] | None:
-        return self.options(cfg).modules
 
     def memory_load(self, cfg: ExperimentConfig, shape: ModelShape, encoder_dim: int) -> MethodLoad:
-        from pipeline.methods.loads import compute_bytes, full_ft_load
+        from pipeline.planning.loads import compute_bytes, full_ft_load
 
-        return full_ft_load(shape, len(cfg.tasks), compute_bytes(cfg), cfg.method)
+        modules = self.options(cfg).modules
+        trained = shape.decoder_linears(modules)  # the name rule of mark_trainable, on the meta model's shape
+        if modules and not trained:
+            raise NoTargetModuleError(f"methods.seq_ft.modules {modules} match no linear layer of the decoder blocks "
+                                      f"of {shape.name}")
+        return full_ft_load(shape, trained, len(cfg.tasks), compute_bytes(cfg), cfg.method)
 
     def check(self, cfg: ExperimentConfig) -> None:
         if cfg.model.quantization != "none":
             raise ConfigError(f"method seq_ft trains the base weights, which model.quantization="
                               f"{cfg.model.quantization} stores packed; use model.quantization=none")
 
-    def trainer(self, cfg: ExperimentConfig, layout: RunLayout, t: int, records: list[dict],
-                device: torch.device, load_base: LoadBase) -> Trainer:
+    def trainer(self, exp: Experiment, t: int, records: list[dict], device: torch.device,
+                load_base: LoadBase) -> Trainer:
+        cfg, layout = exp.cfg, exp.layout
         previous = None if t == 0 else str(layout.task_dir(t - 1, cfg.tasks[t - 1].name) / MODEL_DIR)
         model = load_base(previous)
         params = mark_trainable(model, self.options(cfg).modules)
@@ -81,12 +82,14 @@ class SeqFt(Method):
 
         return Trainer(model, params, save)
 
-    def export(self, cfg: ExperimentConfig, layout: RunLayout, t: int) -> TaskExport:
+    def export(self, exp: Experiment, t: int) -> TaskExport:
+        cfg, layout = exp.cfg, exp.layout
         folder = layout.task_dir(t, cfg.tasks[t].name) / MODEL_DIR
         return TaskExport(model_dir=folder, describes=f"the whole model saved after task {t} (full fine-tuning: "
                                                       "no adapter to export)", info={"sources": [str(folder)]})
 
-    def predictor(self, cfg: ExperimentConfig, layout: RunLayout, after: int, device: torch.device) -> Predictor:
+    def predictor(self, exp: Experiment, after: int, device: torch.device) -> Predictor:
+        cfg, layout = exp.cfg, exp.layout
         folder = layout.task_dir(after, cfg.tasks[after].name) / MODEL_DIR
         return Predictor(load_base_model(str(folder), cfg.model.dtype, "none", device))
 

@@ -14,7 +14,7 @@ from pipeline.planning.memory import (
     PlanRow,
     estimate,
     format_plan,
-    load_of_config,
+    load_of,
     plan_memory,
     recommend,
     refusal,
@@ -25,6 +25,7 @@ from pipeline.planning.memory import (
 
 if TYPE_CHECKING:
     from pipeline.config import ExperimentConfig
+    from pipeline.methods.base import Method
 
 
 # ---- the submit-time check ---------------------------------------------------------------------
@@ -60,30 +61,32 @@ MAX_GPUS_PER_NODE = 8  # what one node of a GPU cluster holds
 MAX_NODES = 64
 
 
-def _fits_anywhere(cfg: ExperimentConfig, nodes: int, gpus_per_node: int, gpu_mem_gib: float) -> PlanRow | None:
-    return recommend(plan_memory(cfg, nodes, gpus_per_node, gpu_mem_gib))
+def _fits_anywhere(cfg: ExperimentConfig, method: Method, nodes: int, gpus_per_node: int,
+                   gpu_mem_gib: float) -> PlanRow | None:
+    return recommend(plan_memory(cfg, method, nodes, gpus_per_node, gpu_mem_gib))
 
 
-def smallest_changes(cfg: ExperimentConfig, nodes: int, gpus_per_node: int, gpu_mem_gib: float) -> list[str]:
+def smallest_changes(cfg: ExperimentConfig, method: Method, nodes: int, gpus_per_node: int,
+                     gpu_mem_gib: float) -> list[str]:
     """When no row fits: along each axis alone, the smallest change after which one does, each with
     the row it allows (fewest changes first: a smaller micro batch needs no other hardware)."""
     found = []
     tr = cfg.train
     for micro in range(tr.micro_batch_size - 1, 0, -1):  # the largest smaller micro batch that fits
         smaller = cfg.model_copy(update={"train": tr.model_copy(update={"micro_batch_size": micro})})
-        if row := _fits_anywhere(smaller, nodes, gpus_per_node, gpu_mem_gib):
+        if row := _fits_anywhere(smaller, method, nodes, gpus_per_node, gpu_mem_gib):
             accum = -(-tr.micro_batch_size * tr.grad_accum // micro)  # about the same global batch
             found.append(f"train.micro_batch_size={micro} train.grad_accum={accum} ({_change_row(row)})")
             break
     for gpn in range(gpus_per_node + 1, MAX_GPUS_PER_NODE + 1):
-        if row := _fits_anywhere(cfg, nodes, gpn, gpu_mem_gib):
+        if row := _fits_anywhere(cfg, method, nodes, gpn, gpu_mem_gib):
             found.append(f"--gpus-per-node {gpn} (slurm.train.gpus_per_node={gpn}; {_change_row(row)})")
             break
     for n in range(nodes + 1, MAX_NODES + 1):
-        if row := _fits_anywhere(cfg, n, gpus_per_node, gpu_mem_gib):
+        if row := _fits_anywhere(cfg, method, n, gpus_per_node, gpu_mem_gib):
             found.append(f"--nodes {n} (slurm.train.nodes={n}; {_change_row(row)})")
             break
-    rows = [r for r in plan_memory(cfg, nodes, gpus_per_node, gpu_mem_gib) if r.unsupported is None]
+    rows = [r for r in plan_memory(cfg, method, nodes, gpus_per_node, gpu_mem_gib) if r.unsupported is None]
     if rows:
         least = min(rows, key=lambda r: (max(r.total_gib, r.load_gib), -r.base_bits))
         found.append(f"GPUs of at least {math.ceil(max(least.total_gib, least.load_gib))} GiB ({_change_row(least)})")
@@ -94,25 +97,26 @@ def _change_row(row: PlanRow) -> str:
     return f"{overrides_for(row)}: {row.total_gib:.1f} GiB per GPU"
 
 
-def nothing_fits_message(cfg: ExperimentConfig, nodes: int, gpus_per_node: int, gpu_mem_gib: float) -> str:
-    changes = smallest_changes(cfg, nodes, gpus_per_node, gpu_mem_gib)
+def nothing_fits_message(cfg: ExperimentConfig, method: Method, nodes: int, gpus_per_node: int,
+                         gpu_mem_gib: float) -> str:
+    changes = smallest_changes(cfg, method, nodes, gpus_per_node, gpu_mem_gib)
     head = f"nothing fits on {nodes} x {gpus_per_node} GPUs of {gpu_mem_gib:g} GiB"
     if not changes:
         return f"{head}, and no single change up to {MAX_NODES} nodes of {MAX_GPUS_PER_NODE} GPUs makes it fit"
     return f"{head}; the smallest change that fits: " + "; or ".join(changes)
 
 
-def own_row(cfg: ExperimentConfig, nodes: int, gpus_per_node: int, gpu_mem_gib: float) -> PlanRow:
+def own_row(cfg: ExperimentConfig, method: Method, nodes: int, gpus_per_node: int, gpu_mem_gib: float) -> PlanRow:
     """The plan for exactly the config's deepspeed JSON, quantization and checkpointing."""
     work = workload(cfg, nodes, gpus_per_node, gpu_mem_gib)
     bits = {"8bit": 8, "4bit": 4}.get(cfg.model.quantization, 8 * work.compute_bytes)
     mode = zero_mode(cfg.deepspeed_config_path(), cfg.train.deepspeed)
     shape = shape_of_config(cfg)
-    return estimate(shape, work, mode, bits, cfg.model.gradient_checkpointing, load_of_config(cfg, shape),
-                    refusal(cfg, cfg.train.deepspeed, cfg.model.quantization))
+    return estimate(shape, work, mode, bits, cfg.model.gradient_checkpointing, load_of(cfg, method, shape),
+                    refusal(cfg, method, cfg.train.deepspeed, cfg.model.quantization))
 
 
-def check_fits(cfg: ExperimentConfig, gpu_mem_gib: float | None = None) -> tuple[bool, str]:
+def check_fits(cfg: ExperimentConfig, method: Method, gpu_mem_gib: float | None = None) -> tuple[bool, str]:
     """Does the config's own setting fit on slurm.train.nodes x gpus_per_node GPUs? (fits, table text).
 
     GPU memory: `gpu_mem_gib`, else $SLM_GPU_MEM_GIB, else 80 GiB. A CPU-only config fits.
@@ -121,15 +125,15 @@ def check_fits(cfg: ExperimentConfig, gpu_mem_gib: float | None = None) -> tuple
         return True, "CPU run: no GPU memory plan"
     gpu_mem = gpu_mem_gib if gpu_mem_gib is not None else gpu_mem_default()
     nodes, gpn = cfg.slurm.train.nodes, cfg.slurm.train.gpus_per_node
-    row = own_row(cfg, nodes, gpn, gpu_mem)
+    row = own_row(cfg, method, nodes, gpn, gpu_mem)
     text = [f"memory plan for {cfg.model.name_or_path} on {nodes} x {gpn} GPUs of {gpu_mem:g} GiB "
             f"(train.deepspeed={cfg.train.deepspeed}, model.quantization={cfg.model.quantization}, "
             f"model.gradient_checkpointing={str(cfg.model.gradient_checkpointing).lower()}):",
-            format_plan([row], load=load_of_config(cfg))]
+            format_plan([row], load=load_of(cfg, method))]
     if not row.fits:
-        best = recommend(plan_memory(cfg, nodes, gpn, gpu_mem))
+        best = recommend(plan_memory(cfg, method, nodes, gpn, gpu_mem))
         text.append("does not fit; " + (f"the plan recommends {overrides_for(best)}" if best else
-                                        nothing_fits_message(cfg, nodes, gpn, gpu_mem)) + " (see `slm plan`)")
+                                        nothing_fits_message(cfg, method, nodes, gpn, gpu_mem)) + " (see `slm plan`)")
     return row.fits, "\n".join(text)
 
 

@@ -8,45 +8,63 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pipeline.config import ExperimentConfig
 from pipeline.dtkr import faiss_build
 from pipeline.errors import ConfigError
-from pipeline.methods import get_method
 from pipeline.planning.checks import check_resources, gpu_mem_default, nothing_fits_message, overrides_for, own_row
 from pipeline.planning.memory import (
+    GPU_MEM_ENV,
     PlanRow,
     dense_reference_gib,
     format_plan,
-    load_of_config,
+    load_of,
     plan_memory,
     recommend,
     shape_of_config,
 )
-from pipeline.state.layout import RunLayout
-from pipeline.state.orders import selected_runs
+
+if TYPE_CHECKING:
+    from pipeline.experiment import Experiment
+    from pipeline.methods.base import Method
+
+
+@dataclass(frozen=True)
+class Args:
+    nodes: int | None = None
+    gpus_per_node: int | None = None
+    gpu_mem_gib: float | None = None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nodes", type=int, default=None, help="nodes (default: slurm.train.nodes)")
+    p.add_argument("--gpus-per-node", type=int, default=None,
+                   help="GPUs per node (default: slurm.train.gpus_per_node, at least 1)")
+    p.add_argument("--gpu-mem-gib", type=float, default=None,
+                   help=f"memory of one GPU in GiB (default: ${GPU_MEM_ENV}, else the planner's default)")
 
 
 def _billions(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
-def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:
+def main(experiment: Experiment, args: Args) -> int:
     start = time.perf_counter()
     # Task orders permute the same tasks, so one plan holds for every run; --order is still checked.
-    runs = selected_runs(cfg, args)
-    cfg = runs[0][1]
+    runs = experiment.runs()
+    cfg, method = runs[0].cfg, runs[0].method
     nodes = cfg.slurm.train.nodes if args.nodes is None else args.nodes
     gpn = max(1, cfg.slurm.train.gpus_per_node) if args.gpus_per_node is None else args.gpus_per_node
     gpu_mem = gpu_mem_default() if args.gpu_mem_gib is None else args.gpu_mem_gib
     check_resources(nodes, gpn, gpu_mem)
-    rows = plan_memory(cfg, nodes, gpn, gpu_mem)
+    rows = plan_memory(cfg, method, nodes, gpn, gpu_mem)
     best = recommend(rows)
     shape = shape_of_config(cfg)
-    load = load_of_config(cfg, shape)
+    load = load_of(cfg, method, shape)
     print(f"model      {cfg.model.name_or_path}: {_billions(shape.total_params)} parameters "
           f"({shape.total_params:,}), {shape.num_layers} layers, hidden {shape.hidden_size}")
-    method = get_method(cfg.method)
     resident = (f", {_billions(load.resident_params)} adapter parameters resident on "
                 f"{', '.join(cfg.adapter.target_modules)}" if load.resident_params else "")
     print(f"method     {cfg.method} ({method.role}): {method.trains}; "
@@ -54,12 +72,12 @@ def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> 
     print(f"step       micro batch {cfg.train.micro_batch_size} x {cfg.model.max_seq_len} tokens; "
           f"{nodes} node(s) x {gpn} GPU(s) of {gpu_mem:g} GiB")
     print(f"faiss      {_faiss_line(cfg)}")
-    if any(name for name, _ in runs):
-        print(f"orders     {', '.join(name for name, _ in runs)} (the same tasks, so one plan for all)")
+    if any(exp.run_name for exp in runs):
+        print(f"orders     {', '.join(exp.run_name for exp in runs)} (the same tasks, so one plan for all)")
     print()
     print(format_plan(rows, best, load))
     print()
-    _print_verdict(cfg, nodes, gpn, gpu_mem, best)
+    _print_verdict(cfg, method, nodes, gpn, gpu_mem, best)
     dense = dense_reference_gib(shape, nodes, gpn)
     print(f"reference  DeepSpeed's estimate for full fine-tuning (all parameters trainable, no activations): "
           f"{dense['zero2']:.1f} GiB/GPU under ZeRO-2, {dense['zero3']:.1f} under ZeRO-3")
@@ -80,13 +98,14 @@ def _faiss_line(cfg: ExperimentConfig) -> str:
     return f"{build.describe()}; dtkr.faiss={cfg.dtkr.faiss}: {where[cfg.dtkr.faiss]}"
 
 
-def _print_verdict(cfg: ExperimentConfig, nodes: int, gpn: int, gpu_mem: float, best: PlanRow | None) -> None:
+def _print_verdict(cfg: ExperimentConfig, method: Method, nodes: int, gpn: int, gpu_mem: float,
+                   best: PlanRow | None) -> None:
     if best is None:
-        print(nothing_fits_message(cfg, nodes, gpn, gpu_mem))
+        print(nothing_fits_message(cfg, method, nodes, gpn, gpu_mem))
     else:
         print(f"recommended  {overrides_for(best)}  ({best.total_gib:.1f} of {gpu_mem:g} GiB per GPU; "
               f"DeepSpeed JSON: {best.deepspeed}.json; host RAM ~{best.host_gib:.0f} GiB per node)")
-    own = own_row(cfg, nodes, gpn, gpu_mem)
+    own = own_row(cfg, method, nodes, gpn, gpu_mem)
     verdict = own.unsupported or ("fits" if own.fits else "does NOT fit")
     total = f"{own.total_gib:.1f} GiB per GPU, " if own.unsupported is None else ""
     print(f"this config  train.deepspeed={cfg.train.deepspeed} model.quantization={cfg.model.quantization} "

@@ -3,7 +3,8 @@
 The model is built on the meta device to count its parameters exactly and to read the target
 linears' in/out features (which size the JARe slots and LoRAs) and the linears full fine-tuning
 trains. What the experiment's method adds (which parameters are resident, which train, which
-inputs they save, what a task stores) comes from pipeline.methods.loads. Every term below is per
+inputs they save, what a task stores) comes from the method's own `memory_load`
+(pipeline.planning.loads). Every term below is per
 GPU, in bytes:
 
 weights      the base (frozen, or trained by seq_ft: the same 16-bit weights; their gradients and
@@ -60,7 +61,7 @@ other        DTKR encoder (fp32) and FAISS keys, ZeRO's contiguous-gradient redu
              (reduce_bucket_size elements of bf16, allocated whole however few parameters train),
              plus CUDA_CONTEXT_GIB for the CUDA context, cuBLAS workspaces and NCCL buffers, plus
              FRAGMENTATION of everything else for the caching allocator.
-stored       disk per task (not GPU memory; pipeline.methods.loads): JARe P slots + keys, a LoRA
+stored       disk per task (not GPU memory; pipeline.planning.loads): JARe P slots + keys, a LoRA
              method one adapter, seq_ft the whole model in the training dtype; and over T tasks.
 """
 
@@ -69,12 +70,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline.config import PACKAGE_DIR, ExperimentConfig
+from pipeline.config import ExperimentConfig, shipped_deepspeed
 from pipeline.errors import ConfigError
-from pipeline.methods import get_method
-from pipeline.methods.loads import MethodLoad, jare_load
+from pipeline.planning.loads import MethodLoad, compute_bytes
 from pipeline.planning.shapes import ModelShape, encoder_size, model_shape
+
+if TYPE_CHECKING:
+    from pipeline.methods.base import Method
 
 GIB = 2**30
 CUDA_CONTEXT_GIB = 1.5  # CUDA context ~0.5, cuBLAS/cuDNN workspaces ~0.3, NCCL buffers ~0.5 (8 ranks)
@@ -115,8 +119,6 @@ class Workload:
     """Everything besides the model and the ZeRO mode that sizes one step."""
 
     tasks: int
-    slots_per_task: int
-    slots_gathered: int  # slots gathered per sample in each JARe layer (k, or P in training)
     micro_batch: int
     seq_len: int
     nodes: int
@@ -195,33 +197,23 @@ def zero_mode(path: Path, name: str | None = None) -> ZeroMode:
 
 
 def shipped_mode(name: str) -> ZeroMode:
-    return zero_mode(PACKAGE_DIR / "ds_configs" / f"{name}.json", name)
+    return zero_mode(shipped_deepspeed(name), name)
 
 
 def workload(cfg: ExperimentConfig, nodes: int, gpus_per_node: int, gpu_mem_gib: float) -> Workload:
     params, dim = encoder_size(cfg.dtkr.encoder)
-    p = get_method(cfg.method).key_slots(cfg)  # 0 for a method without DTKR keys: no index
-    return Workload(tasks=len(cfg.tasks), slots_per_task=p, slots_gathered=max(p, cfg.dtkr.top_k) if p else 0,
-                    micro_batch=cfg.train.micro_batch_size, seq_len=cfg.model.max_seq_len, nodes=nodes,
-                    gpus_per_node=gpus_per_node, gpu_mem_gib=gpu_mem_gib,
-                    compute_bytes=4 if cfg.model.dtype == "float32" else 2,
-                    encoder_params=params, encoder_dim=dim)
+    return Workload(tasks=len(cfg.tasks), micro_batch=cfg.train.micro_batch_size, seq_len=cfg.model.max_seq_len,
+                    nodes=nodes, gpus_per_node=gpus_per_node, gpu_mem_gib=gpu_mem_gib,
+                    compute_bytes=compute_bytes(cfg), encoder_params=params, encoder_dim=dim)
 
 
 def shape_of_config(cfg: ExperimentConfig) -> ModelShape:
-    modules = get_method(cfg.method).trained_base_modules(cfg)
-    return model_shape(cfg.model.name_or_path, tuple(cfg.adapter.target_modules), cfg.adapter.rank,
-                       tuple(modules) if modules else None)
+    return model_shape(cfg.model.name_or_path)
 
 
-def load_of_config(cfg: ExperimentConfig, shape: ModelShape | None = None) -> MethodLoad:
-    """The experiment's method in the plan (pipeline.methods.loads)."""
-    return get_method(cfg.method).memory_load(cfg, shape or shape_of_config(cfg), encoder_size(cfg.dtkr.encoder)[1])
-
-
-def _jare_of_workload(shape: ModelShape, work: Workload) -> MethodLoad:
-    return jare_load(shape, work.tasks, work.slots_per_task, work.slots_gathered, work.encoder_dim,
-                     work.compute_bytes)
+def load_of(cfg: ExperimentConfig, method: Method, shape: ModelShape | None = None) -> MethodLoad:
+    """What the experiment's method adds to the plan: its own `memory_load` (pipeline.planning.loads)."""
+    return method.memory_load(cfg, shape or shape_of_config(cfg), encoder_size(cfg.dtkr.encoder)[1])
 
 
 # ---- the terms --------------------------------------------------------------------------------
@@ -271,9 +263,8 @@ def _optim_bytes(load: MethodLoad, work: Workload, mode: ZeroMode) -> float:
     return load.trainable_params * (replicated + (per_param - replicated) / work.gpus)
 
 
-def layer_activation_bytes(shape: ModelShape, work: Workload, load: MethodLoad | None = None) -> float:
+def layer_activation_bytes(shape: ModelShape, work: Workload, load: MethodLoad) -> float:
     """Bytes one decoder layer saves for backward at micro_batch x seq_len (see module doc)."""
-    load = load or _jare_of_workload(shape, work)
     e = work.compute_bytes
     per_token = (8 * shape.hidden_size + 4 * shape.q_size * e + 3 * shape.intermediate_size * e
                  + load.saved_input_features / shape.num_layers * e)
@@ -295,11 +286,11 @@ def _activation_bytes(shape: ModelShape, work: Workload, load: MethodLoad,
     return shape.num_layers * layer + outside + logits_peak, logits_peak
 
 
-def _other_bytes(shape: ModelShape, work: Workload, mode: ZeroMode) -> float:
+def _other_bytes(shape: ModelShape, work: Workload, mode: ZeroMode, load: MethodLoad) -> float:
     if not work.on_gpu:
         return 0.0
     encoder = work.encoder_params * 4
-    index = work.tasks * work.slots_per_task * (work.encoder_dim * 4 + 8 * 16)  # keys + ids (<= 16 groups)
+    index = work.tasks * load.index_keys_per_task * (work.encoder_dim * 4 + 8 * 16)  # keys + ids (<= 16 groups)
     bucket = mode.reduce_bucket if mode.reduce_bucket is not None else shape.hidden_size**2
     return encoder + index + mode.reduce_buffers * bucket * 2 + CUDA_CONTEXT_GIB * GIB
 
@@ -336,10 +327,9 @@ def _host_bytes(shape: ModelShape, work: Workload, mode: ZeroMode, bits: int, lo
 
 
 def estimate(shape: ModelShape, work: Workload, mode: ZeroMode, base_bits: int, checkpointing: bool,
-             load: MethodLoad | None = None, unsupported: str | None = None) -> PlanRow:
-    """One configuration's per-GPU plan for the method `load` (default: JARe from `work`).
-    `unsupported` (the method's refusal) and ZeRO-3 with a quantized base give a row without numbers."""
-    load = load or _jare_of_workload(shape, work)
+             load: MethodLoad, unsupported: str | None = None) -> PlanRow:
+    """One configuration's per-GPU plan for the method `load`. `unsupported` (the method's refusal)
+    and ZeRO-3 with a quantized base give a row without numbers."""
     nan = float("nan")
     row = PlanRow(zero=mode.label, deepspeed=mode.name, base_bits=base_bits, checkpointing=checkpointing,
                   gpus=work.gpus, gpu_mem_gib=work.gpu_mem_gib, weights_gib=nan, adapters_gib=nan, optim_gib=nan,
@@ -349,7 +339,7 @@ def estimate(shape: ModelShape, work: Workload, mode: ZeroMode, base_bits: int, 
     acts, logits = _activation_bytes(shape, work, load, checkpointing)
     planned = (_weight_bytes(shape, work, mode, base_bits), _adapter_bytes(load, work, mode),
                _optim_bytes(load, work, mode), acts)
-    other = _other_bytes(shape, work, mode)
+    other = _other_bytes(shape, work, mode, load)
     other += FRAGMENTATION * (sum(planned) + other) if work.on_gpu else 0.0
     weights, adapters, optim, acts = (b / GIB for b in planned)
     return replace(row, weights_gib=weights, adapters_gib=adapters, optim_gib=optim, activations_gib=acts,
@@ -358,7 +348,7 @@ def estimate(shape: ModelShape, work: Workload, mode: ZeroMode, base_bits: int, 
                    load_gib=_load_bytes(shape, mode, base_bits) / GIB if work.on_gpu else 0.0)
 
 
-def plan_memory(cfg: ExperimentConfig, nodes: int | None = None, gpus_per_node: int | None = None,
+def plan_memory(cfg: ExperimentConfig, method: Method, nodes: int | None = None, gpus_per_node: int | None = None,
                 gpu_mem_gib: float = DEFAULT_GPU_MEM_GIB) -> list[PlanRow]:
     """Every ZeRO mode (2, 3, 3+offload; full fine-tuning also 2+offload) x base precision (16, 8,
     4 bit) x checkpointing (off, on), for the experiment's method; rows its `check` refuses are
@@ -366,11 +356,11 @@ def plan_memory(cfg: ExperimentConfig, nodes: int | None = None, gpus_per_node: 
     nodes = nodes or cfg.slurm.train.nodes
     gpus_per_node = gpus_per_node or max(1, cfg.slurm.train.gpus_per_node)
     shape = shape_of_config(cfg)
-    load = load_of_config(cfg, shape)
+    load = load_of(cfg, method, shape)
     work = workload(cfg, nodes, gpus_per_node, gpu_mem_gib)
     dense_bits = 8 * work.compute_bytes
     grid = GRID_DEEPSPEED_FULL_FT if load.trains_base else GRID_DEEPSPEED
-    return [estimate(shape, work, shipped_mode(ds), bits, ckpt, load, refusal(cfg, ds, _quantization(bits)))
+    return [estimate(shape, work, shipped_mode(ds), bits, ckpt, load, refusal(cfg, method, ds, _quantization(bits)))
             for ds in grid for bits in (dense_bits, 8, 4) for ckpt in (False, True)]
 
 
@@ -455,13 +445,13 @@ def dense_reference_gib(shape: ModelShape, nodes: int, gpus_per_node: int) -> di
     return {"zero2": zero2 / GIB, "zero3": zero3 / GIB}
 
 
-def refusal(cfg: ExperimentConfig, deepspeed: str, quantization: str) -> str | None:
+def refusal(cfg: ExperimentConfig, method: Method, deepspeed: str, quantization: str) -> str | None:
     """The method's own `check` on the config with this row's DeepSpeed JSON and quantization:
     its ConfigError's text when it refuses the row (seq_ft: a quantized base; o_lora: ZeRO-3)."""
     variant = cfg.model_copy(update={"model": cfg.model.model_copy(update={"quantization": quantization}),
                                      "train": cfg.train.model_copy(update={"deepspeed": deepspeed})})
     try:
-        get_method(cfg.method).check(variant)
+        method.check(variant)
     except ConfigError as e:
         return str(e)
     return None

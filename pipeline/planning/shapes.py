@@ -12,8 +12,9 @@
 Anything else is a `ConfigError`: the hub is never contacted (DESIGN: no downloads at run time).
 
 `model_shape` builds the model on the meta device (no memory, no weights) and reads what the
-memory plan (pipeline.planning.memory) needs: exact parameter counts, the target linears' features (JARe
-slots, LoRA) and the linears full fine-tuning trains (seq_ft, selected by its own rule).
+memory plan (pipeline.planning.memory) needs: exact parameter counts and every linear layer's
+features. It knows no method: a method's load (pipeline.planning.loads) selects the linears it
+adapts or trains from the shape, by the same name rule its training uses.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, LlamaConfig, PretrainedConfig
 
 from pipeline.errors import ConfigError
+from pipeline.jare.inject import name_matches
 
 # What every LLaMA-2 checkpoint shares (the published config.json files).
 _LLAMA2_COMMON: dict[str, Any] = {
@@ -103,8 +105,24 @@ _SHARED_INPUT = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in",
 
 
 @dataclass(frozen=True)
+class LinearShape:
+    """One nn.Linear of the model, named as `model.named_modules()` names it."""
+
+    name: str
+    in_features: int
+    out_features: int
+    params: int  # weight (and bias): what training it updates
+
+    @property
+    def features(self) -> int:
+        return self.in_features + self.out_features
+
+
+@dataclass(frozen=True)
 class ModelShape:
-    """What the plan needs to know about a model, read from a meta-device instance."""
+    """What the plan needs to know about a model, read from a meta-device instance. It knows no
+    method: each method selects the linears it adapts or trains (`targets`, `decoder_linears`) by
+    the same name rule its training uses (pipeline.jare.inject.name_matches)."""
 
     name: str
     total_params: int
@@ -117,61 +135,64 @@ class ModelShape:
     quantizable_rows: int  # their out_features summed: 8-bit keeps one fp32 scale per row
     largest_module_params: int  # DeepSpeed's "largest layer": most direct parameters of one module
     largest_linear_params: int  # the biggest quantized linear, dequantised whole in matmul
-    slot_params: int  # one JARe slot over every target linear: r * (d_in + d_out) summed
-    side_input_features: int  # features the side branches save per token, summed over layers
-    target_features: int  # d_in + d_out summed over the target linears: a rank-r LoRA is r times this
-    ft_params: int  # what full fine-tuning trains (pipeline.methods.seq_ft.mark_trainable's selection)
-    ft_linears: int  # how many linear layers that is
-    ft_input_features: int  # features those linears save per token for their weight gradient, summed
+    linears: tuple[LinearShape, ...]  # every linear layer, lm_head included (as inject_jare sees them)
+    decoder_prefix: str | None  # where `model.get_decoder().layers` sits ("model.layers"); None: no such list
+
+    def targets(self, patterns: list[str] | tuple[str, ...]) -> list[LinearShape]:
+        """The linears an adapter on `patterns` wraps (adapter.target_modules), as inject_jare finds them."""
+        found = [lin for lin in self.linears if name_matches(lin.name, list(patterns))]
+        if not found:
+            raise ConfigError(f"adapter.target_modules {list(patterns)} match no linear layer of {self.name}; its "
+                              f"linear layers end in: {sorted({lin.name.rsplit('.', 1)[-1] for lin in self.linears})}")
+        return found
+
+    def decoder_linears(self, patterns: list[str] | None = None) -> list[LinearShape]:
+        """The linears of the decoder blocks (all, or those whose name relative to the blocks
+        matches `patterns`): what full fine-tuning selects (pipeline.methods.seq_ft.mark_trainable)."""
+        if self.decoder_prefix is None:
+            return []
+        head = self.decoder_prefix + "."
+        inside = [lin for lin in self.linears if lin.name.startswith(head)]
+        if patterns:
+            inside = [lin for lin in inside if name_matches(lin.name[len(head):], patterns)]
+        return inside
 
 
-@lru_cache(maxsize=8)
-def model_shape(name_or_path: str, target_modules: tuple[str, ...], rank: int,
-                ft_modules: tuple[str, ...] | None = None) -> ModelShape:
-    """Build the model on the meta device (no memory, no weights) and measure what the plan needs."""
-    return shape_from_config(name_or_path, config_for(name_or_path), list(target_modules), rank,
-                             list(ft_modules) if ft_modules else None)
-
-
-def _saved_input_features(modules: dict[str, torch.nn.Module], names: list[str]) -> int:
-    """Features per token that the inputs of linears `names` hold, each distinct tensor once
-    (q/k/v read one tensor, gate/up another)."""
+def saved_input_features(linears: list[LinearShape]) -> int:
+    """Features per token that the inputs of `linears` hold for backward, each distinct tensor
+    once (q/k/v read one tensor, gate/up another): what a trainable linear, JARe side branch or
+    LoRA on them saves."""
     inputs = {}
-    for n in names:
-        parent, _, leaf = n.rpartition(".")
-        inputs[(parent, _SHARED_INPUT.get(leaf, leaf))] = modules[n].in_features
+    for lin in linears:
+        parent, _, leaf = lin.name.rpartition(".")
+        inputs[(parent, _SHARED_INPUT.get(leaf, leaf))] = lin.in_features
     return sum(inputs.values())
 
 
-def _full_ft_linears(model: torch.nn.Module, ft_modules: list[str] | None) -> tuple[int, list[str]]:
-    """(trainable parameters, trainable linears' names) of seq_ft, selected by the method's own
-    `mark_trainable` on this meta model, so the plan can never count other layers than it trains."""
-    from pipeline.methods.seq_ft import mark_trainable
+@lru_cache(maxsize=8)
+def model_shape(name_or_path: str) -> ModelShape:
+    """Build the model on the meta device (no memory, no weights) and measure what the plan needs."""
+    return shape_from_config(name_or_path, config_for(name_or_path))
 
+
+def _decoder_prefix(model: torch.nn.Module) -> str | None:
+    """The name of the decoder's block list (`model.layers` in LLaMA), found by identity."""
     try:
-        trained = {id(p) for p in mark_trainable(model, ft_modules)}
-    except AttributeError:  # no get_decoder().layers (not a LLaMA-style model): seq_ft cannot run it
-        return 0, []
-    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and id(m.weight) in trained]
-    model.requires_grad_(False)
-    return sum(p.numel() for p in model.parameters() if id(p) in trained), names
+        layers = model.get_decoder().layers
+    except AttributeError:  # not a LLaMA-style model: full fine-tuning cannot select its blocks
+        return None
+    return next((n for n, m in model.named_modules() if m is layers), None)
 
 
-def shape_from_config(name: str, config: PretrainedConfig, targets: list[str], rank: int,
-                      ft_modules: list[str] | None = None) -> ModelShape:
+def shape_from_config(name: str, config: PretrainedConfig) -> ModelShape:
     """The plan's view of any causal-LM `config`, built on the meta device (about 1 s for 70B)."""
-    from pipeline.jare.inject import find_targets  # the same matching rule as inject_jare
-
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     lm_head = model.get_output_embeddings()
-    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not lm_head}
-    target_names = find_targets(model, targets)
-    modules = dict(model.named_modules())
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    quantized = [m for m in linears.values() if m is not lm_head]
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    target_features = sum(modules[n].in_features + modules[n].out_features for n in target_names)
-    ft_params, ft_names = _full_ft_linears(model, ft_modules)
     return ModelShape(
         name=name,
         total_params=sum(p.numel() for p in model.parameters()),
@@ -180,16 +201,13 @@ def shape_from_config(name: str, config: PretrainedConfig, targets: list[str], r
         num_layers=config.num_hidden_layers,
         q_size=heads * head_dim,
         vocab_size=config.vocab_size,
-        quantizable_params=sum(m.weight.numel() for m in linears.values()),
-        quantizable_rows=sum(m.out_features for m in linears.values()),
+        quantizable_params=sum(m.weight.numel() for m in quantized),
+        quantizable_rows=sum(m.out_features for m in quantized),
         largest_module_params=max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()),
-        largest_linear_params=max((m.weight.numel() for m in linears.values()), default=0),
-        slot_params=rank * target_features,
-        side_input_features=_saved_input_features(modules, target_names),
-        target_features=target_features,
-        ft_params=ft_params,
-        ft_linears=len(ft_names),
-        ft_input_features=_saved_input_features(modules, ft_names),
+        largest_linear_params=max((m.weight.numel() for m in quantized), default=0),
+        linears=tuple(LinearShape(n, m.in_features, m.out_features, sum(p.numel() for p in m.parameters()))
+                      for n, m in linears.items()),
+        decoder_prefix=_decoder_prefix(model),
     )
 
 

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ExperimentConfig
-from pipeline.methods import METHOD_NAMES, get_method
+from pipeline.methods import METHOD_NAMES, registered
 from pipeline.report.format import count, fmt, mean_std, nbytes, table
-from pipeline.report.rows import COMPARED, EvalRows, eval_command, row_labels
+from pipeline.report.rows import COMPARED, EvalRows, row_labels
 from pipeline.state.artifacts import atomic_write_json, atomic_write_text
 from pipeline.state.layout import RunLayout
 from pipeline.state.orders import order_runs
+from pipeline.state.validity import eval_command
 
 
 def _matrix_section(m: dict[str, Any], ev: EvalRows) -> list[str]:
@@ -43,7 +44,7 @@ def _metrics_section(m: dict[str, Any]) -> list[str]:
     if t < 2:
         notes.append("BWT, forgetting and FWT need at least two learned tasks.")
     elif m["untrained"] is None:
-        notes.append(f"FWT needs the untrained row: run `{eval_command(-1, m['method'])}`.")
+        notes.append(f"FWT needs the untrained row: run `{eval_command(m['method'], -1)}`.")
     return ["## Continual-learning metrics", "", *table(["metric", "value", "meaning"], rows), "",
             *[line for note in notes for line in (note, "")]]
 
@@ -76,7 +77,7 @@ def render_report(m: dict[str, Any], ev: EvalRows, comparison: list[str], loss: 
         nxt = m["rows_present"]
         lines += [f"**Partial matrix: {nxt} of {m['rows_expected']} rows.** The metrics cover the "
                   f"{nxt} task(s) learned so far. Next: train task {nxt}, then "
-                  f"`{eval_command(nxt, m['method'])}`, or `slm run --method {m['method']}`.", ""]
+                  f"`{eval_command(m['method'], nxt)}`, or `slm run --method {m['method']}`.", ""]
     lines += _matrix_section(m, ev) + (loss or []) + _metrics_section(m) + _retrieval_section(m)
     return "\n".join(lines + comparison).rstrip() + "\n"
 
@@ -113,9 +114,7 @@ def comparisontable(methods: list[dict[str, Any]], tasks: list[str]) -> list[str
 
 
 def _role(method: str) -> str:
-    if method not in METHOD_NAMES:
-        return ""
-    return get_method(method).role
+    return registered()[method].role if method in METHOD_NAMES else ""
 
 
 def _cost(training: dict[str, Any]) -> list[str]:

@@ -75,7 +75,7 @@ def training_summary(cfg: ExperimentConfig, layout: RunLayout) -> dict[str, Any]
 def capture_warnings(done: list[tuple[int, str, dict[str, Any]]]) -> list[str]:
     """DTKR methods record in each task's DONE how much of every earlier task's held-out queries
     the new task's keys take (top-1); above CAPTURE_WARN those inputs run the wrong slots."""
-    from pipeline.methods.jare import CAPTURE_WARN
+    from pipeline.methods.jare.method import CAPTURE_WARN
 
     return [f"task {i} ({name}) captures {rate:.0%} of {earlier}'s held-out queries"
             for i, name, m in done for earlier, rate in (m.get("capture") or {}).items() if rate > CAPTURE_WARN]

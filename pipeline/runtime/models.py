@@ -13,11 +13,15 @@ import importlib.util
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from pipeline.errors import ConfigError
 from pipeline.state.artifacts import atomic_path
+
+if TYPE_CHECKING:
+    from pipeline.config import ModelSpec
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # load_base_model(ds_config=<ZeRO-3>) builds the base already partitioned (zero.Init), so no GPU
@@ -199,6 +203,11 @@ def release_zero3_loading() -> None:
 
         unset_hf_deepspeed_config()  # explicit: do not rely on when the object is collected
     _ZERO3_HF_CONFIG = None
+
+
+def base_model(spec: ModelSpec, device: torch.device | None = None):
+    """The experiment's frozen base (`model:` section) on `device`, loaded whole."""
+    return load_base_model(spec.name_or_path, spec.dtype, spec.quantization, device)
 
 
 def load_base_model(name: str, dtype: str = "auto", quantization: str = "none", device: torch.device | None = None,

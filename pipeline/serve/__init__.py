@@ -12,3 +12,6 @@
                  the prompt format, response bodies (chat/completions, SSE chunks, usage, errors)
     app.py       the FastAPI app: routes, API key, body limits, 4xx errors, SSE
 """
+
+# Addresses only this machine reaches: serving there needs no API key, and /admin/reload answers them.
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")

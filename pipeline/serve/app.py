@@ -23,13 +23,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from pipeline.config import ServeSpec
 from pipeline.errors import RequestError
+from pipeline.serve import LOOPBACK_HOSTS
 from pipeline.serve.batcher import Batcher, Job
 from pipeline.serve.decode import Row
 from pipeline.serve.protocol import ChatRequest, CompletionRequest, Reply, error_body, parse
 from pipeline.serve.session import InferenceSession
 
 log = logging.getLogger("slm.serve")
-LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
+LOOPBACK = {*LOOPBACK_HOSTS, "testclient"}  # starlette's TestClient connects as "testclient"
 POLL_S = 0.5  # how often a waiting request looks whether its client is still there
 
 
@@ -74,7 +75,7 @@ def create_app(session: InferenceSession, spec: ServeSpec) -> FastAPI:
     @app.get("/v1/models")
     async def models() -> dict:
         info = {"method": session.cfg.method, "tasks": session.tasks, "rejected": dict(session.rejected),
-                "retrieval": session.retrieves and session.merged_task is None, "merged_task": session.merged_task}
+                "retrieval": session.retrieves, "merged_task": session.merged_task}
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": started,
                                             "owned_by": "slm", "slm": info}]}
 
@@ -106,7 +107,7 @@ def create_app(session: InferenceSession, spec: ServeSpec) -> FastAPI:
         ids = session.encode(record)
         job = Job(record, req.task, Row(ids, sampling), asyncio.get_running_loop(), spec.request_timeout_s)
         reply = Reply(chat, model_name, len(ids))
-        extension = (lambda: _extension(job)) if session.retrieves else (lambda: {"method": session.cfg.method})
+        extension = (lambda: _extension(job)) if session.has_slots else (lambda: {"method": session.cfg.method})
         if req.stream:
             job.row.emit = lambda text: job.post("text", text)
             batcher.submit(job)

@@ -11,39 +11,65 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pipeline import preflight
-from pipeline.config import ExperimentConfig, ServeSpec
-from pipeline.state.layout import RunLayout
-from pipeline.state.orders import single_run
+from pipeline.config import ServeSpec
+from pipeline.serve import LOOPBACK_HOSTS
+
+if TYPE_CHECKING:
+    from pipeline.experiment import Experiment
 
 API_KEY_ENV = "SLM_API_KEY"
-LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
-def serve_spec(cfg: ExperimentConfig, args: argparse.Namespace) -> ServeSpec:
+@dataclass(frozen=True)
+class Args:
+    host: str | None = None
+    port: int | None = None
+    api_key: str | None = None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default=None, help="address to listen on (default: serve.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default: serve.port, 8000; 0: any free)")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help=f"clients must send `Authorization: Bearer KEY` (default: ${API_KEY_ENV}, else serve.api_key; "
+                        "none: no check)")
+
+
+def main(experiment: Experiment, args: Args) -> int:
+    exp = experiment.single()
+    preflight.use_faiss_of(exp)
+    return run(exp, serve_spec(exp.cfg.serve, args))
+
+
+def serve_spec(spec: ServeSpec, args: Args) -> ServeSpec:
     """`serve:` of the config with --host / --port applied, and the API key from --api-key, else
     $SLM_API_KEY, else serve.api_key."""
-    key = getattr(args, "api_key", None) or os.environ.get(API_KEY_ENV) or cfg.serve.api_key
-    changes = {k: v for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None)),
-                                 ("api_key", key)) if v is not None}
-    return cfg.serve.model_copy(update=changes)
+    key = args.api_key or os.environ.get(API_KEY_ENV) or spec.api_key
+    changes = {k: v for k, v in (("host", args.host), ("port", args.port), ("api_key", key)) if v is not None}
+    return spec.model_copy(update=changes)
 
 
-def run(cfg: ExperimentConfig, layout: RunLayout, spec: ServeSpec) -> int:
+def run(exp: Experiment, spec: ServeSpec) -> int:
     import uvicorn
 
     from pipeline.serve.app import create_app
     from pipeline.serve.session import load_session
 
+    cfg = exp.cfg
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    session = load_session(cfg, layout)
+    session = load_session(exp)
     if spec.merged_task:
         session.merge_task(spec.merged_task)
     if spec.merged_task:
         mode = f"retrieval off, task {spec.merged_task} merged into W"
     elif session.retrieves:
         mode = f"DTKR retrieval per request, top-{cfg.dtkr.top_k}"
+    elif session.has_slots:
+        mode = "the slots of the task each request names"
     else:
         mode = f"the model after task {session.tasks[-1]} (no retrieval)"
     auth = "API key required" if spec.api_key else "no API key"
@@ -55,9 +81,3 @@ def run(cfg: ExperimentConfig, layout: RunLayout, spec: ServeSpec) -> int:
               f"{API_KEY_ENV} or pass --api-key", flush=True)
     uvicorn.run(create_app(session, spec), host=spec.host, port=spec.port, log_level="info")
     return 0
-
-
-def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:
-    cfg, layout = single_run(cfg, args)
-    preflight.use_faiss_of(cfg)
-    return run(cfg, layout, serve_spec(cfg, args))

@@ -300,11 +300,11 @@ def eos_token_ids(model, tokenizer) -> set[int]:
     return found
 
 
-def generate_one(session, record: dict, max_new_tokens: int) -> tuple[str, list[dict]]:
-    """Greedy answer to one {instruction, input} with its retrieved slots: what `slm generate`
-    prints, and what the server answers for the same prompt."""
+def generate_one(session, record: dict, max_new_tokens: int, task: str | None = None) -> tuple[str, list[dict]]:
+    """Greedy answer to one {instruction, input} with its retrieved slots (or task `task`'s): what
+    `slm generate` prints, and what the server answers for the same prompt."""
     ids = session.encode(record, truncate=True)
-    routed = session.route([record], [None])
+    routed = session.route([record], [task])
     row = Row(ids, Sampling(max_new_tokens))
     decode(session, [row], routed.routing)
     return row.text, routed.retrieval[0]

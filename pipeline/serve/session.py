@@ -1,13 +1,14 @@
 """InferenceSession: the model (and, for JARe methods, its DTKR router) and the tokenizer, loaded once.
 
 `slm generate` (one prompt) and `slm serve` (batches of concurrent requests) both answer through
-a session, so the same prompt gets the same tokens from either. The model comes from the method
-registry's predictor (`load_session` is the one place that asks it), so every method serves:
-JARe methods route each row to its own retrieved slots through the side branch; the LoRA
-baselines, multitask and seq_ft answer with the one model they have after their last task.
+a session, so the same prompt gets the same tokens from either. The model comes from the experiment's
+method (`load_session` is the one place that asks it for a predictor), so every method serves:
+methods with slots route each row to its own retrieved slots (or the task a request names)
+through the side branch; the LoRA baselines, multitask and seq_ft answer with the one model they
+have after their last task.
 
-Tasks finished while a session runs are added by `refresh`: JARe methods add the task's slots to
-the bank and its keys to the router's KeyStore; the others load the model of the newest finished
+Tasks finished while a session runs are added by `refresh`: methods with slots add the task's slots to
+the bank and its keys to the router; the others load the model of the newest finished
 task in place of the old one. Either only after the task's DONE hashes check out, and only from
 the thread that runs the model, between batches, so a batch in flight finishes on the model it
 began with.
@@ -17,19 +18,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
-from pipeline.adapters import load_keys
-from pipeline.config import ExperimentConfig
+from pipeline.dtkr.key_files import load_keys
 from pipeline.errors import ConfigError, RequestError, SlmError, StageInputError
 from pipeline.jare.routing import Routing
-from pipeline.methods import get_method
 from pipeline.prompts.batching import prompts
 from pipeline.prompts.truncation import TokenCaps, fit_prompt
 from pipeline.state import validity
 from pipeline.state.artifacts import read_done
-from pipeline.state.layout import RunLayout
+from pipeline.state.validity import done_tasks
+
+if TYPE_CHECKING:
+    from pipeline.experiment import Experiment
 
 log = logging.getLogger("slm.serve")
 
@@ -49,26 +52,31 @@ class BatchRouting:
 
 
 class InferenceSession:
-    def __init__(self, cfg: ExperimentConfig, layout: RunLayout, model, bank, router, tokenizer,
-                 device: torch.device, n_tasks: int | None = None) -> None:
-        self.cfg, self.layout = cfg, layout
-        self.method = get_method(cfg.method)  # resolved once for the session's validity checks
+    def __init__(self, exp: Experiment, model, bank, router, tokenizer, device: torch.device,
+                 n_tasks: int | None = None) -> None:
+        self.exp = exp
+        self.cfg, self.layout, self.method = exp.cfg, exp.layout, exp.method
         self.model, self.bank, self.router, self.tokenizer = model, bank, router, tokenizer
         self.device = device
-        self.caps = TokenCaps.of(cfg.model)
+        self.caps = TokenCaps.of(exp.cfg.model)
         self.rejected: dict[str, str] = {}  # task -> why it is not loaded (latest refresh)
         self.merged_task: str | None = None
         self._merged_retrieval: list[dict] = []
         self._n_tasks = n_tasks if bank is None else None  # methods without slots: tasks learned so far
 
     @property
+    def has_slots(self) -> bool:
+        """Answers come from per-task slots, routed per row (and report which slots they used)."""
+        return self.bank is not None
+
+    @property
     def retrieves(self) -> bool:
-        """Whether answers come from DTKR retrieval (and report which slots they used)."""
-        return self.router is not None
+        """A request without a task retrieves its slots by DTKR (the method retrieves, nothing is merged)."""
+        return self.method.retrieves and self.merged_task is None
 
     @property
     def tasks(self) -> list[str]:
-        if self.bank is None:
+        if not self.has_slots:
             return [t.name for t in self.cfg.tasks[: self._n_tasks]]
         return list(self.bank.task_names)
 
@@ -93,9 +101,13 @@ class InferenceSession:
         return ids
 
     def check_task(self, task: str | None) -> None:
+        """Refuse a request's `task` this session cannot honour (RequestError), before it is queued."""
         if task is None:
+            if self.has_slots and not self.retrieves and self.merged_task is None:
+                raise RequestError(f"method {self.cfg.method} answers with the true task's slots and retrieves "
+                                   f"nothing: name the task (one of {', '.join(self.tasks)})", param="task")
             return
-        if self.router is None:
+        if not self.has_slots:
             raise RequestError(f"method {self.cfg.method} answers every request with one model (after task "
                                f"{self.tasks[-1]}); it has no per-task slots to force", param="task")
         if self.merged_task is not None:
@@ -108,7 +120,7 @@ class InferenceSession:
     def route(self, records: list[dict], forced: list[str | None]) -> BatchRouting:
         """Per-row slots: DTKR retrieval over every loaded task, or over the forced task's slots
         only (the oracle). Rows forced to one task are routed together, the rest together."""
-        if self.router is None:
+        if not self.has_slots:
             return BatchRouting(None, [[] for _ in records])
         if self.merged_task is not None:
             return BatchRouting(None, [self._merged_retrieval for _ in records])
@@ -133,16 +145,13 @@ class InferenceSession:
     # ---- retrieval off ------------------------------------------------------------------------
     def merge_task(self, name: str) -> None:
         """Merge task `name`'s slots (equal weights, i.e. one adapter of rank P*r) into W for good."""
-        if self.bank is None:
-            raise ConfigError(f"serve.merged_task is for the JARe methods (slm, oracle_task_id); method "
-                              f"{self.cfg.method} already answers with one merged model", hint="drop serve.merged_task")
+        if not self.has_slots:
+            raise ConfigError(f"serve.merged_task is for the methods with per-task slots (slm, oracle_task_id); "
+                              f"method {self.cfg.method} already answers with one merged model",
+                              hint="drop serve.merged_task")
         if name not in self.bank.task_names:
             raise ConfigError(f"serve.merged_task {name!r} is not a loaded task; loaded: {', '.join(self.tasks)}")
-        t = self.bank.task_names.index(name)
-        one = Routing.single_task(t, self.bank.shape.slots_per_task, 1)
-        for layer in self.bank.layers.values():
-            layer.merge(one.slot_ids[0], one.weights[0])
-        self.bank.set_routing(None)
+        self.bank.merge_task(self.bank.task_names.index(name))
         self.merged_task = name
         p = self.bank.shape.slots_per_task
         self._merged_retrieval = [{"task": name, "slot": s, "weight": 1.0 / p} for s in range(p)]
@@ -152,7 +161,7 @@ class InferenceSession:
         """Load every task after the loaded ones whose DONE is there and whose files hash as recorded,
         in order; the first that fails is reported (and retried on the next refresh), later ones wait."""
         update = TaskUpdate()
-        if self.bank is None:
+        if not self.has_slots:
             return self._refresh_model(update)
         while len(self.bank.task_names) < len(self.cfg.tasks):
             t = len(self.bank.task_names)
@@ -176,16 +185,13 @@ class InferenceSession:
 
     def _refresh_model(self, update: TaskUpdate) -> TaskUpdate:
         """A method without slots: the model of the newest finished task replaces the current one."""
-        from pipeline.methods import get_method
-        from pipeline.state.validity import done_tasks
-
-        n = done_tasks(self.cfg, self.layout)
+        n = done_tasks(self.exp)
         if n <= (self._n_tasks or 0):
             return update
         name = self.cfg.tasks[n - 1].name
         try:
-            validity.require_tasks(self.cfg, self.method, self.layout, n)
-            self.model = get_method(self.cfg.method).predictor(self.cfg, self.layout, n - 1, self.device).model.eval()
+            validity.require_tasks(self.exp, n)
+            self.model = self.method.predictor(self.exp, n - 1, self.device).model.eval()
         except SlmError as e:
             update.rejected[name] = str(e)
             if self.rejected.get(name) != str(e):
@@ -199,12 +205,12 @@ class InferenceSession:
         return update
 
     def _load_task(self, t: int, name: str) -> None:
-        validity.require_task(self.cfg, self.method, self.layout, t)  # DONE, its files, and built from these inputs
+        validity.require_task(self.exp, t)  # DONE, its files, and built from these inputs
         d = self.cfg.dtkr
         keys = load_keys(self.layout.keys_file(t, name), d.encoder, d.groups)
         self.bank.load_task(name, self.layout.adapter_file(t, name), expect_meta={"task": name})
         try:
-            self.router.store.add_task(name, keys)
+            self.router.add_task(name, keys)
         except Exception:
             self.bank.remove_task(name)  # keep the bank and the store in step
             raise
@@ -219,57 +225,52 @@ def _stack(parts: dict[int, tuple[list[int], list[float]]], n: int, task: int | 
     return Routing(torch.tensor(ids, dtype=torch.long), torch.tensor(ws, dtype=torch.float32), task)
 
 
-def load_session(cfg: ExperimentConfig, layout: RunLayout, device: torch.device | None = None) -> InferenceSession:
-    """The model of every finished task (through the method registry), its router and tokenizer.
+def load_session(exp: Experiment, device: torch.device | None = None) -> InferenceSession:
+    """The model of every finished task (through the experiment's method), its router and tokenizer.
 
-    JARe methods need `slm index` over at least the first task; finished tasks the index does not
-    cover yet are loaded from their own folders (as `refresh` does for tasks finished later).
+    Methods with slots need `slm index` over at least the first task; finished tasks the index does
+    not cover yet are loaded from their own folders (as `refresh` does for tasks finished later).
     """
-    from pipeline.methods import get_method
     from pipeline.runtime.models import default_device, load_tokenizer
-    from pipeline.state.validity import done_tasks
 
-    method = get_method(cfg.method)
-    if not method.learns_keys:
-        return _one_model_session(cfg, layout, device or default_device())
-    n = min(done_tasks(cfg, layout), _indexed_tasks(layout))
+    cfg, layout, method = exp.cfg, exp.layout, exp.method
+    device = device or default_device()
+    if not method.has_slots:
+        return _one_model_session(exp, device)
+    n = min(done_tasks(exp), _indexed_tasks(layout))
     if n == 0:
         raise StageInputError(f"no finished, indexed task under {layout.root}: run `slm run` (or `slm train "
                               "--task 0` and `slm index`) before `slm serve`")
-    validity.require_tasks(cfg, method, layout, n)  # each DONE, its files, and built from the current inputs
-    device = device or default_device()
-    predictor = method.predictor(cfg, layout, n - 1, device)
+    validity.require_tasks(exp, n)  # each DONE, its files, and built from the current inputs
+    predictor = method.predictor(exp, n - 1, device)
     if predictor.bank is None or predictor.router is None:
         raise ConfigError(f"method {cfg.method!r} gives no JARe bank and router to serve")
     for extra in predictor.router.tasks[n:]:  # indexed, but its DONE is gone (being retrained?)
         log.warning("serve: task %s is in the index but not DONE; not served until it is", extra)
-        predictor.router.store.remove_task(extra)
+        predictor.router.remove_task(extra)
     if predictor.router.tasks != predictor.bank.task_names:
         raise StageInputError(f"the index in {layout.index} holds tasks {predictor.router.tasks}, the model "
                               f"{predictor.bank.task_names}: rerun `slm index`")
     predictor.model.eval()
-    session = InferenceSession(cfg, layout, predictor.model, predictor.bank, predictor.router,
+    session = InferenceSession(exp, predictor.model, predictor.bank, predictor.router,
                                load_tokenizer(cfg.model.name_or_path), device)
     session.refresh()
     return session
 
 
-def _one_model_session(cfg: ExperimentConfig, layout: RunLayout, device: torch.device) -> InferenceSession:
+def _one_model_session(exp: Experiment, device: torch.device) -> InferenceSession:
     """A method without slots (LoRA baselines, multitask, seq_ft): its model after the last finished task."""
-    from pipeline.methods import get_method
     from pipeline.runtime.models import load_tokenizer
-    from pipeline.state.validity import done_tasks
 
-    n = done_tasks(cfg, layout)
+    n = done_tasks(exp)
     if n == 0:
-        raise StageInputError(f"no finished task under {layout.root}: run `slm run --method {cfg.method}` (or "
-                              f"`slm train --task 0 --method {cfg.method}`) before `slm serve`")
-    method = get_method(cfg.method)
-    validity.require_tasks(cfg, method, layout, n)
-    model = method.predictor(cfg, layout, n - 1, device).model.eval()
-    return InferenceSession(cfg, layout, model, None, None, load_tokenizer(cfg.model.name_or_path), device, n)
+        raise StageInputError(f"no finished task under {exp.layout.root}: run `slm run --method {exp.cfg.method}` "
+                              f"(or `slm train --task 0 --method {exp.cfg.method}`) before `slm serve`")
+    validity.require_tasks(exp, n)
+    model = exp.method.predictor(exp, n - 1, device).model.eval()
+    return InferenceSession(exp, model, None, None, load_tokenizer(exp.cfg.model.name_or_path), device, n)
 
 
-def _indexed_tasks(layout: RunLayout) -> int:
+def _indexed_tasks(layout) -> int:
     marker = read_done(layout.index)
     return len(marker.get("tasks", [])) if marker else 0

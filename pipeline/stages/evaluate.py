@@ -14,50 +14,79 @@ that no longer matches is scored again. Runs under the writer lock of the output
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
 
 from pipeline import metrics, preflight
-from pipeline.adapters import base_model
 from pipeline.config import ExperimentConfig
 from pipeline.data.prepared import load_prepared, read_manifest
 from pipeline.errors import StageInputError
-from pipeline.methods import get_method
 from pipeline.methods.base import Predictor
 from pipeline.prompts.batching import TokenCaps, collate, encode_prompts_left_padded, tokenize_for_training
-from pipeline.runtime.models import default_device, load_tokenizer
+from pipeline.runtime.models import base_model, default_device, load_tokenizer
+from pipeline.stages import CHECK_HELP
 from pipeline.state import validity
 from pipeline.state.artifacts import DONE_FORMAT, atomic_write_json
-from pipeline.state.layout import RunLayout
 from pipeline.state.locks import writer_stage
-from pipeline.state.orders import single_run
 from pipeline.state.validity import done_tasks, read_row
 
-
-def run(cfg: ExperimentConfig, layout: RunLayout, after: int) -> int:
-    preflight.use_faiss_of(cfg)
-    with writer_stage(layout):
-        return _run(cfg, layout, after)
+if TYPE_CHECKING:
+    from pipeline.experiment import Experiment
 
 
-def _run(cfg: ExperimentConfig, layout: RunLayout, after: int) -> int:
-    n_done = done_tasks(cfg, layout)
+@dataclass(frozen=True)
+class Args:
+    after: int | None = None
+    check: bool = False
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--after", type=int, default=None, metavar="I",
+                   help="row of the matrix: scores after training task I; -1 = untrained model "
+                        "(default: the last finished task)")
+    p.add_argument("--check", action="store_true", help=CHECK_HELP)
+
+
+def main(experiment: Experiment, args: Args) -> int:
+    exp = experiment.single()
+    after = args.after
+    if args.check:
+        last = done_tasks(exp) - 1
+        return preflight.check(exp, "eval", after if after is not None else (last if last >= 0 else None))
+    if after is None:
+        after = done_tasks(exp) - 1
+        if after < 0:
+            raise StageInputError(f"no task is DONE under {exp.layout.root / 'tasks'}: run `slm train --task 0` "
+                                  "first, or `slm eval --after -1` for the untrained model")
+    return run(exp, after)
+
+
+def run(exp: Experiment, after: int) -> int:
+    preflight.use_faiss_of(exp)
+    with writer_stage(exp.layout):
+        return _run(exp, after)
+
+
+def _run(exp: Experiment, after: int) -> int:
+    cfg, layout = exp.cfg, exp.layout
+    n_done = done_tasks(exp)
     if after >= n_done:
         raise StageInputError(f"cannot evaluate after task {after}: only {n_done} task(s) are DONE under "
                               f"{layout.root / 'tasks'}; run `slm train --task {n_done}` first")
-    method = get_method(cfg.method)
-    validity.require_tasks(cfg, method, layout, after + 1)  # before any adapter or key is loaded
-    if after >= 0 and method.learns_keys:
-        validity.require_index(cfg, layout, after + 1)
-    inputs = validity.eval_inputs(cfg, method, layout, after)
+    validity.require_tasks(exp, after + 1)  # before any adapter or key is loaded
+    if after >= 0 and exp.method.learns_keys:
+        validity.require_index(exp, after + 1)
+    inputs = validity.eval_inputs(exp, after)
     row = read_row(layout, after)
-    if row is not None and validity.problem_of(lambda: validity.require_row(cfg, method, layout, after, row)) is None:
+    if row is not None and validity.problem_of(lambda: validity.require_row(exp, after, row)) is None:
         print(f"eval: row {after} already done ({layout.eval_row(after)})")
         return 0
     prepared = load_prepared(cfg, layout)
     labels = {n: t.get("labels") for n, t in read_manifest(layout)["tasks"].items()}
-    scorer = Scorer(cfg, layout, after)
+    scorer = Scorer(exp, after)
     row = {"after": after, "method": cfg.method, "tasks": [t.name for t in cfg.tasks], "scores": {},
            "metric": {}, "n_records": {}, "predictions": {}}
     confusion = [[0] * len(cfg.tasks) for _ in cfg.tasks]
@@ -72,7 +101,7 @@ def _run(cfg: ExperimentConfig, layout: RunLayout, after: int) -> int:
             confusion[j][s] += 1
         print(f"eval after {after}: {task.name:<16} {task.metric:<12} {row['scores'][task.name]:.3f}")
     row["retrieval"] = _retrieval_summary(cfg, after, confusion, scorer.retrieves)
-    row.update(format=DONE_FORMAT, inputs=inputs, settings=validity.eval_settings(cfg, method))
+    row.update(format=DONE_FORMAT, inputs=inputs, settings=validity.eval_settings(exp))
     atomic_write_json(layout.eval_row(after), row)
     print(f"eval: row {after} -> {layout.eval_row(after)}")
     from pipeline.tracking import log_eval_row
@@ -95,16 +124,18 @@ class Scorer:
     """The model of one row (the untrained base, or the method's model after task `after`) and
     how to route and score a batch with it."""
 
-    def __init__(self, cfg: ExperimentConfig, layout: RunLayout, after: int) -> None:
+    def __init__(self, exp: Experiment, after: int) -> None:
+        cfg = exp.cfg
         self.cfg, self.after = cfg, after
         self.device = default_device()
         self.tokenizer = load_tokenizer(cfg.model.name_or_path)
         if after < 0:
-            self.predictor = Predictor(base_model(cfg, self.device))
+            self.predictor = Predictor(base_model(cfg.model, self.device))
         else:
-            self.predictor = get_method(cfg.method).predictor(cfg, layout, after, self.device)
+            self.predictor = exp.method.predictor(exp, after, self.device)
         self.model = self.predictor.model.eval()
-        self.retrieves = self.predictor.top1_tasks is not None
+        # The untrained model routes nothing; a method that retrieves reports how well it did.
+        self.retrieves = exp.method.retrieves and after >= 0
 
     @torch.no_grad()
     def predict(self, j: int, records: list[dict], labels: list[str] | None) -> tuple[list[str], list[int]]:
@@ -145,17 +176,3 @@ class Scorer:
         logp = torch.log_softmax(logits.float(), -1).gather(-1, target.clamp_min(0)[..., None])[..., 0]
         total = (logp * (target >= 0)).sum(-1).view(len(batch), len(labels))
         return [labels[i] for i in total.argmax(-1).tolist()]
-
-
-def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:
-    cfg, layout = single_run(cfg, args)
-    after = args.after
-    if getattr(args, "check", False):
-        last = done_tasks(cfg, layout) - 1
-        return preflight.check(cfg, layout, "eval", after if after is not None else (last if last >= 0 else None))
-    if after is None:
-        after = done_tasks(cfg, layout) - 1
-        if after < 0:
-            raise StageInputError(f"no task is DONE under {layout.root / 'tasks'}: run `slm train --task 0` first, "
-                                  "or `slm eval --after -1` for the untrained model")
-    return run(cfg, layout, after)

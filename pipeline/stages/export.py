@@ -11,28 +11,51 @@ merged in, a plain transformers folder with the tokenizer. See docs/export.md.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.config import ExperimentConfig
 from pipeline.errors import StageInputError
-from pipeline.export import write_merged_model, write_model_copy, write_peft_adapter
-from pipeline.methods import get_method
+from pipeline.peft_export import write_merged_model, write_model_copy, write_peft_adapter
 from pipeline.runtime.models import resolve_model_path
 from pipeline.state import validity
 from pipeline.state.layout import RunLayout
-from pipeline.state.orders import single_run
 from pipeline.state.validity import done_tasks
+
+if TYPE_CHECKING:
+    from pipeline.experiment import Experiment
+
+
+@dataclass(frozen=True)
+class Args:
+    task: list[str] | None = None
+    merged: bool = False
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", action="append", metavar="NAME|I",
+                   help="a task to export, by name or 0-based index (repeatable; default: every DONE task)")
+    p.add_argument("--merged", action="store_true",
+                   help="also write the base model with the adapter merged in (save_pretrained folder)")
+
+
+def main(experiment: Experiment, args: Args) -> int:
+    exp = experiment.single()
+    run(exp, chosen_tasks(exp, args.task), merged=args.merged)
+    return 0
 
 
 def export_dir(layout: RunLayout, t: int, name: str, merged: bool = False) -> Path:
     return layout.root / "export" / f"{t}-{name}{'-merged' if merged else ''}"
 
 
-def chosen_tasks(cfg: ExperimentConfig, layout: RunLayout, wanted: list[str] | None) -> list[int]:
+def chosen_tasks(exp: Experiment, wanted: list[str] | None) -> list[int]:
     """Task indices from names or 0-based indices (default: every DONE task), each DONE."""
-    n = done_tasks(cfg, layout)
+    cfg = exp.cfg
+    n = done_tasks(exp)
     if n == 0:
-        raise StageInputError(f"no task is DONE under {layout.root / 'tasks'}: train first (`slm run`)")
+        raise StageInputError(f"no task is DONE under {exp.layout.root / 'tasks'}: train first (`slm run`)")
     if not wanted:
         return list(range(n))
     names = [t.name for t in cfg.tasks]
@@ -49,14 +72,14 @@ def chosen_tasks(cfg: ExperimentConfig, layout: RunLayout, wanted: list[str] | N
     return out
 
 
-def run(cfg: ExperimentConfig, layout: RunLayout, tasks: list[int], merged: bool = False) -> list[Path]:
+def run(exp: Experiment, tasks: list[int], merged: bool = False) -> list[Path]:
     """Export each task in `tasks`; returns the folders written."""
-    method = get_method(cfg.method)
-    validity.require_tasks(cfg, method, layout, max(tasks) + 1)  # DONE, intact, built from the current inputs
+    cfg, layout, method = exp.cfg, exp.layout, exp.method
+    validity.require_tasks(exp, max(tasks) + 1)  # DONE, intact, built from the current inputs
     written = []
     for t in tasks:
         name = cfg.tasks[t].name
-        exported = method.export(cfg, layout, t)
+        exported = method.export(exp, t)
         folder = export_dir(layout, t, name)
         info = {"experiment": cfg.name, "method": cfg.method, "task": name, "index": t,
                 "base_model": cfg.model.name_or_path, "holds": exported.describes, **exported.info}
@@ -76,10 +99,10 @@ def run(cfg: ExperimentConfig, layout: RunLayout, tasks: list[int], merged: bool
 
 
 def _merge(cfg: ExperimentConfig, layout: RunLayout, t: int, adapter_dir: Path, info: dict) -> Path:
-    from pipeline.adapters import base_model
+    from pipeline.runtime.models import base_model
 
     folder = export_dir(layout, t, cfg.tasks[t].name, merged=True)
-    write_merged_model(folder, base_model(cfg), adapter_dir, _tokenizer(cfg), info)
+    write_merged_model(folder, base_model(cfg.model), adapter_dir, _tokenizer(cfg), info)
     print(f"export: task {t} ({cfg.tasks[t].name}) merged -> {folder}")
     return folder
 
@@ -88,9 +111,3 @@ def _tokenizer(cfg: ExperimentConfig):
     from pipeline.runtime.models import load_tokenizer
 
     return load_tokenizer(cfg.model.name_or_path)
-
-
-def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:
-    cfg, layout = single_run(cfg, args)
-    run(cfg, layout, chosen_tasks(cfg, layout, args.task), merged=bool(args.merged))
-    return 0

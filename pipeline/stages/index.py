@@ -8,37 +8,56 @@ index files, before use. Runs under the writer lock of the output folder.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pipeline import preflight
-from pipeline.adapters import load_keys
-from pipeline.config import ExperimentConfig
+from pipeline.dtkr.key_files import load_keys
 from pipeline.errors import StageInputError
-from pipeline.methods import get_method
+from pipeline.stages import CHECK_HELP
 from pipeline.state import validity
 from pipeline.state.artifacts import read_done, write_done
-from pipeline.state.layout import RunLayout
 from pipeline.state.locks import writer_stage
-from pipeline.state.orders import single_run
-from pipeline.state.validity import done_tasks
+
+if TYPE_CHECKING:
+    from pipeline.experiment import Experiment
 
 
-def run(cfg: ExperimentConfig, layout: RunLayout) -> int:
-    if not get_method(cfg.method).learns_keys:
-        print(f"index: method {cfg.method} has no DTKR keys; nothing to index")
+@dataclass(frozen=True)
+class Args:
+    check: bool = False
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--check", action="store_true", help=CHECK_HELP)
+
+
+def main(experiment: Experiment, args: Args) -> int:
+    exp = experiment.single()
+    if args.check:
+        return preflight.check(exp, "index")
+    return run(exp)
+
+
+def run(exp: Experiment) -> int:
+    if not exp.method.learns_keys:
+        print(f"index: method {exp.cfg.method} has no DTKR keys; nothing to index")
         return 0
-    build = preflight.use_faiss_of(cfg)
-    print(f"index: {build.describe()}; searches on the {'GPU' if build.searches_on_gpu(cfg.dtkr.faiss) else 'CPU'} "
-          f"(dtkr.faiss={cfg.dtkr.faiss})")
-    with writer_stage(layout):
-        return _build(cfg, layout)
+    build = preflight.use_faiss_of(exp)
+    faiss = exp.cfg.dtkr.faiss
+    print(f"index: {build.describe()}; searches on the {'GPU' if build.searches_on_gpu(faiss) else 'CPU'} "
+          f"(dtkr.faiss={faiss})")
+    with writer_stage(exp.layout):
+        return _build(exp)
 
 
-def _build(cfg: ExperimentConfig, layout: RunLayout) -> int:
-    n = valid_tasks(cfg, layout)
-    inputs = validity.index_inputs(cfg, layout, n)
+def _build(exp: Experiment) -> int:
+    cfg, layout = exp.cfg, exp.layout
+    n = valid_tasks(exp)
+    inputs = validity.index_inputs(exp, n)
     if read_done(layout.index) is not None:
         problem = validity.problem_of(lambda: validity.require_valid(
-            layout.index, "index", validity.index_command(cfg), inputs, validity.labeller(cfg, layout)))
+            layout.index, "index", validity.index_command(exp.cfg.method), inputs, validity.labeller(exp)))
         if problem is None:
             print(f"index: already up to date with {n} task(s) ({layout.index})")
             return 0
@@ -51,7 +70,7 @@ def _build(cfg: ExperimentConfig, layout: RunLayout) -> int:
         name = cfg.tasks[j].name
         keys = load_keys(layout.keys_file(j, name), d.encoder, d.groups)
         if store is None:
-            store = KeyStore(keys.shape[1] * keys.shape[2], d.groups, get_method(cfg.method).key_slots(cfg), d.encoder)
+            store = KeyStore(keys.shape[1] * keys.shape[2], d.groups, exp.method.key_slots(cfg), d.encoder)
         store.add_task(name, keys)
     assert store is not None
     store.save(layout.index)
@@ -60,27 +79,19 @@ def _build(cfg: ExperimentConfig, layout: RunLayout) -> int:
     return 0
 
 
-def valid_tasks(cfg: ExperimentConfig, layout: RunLayout) -> int:
+def valid_tasks(exp: Experiment) -> int:
     """How many leading tasks are DONE and match the config (their keys verified). A stale task
     after them (task 0 was just retrained by `slm run --restart`) is left out with a warning; a
     stale first task is an error, as is no finished task."""
-    n = done_tasks(cfg, layout)
-    method = get_method(cfg.method)
+    n = validity.done_tasks(exp)
     if n == 0:
-        raise StageInputError(f"no task is DONE under {layout.root / 'tasks'}: run `slm train --task 0` "
+        raise StageInputError(f"no task is DONE under {exp.layout.root / 'tasks'}: run `slm train --task 0` "
                               "(or `slm run`) before `slm index`")
     for j in range(n):
-        problem = validity.problem_of(lambda j=j: validity.require_task(cfg, method, layout, j))
+        problem = validity.problem_of(lambda j=j: validity.require_task(exp, j))
         if problem and j == 0:
-            validity.require_task(cfg, method, layout, 0)  # raises, with its hint
+            validity.require_task(exp, 0)  # raises, with its hint
         if problem:
             print(f"warning: index: {problem}; indexing tasks 0..{j - 1} only")
             return j
     return n
-
-
-def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:
-    cfg, layout = single_run(cfg, args)
-    if getattr(args, "check", False):
-        return preflight.check(cfg, layout, "index")
-    return run(cfg, layout)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
@@ -21,7 +22,6 @@ from pipeline.config import ExperimentConfig
 from pipeline.data.build import PreparedTask, build_task, length_stats, token_lengths
 from pipeline.data.prepared import (
     STAGE,
-    load_prepared,
     prepare_inputs,
     prepared_up_to_date,
     read_manifest,
@@ -30,6 +30,7 @@ from pipeline.data.prepared import (
 from pipeline.data.records import COLUMNS, HISTORY, records_sha256
 from pipeline.data.synthetic import describe_generators
 from pipeline.prompts.truncation import TokenCaps
+from pipeline.stages import CHECK_HELP
 from pipeline.state.artifacts import (
     atomic_path,
     atomic_write_json,
@@ -38,37 +39,48 @@ from pipeline.state.artifacts import (
 )
 from pipeline.state.layout import RunLayout
 from pipeline.state.locks import data_lock
-from pipeline.state.orders import selected_runs
 
-# load_prepared is re-exported: later stages may take it from here or from pipeline.data.prepared.
-__all__ = ["load_prepared", "main", "run"]
+if TYPE_CHECKING:
+    from pipeline.experiment import Experiment
+
+@dataclass(frozen=True)
+class Args:
+    force: bool = False
+    list_synthetic: bool = False
+    check: bool = False
 
 
-def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:
-    if getattr(args, "list_synthetic", False):
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="rebuild even if data is DONE")
+    p.add_argument("--list-synthetic", action="store_true", help="list the built-in synthetic task generators and exit")
+    p.add_argument("--check", action="store_true", help=CHECK_HELP)
+
+
+def main(experiment: Experiment, args: Args) -> int:
+    if args.list_synthetic:
         print(describe_generators())
         return 0
     # Each task order (or seed) is its own experiment in its own folder, data included: the folder
     # `slm train --order NAME` reads (pipeline.state.orders).
     worst = 0
-    for name, run_cfg in selected_runs(cfg, args):
-        if name:
-            print(f"prepare: order {name!r} -> {run_cfg.output_dir}")
-        if getattr(args, "check", False):
-            worst = max(worst, preflight.check(run_cfg, RunLayout.of(run_cfg), "prepare"))
+    for exp in experiment.runs():
+        if exp.run_name:
+            print(f"prepare: order {exp.run_name!r} -> {exp.cfg.output_dir}")
+        if args.check:
+            worst = max(worst, preflight.check(exp, "prepare"))
         else:
-            run(run_cfg, RunLayout.of(run_cfg), force=bool(getattr(args, "force", False)))
+            run(exp, force=args.force)
     return worst
 
 
-def run(cfg: ExperimentConfig, layout: RunLayout, force: bool = False) -> dict[str, Any]:
-    """Prepare every task of `cfg` (idempotent) and return the manifest.
+def run(exp: Experiment, force: bool = False) -> dict[str, Any]:
+    """Prepare every task of the experiment (idempotent) and return the manifest.
 
     Holds the data lock throughout: a second prepare of the same output_dir waits for this one,
     then finds the data DONE instead of building it again.
     """
-    with data_lock(layout):
-        return _prepare(cfg, layout, force)
+    with data_lock(exp.layout):
+        return _prepare(exp.cfg, exp.layout, force)
 
 
 def _prepare(cfg: ExperimentConfig, layout: RunLayout, force: bool) -> dict[str, Any]:

@@ -13,40 +13,50 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from pipeline.config import ExperimentConfig
 from pipeline.report.markdown import write_orders_summary
-from pipeline.stages import evaluate, index, prepare, report, train
-from pipeline.state.layout import RunLayout
+from pipeline.stages import RESTART_HELP, evaluate, index, prepare, report, train
 from pipeline.state.locks import writer_stage
-from pipeline.state.orders import order_runs, selected_runs
+
+if TYPE_CHECKING:
+    from pipeline.experiment import Experiment
 
 
-def run(cfg: ExperimentConfig, layout: RunLayout, restart: bool = False) -> int:
-    start = time.time()
-    with writer_stage(layout):  # before prepare: a second run fails at once, not after the data
-        prepare.run(cfg, layout)
-        for i in range(len(cfg.tasks)):
-            status = train.run(cfg, layout, i, restart=restart)
-            if status != 0:
-                return status
-            index.run(cfg, layout)
-            evaluate.run(cfg, layout, i)
-        evaluate.run(cfg, layout, -1)
-        report.run(cfg, layout)
-    print(f"run: {cfg.method} finished in {time.time() - start:.0f} s; report: {layout.eval / 'report.md'}")
+@dataclass(frozen=True)
+class Args:
+    restart: bool = False
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--restart", action="store_true", help=RESTART_HELP)
+
+
+def main(experiment: Experiment, args: Args) -> int:
+    """Every order/seed run of the experiment (or the one `--order` names), each into its own folder."""
+    for exp in experiment.runs():
+        if exp.run_name:
+            print(f"run: order {exp.run_name!r} -> {exp.cfg.output_dir}")
+        status = run(exp, restart=args.restart)
+        if status != 0:
+            return status
+    if experiment.has_runs:
+        print(f"run: over all runs: {write_orders_summary(experiment.cfg, experiment.layout.base)}")
     return 0
 
 
-def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:
-    """Every order/seed run of the experiment (or the one `--order` names), each into its own folder."""
-    runs = selected_runs(cfg, args)
-    for name, run_cfg in runs:
-        if name:
-            print(f"run: order {name!r} -> {run_cfg.output_dir}")
-        status = run(run_cfg, RunLayout.of(run_cfg), restart=bool(getattr(args, "restart", False)))
-        if status != 0:
-            return status
-    if len(order_runs(cfg)) > 1:
-        print(f"run: over all runs: {write_orders_summary(cfg, layout.base)}")
+def run(exp: Experiment, restart: bool = False) -> int:
+    start = time.time()
+    with writer_stage(exp.layout):  # before prepare: a second run fails at once, not after the data
+        prepare.run(exp)
+        for i in range(len(exp.cfg.tasks)):
+            status = train.run(exp, i, restart=restart)
+            if status != 0:
+                return status
+            index.run(exp)
+            evaluate.run(exp, i)
+        evaluate.run(exp, -1)
+        report.run(exp)
+    print(f"run: {exp.cfg.method} finished in {time.time() - start:.0f} s; report: {exp.layout.eval / 'report.md'}")
     return 0

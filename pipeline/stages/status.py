@@ -16,15 +16,16 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import slurm
 from pipeline.config import ExperimentConfig
-from pipeline.methods import get_method
 from pipeline.state import locks, validity
 from pipeline.state.artifacts import is_done
 from pipeline.state.layout import RunLayout
-from pipeline.state.orders import selected_runs
+
+if TYPE_CHECKING:
+    from pipeline.experiment import Experiment
 
 RUNNING_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STAGE_OUT", "SIGNALING"}
 QUERY_TIMEOUT_S = 30
@@ -133,26 +134,26 @@ def _array_task(view: dict[tuple[str, int | None], JobState], job_id: str, task:
     return job
 
 
-def task_rows(cfg: ExperimentConfig, layout: RunLayout, jobs: dict[str, Any] | None,
+def task_rows(exp: Experiment, jobs: dict[str, Any] | None,
               view: dict[tuple[str, int | None], JobState]) -> list[list[str]]:
+    cfg, layout = exp.cfg, exp.layout
     train = (jobs or {}).get("jobs", {}).get("train", {})
     train_id, name = train.get("id"), train.get("name") or slurm.job_name(cfg, "train")
     rows = []
     for i, task in enumerate(cfg.tasks):
         job = _array_task(view, train_id, i) if train_id else None
         state = "done" if is_done(layout.task_dir(i, task.name)) else describe_job(job) or "not done"
-        if state == "done" and stale_reason(cfg, layout, i):
+        if state == "done" and stale_reason(exp, i):
             state = "stale (see below)"
         log = slurm.log_file(layout, name, train_id, i) if train_id else None
         rows.append([f"task {i}", task.name, state, f"{train_id}_{i}" if train_id else "", existing(log)])
     return rows
 
 
-def stale_reason(cfg: ExperimentConfig, layout: RunLayout, i: int) -> str | None:
+def stale_reason(exp: Experiment, i: int) -> str | None:
     """Why task i's DONE no longer counts (config, data or an earlier task changed), or None.
     Compares the recorded inputs only: status does not hash the task's files."""
-    method = get_method(cfg.method)
-    return validity.problem_of(lambda: validity.require_task(cfg, method, layout, i, verify=False))
+    return validity.problem_of(lambda: validity.require_task(exp, i, verify=False))
 
 
 def _single_job(cfg: ExperimentConfig, layout: RunLayout, jobs: dict[str, Any] | None,
@@ -201,20 +202,29 @@ def _job_ids(jobs: dict[str, Any] | None) -> set[str]:
     return {j["id"] for j in (jobs or {}).get("jobs", {}).values() if j.get("id")}
 
 
-def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace | None = None) -> int:
+@dataclass(frozen=True)
+class Args:
+    pass
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`slm status` has no options of its own: -c, --method and --order say which run."""
+
+
+def main(experiment: Experiment, args: Args | None = None) -> int:
     """Every run of the experiment (task orders x seeds), or the one `--order` names."""
-    runs = selected_runs(cfg, args or argparse.Namespace(order=None))
-    for i, (name, run_cfg) in enumerate(runs):
+    for i, exp in enumerate(experiment.runs()):
         if i:
             print()
-        show(run_cfg, RunLayout.of(run_cfg), name)
+        show(exp)
     return 0
 
 
-def show(cfg: ExperimentConfig, layout: RunLayout, run: str = "") -> None:
+def show(exp: Experiment) -> None:
     """The status of one run: its prepare job, one row per task, index, eval, report, finish job."""
+    cfg, layout = exp.cfg, exp.layout
     jobs = read_jobs(layout)
-    print(f"{cfg.name}{f' order {run}' if run else ''} (method {cfg.method}): {layout.root}")
+    print(f"{cfg.name}{f' order {exp.run_name}' if exp.run_name else ''} (method {cfg.method}): {layout.root}")
     view: dict[tuple[str, int | None], JobState] = {}
     if jobs is None:
         print(f"no Slurm submission recorded ({slurm.script_dir(layout) / 'jobs.json'}): DONE markers only")
@@ -225,11 +235,11 @@ def show(cfg: ExperimentConfig, layout: RunLayout, run: str = "") -> None:
             view = slurm_view(_job_ids(jobs))
         except SlurmUnreachable as e:
             print(f"Slurm is not reachable ({e}): DONE markers only")
-    rows = [prepare_row(cfg, layout, jobs, view), *task_rows(cfg, layout, jobs, view),
+    rows = [prepare_row(cfg, layout, jobs, view), *task_rows(exp, jobs, view),
             *finish_rows(cfg, layout, jobs, view)]
     print(format_table(rows))
     for i, task in enumerate(cfg.tasks):
-        if is_done(layout.task_dir(i, task.name)) and (reason := stale_reason(cfg, layout, i)):
+        if is_done(layout.task_dir(i, task.name)) and (reason := stale_reason(exp, i)):
             print(f"stale: {reason}")
     for what, path in (("output folder", locks.lock_path(layout)), ("data", locks.data_lock_path(layout))):
         if holder := locks.holder(path):  # a look, not a hold: status never waits for a writer

@@ -22,6 +22,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline import slurm
 from pipeline.config import ExperimentConfig
@@ -29,7 +30,9 @@ from pipeline.errors import SlmError
 from pipeline.stages import status
 from pipeline.state.artifacts import atomic_write_json, atomic_write_text
 from pipeline.state.layout import RunLayout
-from pipeline.state.orders import order_runs, selected_runs
+
+if TYPE_CHECKING:
+    from pipeline.experiment import Experiment
 
 SBATCH_TIMEOUT_S = 60
 NO_SLURM_HINT = ("start the local single-node Slurm with `scripts/local_slurm.sh start` and run the "
@@ -38,19 +41,41 @@ NO_SLURM_HINT = ("start the local single-node Slurm with `scripts/local_slurm.sh
 
 
 @dataclass(frozen=True)
-class Chain:
-    """One run's jobs: its name ("" without orders), single-order config, layout and scripts."""
+class Args:
+    dry_run: bool = False
+    ignore_plan: bool = False
 
-    run: str
-    cfg: ExperimentConfig
-    layout: RunLayout
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dry-run", action="store_true", help="print scripts and sbatch commands only")
+    p.add_argument("--ignore-plan", action="store_true",
+                   help="submit even when the memory plan says the job does not fit")
+
+
+@dataclass(frozen=True)
+class Chain:
+    """One run's jobs: the run (its name, single-order config, layout) and its scripts."""
+
+    exp: Experiment
     scripts: dict[str, str]
 
+    @property
+    def run(self) -> str:
+        return self.exp.run_name
 
-def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:
-    cfg = slurm.with_resolved_setup(cfg, Path.cwd())
-    chains = [make_chain(run, run_cfg) for run, run_cfg in selected_runs(cfg, args)]
-    check_plan(chains[0].cfg, ignore=args.ignore_plan, dry_run=args.dry_run)  # orders permute the same tasks
+    @property
+    def cfg(self) -> ExperimentConfig:
+        return self.exp.cfg
+
+    @property
+    def layout(self) -> RunLayout:
+        return self.exp.layout
+
+
+def main(experiment: Experiment, args: Args) -> int:
+    experiment = experiment.with_config(slurm.with_resolved_setup(experiment.cfg, Path.cwd()))
+    chains = [make_chain(exp) for exp in experiment.runs()]
+    check_plan(chains[0].exp, ignore=args.ignore_plan, dry_run=args.dry_run)  # orders permute the same tasks
     if args.dry_run:
         for chain in chains:
             print_dry_run(chain)
@@ -68,25 +93,24 @@ def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> 
         raise
     for chain, record in zip(chains, records, strict=True):
         print_submitted(chain, record)
-    if len(order_runs(cfg)) > 1:
+    if experiment.has_runs:
         print(f"after the finish jobs: `slm report -c <your YAML>` (same overrides) writes the mean and "
-              f"standard deviation over the runs to {layout.base / 'orders.md'}")
+              f"standard deviation over the runs to {experiment.layout.base / 'orders.md'}")
     return 0
 
 
-def make_chain(run: str, cfg: ExperimentConfig) -> Chain:
-    layout = RunLayout.of(cfg)
-    return Chain(run, cfg, layout, slurm.render_all(cfg, layout, python=sys.executable, run=run))
+def make_chain(exp: Experiment) -> Chain:
+    return Chain(exp, slurm.render_all(exp.cfg, exp.layout, python=sys.executable, run=exp.run_name))
 
 
-def check_plan(cfg: ExperimentConfig, ignore: bool, dry_run: bool) -> None:
+def check_plan(exp: Experiment, ignore: bool, dry_run: bool) -> None:
     """Print the memory plan; a plan that does not fit stops the submission (not a dry run)."""
     try:
         from pipeline.planning.checks import check_fits
     except ImportError:  # the planner is optional: submit works without it
         return
     try:
-        fits, text = check_fits(cfg)
+        fits, text = check_fits(exp.cfg, exp.method)
     except OSError as e:  # e.g. the model's config.json cannot be read on this machine
         print(f"memory plan skipped: {e}")
         return

@@ -27,6 +27,8 @@ import resource
 import shutil
 import sys
 import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -34,30 +36,59 @@ from pipeline import distributed, preflight
 from pipeline.config import ExperimentConfig
 from pipeline.data.prepared import load_prepared
 from pipeline.errors import StageInputError
-from pipeline.methods import get_method
 from pipeline.methods.base import Method, Trainer
 from pipeline.prompts.batching import TokenCaps, collate, tokenize_for_training
 from pipeline.runtime.deepspeed_config import build_ds_config, check_quantization_pairing, make_optimizer
 from pipeline.runtime.models import load_base_model, load_tokenizer, release_zero3_loading
+from pipeline.stages import RESTART_HELP
 from pipeline.state import validity
 from pipeline.state.artifacts import DONE, atomic_write_json, atomic_write_text, read_done, sha256_file, write_done
 from pipeline.state.checkpoints import make_private, prune_checkpoints, resume_latest, save_checkpoint
 from pipeline.state.layout import RunLayout
 from pipeline.state.locks import writer_stage
-from pipeline.state.orders import single_run
 from pipeline.state.preemption import EXIT_PREEMPTED, EXIT_PREVIOUS_NOT_DONE, EXIT_TERMINATED, PreemptionFlag
 from pipeline.tracking import JsonlLog, Trackers, check_report_to, train_log
+
+if TYPE_CHECKING:
+    from pipeline.experiment import Experiment
 
 STATE_INPUTS = "INPUTS.json"  # in train_state/: the inputs it was started from, written before its first file
 EXIT_NOT_FINISHED = 1  # `slm train --check`: the task has no DONE yet
 
 
-def previous_not_done(cfg: ExperimentConfig, layout: RunLayout, t: int) -> str | None:
+@dataclass(frozen=True)
+class Args:
+    task: int | None = None
+    restart: bool = False
+    check: bool = False
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", type=int, default=None, metavar="I",
+                   help="0-based task index (default: $SLURM_ARRAY_TASK_ID)")
+    p.add_argument("--restart", action="store_true", help=RESTART_HELP)
+    p.add_argument("--check", action="store_true",
+                   help="only check that task I is DONE and matches the current config, data and earlier tasks: exit 0 "
+                        "if so, 1 if it has not finished, 2 naming what changed")
+
+
+def main(experiment: Experiment, args: Args) -> int:
+    exp = experiment.single()
+    t = resolve_task_index(exp.cfg, args.task)
+    if args.check:
+        return check(exp, t)
+    if problem := previous_not_done(exp, t):
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_PREVIOUS_NOT_DONE
+    return run(exp, t, restart=args.restart)
+
+
+def previous_not_done(exp: Experiment, t: int) -> str | None:
     """Why task t cannot start yet (an earlier task has no DONE), or None."""
     for j in range(t):
-        name = cfg.tasks[j].name
-        if read_done(layout.task_dir(j, name)) is None:
-            return (f"task {j} ({name}) has not finished: {layout.task_dir(j, name) / DONE} is missing. "
+        folder = exp.layout.task_dir(j, exp.cfg.tasks[j].name)
+        if read_done(folder) is None:
+            return (f"task {j} ({exp.cfg.tasks[j].name}) has not finished: {folder / DONE} is missing. "
                     f"Run `slm train --task {j}` first.")
     return None
 
@@ -74,63 +105,53 @@ def resolve_task_index(cfg: ExperimentConfig, task: int | None) -> int:
     return task
 
 
-def main(cfg: ExperimentConfig, layout: RunLayout, args: argparse.Namespace) -> int:
-    cfg, layout = single_run(cfg, args)
-    t = resolve_task_index(cfg, args.task)
-    if getattr(args, "check", False):
-        return check(cfg, layout, t)
-    if problem := previous_not_done(cfg, layout, t):
-        print(f"error: {problem}", file=sys.stderr)
-        return EXIT_PREVIOUS_NOT_DONE
-    return run(cfg, layout, t, restart=bool(getattr(args, "restart", False)))
-
-
-def check(cfg: ExperimentConfig, layout: RunLayout, t: int) -> int:
+def check(exp: Experiment, t: int) -> int:
     """`slm train --check` (what the Slurm script runs before it skips a task): 0 when task t is
     DONE and still matches the config, data and earlier tasks; 1 when it has not finished; a
     StageInputError (exit 2) naming what changed otherwise, or what would stop training on this
     config (pipeline.preflight). Reads only: no lock."""
-    preflight.require_runnable(cfg, "train")
-    name = cfg.tasks[t].name
-    if read_done(layout.task_dir(t, name)) is None:
-        print(f"train: task {t} ({name}) has not finished ({layout.task_dir(t, name) / DONE} is missing)")
+    preflight.require_runnable(exp, "train")
+    name = exp.cfg.tasks[t].name
+    folder = exp.layout.task_dir(t, name)
+    if read_done(folder) is None:
+        print(f"train: task {t} ({name}) has not finished ({folder / DONE} is missing)")
         return EXIT_NOT_FINISHED
-    method = get_method(cfg.method)
-    validity.require_tasks(cfg, method, layout, t, verify=False)  # the inputs chain; its own files below
-    validity.require_task(cfg, method, layout, t)
-    print(f"train: task {t} ({name}) is already done and matches the current inputs ({layout.task_dir(t, name)})")
+    validity.require_tasks(exp, t, verify=False)  # the inputs chain; its own files below
+    validity.require_task(exp, t)
+    print(f"train: task {t} ({name}) is already done and matches the current inputs ({folder})")
     return 0
 
 
-def run(cfg: ExperimentConfig, layout: RunLayout, t: int, restart: bool = False) -> int:
+def run(exp: Experiment, t: int, restart: bool = False) -> int:
+    cfg = exp.cfg
     check_quantization_pairing(cfg)  # a quantised base with ZeRO-3: refuse before any work
-    method = get_method(cfg.method)  # resolved once; every step below is handed it
-    method.check(cfg)
+    exp.method.check(cfg)
     check_report_to(cfg)  # a wandb / mlflow that is not installed: refuse before any work
-    preflight.use_faiss_of(cfg)
-    with writer_stage(layout):  # one writer per output folder: nobody else touches this train_state
-        validity.require_tasks(cfg, method, layout, t, verify=False)  # earlier tasks still match the config and data
-        if _already_done(cfg, method, layout, t, restart):
+    preflight.use_faiss_of(exp)
+    with writer_stage(exp.layout):  # one writer per output folder: nobody else touches this train_state
+        validity.require_tasks(exp, t, verify=False)  # earlier tasks still match the config and data
+        if _already_done(exp, t, restart):
             return 0
-        validity.require_tasks(cfg, method, layout, t)  # and their files, which training loads, are intact
+        validity.require_tasks(exp, t)  # and their files, which training loads, are intact
         # Handlers go in before any slow work: a USR1 during model loading must not kill the job.
         with PreemptionFlag() as preempt:
-            return _run(cfg, method, layout, t, validity.task_inputs(cfg, method, layout, t), preempt, restart)
+            return _run(exp, t, validity.task_inputs(exp, t), preempt, restart)
 
 
-def _already_done(cfg: ExperimentConfig, method: Method, layout: RunLayout, t: int, restart: bool) -> bool:
+def _already_done(exp: Experiment, t: int, restart: bool) -> bool:
     """True when task t is DONE and valid. A stale DONE is refused, or with --restart discarded."""
-    name = cfg.tasks[t].name
-    task_dir = layout.task_dir(t, name)
+    name = exp.cfg.tasks[t].name
+    task_dir = exp.layout.task_dir(t, name)
     if read_done(task_dir) is None:
         return False
-    problem = validity.problem_of(lambda: validity.require_task(cfg, method, layout, t))
+    problem = validity.problem_of(lambda: validity.require_task(exp, t))
     if problem is None:
         distributed.log(f"train: task {t} ({name}) already done ({task_dir}); nothing to do")
         return True
     if not restart:
-        raise StageInputError(problem, hint=f"`{validity.train_command(cfg, t)}` retrains it (the later tasks then "
-                                            f"retrain too), or delete {task_dir}; `slm run --restart` does it all")
+        rerun = validity.train_command(exp.cfg.method, t)
+        raise StageInputError(problem, hint=f"`{rerun}` retrains it (the later tasks then retrain too), or delete "
+                                            f"{task_dir}; `slm run --restart` does it all")
     distributed.log(f"train: --restart: discarding the result of task {t} ({name}): {problem}")
     return False  # _claim_state removes it with the rest of the task folder
 
@@ -138,14 +159,14 @@ def _already_done(cfg: ExperimentConfig, method: Method, layout: RunLayout, t: i
 # ---- train_state belongs to the inputs it was started from ---------------------------------------
 
 
-def _claim_state(cfg: ExperimentConfig, method: Method, layout: RunLayout, t: int, inputs: dict[str, str],
-                 restart: bool) -> None:
+def _claim_state(exp: Experiment, t: int, inputs: dict[str, str], restart: bool) -> None:
     """Refuse a train_state of other inputs, or with --restart discard the whole task folder (a stale
     result, a train_state, files of an unfinished attempt such as a replay buffer); then record
     our inputs before the state's first file. Every rank reads before rank 0 changes anything, so
     all take the same branch."""
-    task_dir, state_dir = layout.task_dir(t, cfg.tasks[t].name), layout.train_state(t, cfg.tasks[t].name)
-    problem = _state_problem(cfg, method, layout, t, inputs)
+    name = exp.cfg.tasks[t].name
+    task_dir, state_dir = exp.layout.task_dir(t, name), exp.layout.train_state(t, name)
+    problem = _state_problem(exp, t, inputs)
     has_state = state_dir.is_dir() and any(state_dir.iterdir())
     has_files = task_dir.is_dir() and any(task_dir.iterdir())
     distributed.barrier()
@@ -161,23 +182,22 @@ def _claim_state(cfg: ExperimentConfig, method: Method, layout: RunLayout, t: in
     if distributed.is_main() and not (state_dir / STATE_INPUTS).is_file():
         state_dir.mkdir(parents=True, exist_ok=True)
         make_private(state_dir)
-        atomic_write_json(state_dir / STATE_INPUTS, {"format": 1, "task": cfg.tasks[t].name, "inputs": inputs,
-                                                     "settings": validity.task_settings(cfg, method, t), "caches": {}})
+        atomic_write_json(state_dir / STATE_INPUTS, {"format": 1, "task": name, "inputs": inputs,
+                                                     "settings": validity.task_settings(exp, t), "caches": {}})
     distributed.barrier()
 
 
-def _state_problem(cfg: ExperimentConfig, method: Method, layout: RunLayout, t: int,
-                   inputs: dict[str, str]) -> str | None:
+def _state_problem(exp: Experiment, t: int, inputs: dict[str, str]) -> str | None:
     """Why the train_state of task t must not be resumed with `inputs` (None: absent, empty or ours)."""
-    state_dir = layout.train_state(t, cfg.tasks[t].name)
+    state_dir = exp.layout.train_state(t, exp.cfg.tasks[t].name)
     if not state_dir.is_dir() or not any(state_dir.iterdir()):
         return None
     record = _read_state_inputs(state_dir)
     if isinstance(record, str):
         return record
     if record.get("inputs") != inputs:
-        what = validity.what_changed(record.get("inputs") or {}, inputs, validity.labeller(cfg, layout),
-                                     record.get("settings"), validity.task_settings(cfg, method, t))
+        what = validity.what_changed(record.get("inputs") or {}, inputs, validity.labeller(exp),
+                                     record.get("settings"), validity.task_settings(exp, t))
         return f"{state_dir} (checkpoints and cached keys) was started from other inputs: {what}"
     return None
 
@@ -219,19 +239,18 @@ def _record_caches(state_dir) -> None:
         atomic_write_json(state_dir / STATE_INPUTS, record)
 
 
-def _run(cfg: ExperimentConfig, method: Method, layout: RunLayout, t: int, inputs: dict[str, str],
-         preempt: PreemptionFlag,
-         restart: bool) -> int:
+def _run(exp: Experiment, t: int, inputs: dict[str, str], preempt: PreemptionFlag, restart: bool) -> int:
+    cfg, layout, method = exp.cfg, exp.layout, exp.method
     name = cfg.tasks[t].name
     started = time.time()
     rank, world = distributed.setup()
-    _claim_state(cfg, method, layout, t, inputs, restart)  # before any write: a refused resume changes nothing
+    _claim_state(exp, t, inputs, restart)  # before any write: a refused resume changes nothing
     if distributed.is_main():
         atomic_write_text(layout.config, cfg.to_yaml())
     device = distributed.local_device()
     # Built before the model: under ZeRO-3 the base is loaded partitioned from this config.
     ds_config = build_ds_config(cfg, world)
-    records = method.training_records(cfg, layout, load_prepared(cfg, layout), t)
+    records = method.training_records(exp, load_prepared(cfg, layout), t)
     examples = tokenize_for_training(load_tokenizer(cfg.model.name_or_path), cfg.model.prompt_format, records,
                                      TokenCaps.of(cfg.model))
     m = cfg.model
@@ -240,16 +259,16 @@ def _run(cfg: ExperimentConfig, method: Method, layout: RunLayout, t: int, input
         return load_base_model(name_or_path or m.name_or_path, m.dtype, m.quantization, device, ds_config=ds_config)
 
     try:
-        trainer = method.trainer(cfg, layout, t, records, device, load_base)
+        trainer = method.trainer(exp, t, records, device, load_base)
         _record_caches(layout.train_state(t, name))
         if cfg.model.gradient_checkpointing:
             trainer.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(trainer.model, "enable_input_require_grads"):
                 trainer.model.enable_input_require_grads()
-        status = _train_loop(cfg, layout, t, method, trainer, examples, rank, world, preempt, ds_config)
+        status = _train_loop(exp, t, trainer, examples, rank, world, preempt, ds_config)
         if status != 0:
             return status
-        _save_results(cfg, method, layout, t, trainer, inputs, time.time() - started)
+        _save_results(exp, t, trainer, inputs, time.time() - started)
     finally:
         release_zero3_loading()  # later stages of this process (slm run) load whole models again
     distributed.log(f"train: task {t} ({name}) done -> {layout.task_dir(t, name)}")
@@ -287,11 +306,12 @@ def lr_lambda(warmup: int, total: int):
     return f
 
 
-def _train_loop(cfg, layout, t, method, trainer: Trainer, examples: list, rank: int, world: int,
+def _train_loop(exp: Experiment, t: int, trainer: Trainer, examples: list, rank: int, world: int,
                 preempt: PreemptionFlag, ds_config: dict) -> int:
     import deepspeed
     from tqdm import tqdm
 
+    cfg, layout, method = exp.cfg, exp.layout, exp.method
     tr = cfg.train
     steps = total_steps(cfg, method, len(examples), world, t)
     order = sample_order(len(examples), steps * tr.micro_batch_size * tr.grad_accum * world, cfg.seed + t)
@@ -376,15 +396,14 @@ def _pad_id(cfg: ExperimentConfig) -> int:
 # ---- results ---------------------------------------------------------------------------------
 
 
-def _save_results(cfg: ExperimentConfig, method: Method, layout: RunLayout, t: int, trainer: Trainer,
-                  inputs: dict[str, str], wall_s: float) -> None:
-    name = cfg.tasks[t].name
-    task_dir = layout.task_dir(t, name)
+def _save_results(exp: Experiment, t: int, trainer: Trainer, inputs: dict[str, str], wall_s: float) -> None:
+    name = exp.cfg.tasks[t].name
+    task_dir = exp.layout.task_dir(t, name)
     files = trainer.save()  # every rank: under ZeRO-3 saving gathers
     if distributed.is_main():
-        write_done(task_dir, "train", inputs=inputs, files=files, task=name, index=t, method=cfg.method,
-                   settings=validity.task_settings(cfg, method, t),
+        write_done(task_dir, "train", inputs=inputs, files=files, task=name, index=t, method=exp.cfg.method,
+                   settings=validity.task_settings(exp, t),
                    trainable_params=sum(p.numel() for p in trainer.params), wall_s=round(wall_s, 1),
                    peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), **trainer.info)
-        shutil.rmtree(layout.train_state(t, name), ignore_errors=True)
+        shutil.rmtree(exp.layout.train_state(t, name), ignore_errors=True)
     distributed.barrier()

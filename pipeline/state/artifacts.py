@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import SlmError, StageInputError
+from pipeline.errors import CheckpointError, SlmError, StageInputError
 
 DONE = "DONE"
 # The code format of every DONE marker and eval row: bump it when the meaning or layout of a
@@ -359,3 +359,13 @@ def require_done(folder: Path, stage: str, rerun: str, verify: bool = True) -> d
     if verify:
         verify_outputs(folder, marker, stage, rerun)
     return marker
+
+
+def read_safetensors(path: Path) -> dict[str, Any]:
+    """Every tensor of a safetensors file (a CheckpointError naming it when it is missing)."""
+    from safetensors import safe_open  # lazy: most readers of this module never load tensors
+
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path} is missing")
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}

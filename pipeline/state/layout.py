@@ -7,6 +7,10 @@ from pathlib import Path
 
 from pipeline.config import ExperimentConfig
 
+# The files a finished adapter task holds (listed, relative to its folder, in its DONE).
+ADAPTER_FILE = "adapter.safetensors"  # its slots, or its LoRA
+KEYS_FILE = "keys.safetensors"  # its DTKR keys
+
 
 def run_folder(output_dir: str | Path, run: str) -> Path:
     """The output_dir of one run (task order x seed) of an experiment: <output_dir>/<run>.
@@ -62,10 +66,10 @@ class RunLayout:
         return self.root / "tasks" / f"{index}-{name}"
 
     def keys_file(self, index: int, name: str) -> Path:
-        return self.task_dir(index, name) / "keys.safetensors"
+        return self.task_dir(index, name) / KEYS_FILE
 
     def adapter_file(self, index: int, name: str) -> Path:
-        return self.task_dir(index, name) / "adapter.safetensors"
+        return self.task_dir(index, name) / ADAPTER_FILE
 
     def train_state(self, index: int, name: str) -> Path:
         return self.task_dir(index, name) / "train_state"

@@ -8,11 +8,9 @@ unchanged. `slm report` then adds the mean and standard deviation over the runs.
 
 from __future__ import annotations
 
-import argparse
-
 from pipeline.config import ExperimentConfig
 from pipeline.errors import ConfigError
-from pipeline.state.layout import RunLayout, run_folder
+from pipeline.state.layout import run_folder
 
 # The stages that do every run of an experiment unless --order names one.
 ALL_RUNS_COMMANDS = "prepare, run, status, plan, report and submit"
@@ -50,16 +48,3 @@ def select_run(cfg: ExperimentConfig, name: str | None) -> ExperimentConfig:
     names = ", ".join(n for n, _ in runs if n) or "(none: it lists no orders or seeds)"
     raise ConfigError(f"--order {name!r}: experiment {cfg.name!r} has the runs {names}",
                       hint=f"name one of those runs, or leave --order out ({ALL_RUNS_COMMANDS} do every run)")
-
-
-def selected_runs(cfg: ExperimentConfig, args: argparse.Namespace) -> list[tuple[str, ExperimentConfig]]:
-    """Every run, or only the one `--order` names (an unknown name is a ConfigError). The stages that
-    handle every run call this: prepare, run, status, plan, report, submit."""
-    name = getattr(args, "order", None)
-    return order_runs(cfg) if name is None else [(name, select_run(cfg, name))]
-
-
-def single_run(cfg: ExperimentConfig, args: argparse.Namespace) -> tuple[ExperimentConfig, RunLayout]:
-    """The one run a per-run stage (train, index, eval, generate) works on, and its layout."""
-    run_cfg = select_run(cfg, getattr(args, "order", None))
-    return run_cfg, RunLayout.of(run_cfg)

@@ -34,8 +34,7 @@ from pipeline.state.artifacts import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.config import ExperimentConfig
-    from pipeline.methods.base import Method
+    from pipeline.experiment import Experiment
     from pipeline.state.layout import RunLayout
 
 MAX_LISTED = 4  # config keys named in one message; the rest are counted
@@ -44,50 +43,50 @@ MAX_LISTED = 4  # config keys named in one message; the rest are counted
 # ---- what each result depends on ----------------------------------------------------------------
 
 
-def task_settings(cfg: ExperimentConfig, method: Method, t: int) -> dict[str, Any]:
+def task_settings(exp: Experiment, t: int) -> dict[str, Any]:
     """The config subset task t's result depends on (the method's own knobs and the task spec)."""
-    settings = method.settings(cfg)
-    settings["task"] = cfg.tasks[t].model_dump()
+    settings = exp.method.settings(exp.cfg)
+    settings["task"] = exp.cfg.tasks[t].model_dump()
     return settings
 
 
-def task_inputs(cfg: ExperimentConfig, method: Method, layout: RunLayout, t: int) -> dict[str, str]:
+def task_inputs(exp: Experiment, t: int) -> dict[str, str]:
     """What task t's result depends on; recorded in its DONE and in its train_state."""
-    inputs = {"settings": sha256_json(task_settings(cfg, method, t)), "data": marker_digest(layout.data)}
+    inputs = {"settings": sha256_json(task_settings(exp, t)), "data": marker_digest(exp.layout.data)}
     for j in range(t):
-        inputs[f"task{j}"] = marker_digest(layout.task_dir(j, cfg.tasks[j].name))
+        inputs[f"task{j}"] = marker_digest(exp.layout.task_dir(j, exp.cfg.tasks[j].name))
     return inputs
 
 
-def index_inputs(cfg: ExperimentConfig, layout: RunLayout, n: int) -> dict[str, str]:
-    return {f"task{j}": marker_digest(layout.task_dir(j, cfg.tasks[j].name)) for j in range(n)}
+def index_inputs(exp: Experiment, n: int) -> dict[str, str]:
+    return {f"task{j}": marker_digest(exp.layout.task_dir(j, exp.cfg.tasks[j].name)) for j in range(n)}
 
 
-def eval_settings(cfg: ExperimentConfig, method: Method) -> dict[str, Any]:
+def eval_settings(exp: Experiment) -> dict[str, Any]:
     """The config subset an eval row depends on (recorded in the row, so a refusal names the key)."""
-    return method.eval_settings(cfg)
+    return exp.method.eval_settings(exp.cfg)
 
 
-def eval_inputs(cfg: ExperimentConfig, method: Method, layout: RunLayout, after: int) -> dict[str, str]:
-    inputs = {"data": marker_digest(layout.data), "settings": sha256_json(eval_settings(cfg, method))}
+def eval_inputs(exp: Experiment, after: int) -> dict[str, str]:
+    inputs = {"data": marker_digest(exp.layout.data), "settings": sha256_json(eval_settings(exp))}
     for j in range(after + 1):
-        inputs[f"task{j}"] = marker_digest(layout.task_dir(j, cfg.tasks[j].name))
+        inputs[f"task{j}"] = marker_digest(exp.layout.task_dir(j, exp.cfg.tasks[j].name))
     return inputs
 
 
 # ---- commands that rebuild a result ---------------------------------------------------------------
 
 
-def train_command(cfg: ExperimentConfig, t: int) -> str:
-    return f"slm train --method {cfg.method} --task {t} --restart"
+def train_command(method: str, t: int) -> str:
+    return f"slm train --method {method} --task {t} --restart"
 
 
-def eval_command(cfg: ExperimentConfig, after: int) -> str:
-    return f"slm eval --after {after} --method {cfg.method}"  # as pipeline.stages.report words it
+def eval_command(method: str, after: int) -> str:
+    return f"slm eval --after {after} --method {method}"
 
 
-def index_command(cfg: ExperimentConfig) -> str:
-    return f"slm index --method {cfg.method}"
+def index_command(method: str) -> str:
+    return f"slm index --method {method}"
 
 
 # ---- the one check ----------------------------------------------------------------------------------
@@ -186,8 +185,9 @@ def _show(value: Any) -> str:
     return "(unset)" if value is _MISSING else json.dumps(value)
 
 
-def labeller(cfg: ExperimentConfig, layout: RunLayout) -> Callable[[str], str]:
+def labeller(exp: Experiment) -> Callable[[str], str]:
     """Input key -> words: 'the config', 'the prepared data (<path>)', 'task 1 (geography)'."""
+    cfg, layout = exp.cfg, exp.layout
 
     def label(key: str) -> str:
         if key == "settings":
@@ -204,37 +204,36 @@ def labeller(cfg: ExperimentConfig, layout: RunLayout) -> Callable[[str], str]:
 # ---- the readers' helpers ---------------------------------------------------------------------------
 
 
-def require_task(cfg: ExperimentConfig, method: Method, layout: RunLayout, t: int, verify: bool = True) -> dict:
+def require_task(exp: Experiment, t: int, verify: bool = True) -> dict:
     """Task t's DONE, checked against the current config, data and earlier tasks (and its files)."""
-    name = cfg.tasks[t].name
-    return require_valid(layout.task_dir(t, name), f"task {t} ({name})", train_command(cfg, t),
-                         task_inputs(cfg, method, layout, t), labeller(cfg, layout), task_settings(cfg, method, t),
-                         verify=verify)
+    name = exp.cfg.tasks[t].name
+    return require_valid(exp.layout.task_dir(t, name), f"task {t} ({name})", train_command(exp.cfg.method, t),
+                         task_inputs(exp, t), labeller(exp), task_settings(exp, t), verify=verify)
 
 
-def require_tasks(cfg: ExperimentConfig, method: Method, layout: RunLayout, n: int, verify: bool = True) -> None:
+def require_tasks(exp: Experiment, n: int, verify: bool = True) -> None:
     """Tasks 0..n-1 are each DONE and valid (the first stale one is named)."""
     for j in range(n):
-        require_task(cfg, method, layout, j, verify=verify)
+        require_task(exp, j, verify=verify)
 
 
-def require_index(cfg: ExperimentConfig, layout: RunLayout, n: int) -> dict:
+def require_index(exp: Experiment, n: int) -> dict:
     """The index's DONE: its files intact and built from the keys of tasks 0..n-1 as they are now."""
-    return require_valid(layout.index, "index", index_command(cfg), index_inputs(cfg, layout, n),
-                         labeller(cfg, layout), prefix=True)
+    return require_valid(exp.layout.index, "index", index_command(exp.cfg.method), index_inputs(exp, n), labeller(exp),
+                         prefix=True)
 
 
-def require_row(cfg: ExperimentConfig, method: Method, layout: RunLayout, after: int, row: dict) -> None:
+def require_row(exp: Experiment, after: int, row: dict) -> None:
     """Eval row `after` (already parsed) was scored in this code's format from the current data,
     settings and tasks 0..after."""
-    path, rerun = layout.eval_row(after), eval_command(cfg, after)
+    path, rerun = exp.layout.eval_row(after), eval_command(exp.cfg.method, after)
     if format_of(row) != DONE_FORMAT:
         raise StageInputError(f"{path} was written in format {format_of(row)!r} by another version of slm; this "
                               f"one reads format {DONE_FORMAT}. Rerun `{rerun}`.", hint=_rerun_hint(rerun))
-    current = eval_inputs(cfg, method, layout, after)
+    current = eval_inputs(exp, after)
     recorded = row.get("inputs") or {}
     if recorded != current:
-        what = what_changed(recorded, current, labeller(cfg, layout), row.get("settings"), eval_settings(cfg, method))
+        what = what_changed(recorded, current, labeller(exp), row.get("settings"), eval_settings(exp))
         raise StageInputError(f"row {after} of the matrix ({path}) was scored from other inputs than the current "
                               f"ones: {what}. Rerun `{rerun}`.", hint=_rerun_hint(rerun))
 
@@ -252,8 +251,9 @@ def read_row(layout: RunLayout, after: int) -> dict | None:
     return row if isinstance(row, dict) else None
 
 
-def done_tasks(cfg: ExperimentConfig, layout: RunLayout) -> int:
+def done_tasks(exp: Experiment) -> int:
     """How many tasks, from the first, are DONE (the sequence is strictly in order)."""
+    cfg, layout = exp.cfg, exp.layout
     n = 0
     while n < len(cfg.tasks) and read_done(layout.task_dir(n, cfg.tasks[n].name)):
         n += 1

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from pipeline.errors import ConfigError, DataError
-from pipeline.experiment import load_config
+from pipeline.experiment import Experiment, load_config
 from pipeline.stages import prepare
 from pipeline.state.layout import RunLayout
 
@@ -20,7 +20,7 @@ def _fails(write_yaml, raw: dict[str, Any], error: type[Exception], *fragments: 
     out = Path(raw["output_dir"])
     with pytest.raises(error) as err:
         cfg = load_config(write_yaml(raw))
-        prepare.run(cfg, RunLayout.of(cfg))
+        prepare.run(Experiment.of(cfg))
     msg = str(err.value)
     for fragment in fragments:
         assert fragment in msg, f"{fragment!r} not in: {msg}"
@@ -152,12 +152,12 @@ def test_invalid_json_names_file_line_and_column(write_yaml, small_experiment, t
 def test_a_bad_task_leaves_earlier_prepared_data_untouched(write_yaml, small_experiment, tmp_path: Path) -> None:
     cfg = load_config(write_yaml(small_experiment))
     layout = RunLayout.of(cfg)
-    prepare.run(cfg, layout)
+    prepare.run(Experiment.of(cfg))
     before = (layout.data / "DONE").read_text()
     _jsonl(tmp_path / "qa.jsonl", [_row(0), "not json"])
     with pytest.raises(DataError, match=":2: malformed JSONL"):
         bad = load_config(write_yaml(_file_task(small_experiment, "qa.jsonl")))
-        prepare.run(bad, RunLayout.of(bad))
+        prepare.run(Experiment.of(bad))
     assert (layout.data / "DONE").read_text() == before
     assert not [p for p in layout.base.iterdir() if p.name.startswith(".")]
 
@@ -174,6 +174,6 @@ def test_a_failure_while_writing_leaves_no_half_written_data(write_yaml, small_e
     monkeypatch.setattr(prepare, "token_lengths", boom)
     cfg = load_config(write_yaml(small_experiment))
     with pytest.raises(OSError, match="disk full"):
-        prepare.run(cfg, RunLayout.of(cfg))
+        prepare.run(Experiment.of(cfg))
     base = RunLayout.of(cfg).base
     assert not (base / "data").exists() and not [p for p in base.iterdir() if p.name.startswith(".")]

@@ -9,7 +9,7 @@ import yaml
 
 from pipeline.config import BUILTIN_CONFIGS
 from pipeline.errors import ConfigError, DataError
-from pipeline.experiment import load_config
+from pipeline.experiment import Experiment, load_config
 from pipeline.state.layout import RunLayout
 
 SHIPPED = sorted(BUILTIN_CONFIGS.glob("*.yaml"))
@@ -128,11 +128,11 @@ def test_prepare_writes_the_resolved_config_only_once_its_checks_pass(write_yaml
     cfg = load_config(write_yaml(small_experiment), ["train.max_steps=9"])
     layout = RunLayout.of(cfg)
     with pytest.raises(DataError, match="missing.jsonl"):
-        prepare.run(cfg, layout)
+        prepare.run(Experiment.of(cfg))
     assert not layout.config.exists() and not layout.data.exists()
 
     cfg = load_config(write_yaml(good), ["train.max_steps=9"])
-    prepare.run(cfg, RunLayout.of(cfg))
+    prepare.run(Experiment.of(cfg))
     written = yaml.safe_load(RunLayout.of(cfg).config.read_text())
     assert written["train"]["max_steps"] == 9, "overrides are part of the resolved config"
 

@@ -13,7 +13,7 @@ from pipeline.data.build import build_task
 from pipeline.data.prepared import load_prepared
 from pipeline.data.records import record_key, records_sha256
 from pipeline.errors import ConfigError, DataError
-from pipeline.experiment import load_config
+from pipeline.experiment import Experiment, load_config
 from pipeline.prompts.batching import prompts, tokenize_for_training
 from pipeline.prompts.templates import build_prompt, history_turns
 from pipeline.prompts.truncation import TokenCaps
@@ -80,7 +80,7 @@ def test_a_prepared_conversation_task_saves_and_reloads_its_history(write_yaml, 
     data.write_text(json.dumps([messages_row(i) for i in range(10)]))
     cfg, _ = experiment(write_yaml, tmp_path, {"type": "file", "path": str(data), "format": "messages"})
     layout = RunLayout.of(cfg)
-    prepare.run(cfg, layout)
+    prepare.run(Experiment.of(cfg))
     split = load_prepared(cfg, layout)["chat"]["train"]
     assert split.column_names == ["task", "instruction", "input", "output", "history"]
     row = dict(split[0])

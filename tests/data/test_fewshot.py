@@ -11,9 +11,8 @@ import pytest
 
 from pipeline.data.build import build_task
 from pipeline.errors import ConfigError, DataError
-from pipeline.experiment import load_config
+from pipeline.experiment import Experiment, load_config
 from pipeline.stages import prepare
-from pipeline.state.layout import RunLayout
 
 # Imbalanced on purpose: k=5 takes 5 of 40 "pos", 5 of 25 "neg" and all 3 "mixed".
 COUNTS = {"pos": 40, "neg": 25, "mixed": 3}
@@ -68,7 +67,7 @@ def test_few_shot_needs_a_label_set(tmp_path, write_yaml, small_experiment) -> N
 
 def test_the_manifest_records_the_few_shot_sample(tmp_path, write_yaml, small_experiment) -> None:
     cfg = _experiment(tmp_path, write_yaml, small_experiment, ["tasks.0.max_train_per_label=4"])
-    entry = prepare.run(cfg, RunLayout.of(cfg))["tasks"]["reviews"]
+    entry = prepare.run(Experiment.of(cfg))["tasks"]["reviews"]
     assert entry["max_train_per_label"] == 4
     per_label = entry["train_per_label"]
     assert per_label["pos"] == per_label["neg"] == 4 and entry["train"] == sum(per_label.values())

@@ -14,7 +14,7 @@ from pipeline.data.prepared import load_prepared
 from pipeline.data.records import normalise_text, record_key
 from pipeline.data.synthetic import SYNTHETIC, describe_generators
 from pipeline.errors import DataError, StageInputError
-from pipeline.experiment import load_config
+from pipeline.experiment import Experiment, load_config
 from pipeline.prompts.templates import build_prompt, build_response, query_text
 from pipeline.stages import prepare
 from pipeline.state.artifacts import read_done
@@ -41,7 +41,7 @@ def _keys(records) -> set[str]:
 def test_the_default_experiment_prepares_disjoint_splits_with_a_manifest(tmp_path: Path) -> None:
     cfg = load_config(None, [f"output_dir={tmp_path}"])
     layout = RunLayout.of(cfg)
-    manifest = prepare.run(cfg, layout)
+    manifest = prepare.run(Experiment.of(cfg))
     assert list(manifest["tasks"]) == ["sentiment", "geography", "animals"]
     for name, entry in manifest["tasks"].items():
         dd = datasets.load_from_disk(str(layout.task_data(name)))
@@ -59,43 +59,43 @@ def test_prepare_is_deterministic_across_runs(write_yaml, small_experiment, tmp_
     runs = []
     for out in ("a", "b"):
         cfg, layout = _config(write_yaml, small_experiment, [f"output_dir={tmp_path / out}"])
-        runs.append({n: t["sha256"] for n, t in prepare.run(cfg, layout)["tasks"].items()})
+        runs.append({n: t["sha256"] for n, t in prepare.run(Experiment.of(cfg))["tasks"].items()})
     assert runs[0] == runs[1]
     cfg, layout = _config(write_yaml, small_experiment, [f"output_dir={tmp_path / 'c'}", "data.seed=1"])
-    assert {n: t["sha256"] for n, t in prepare.run(cfg, layout)["tasks"].items()} != runs[0]
+    assert {n: t["sha256"] for n, t in prepare.run(Experiment.of(cfg))["tasks"].items()} != runs[0]
 
 
 def test_a_second_prepare_is_a_no_op_and_force_rebuilds(write_yaml, small_experiment, capsys) -> None:
     cfg, layout = _config(write_yaml, small_experiment)
-    first = prepare.run(cfg, layout)
+    first = prepare.run(Experiment.of(cfg))
     done_mtime = (layout.data / "DONE").stat().st_mtime_ns
-    assert prepare.run(cfg, layout) == first
+    assert prepare.run(Experiment.of(cfg)) == first
     assert "prepare: already done" in capsys.readouterr().out
     assert (layout.data / "DONE").stat().st_mtime_ns == done_mtime
-    prepare.run(cfg, layout, force=True)
+    prepare.run(Experiment.of(cfg), force=True)
     assert (layout.data / "DONE").stat().st_mtime_ns != done_mtime
     assert "already done" not in capsys.readouterr().out
     for arrow in (layout.task_data("arithmetic") / "test").glob("*.arrow"):
         arrow.write_bytes(b"damaged")
-    assert prepare.run(cfg, layout) == first, "damaged data is rebuilt, identically"
+    assert prepare.run(Experiment.of(cfg)) == first, "damaged data is rebuilt, identically"
     assert "rebuilding" in capsys.readouterr().out
 
 
 def test_a_changed_task_rebuilds_and_old_data_is_refused_by_later_stages(write_yaml, small_experiment) -> None:
     cfg, layout = _config(write_yaml, small_experiment)
-    prepare.run(cfg, layout)
+    prepare.run(Experiment.of(cfg))
     loaded = load_prepared(cfg, layout)
     assert list(loaded) == ["sentiment", "arithmetic"] and len(loaded["arithmetic"]["test"]) == 10
     changed, _ = _config(write_yaml, small_experiment, ["tasks.1.max_train=5"])
     with pytest.raises(StageInputError, match="tasks changed: arithmetic.*slm prepare"):
         load_prepared(changed, layout)
-    assert prepare.run(changed, layout)["tasks"]["arithmetic"]["train"] == 5
+    assert prepare.run(Experiment.of(changed))["tasks"]["arithmetic"]["train"] == 5
     assert len(load_prepared(changed, layout)["arithmetic"]["train"]) == 5
 
 
 def test_a_new_max_seq_len_keeps_the_data_valid_for_later_stages(write_yaml, small_experiment) -> None:
     cfg, layout = _config(write_yaml, small_experiment)
-    prepare.run(cfg, layout)
+    prepare.run(Experiment.of(cfg))
     longer, _ = _config(write_yaml, small_experiment, ["model.max_seq_len=128"])
     assert set(load_prepared(longer, layout)) == {"sentiment", "arithmetic"}
 
@@ -108,7 +108,7 @@ def test_load_prepared_before_prepare_names_the_command_to_run(write_yaml, small
 
 def test_list_synthetic_prints_the_generators_and_writes_nothing(write_yaml, small_experiment, capsys) -> None:
     cfg, layout = _config(write_yaml, small_experiment)
-    assert prepare.main(cfg, layout, type("Args", (), {"list_synthetic": True, "force": False})()) == 0
+    assert prepare.main(Experiment.of(cfg), prepare.Args(list_synthetic=True)) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in SYNTHETIC)
     assert not Path(cfg.output_dir).exists()
@@ -209,14 +209,14 @@ def test_a_cl_benchmark_folder_uses_its_test_split_labels_and_instruction(write_
     assert task.labels == ["World", "Sports"]
     assert task.train[0]["instruction"] == "Topic? Pick one.\nOption: World, Sports"
     assert {r["input"] for r in task.test} == {f"Title: story {i}\nText: body {i}" for i in range(100, 106)}
-    manifest = prepare.run(cfg, layout)
+    manifest = prepare.run(Experiment.of(cfg))
     assert manifest["tasks"]["news"]["labels"] == ["World", "Sports"]
 
 
 def test_the_real_cl_benchmark_tasks_all_prepare(cl_benchmark_dir: Path, tmp_path: Path) -> None:
     caps = [f"tasks.{i}.max_train=40" for i in range(5)] + [f"tasks.{i}.max_test=20" for i in range(5)]
     cfg = load_config("cl_benchmark.yaml", [f"data_root={cl_benchmark_dir}", f"output_dir={tmp_path}", *caps])
-    manifest = prepare.run(cfg, RunLayout.of(cfg))
+    manifest = prepare.run(Experiment.of(cfg))
     assert list(manifest["tasks"]) == ["agnews", "amazon", "MNLI", "QQP", "BoolQA"]
     for entry in manifest["tasks"].values():
         assert (entry["train"], entry["test"]) == (40, 20) and entry["own_test_split"] and entry["labels"]
@@ -371,6 +371,6 @@ def test_the_real_multirc_prepares_with_drop_test(cl_benchmark_dir: Path) -> Non
 def test_the_manifest_counts_the_dropped_test_records(write_yaml, small_experiment, tmp_path: Path) -> None:
     cfg, layout = _config(write_yaml, _task(small_experiment, "t", _overlapping_source(tmp_path)),
                           ["data.on_overlap=drop_test"])
-    manifest = prepare.run(cfg, layout)
+    manifest = prepare.run(Experiment.of(cfg))
     assert manifest["data"]["on_overlap"] == "drop_test"
     assert manifest["tasks"]["t"]["overlap_dropped"] == 1 and manifest["tasks"]["t"]["test"] == 4

@@ -30,9 +30,9 @@ from tests.faults.helpers import (
 def test_a_full_disk_while_saving_the_keys_leaves_no_partial_file_and_the_rerun_resumes(
         prepared_copy: Run, tiny_finished: Run, capsys, monkeypatch) -> None:
     run = prepared_copy
-    import pipeline.adapters as adapters
+    import pipeline.dtkr.key_files as key_files
 
-    save_file = adapters.save_file
+    save_file = key_files.save_file
 
     def full(tensors: dict, filename: str, metadata: dict | None = None) -> None:
         if "train_state" in Path(filename).parts:  # the keys cache, before training: there was space
@@ -41,7 +41,7 @@ def test_a_full_disk_while_saving_the_keys_leaves_no_partial_file_and_the_rerun_
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # a failed write() names no file
 
     with monkeypatch.context() as m:
-        m.setattr(adapters, "save_file", full)  # the task's keys; the adapter before them is saved
+        m.setattr(key_files, "save_file", full)  # the task's keys; the adapter before them is saved
         code, _, err = call(capsys, *run.argv("train", "--task", "0"))
     keys = run.task_dir(0) / "keys.safetensors"
     assert_user_error(code, err, f"no space left on the device (or quota exceeded): {keys}", "df -h")

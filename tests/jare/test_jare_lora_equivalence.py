@@ -12,12 +12,12 @@ import copy
 import pytest
 import torch
 
-from pipeline.adapters import lora_config
 from pipeline.config import DtkrSpec, ExperimentConfig
 from pipeline.dtkr.router import Router
 from pipeline.experiment import validate
 from pipeline.jare.inject import inject_jare
 from pipeline.methods import get_method
+from pipeline.methods.lora.model import lora_config
 from tests.tiny import tiny_llama
 
 RANK, STEPS, LR = 4, 6, 5e-3

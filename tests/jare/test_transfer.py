@@ -11,7 +11,7 @@ from pipeline.dtkr.keys import group_normalize
 from pipeline.dtkr.router import Router
 from pipeline.jare.inject import inject_jare
 from pipeline.jare.routing import Routing
-from pipeline.methods.jare import most_retrieved_slots
+from pipeline.methods.jare.method import most_retrieved_slots
 from tests.tiny import randomize_slots, tiny_llama
 
 DIM, GROUPS, SLOTS = 48, 6, 4

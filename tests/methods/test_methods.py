@@ -60,8 +60,8 @@ def _method_classes() -> set[str]:
     from pipeline.methods.base import Method
 
     names = set()
-    for path in (REPO / "pipeline" / "methods").glob("*.py"):
-        module = importlib.import_module(f"pipeline.methods.{path.stem}")
+    for path in (REPO / "pipeline" / "methods").rglob("*.py"):
+        module = importlib.import_module(".".join(path.relative_to(REPO).with_suffix("").parts))
         names |= {n for n, c in inspect.getmembers(module, inspect.isclass) if issubclass(c, Method)}
     return names
 
@@ -137,7 +137,7 @@ def test_a_method_knob_changes_only_its_own_method_hash() -> None:
 
 
 def test_the_replay_buffer_is_a_seeded_sample_with_at_least_one_record_per_earlier_task() -> None:
-    from pipeline.methods.replay import replay_buffer
+    from pipeline.methods.lora.replay import replay_buffer
 
     cfg = load_config(None, ["method=replay", "methods.replay.ratio=0.05"])
     names = [t.name for t in cfg.tasks]
@@ -159,17 +159,14 @@ def test_replay_writes_its_buffer_into_the_task_folder_and_refuses_a_changed_one
     assert "replay_buffer.jsonl" in read_done(folder)["outputs"]
     assert (task_dir(tmp_path, "replay", 0) / "replay_buffer.jsonl").read_text() == ""  # nothing before task 0
     # A half-trained task whose buffer no longer matches the data: an error, not a silent replacement.
-    from pipeline.methods.replay import Replay
-    from pipeline.state.layout import RunLayout
+    from pipeline.data.prepared import load_prepared
+    from pipeline.experiment import load_experiment
 
-    cfg = load_config(None, [*overrides, "method=replay"])
+    exp = load_experiment(None, [*overrides, "method=replay"])
     (folder / "DONE").unlink()
     (folder / "replay_buffer.jsonl").write_text('{"task": "x"}\n')
-    from pipeline.data.prepared import load_prepared
-
-    layout = RunLayout.of(cfg)
     with pytest.raises(StageInputError, match="another replay buffer"):
-        Replay().training_records(cfg, layout, load_prepared(cfg, layout), 1)
+        exp.method.training_records(exp, load_prepared(exp.cfg, exp.layout), 1)
 
 
 # ---- o_lora ---------------------------------------------------------------------------------
@@ -191,7 +188,7 @@ class _FakeLora(torch.nn.Module):
 
 
 def test_the_orthogonality_term_is_zero_for_orthogonal_a_and_positive_otherwise() -> None:
-    from pipeline.methods.o_lora import orthogonality
+    from pipeline.methods.lora.o_lora import orthogonality
 
     q, _ = torch.linalg.qr(torch.randn(16, 16))
     old, new = q[:4].contiguous(), q[4:8].contiguous()  # rows of one orthonormal basis
@@ -203,8 +200,8 @@ def test_the_orthogonality_term_is_zero_for_orthogonal_a_and_positive_otherwise(
 
 
 def test_o_lora_keeps_earlier_loras_byte_for_byte_and_sums_all_at_inference(tmp_path, overrides):
-    from pipeline.methods.o_lora import adapter_name, lora_layers
-    from pipeline.state.layout import RunLayout
+    from pipeline.experiment import load_experiment
+    from pipeline.methods.lora.o_lora import adapter_name, lora_layers
 
     assert slm(["run", "--method", "o_lora", *overrides]) == 0
     files = [task_dir(tmp_path, "o_lora", i) / "adapter.safetensors" for i in range(3)]
@@ -212,8 +209,8 @@ def test_o_lora_keeps_earlier_loras_byte_for_byte_and_sums_all_at_inference(tmp_
     # Each task saved only its own LoRA, and task 1/2 learned a different one.
     assert first.keys() == load_file(str(files[1])).keys()
     assert any(not torch.equal(first[k], load_file(str(files[1]))[k]) for k in first)
-    cfg = load_config(None, [*overrides, "method=o_lora"])
-    predictor = get_method("o_lora").predictor(cfg, RunLayout.of(cfg), 2, torch.device("cpu"))
+    exp = load_experiment(None, [*overrides, "method=o_lora"])
+    predictor = exp.method.predictor(exp, 2, torch.device("cpu"))
     layers = lora_layers(predictor.model)
     assert layers and all(set(layer.active_adapters) == {adapter_name(j) for j in range(3)} for layer in layers)
     # The model's task-0 LoRA is exactly the file written when task 0 finished.
@@ -235,7 +232,7 @@ def test_o_lora_training_leaves_earlier_adapter_files_untouched(tmp_path, overri
 
 
 def test_the_sparsity_term_is_the_l1_norm_of_the_scaled_update_b_a() -> None:
-    from pipeline.methods.n_lora import update_l1
+    from pipeline.methods.lora.n_lora import update_l1
 
     a, b = torch.randn(4, 16), torch.randn(8, 4)
     layer = _FakeLora({"task1": a}, b={"task1": b}, scaling={"task1": 0.5})
@@ -244,7 +241,7 @@ def test_the_sparsity_term_is_the_l1_norm_of_the_scaled_update_b_a() -> None:
 
 def test_n_lora_keeps_earlier_loras_untouched_and_its_penalty_makes_the_update_sparser(tmp_path, overrides):
     def update_l1_of(method: str, extra: list[str]) -> float:
-        from pipeline.methods.n_lora import update_l1
+        from pipeline.methods.lora.n_lora import update_l1
 
         out = tmp_path / method / extra[0].replace("=", "-") if extra else tmp_path / method
         run = [o if not o.startswith("output_dir=") else f"output_dir={out}" for o in overrides]

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.cli import main as slm
 from pipeline.errors import ConfigError
-from pipeline.experiment import load_config
+from pipeline.experiment import load_experiment
 from pipeline.planning.checks import check_fits
 from pipeline.planning.memory import plan_memory, recommend
 from pipeline.slurm import resolve_setup
@@ -27,7 +27,8 @@ def test_a_plan_for_no_hardware_is_an_error_naming_the_flag(flag: str, value: st
 def test_a_gpu_memory_from_the_environment_must_be_a_positive_number(value: str, monkeypatch) -> None:
     monkeypatch.setenv("SLM_GPU_MEM_GIB", value)
     with pytest.raises(ConfigError, match="SLM_GPU_MEM_GIB"):
-        check_fits(load_config("llama2_7b.yaml"))
+        exp = load_experiment("llama2_7b.yaml")
+        check_fits(exp.cfg, exp.method)
 
 
 def test_nothing_fits_exits_1_with_the_smallest_change_and_that_change_fits(capsys) -> None:
@@ -36,9 +37,10 @@ def test_nothing_fits_exits_1_with_the_smallest_change_and_that_change_fits(caps
     line = next(x for x in out.splitlines() if x.startswith("nothing fits on 1 x 1 GPUs of 6 GiB"))
     assert "the smallest change that fits: train.micro_batch_size=3 train.grad_accum=11" in line
     assert "GPUs of at least 7 GiB" in line
-    smaller = load_config("llama2_7b.yaml", ["train.micro_batch_size=3", "train.grad_accum=11"])
-    assert recommend(plan_memory(smaller, 1, 1, 6.0)) is not None
-    assert recommend(plan_memory(load_config("llama2_7b.yaml", ["train.micro_batch_size=4"]), 1, 1, 6.0)) is None
+    smaller = load_experiment("llama2_7b.yaml", ["train.micro_batch_size=3", "train.grad_accum=11"])
+    assert recommend(plan_memory(smaller.cfg, smaller.method, 1, 1, 6.0)) is not None
+    larger = load_experiment("llama2_7b.yaml", ["train.micro_batch_size=4"])
+    assert recommend(plan_memory(larger.cfg, larger.method, 1, 1, 6.0)) is None
 
 
 def test_submit_refuses_what_does_not_fit_and_names_the_change(tmp_path, monkeypatch, capsys) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.config import ExperimentConfig
 from pipeline.errors import StageInputError
-from pipeline.experiment import load_config
+from pipeline.experiment import Experiment, load_config
 from pipeline.stages import report
 from pipeline.state.layout import RunLayout
 
@@ -31,15 +31,25 @@ def cfg(tmp_path: Path) -> ExperimentConfig:
 
 
 @pytest.fixture
-def layout(cfg: ExperimentConfig) -> RunLayout:
-    return RunLayout.of(cfg)
+def exp(cfg: ExperimentConfig) -> Experiment:
+    return Experiment.of(cfg)
 
 
-def write_row(layout: RunLayout, after: int, scores: list[float], retrieval: bool = True) -> None:
+@pytest.fixture
+def layout(exp: Experiment) -> RunLayout:
+    return exp.layout
+
+
+def of_method(cfg: ExperimentConfig, method: str) -> Experiment:
+    """The same experiment run by another method (its own folder beside slm's)."""
+    return Experiment.of(cfg.model_copy(update={"method": method}))
+
+
+def write_row(exp: Experiment, after: int, scores: list[float], retrieval: bool = True) -> None:
     tasks = ["sentiment", "arithmetic", "geography"]
     row = {
         "after": after,
-        "method": layout.method,
+        "method": exp.layout.method,
         "tasks": tasks,
         "scores": dict(zip(tasks, scores, strict=True)),
         "metric": dict.fromkeys(tasks, "exact_match"),
@@ -50,38 +60,34 @@ def write_row(layout: RunLayout, after: int, scores: list[float], retrieval: boo
             "confusion": CONFUSION,
         } if retrieval else {"accuracy": None, "per_task": {}, "confusion": None},
     }
-    path = layout.eval_row(after)
+    path = exp.layout.eval_row(after)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(as_scored(layout, row, after)))
+    path.write_text(json.dumps(as_scored(exp, row, after)))
 
 
-def as_scored(layout: RunLayout, row: dict, after: int) -> dict:
+def as_scored(exp: Experiment, row: dict, after: int) -> dict:
     """`row` as `slm eval` records it, over fake finished tasks 0..after: the report checks each
     task's DONE against the config and each row's inputs against the tasks on disk."""
-    from pipeline.methods import get_method
     from pipeline.state import validity
     from pipeline.state.artifacts import write_done
 
-    cfg = load_config(None, [f"output_dir={layout.base}", "tasks.0.name=sentiment", "tasks.1.name=arithmetic",
-                             "tasks.2.name=geography"])  # the `cfg` fixture, which every test reports with
-    method = get_method(cfg.method)
     for j in range(after + 1):
-        write_done(layout.task_dir(j, cfg.tasks[j].name), "train", inputs=validity.task_inputs(cfg, method, layout, j),
+        write_done(exp.layout.task_dir(j, exp.cfg.tasks[j].name), "train", inputs=validity.task_inputs(exp, j),
                    files=[])
-    return {**row, "inputs": validity.eval_inputs(cfg, method, layout, after)}
+    return {**row, "inputs": validity.eval_inputs(exp, after)}
 
 
-def write_rows(layout: RunLayout, rows: list[list[float]], untrained: bool = True, retrieval: bool = True) -> None:
+def write_rows(exp: Experiment, rows: list[list[float]], untrained: bool = True, retrieval: bool = True) -> None:
     for i, scores in enumerate(rows):
-        write_row(layout, i, scores, retrieval)
+        write_row(exp, i, scores, retrieval)
     if untrained:
-        write_row(layout, -1, UNTRAINED, retrieval=False)
+        write_row(exp, -1, UNTRAINED, retrieval=False)
 
 
-def test_a_full_matrix_gives_metrics_matrix_report_and_plots(cfg: ExperimentConfig, layout: RunLayout,
+def test_a_full_matrix_gives_metrics_matrix_report_and_plots(exp: Experiment, cfg: ExperimentConfig, layout: RunLayout,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    write_rows(layout, MATRIX)
-    assert report.main(cfg, layout, None) == 0
+    write_rows(exp, MATRIX)
+    assert report.main(exp, report.Args()) == 0
 
     m = json.loads((layout.eval / "metrics.json").read_text())
     assert {"method", "AA", "BWT", "forgetting", "FWT", "retrieval_accuracy", "matrix", "untrained",
@@ -111,10 +117,10 @@ def test_a_full_matrix_gives_metrics_matrix_report_and_plots(cfg: ExperimentConf
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(layout.eval / "report.md")
 
 
-def test_a_partial_matrix_is_reported_as_the_tasks_learned_so_far(cfg: ExperimentConfig,
+def test_a_partial_matrix_is_reported_as_the_tasks_learned_so_far(exp: Experiment, cfg: ExperimentConfig,
                                                                    layout: RunLayout) -> None:
-    write_rows(layout, MATRIX[:2])
-    m = report.run(cfg, layout)
+    write_rows(exp, MATRIX[:2])
+    m = report.run(exp)
     assert m["complete"] is False and m["rows_present"] == 2 and m["rows_expected"] == 3
     assert m["AA"] == pytest.approx((0.8 + 0.7) / 2)
     assert m["BWT"] == pytest.approx(0.8 - 0.9)
@@ -123,53 +129,54 @@ def test_a_partial_matrix_is_reported_as_the_tasks_learned_so_far(cfg: Experimen
     assert "Partial matrix: 2 of 3 rows" in md and "slm eval --after 2" in md
 
 
-def test_no_rows_at_all_tells_the_user_what_to_run(cfg: ExperimentConfig, layout: RunLayout) -> None:
+def test_no_rows_at_all_tells_the_user_what_to_run(exp: Experiment, cfg: ExperimentConfig, layout: RunLayout) -> None:
     with pytest.raises(StageInputError, match=r"slm eval --after 0.*slm run"):
-        report.run(cfg, layout)
+        report.run(exp)
 
 
-def test_a_gap_in_the_rows_names_the_missing_row(cfg: ExperimentConfig, layout: RunLayout) -> None:
-    write_rows(layout, MATRIX)
+def test_a_gap_in_the_rows_names_the_missing_row(exp: Experiment, cfg: ExperimentConfig, layout: RunLayout) -> None:
+    write_rows(exp, MATRIX)
     layout.eval_row(1).unlink()
     with pytest.raises(StageInputError, match=r"row 1 .* missing but row 2 exists.*slm eval --after 1"):
-        report.run(cfg, layout)
+        report.run(exp)
 
 
-def test_a_row_from_another_task_list_is_refused(cfg: ExperimentConfig, layout: RunLayout) -> None:
-    write_rows(layout, MATRIX)
+def test_a_row_from_another_task_list_is_refused(exp: Experiment, cfg: ExperimentConfig, layout: RunLayout) -> None:
+    write_rows(exp, MATRIX)
     row = json.loads(layout.eval_row(0).read_text())
     row["tasks"] = ["sentiment", "geography", "arithmetic"]
     layout.eval_row(0).write_text(json.dumps(row))
     with pytest.raises(StageInputError, match="another config"):
-        report.run(cfg, layout)
+        report.run(exp)
 
 
-def test_without_the_untrained_row_fwt_is_null_and_the_report_says_how_to_get_it(
+def test_without_the_untrained_row_fwt_is_null_and_the_report_says_how_to_get_it(exp: Experiment,
         cfg: ExperimentConfig, layout: RunLayout) -> None:
-    write_rows(layout, MATRIX, untrained=False)
-    m = report.run(cfg, layout)
+    write_rows(exp, MATRIX, untrained=False)
+    m = report.run(exp)
     assert m["FWT"] is None and m["untrained"] is None
     assert "slm eval --after -1" in (layout.eval / "report.md").read_text()
 
 
 def test_a_method_without_retrieval_has_no_retrieval_plot(cfg: ExperimentConfig, layout: RunLayout) -> None:
-    seq = layout.for_method("seq_lora")
+    seq = of_method(cfg, "seq_lora")
     write_rows(seq, MATRIX, retrieval=False)
-    m = report.run(cfg, seq)
+    m = report.run(seq)
     assert m["retrieval_accuracy"] is None and m["retrieval_confusion"] is None
-    assert (seq.eval / "matrix.png").is_file() and not (seq.eval / "retrieval_confusion.png").exists()
-    assert "does not retrieve" in (seq.eval / "report.md").read_text()
+    assert (seq.layout.eval / "matrix.png").is_file() and not (seq.layout.eval / "retrieval_confusion.png").exists()
+    assert "does not retrieve" in (seq.layout.eval / "report.md").read_text()
 
 
-def test_the_comparison_lists_every_method_with_metrics(cfg: ExperimentConfig, layout: RunLayout) -> None:
-    seq = layout.for_method("seq_lora")
+def test_the_comparison_lists_every_method_with_metrics(exp: Experiment, cfg: ExperimentConfig,
+                                                        layout: RunLayout) -> None:
+    seq = of_method(cfg, "seq_lora")
     write_rows(seq, [[0.9, 0.0, 0.0], [0.1, 0.9, 0.0], [0.0, 0.1, 0.9]], retrieval=False)
-    report.run(cfg, seq)
+    report.run(seq)
     comparison = (layout.base / "comparison.md").read_text()
     assert "`seq_lora`" in comparison and "`slm`" not in comparison
 
-    write_rows(layout, MATRIX)
-    report.run(cfg, layout)
+    write_rows(exp, MATRIX)
+    report.run(exp)
     comparison = (layout.base / "comparison.md").read_text()
     # slm first (registry order). seq_lora: AA (0.0 + 0.1 + 0.9) / 3, BWT ((0.0 - 0.9) + (0.1 - 0.9)) / 2.
     assert comparison.index("`slm`") < comparison.index("`seq_lora`")
@@ -180,18 +187,17 @@ def test_the_comparison_lists_every_method_with_metrics(cfg: ExperimentConfig, l
     assert "## Comparison across methods" in md and "`seq_lora`" in md
 
 
-def test_keys_that_captured_an_earlier_task_are_warned_about_in_the_report(
+def test_keys_that_captured_an_earlier_task_are_warned_about_in_the_report(exp: Experiment,
         cfg: ExperimentConfig, layout: RunLayout, capsys: pytest.CaptureFixture[str]) -> None:
-    from pipeline.methods import get_method
     from pipeline.state import validity
     from pipeline.state.artifacts import write_done
 
-    write_rows(layout, MATRIX)
+    write_rows(exp, MATRIX)
     # what `slm train` records for task 2: the share of each earlier task's held-out queries it takes
-    inputs = validity.task_inputs(cfg, get_method(cfg.method), layout, 2)
+    inputs = validity.task_inputs(exp, 2)
     write_done(layout.task_dir(2, "geography"), "train", inputs=inputs, files=[],
                capture={"sentiment": 0.3, "arithmetic": 0.01})
-    assert report.main(cfg, layout, None) == 0
+    assert report.main(exp, report.Args()) == 0
 
     m = json.loads((layout.eval / "metrics.json").read_text())
     assert m["training"]["capture_warnings"] == ["task 2 (geography) captures 30% of sentiment's held-out queries"]

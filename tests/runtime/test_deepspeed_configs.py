@@ -15,12 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.cli import main as slm
-from pipeline.config import PACKAGE_DIR
+from pipeline.config import DS_CONFIGS
 from pipeline.experiment import load_config
 from pipeline.runtime.deepspeed_config import make_optimizer, offloads_optimizer
 from pipeline.state.artifacts import read_done, sha256_file
 
-SHIPPED = sorted(p.stem for p in (PACKAGE_DIR / "ds_configs").glob("*.json"))
+SHIPPED = sorted(p.stem for p in DS_CONFIGS.glob("*.json"))
 
 
 def _train_two_steps(out: Path, tiny_model_dir: str, deepspeed: str) -> dict[str, torch.Tensor]:

@@ -29,9 +29,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from pipeline.adapters import slot_dtype
 from pipeline.jare.inject import JareBank, inject_jare
 from pipeline.jare.routing import Routing
+from pipeline.methods.jare.model import slot_dtype
 from pipeline.runtime.models import load_base_model
 from tests.tiny import randomize_slots, tiny_llama
 

@@ -23,7 +23,7 @@ def _task(root: Path, family: str, name: str, splits: dict[str, list[dict]], lab
 
 def test_upstream_tasks_become_task_folders_the_cl_benchmark_source_loads(tmp_path) -> None:
     from pipeline.data.prepared import load_prepared
-    from pipeline.experiment import load_config
+    from pipeline.experiment import Experiment, load_config
     from pipeline.stages import prepare
     from pipeline.state.layout import RunLayout
 
@@ -45,6 +45,6 @@ def test_upstream_tasks_become_task_folders_the_cl_benchmark_source_loads(tmp_pa
 
     cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", f"data_root={out}",
                              "tasks=[{name: imdb, source: {type: cl_benchmark, path: IMDB}}]"])
-    prepare.run(cfg, RunLayout.of(cfg))
+    prepare.run(Experiment.of(cfg))
     prepared = load_prepared(cfg, RunLayout.of(cfg))["imdb"]
     assert len(prepared["test"]) == len(test) and prepared["train"][0]["output"] in ("Good", "Bad")

@@ -19,11 +19,10 @@ import torch
 
 from pipeline.cli import main as slm
 from pipeline.data.synthetic import get_generator
-from pipeline.experiment import load_config
+from pipeline.experiment import load_experiment
 from pipeline.serve.app import create_app
 from pipeline.serve.runner import serving
 from pipeline.serve.session import load_session
-from pipeline.state.layout import RunLayout
 from tests.tiny import finish_tasks, save_tiny_checkpoint, tiny_overrides
 
 GENERATORS = {"sentiment": "sentiment", "geography": "geography", "animals": "animal_class"}  # default.yaml
@@ -41,11 +40,10 @@ def run_overrides(tmp_path_factory) -> list[str]:
 @pytest.fixture(scope="module")
 def session(run_overrides):
     """The model of the first two tasks; task 2 (animals) is hidden until the reload test shows it."""
-    cfg = load_config(None, run_overrides)
-    layout = RunLayout.of(cfg)
-    done = layout.task_dir(2, "animals") / "DONE"
+    exp = load_experiment(None, run_overrides)
+    done = exp.layout.task_dir(2, "animals") / "DONE"
     done.rename(done.with_suffix(".hidden"))
-    return load_session(cfg, layout)
+    return load_session(exp)
 
 
 def spec_of(session, **changes):
@@ -105,7 +103,7 @@ def test_openai_client_gets_the_slm_generate_answer_and_its_retrieved_slots(sess
     assert slm_ext(stream[-1])["retrieval"] == retrieval  # the extension rides on the last chunk
 
     # `slm generate` (the CLI, its own process state) prints the same answer and slots
-    hidden = RunLayout.of(session.cfg).task_dir(2, "animals") / "DONE.hidden"
+    hidden = session.layout.task_dir(2, "animals") / "DONE.hidden"
     assert hidden.is_file()  # generate must see the same two tasks
     capsys.readouterr()
     args = ["generate", record["instruction"], "--input", record["input"], "--max-new-tokens", str(NEW_TOKENS)]
@@ -137,7 +135,7 @@ def test_concurrent_clients_each_get_their_own_prompts_sequential_answer(session
 
 
 def test_a_newly_done_task_is_loaded_between_batches_and_a_tampered_one_is_refused(session):
-    layout = RunLayout.of(session.cfg)
+    layout = session.layout
     folder = layout.task_dir(2, "animals")
     record = prompts(1)[2]  # an animals record
     adapter = folder / "adapter.safetensors"
@@ -183,8 +181,8 @@ def test_polling_picks_up_a_task_without_being_asked(session, tmp_path):
     """A second look at pickup: the worker polls between batches (serve.reload_poll_s)."""
     if "animals" in session.tasks:  # the reload test ran first: drop the task again to re-add it
         session.bank.remove_task("animals")
-        session.router.store.remove_task("animals")
-    folder = RunLayout.of(session.cfg).task_dir(2, "animals")
+        session.router.remove_task("animals")
+    folder = session.layout.task_dir(2, "animals")
     if (folder / "DONE.hidden").exists():  # run on its own: the DONE appears now
         (folder / "DONE.hidden").rename(folder / "DONE")
     with server(session, reload_poll_s=0.2) as (url, _):
@@ -269,11 +267,11 @@ def test_a_request_past_its_timeout_is_cancelled_and_frees_its_batch_slot(sessio
 def test_serve_refuses_a_run_without_an_index_or_without_a_finished_task(tmp_path, run_overrides):
     from pipeline.errors import StageInputError
 
-    cfg = load_config(None, [*run_overrides, f"output_dir={tmp_path / 'empty'}"])
+    exp = load_experiment(None, [*run_overrides, f"output_dir={tmp_path / 'empty'}"])
     with pytest.raises(StageInputError, match="slm serve"):
-        load_session(cfg, RunLayout.of(cfg))
-    lora = load_config(None, [*run_overrides, f"output_dir={tmp_path / 'empty'}", "method=seq_lora"])
+        load_session(exp)
+    lora = load_experiment(None, [*run_overrides, f"output_dir={tmp_path / 'empty'}", "method=seq_lora"])
     with pytest.raises(StageInputError, match="no finished task"):
-        load_session(lora, RunLayout.of(lora))
+        load_session(lora)
 
 

@@ -19,12 +19,11 @@ import pytest
 import torch
 
 from pipeline.cli import main as slm
-from pipeline.experiment import load_config
+from pipeline.experiment import load_experiment
 from pipeline.serve.app import create_app
 from pipeline.serve.decode import Row, Sampling, decode
 from pipeline.serve.runner import serving
 from pipeline.serve.session import load_session
-from pipeline.state.layout import RunLayout
 
 KEY = "sk-test-123"
 SYSTEM = "You answer in one word."
@@ -48,8 +47,7 @@ def trained(tmp_path_factory, tiny_model_dir) -> list[str]:
 
 @pytest.fixture(scope="module")
 def session(trained):
-    cfg = load_config(None, trained)
-    return load_session(cfg, RunLayout.of(cfg))
+    return load_session(load_experiment(None, trained))
 
 
 @contextlib.contextmanager
@@ -101,16 +99,14 @@ def test_an_api_key_is_required_when_set_and_health_stays_open(session):
 
 
 def test_the_api_key_comes_from_the_flag_then_the_environment_then_the_config(session, monkeypatch):
-    from argparse import Namespace
+    from pipeline.serve.command import Args, serve_spec
 
-    from pipeline.serve.command import serve_spec
-
-    cfg = session.cfg.model_copy(update={"serve": session.cfg.serve.model_copy(update={"api_key": "from-yaml"})})
+    spec = session.cfg.serve.model_copy(update={"api_key": "from-yaml"})
     monkeypatch.delenv("SLM_API_KEY", raising=False)
-    assert serve_spec(cfg, Namespace(api_key=None)).api_key == "from-yaml"
+    assert serve_spec(spec, Args()).api_key == "from-yaml"
     monkeypatch.setenv("SLM_API_KEY", "from-env")
-    assert serve_spec(cfg, Namespace(api_key=None)).api_key == "from-env"
-    assert serve_spec(cfg, Namespace(api_key="from-flag")).api_key == "from-flag"
+    assert serve_spec(spec, Args()).api_key == "from-env"
+    assert serve_spec(spec, Args(api_key="from-flag")).api_key == "from-flag"
 
 
 def test_fields_the_server_cannot_honour_are_a_400_naming_them(session):
@@ -203,8 +199,7 @@ def test_a_request_joins_the_running_batch_at_the_next_step_only_when_continuous
 
 @pytest.mark.parametrize("method", ["seq_lora", "seq_ft"])
 def test_every_method_serves_through_its_predictor(trained, method):
-    cfg = load_config(None, [*trained, f"method={method}"])
-    one = load_session(cfg, RunLayout.of(cfg))
+    one = load_session(load_experiment(None, [*trained, f"method={method}"]))
     assert one.tasks == ["sentiment", "geography"] and not one.retrieves
     record = {"instruction": "And Lima?", "input": "", "history": HISTORY[:-1]}
     ids = one.encode(record)

@@ -49,9 +49,9 @@ def sinfo_answers() -> bool:
 
 @pytest.fixture(scope="module")
 def local_slurm() -> Iterator[None]:
+    # A renamed or removed stage is a failure of this suite, never a reason to skip it.
     missing = [s for s in STAGES if not (REPO / "pipeline" / "stages" / f"{s}.py").is_file()]
-    if missing:
-        pytest.skip(f"stages not written yet: {missing}")
+    assert not missing, f"the Slurm jobs run stages that do not exist: {missing}"
     if sinfo_answers():
         yield
         return

@@ -171,7 +171,7 @@ def fixed_python(monkeypatch: pytest.MonkeyPatch) -> None:
 def fake_plan(monkeypatch: pytest.MonkeyPatch, fits: bool) -> None:
     import pipeline.planning.checks
 
-    monkeypatch.setattr(pipeline.planning.checks, "check_fits", lambda cfg: (fits, "PLAN TABLE"))
+    monkeypatch.setattr(pipeline.planning.checks, "check_fits", lambda cfg, method: (fits, "PLAN TABLE"))
 
 
 @pytest.mark.parametrize("shape", SHAPES)

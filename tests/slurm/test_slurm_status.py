@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import cli, slurm
-from pipeline.experiment import load_config
-from pipeline.methods import get_method
+from pipeline.experiment import load_config, load_experiment
 from pipeline.stages import status
 from pipeline.state import validity
 from pipeline.state.artifacts import write_done
@@ -35,11 +34,11 @@ def stub(folder: Path, name: str, body: str) -> None:
 @pytest.fixture
 def run_dir(tmp_path: Path) -> RunLayout:
     """A run with prepare and task 0 DONE and jobs 101 (prepare), 102 (train), 105 (finish) recorded."""
-    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}"])
-    layout = RunLayout.of(cfg)
+    exp = load_experiment(None, [f"output_dir={tmp_path / 'run'}"])
+    cfg, layout = exp.cfg, exp.layout
     # Markers as the stages write them (status shows a DONE that no longer matches as stale).
     write_done(layout.data, "prepare", files=[])
-    inputs = validity.task_inputs(cfg, get_method(cfg.method), layout, 0)
+    inputs = validity.task_inputs(exp, 0)
     write_done(layout.task_dir(0, cfg.tasks[0].name), "train", inputs=inputs, files=[])
     slurm.script_dir(layout).mkdir(parents=True)
     jobs = {"submitted": "2026-01-01T00:00:00", "jobs": {k: {"id": v} for k, v in

@@ -14,12 +14,11 @@ import pytest
 import torch
 
 from pipeline.cli import main as slm
-from pipeline.experiment import load_config
-from pipeline.export import concat_loras, task_lora_weights, write_peft_adapter
+from pipeline.experiment import load_experiment
 from pipeline.jare.inject import inject_jare
 from pipeline.jare.routing import Routing
 from pipeline.methods import get_method
-from pipeline.state.layout import RunLayout
+from pipeline.peft_export import concat_loras, task_lora_weights, write_peft_adapter
 from tests.tiny import randomize_slots, tiny_llama
 
 SLOTS, RANK = 3, 4
@@ -66,7 +65,7 @@ def test_a_tasks_slots_at_given_weights_are_one_peft_lora_of_rank_p_times_r(bank
 
 
 def test_the_saved_adapter_file_converts_like_the_live_bank(bank, tmp_path):
-    from pipeline.adapters import read_safetensors
+    from pipeline.state.artifacts import read_safetensors
 
     bank.save_task(0, tmp_path / "adapter.safetensors")
     from_file = task_lora_weights(read_safetensors(tmp_path / "adapter.safetensors"), 0, [1 / 3] * 3)
@@ -127,13 +126,13 @@ def test_slm_export_loads_in_peft_and_answers_like_the_methods_own_forward(run_d
     from pipeline.runtime.models import load_base_model
 
     overrides = trained(run_dir, method)
-    cfg = load_config(None, overrides)
-    layout = RunLayout.of(cfg)
+    exp = load_experiment(None, overrides)
+    cfg, layout = exp.cfg, exp.layout
     assert slm(["export", *overrides, "--task", "geography", "--merged"]) == 0
     folder = layout.root / "export" / "1-geography"
     info = json.loads((folder / "slm_export.json").read_text())
     ids = token_ids()
-    predictor = get_method(method).predictor(cfg, layout, 1, torch.device("cpu"))
+    predictor = exp.method.predictor(exp, 1, torch.device("cpu"))
     routing = Routing.single_task(1, cfg.methods.slm.slots_per_task, len(ids)) if method == "slm" else None
     with predictor.routed(routing):
         ours = logits(predictor.model.eval(), ids)
@@ -150,11 +149,11 @@ def test_seq_ft_exports_its_saved_model_as_a_plain_transformers_folder(run_dir):
     from pipeline.runtime.models import load_base_model
 
     overrides = trained(run_dir, "seq_ft")
-    cfg = load_config(None, overrides)
-    layout = RunLayout.of(cfg)
+    exp = load_experiment(None, overrides)
+    layout = exp.layout
     assert slm(["export", *overrides, "--task", "0"]) == 0
     ids = token_ids()
-    ours = logits(get_method("seq_ft").predictor(cfg, layout, 0, torch.device("cpu")).model.eval(), ids)
+    ours = logits(exp.method.predictor(exp, 0, torch.device("cpu")).model.eval(), ids)
     exported = load_base_model(str(layout.root / "export" / "0-sentiment"))
     torch.testing.assert_close(logits(exported, ids), ours)
 
@@ -164,8 +163,7 @@ def test_export_refuses_an_unfinished_task_and_route_retrieved(run_dir, capsys):
     assert slm(["export", *overrides]) == 2
     assert "no task is DONE" in capsys.readouterr().err
     from pipeline.errors import ConfigError
-    from pipeline.methods import get_method
 
-    cfg = load_config(None, [*overrides, "methods.slm.transfer=route_retrieved"])
+    exp = load_experiment(None, [*overrides, "method=slm", "methods.slm.transfer=route_retrieved"])
     with pytest.raises(ConfigError, match="route_retrieved"):
-        get_method("slm").export(cfg, RunLayout.of(cfg), 0)
+        exp.method.export(exp, 0)

@@ -12,13 +12,11 @@ import torch
 import yaml
 
 from pipeline.cli import main as slm
-from pipeline.experiment import load_config
+from pipeline.experiment import load_experiment
 from pipeline.jare.routing import Routing
-from pipeline.methods import get_method
 from pipeline.serve.app import create_app
 from pipeline.serve.runner import serving
 from pipeline.serve.session import load_session
-from pipeline.state.layout import RunLayout
 
 KEY = "sk-journey"
 CAPITALS = [("France", "Paris"), ("Peru", "Lima"), ("Kenya", "Nairobi"), ("Japan", "Tokyo"), ("Chile", "Santiago"),
@@ -49,8 +47,8 @@ def test_sharegpt_task_to_run_to_peft_export_to_served_chat_with_history_and_a_k
     assert slm(["run", "-c", str(experiment)]) == 0
     assert slm(["export", "-c", str(experiment), "--task", "capitals"]) == 0
 
-    cfg = load_config(experiment)
-    layout = RunLayout.of(cfg)
+    exp = load_experiment(experiment)
+    cfg, layout = exp.cfg, exp.layout
     folder = layout.root / "export" / "0-capitals"
     from peft import PeftModel
 
@@ -58,12 +56,12 @@ def test_sharegpt_task_to_run_to_peft_export_to_served_chat_with_history_and_a_k
 
     ids = torch.randint(10, 4000, (1, 12), generator=torch.Generator().manual_seed(0))
     peft = PeftModel.from_pretrained(load_base_model(tiny_model_dir), str(folder)).eval()
-    predictor = get_method(cfg.method).predictor(cfg, layout, 1, torch.device("cpu"))
+    predictor = exp.method.predictor(exp, 1, torch.device("cpu"))
     with torch.no_grad(), predictor.routed(Routing.single_task(0, cfg.methods.slm.slots_per_task, 1)):
         torch.testing.assert_close(peft(input_ids=ids).logits, predictor.model(input_ids=ids).logits,
                                    atol=1e-4, rtol=1e-4)
 
-    session = load_session(cfg, layout)
+    session = load_session(exp)
     spec = cfg.serve.model_copy(update={"api_key": KEY, "reload_poll_s": 0.0})
     with serving(create_app(session, spec)) as url:
         with pytest.raises(openai.AuthenticationError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.methods.lora import LoraMethod
+from pipeline.methods.lora.method import LoraMethod
 
 
 class SeqLora(LoraMethod):

@@ -19,12 +19,12 @@ from pipeline import distributed
 from pipeline.data.records import stable_rng, stable_sample
 from pipeline.errors import StageInputError
 from pipeline.methods.base import LoadBase, MethodOptions, Trainer
-from pipeline.methods.lora import LoraMethod
+from pipeline.methods.lora.method import LoraMethod
 from pipeline.state.artifacts import atomic_write_text
 
 if TYPE_CHECKING:
     from pipeline.config import ExperimentConfig
-    from pipeline.state.layout import RunLayout
+    from pipeline.experiment import Experiment
 
 BUFFER_FILE = "replay_buffer.jsonl"
 
@@ -40,18 +40,18 @@ class Replay(LoraMethod):
     role = "baseline"
     trains = "as seq_lora, plus a seeded buffer of methods.replay.ratio (1 %) of each earlier task's records"
     infers = "the LoRA after the last task"
-    stores = "adapter.safetensors (the LoRA after the task) + replay_buffer.jsonl (the records it replayed)"
     Options = ReplayOptions
 
-    def training_records(self, cfg: ExperimentConfig, layout: RunLayout, prepared: dict, t: int) -> list[dict]:
-        own = super().training_records(cfg, layout, prepared, t)
+    def training_records(self, exp: Experiment, prepared: dict, t: int) -> list[dict]:
+        cfg, layout = exp.cfg, exp.layout
+        own = super().training_records(exp, prepared, t)
         buffer = replay_buffer(cfg, prepared, t, self.options(cfg).ratio)
         _write_or_check(layout.task_dir(t, cfg.tasks[t].name) / BUFFER_FILE, buffer)
         return own + buffer
 
-    def trainer(self, cfg: ExperimentConfig, layout: RunLayout, t: int, records: list[dict],
-                device: torch.device, load_base: LoadBase) -> Trainer:
-        trainer = super().trainer(cfg, layout, t, records, device, load_base)
+    def trainer(self, exp: Experiment, t: int, records: list[dict], device: torch.device,
+                load_base: LoadBase) -> Trainer:
+        trainer = super().trainer(exp, t, records, device, load_base)
         save_adapter = trainer.save
         trainer.save = lambda: [*save_adapter(), BUFFER_FILE]
         return trainer

@@ -18,18 +18,20 @@ import torch
 from pydantic import Field
 
 from pipeline import distributed
-from pipeline.adapters import jare_model, load_keys, save_keys
+from pipeline.dtkr.key_files import load_keys, save_keys
 from pipeline.jare.routing import Routing
 from pipeline.methods.base import LoadBase, Method, MethodOptions, Predictor, Trainer
+from pipeline.methods.jare.model import jare_model
+from pipeline.state.layout import ADAPTER_FILE, KEYS_FILE
 
 if TYPE_CHECKING:
     from pipeline.config import ExperimentConfig
-    from pipeline.export import TaskExport
-    from pipeline.methods.loads import MethodLoad
+    from pipeline.experiment import Experiment
+    from pipeline.peft_export import TaskExport
+    from pipeline.planning.loads import MethodLoad
     from pipeline.planning.shapes import ModelShape
     from pipeline.state.layout import RunLayout
 
-ADAPTER_FILE, KEYS_FILE = "adapter.safetensors", "keys.safetensors"
 # Warn when a new task's keys take the top-1 slot of more than this share of an earlier task's
 # held-out queries (measured on up to CAPTURE_QUERIES of them per task).
 CAPTURE_WARN, CAPTURE_QUERIES = 0.05, 200
@@ -57,7 +59,7 @@ class JareOptions(MethodOptions):
 class JareMethod(Method):
     Options = JareOptions
     learns_keys = True
-    stores = "adapter.safetensors (the task's P slots) + keys.safetensors (its P DTKR keys)"
+    has_slots = True
 
     def config_problems(self, cfg: ExperimentConfig) -> list[str]:
         if cfg.dtkr.top_k > self.options(cfg).slots_per_task * len(cfg.tasks):
@@ -65,7 +67,7 @@ class JareMethod(Method):
                     f"({self.options(cfg).slots_per_task} x {len(cfg.tasks)} tasks)"]
         return []
 
-    def export(self, cfg: ExperimentConfig, layout: RunLayout, t: int) -> TaskExport:
+    def export(self, exp: Experiment, t: int) -> TaskExport:
         """Task t's P slots at equal weights 1/P, as one LoRA of rank P*r.
 
         Why equal weights: a LoRA has one fixed increment, while DTKR picks top-k slots and their
@@ -73,9 +75,10 @@ class JareMethod(Method):
         depend on an input, and what `serve.merged_task` merges into W; retrieval's per-input choice
         among (and across) tasks' slots is what the export gives up.
         """
-        from pipeline.adapters import read_safetensors
+        cfg, layout = exp.cfg, exp.layout
         from pipeline.errors import ConfigError
-        from pipeline.export import TaskExport, task_lora_weights
+        from pipeline.peft_export import TaskExport, task_lora_weights
+        from pipeline.state.artifacts import read_safetensors
 
         opts = self.options(cfg)
         if opts.transfer == "route_retrieved":
@@ -95,14 +98,15 @@ class JareMethod(Method):
         return self.options(cfg).slots_per_task
 
     def memory_load(self, cfg: ExperimentConfig, shape: ModelShape, encoder_dim: int) -> MethodLoad:
-        from pipeline.methods.loads import compute_bytes, jare_load
+        from pipeline.planning.loads import compute_bytes, jare_load
 
         p = self.options(cfg).slots_per_task
-        return jare_load(shape, len(cfg.tasks), p, max(p, cfg.dtkr.top_k), encoder_dim, compute_bytes(cfg),
-                         cfg.method)
+        return jare_load(shape.targets(cfg.adapter.target_modules), cfg.adapter.rank, len(cfg.tasks), p,
+                         max(p, cfg.dtkr.top_k), encoder_dim, compute_bytes(cfg), cfg.method)
 
-    def trainer(self, cfg: ExperimentConfig, layout: RunLayout, t: int, records: list[dict],
-                device: torch.device, load_base: LoadBase) -> Trainer:
+    def trainer(self, exp: Experiment, t: int, records: list[dict], device: torch.device,
+                load_base: LoadBase) -> Trainer:
+        cfg, layout = exp.cfg, exp.layout
         from pipeline.dtkr.encoder import SentenceEncoder
         from pipeline.dtkr.router import Router
 
@@ -143,13 +147,14 @@ class JareMethod(Method):
 
         return Trainer(model, params, save, before_forward=before_forward, info=info)
 
-    def predictor(self, cfg: ExperimentConfig, layout: RunLayout, after: int, device: torch.device) -> Predictor:
+    def predictor(self, exp: Experiment, after: int, device: torch.device) -> Predictor:
+        cfg, layout = exp.cfg, exp.layout
         from pipeline.dtkr.encoder import SentenceEncoder
         from pipeline.dtkr.router import Router
         from pipeline.dtkr.store import load_store
 
         model, bank = jare_model(cfg, layout, after + 1, self.key_slots(cfg), device)
-        router = Router(load_store(cfg, layout, after + 1), SentenceEncoder(cfg.dtkr.encoder, device), cfg.dtkr,
+        router = Router(load_store(exp, after + 1), SentenceEncoder(cfg.dtkr.encoder, device), cfg.dtkr,
                         through_earlier=self.options(cfg).transfer == "route_retrieved")
         seen = [t.name for t in cfg.tasks[: after + 1]]
 

@@ -14,14 +14,17 @@ from typing import TYPE_CHECKING
 import torch
 from pydantic import Field
 
-from pipeline.adapters import base_model, load_lora_state, lora_config, read_safetensors
 from pipeline.errors import ConfigError
-from pipeline.export import TaskExport, concat_loras, lora_from_peft_state
 from pipeline.methods.base import LoadBase, MethodOptions, Predictor, Trainer
-from pipeline.methods.lora import LoraMethod, save_peft_state
+from pipeline.methods.lora.method import LoraMethod, save_peft_state
+from pipeline.methods.lora.model import load_lora_state, lora_config
+from pipeline.peft_export import TaskExport, concat_loras, lora_from_peft_state
+from pipeline.runtime.models import base_model
+from pipeline.state.artifacts import read_safetensors
 
 if TYPE_CHECKING:
     from pipeline.config import ExperimentConfig
+    from pipeline.experiment import Experiment
     from pipeline.state.layout import RunLayout
 
 
@@ -42,7 +45,6 @@ class OLora(LoraMethod):
     role = "peer"
     trains = "a new LoRA per task, its A kept orthogonal to the earlier (frozen) tasks' A"
     infers = "the sum of every task's LoRA (no task id)"
-    stores = "adapter.safetensors (the task's own LoRA; inference adds all of them)"
     Options = OLoraOptions
     one_lora_per_task = True  # every task's LoRA stays in memory
 
@@ -55,8 +57,9 @@ class OLora(LoraMethod):
             raise ConfigError(f"method {self.name} does not support ZeRO-3 (train.deepspeed={cfg.train.deepspeed}); "
                               "use zero2 or zero2_offload (its LoRAs are small)")
 
-    def trainer(self, cfg: ExperimentConfig, layout: RunLayout, t: int, records: list[dict],
-                device: torch.device, load_base: LoadBase) -> Trainer:
+    def trainer(self, exp: Experiment, t: int, records: list[dict], device: torch.device,
+                load_base: LoadBase) -> Trainer:
+        cfg, layout = exp.cfg, exp.layout
         model = o_lora_model(cfg, layout, t, load_base(), train_new=True)
         new, old = adapter_name(t), [adapter_name(j) for j in range(t)]
         layers = lora_layers(model)
@@ -74,10 +77,12 @@ class OLora(LoraMethod):
         return Trainer(model, params, lambda: save_peft_state(cfg, layout, t, model, params, adapter_name=new),
                        extra_loss=extra_loss if (lam1 and old) or lam2 else None)
 
-    def predictor(self, cfg: ExperimentConfig, layout: RunLayout, after: int, device: torch.device) -> Predictor:
-        return Predictor(o_lora_model(cfg, layout, after + 1, base_model(cfg, device), train_new=False))
+    def predictor(self, exp: Experiment, after: int, device: torch.device) -> Predictor:
+        cfg, layout = exp.cfg, exp.layout
+        return Predictor(o_lora_model(cfg, layout, after + 1, base_model(cfg.model, device), train_new=False))
 
-    def export(self, cfg: ExperimentConfig, layout: RunLayout, t: int) -> TaskExport:
+    def export(self, exp: Experiment, t: int) -> TaskExport:
+        cfg, layout = exp.cfg, exp.layout
         # Inference adds every task's LoRA up to t: one LoRA of rank (t+1)*r holds that sum exactly.
         paths = [layout.adapter_file(j, cfg.tasks[j].name) for j in range(t + 1)]
         lora = concat_loras([lora_from_peft_state(read_safetensors(p)) for p in paths])

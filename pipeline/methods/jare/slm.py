@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pipeline.methods.jare import JareMethod
+from pipeline.methods.jare.method import JareMethod
 
 if TYPE_CHECKING:
     from pipeline.jare.routing import Routing

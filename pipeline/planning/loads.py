@@ -1,4 +1,4 @@
-"""What each continual-learning method adds to the memory plan of a frozen-base step.
+"""What a continual-learning method adds to the memory plan of a frozen-base step.
 
 `pipeline.planning.memory` sizes the base model, its activations and the ZeRO buffers; a method adds its own
 parameters, by role (`MethodLoad`):
@@ -6,15 +6,16 @@ parameters, by role (`MethodLoad`):
 resident     adapter parameters held in memory besides the base (JARe: every task's slots; a
              LoRA method: its LoRA, o_lora: one per task; seq_ft: none, it trains the base itself)
 trainable    what the optimizer updates: JARe: task t's P slots; LoRA: one LoRA (o_lora: the
-             newest); seq_ft: the decoder linears `pipeline.methods.seq_ft.mark_trainable` selects,
-             counted on the meta-device model by that same function
+             newest); seq_ft: the decoder linears it selects (`ModelShape.decoder_linears`, by the
+             name rule `pipeline.methods.seq_ft.mark_trainable` uses)
 saved inputs features per token that trainable linears (or side branches) save for backward:
              a weight gradient needs the layer's input, which a frozen layer never saves
 stored       bytes written per task (JARe: P slots x target linears + fp32 keys; LoRA: one
              adapter; seq_ft: the whole model in the training dtype)
+index keys   DTKR keys per task in the FAISS index (JARe: P; the others: none)
 
 Each method declares its own load (`Method.memory_load`, in its module) from the builders here:
-a new method says what it holds, nothing here names it.
+a new method says what it holds, nothing here names it, and nothing here imports a method.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pipeline.errors import ConfigError
+from pipeline.planning.shapes import LinearShape, ModelShape, saved_input_features
 
 if TYPE_CHECKING:
     from pipeline.config import ExperimentConfig
-    from pipeline.planning.shapes import ModelShape
 
 KEY_BYTES = 4  # DTKR keys are stored in fp32
 
@@ -46,53 +47,56 @@ class MethodLoad:
     stored_per_task_bytes: int  # written to disk per task
     stored_what: str
     trains_base: bool = False  # the trainable parameters are the base's own weights
+    index_keys_per_task: int = 0  # DTKR keys per task in the FAISS index
 
     @property
     def stored_total_bytes(self) -> int:
         return self.tasks * self.stored_per_task_bytes
 
 
-def jare_load(shape: ModelShape, tasks: int, slots: int, gathered: int, encoder_dim: int, compute_bytes: int,
-              method: str = "slm", note: str = "") -> MethodLoad:
-    """T tasks x P slots resident, task t's P slots train, `gathered` slots per sample."""
-    rank = shape.slot_params // shape.target_features
+def jare_load(targets: list[LinearShape], rank: int, tasks: int, slots: int, gathered: int, encoder_dim: int,
+              compute_bytes: int, method: str, note: str = "") -> MethodLoad:
+    """T tasks x P slots of rank r on `targets` resident, task t's P slots train, `gathered` slots per sample."""
+    slot_params = rank * sum(lin.features for lin in targets)
     summary = f"JARe: T={tasks} x P={slots} slots of rank {rank} resident, task t's P train{note}"
     return MethodLoad(method=method, summary=summary,
-                      adapter_label="slots", resident_params=tasks * slots * shape.slot_params,
-                      trainable_params=slots * shape.slot_params, saved_input_features=shape.side_input_features,
-                      gathered_params=gathered * shape.slot_params,
+                      adapter_label="slots", resident_params=tasks * slots * slot_params,
+                      trainable_params=slots * slot_params, saved_input_features=saved_input_features(targets),
+                      gathered_params=gathered * slot_params,
                       tasks=tasks,
-                      stored_per_task_bytes=slots * (shape.slot_params * compute_bytes + encoder_dim * KEY_BYTES),
-                      stored_what=f"{slots} slots x target linears in {_dtype(compute_bytes)} + {slots} fp32 keys")
+                      stored_per_task_bytes=slots * (slot_params * compute_bytes + encoder_dim * KEY_BYTES),
+                      stored_what=f"{slots} slots x target linears in {_dtype(compute_bytes)} + {slots} fp32 keys",
+                      index_keys_per_task=slots)
 
 
-def lora_load(shape: ModelShape, rank: int, tasks: int, one_per_task: bool, compute_bytes: int,
+def lora_load(targets: list[LinearShape], rank: int, tasks: int, one_per_task: bool, compute_bytes: int,
               method: str) -> MethodLoad:
-    """One PEFT LoRA of rank `rank` on the target linears (o_lora: one per task, all resident),
-    the newest trains.
+    """One PEFT LoRA of rank `rank` on `targets` (o_lora: one per task, all resident), the newest trains.
 
     The LoRA's A reads the layer's input (lora_dropout 0 is an identity, so q/k/v share one
     saved input, as JARe's side branches do); frozen LoRAs save nothing."""
-    one = rank * shape.target_features
+    one = rank * sum(lin.features for lin in targets)
     held = f"T={tasks} LoRAs resident, the newest" if one_per_task else "one LoRA"
     return MethodLoad(method=method, summary=f"LoRA rank {rank}: {held} trains",
                       adapter_label="LoRAs" if one_per_task else "LoRA",
                       resident_params=(tasks if one_per_task else 1) * one, trainable_params=one,
-                      saved_input_features=shape.side_input_features, gathered_params=0, tasks=tasks,
+                      saved_input_features=saved_input_features(targets), gathered_params=0, tasks=tasks,
                       stored_per_task_bytes=one * compute_bytes,
                       stored_what=f"one LoRA adapter in {_dtype(compute_bytes)}")
 
 
-def full_ft_load(shape: ModelShape, tasks: int, compute_bytes: int, method: str = "seq_ft") -> MethodLoad:
-    """Full fine-tuning: the selected decoder linears train and save their inputs; the whole
+def full_ft_load(shape: ModelShape, trained: list[LinearShape], tasks: int, compute_bytes: int,
+                 method: str) -> MethodLoad:
+    """Full fine-tuning of the linears `trained`: they train and save their inputs; the whole
     model is stored per task."""
-    if not shape.ft_linears:
-        raise ConfigError(f"method {method}: {shape.name} has no decoder layers where seq_ft looks for them "
-                          f"(model.get_decoder().layers); full fine-tuning supports LLaMA-style models")
-    share = shape.ft_params / shape.total_params
-    return MethodLoad(method=method, summary=f"full fine-tuning: {shape.ft_linears} decoder linears "
+    if not trained:
+        raise ConfigError(f"method {method}: {shape.name} has no decoder linears where full fine-tuning looks for "
+                          "them (model.get_decoder().layers, matching its modules); it supports LLaMA-style models")
+    params = sum(lin.params for lin in trained)
+    share = params / shape.total_params
+    return MethodLoad(method=method, summary=f"full fine-tuning: {len(trained)} decoder linears "
                       f"({share:.1%} of the parameters) train", adapter_label="adapters", resident_params=0,
-                      trainable_params=shape.ft_params, saved_input_features=shape.ft_input_features,
+                      trainable_params=params, saved_input_features=saved_input_features(trained),
                       gathered_params=0, tasks=tasks, stored_per_task_bytes=shape.total_params * compute_bytes,
                       stored_what=f"the whole model in {_dtype(compute_bytes)}, safetensors shards", trains_base=True)
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pipeline.methods.lora import LoraMethod
+from pipeline.methods.lora.method import LoraMethod
 
 if TYPE_CHECKING:
-    from pipeline.config import ExperimentConfig
-    from pipeline.state.layout import RunLayout
+    from pipeline.experiment import Experiment
 
 
 class Multitask(LoraMethod):
@@ -17,7 +16,8 @@ class Multitask(LoraMethod):
     trains = "at stage i, one fresh LoRA on tasks 0..i jointly (i+1 times the steps)"
     infers = "the LoRA of the last stage"
 
-    def training_records(self, cfg: ExperimentConfig, layout: RunLayout, prepared: dict, t: int) -> list[dict]:
+    def training_records(self, exp: Experiment, prepared: dict, t: int) -> list[dict]:
+        cfg = exp.cfg
         return [dict(r) for j in range(t + 1) for r in prepared[cfg.tasks[j].name]["train"]]
 
     def steps_scale(self, t: int) -> int:

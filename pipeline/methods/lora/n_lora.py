@@ -16,11 +16,10 @@ import torch
 from pydantic import Field
 
 from pipeline.methods.base import LoadBase, Trainer
-from pipeline.methods.o_lora import OLora, OLoraOptions, adapter_name, lora_layers
+from pipeline.methods.lora.o_lora import OLora, OLoraOptions, adapter_name, lora_layers
 
 if TYPE_CHECKING:
-    from pipeline.config import ExperimentConfig
-    from pipeline.state.layout import RunLayout
+    from pipeline.experiment import Experiment
 
 
 class NLoraOptions(OLoraOptions):
@@ -38,9 +37,10 @@ class NLora(OLora):
     infers = "the sum of every task's LoRA (no task id)"
     Options = NLoraOptions
 
-    def trainer(self, cfg: ExperimentConfig, layout: RunLayout, t: int, records: list[dict],
-                device: torch.device, load_base: LoadBase) -> Trainer:
-        trainer = super().trainer(cfg, layout, t, records, device, load_base)
+    def trainer(self, exp: Experiment, t: int, records: list[dict], device: torch.device,
+                load_base: LoadBase) -> Trainer:
+        cfg = exp.cfg
+        trainer = super().trainer(exp, t, records, device, load_base)
         layers, new, lam = lora_layers(trainer.model), adapter_name(t), self.options(cfg).sparsity
         o_lora_terms = trainer.extra_loss
 

@@ -12,43 +12,45 @@ from typing import TYPE_CHECKING
 import torch
 
 from pipeline import distributed
-from pipeline.adapters import lora_model, lora_trainable, read_safetensors, save_lora
-from pipeline.export import TaskExport, lora_from_peft_state
 from pipeline.methods.base import LoadBase, Method, Predictor, Trainer
+from pipeline.methods.lora.model import lora_model, lora_trainable, save_lora
+from pipeline.peft_export import TaskExport, lora_from_peft_state
+from pipeline.state.artifacts import read_safetensors
+from pipeline.state.layout import ADAPTER_FILE
 
 if TYPE_CHECKING:
     from pipeline.config import ExperimentConfig
-    from pipeline.methods.loads import MethodLoad
+    from pipeline.experiment import Experiment
+    from pipeline.planning.loads import MethodLoad
     from pipeline.planning.shapes import ModelShape
     from pipeline.state.layout import RunLayout
 
-ADAPTER_FILE = "adapter.safetensors"
-
-
 class LoraMethod(Method):
-    stores = "adapter.safetensors (the LoRA after the task)"
     one_lora_per_task = False  # o_lora / n_lora keep every task's LoRA resident
 
     def memory_load(self, cfg: ExperimentConfig, shape: ModelShape, encoder_dim: int) -> MethodLoad:
-        from pipeline.methods.loads import compute_bytes, lora_load
+        from pipeline.planning.loads import compute_bytes, lora_load
 
-        return lora_load(shape, cfg.adapter.rank, len(cfg.tasks), self.one_lora_per_task, compute_bytes(cfg),
-                         cfg.method)
+        return lora_load(shape.targets(cfg.adapter.target_modules), cfg.adapter.rank, len(cfg.tasks),
+                         self.one_lora_per_task, compute_bytes(cfg), cfg.method)
 
     def continues_from(self, t: int) -> int | None:
         """The task whose saved LoRA task t starts from (None: a fresh LoRA, B = 0)."""
         return t - 1 if t > 0 else None
 
-    def trainer(self, cfg: ExperimentConfig, layout: RunLayout, t: int, records: list[dict],
-                device: torch.device, load_base: LoadBase) -> Trainer:
+    def trainer(self, exp: Experiment, t: int, records: list[dict], device: torch.device,
+                load_base: LoadBase) -> Trainer:
+        cfg, layout = exp.cfg, exp.layout
         model = lora_model(cfg, layout, self.continues_from(t), device, model=load_base())
         params = lora_trainable(model)
         return Trainer(model, params, lambda: save_peft_state(cfg, layout, t, model, params))
 
-    def predictor(self, cfg: ExperimentConfig, layout: RunLayout, after: int, device: torch.device) -> Predictor:
+    def predictor(self, exp: Experiment, after: int, device: torch.device) -> Predictor:
+        cfg, layout = exp.cfg, exp.layout
         return Predictor(lora_model(cfg, layout, after, device))
 
-    def export(self, cfg: ExperimentConfig, layout: RunLayout, t: int) -> TaskExport:
+    def export(self, exp: Experiment, t: int) -> TaskExport:
+        cfg, layout = exp.cfg, exp.layout
         path = layout.adapter_file(t, cfg.tasks[t].name)
         return TaskExport(lora_from_peft_state(read_safetensors(path)),
                           describes=f"the LoRA saved after task {t} ({cfg.tasks[t].name}), as the method answers",
