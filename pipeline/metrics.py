@@ -1,14 +1,14 @@
 """Metrics, defined once: continual-learning metrics of the accuracy matrix, and task metrics on strings.
 
 Accuracy matrix (0-based): `a[j][i]` = score on task i after training task j; `b[i]` = the
-untrained model's score on task i. With T = number of trained rows (DESIGN.md section 3):
+untrained model's score on task i. With T = number of trained rows (docs/design.md section 3):
 
     AA         = mean_i a[T-1][i]
     BWT        = 1/(T-1) sum_{i<T-1} (a[T-1][i] - a[i][i])
     forgetting = 1/(T-1) sum_{i<T-1} (max_{l<T-1} a[l][i] - a[T-1][i])
     FWT        = 1/(T-1) sum_{i>=1}  (a[i-1][i] - b[i])
 
-The forgetting max runs over every row before the last (l = 0..T-2), as DESIGN.md writes it,
+The forgetting max runs over every row before the last (l = 0..T-2), as docs/design.md writes it,
 including rows from before task i was trained (Chaudhry et al. 2018 do the same); those rows
 score an unlearned task, so they rarely raise the max.
 

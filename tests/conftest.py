@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-# CI clones the repository with ../shared beside it (DESIGN.md section 6).
+# CI clones the repository with ../shared beside it (docs/design.md section 6).
 SHARED = REPO.parent / "shared"
 CL_BENCHMARK = SHARED / "data" / "cl_benchmark"
 

@@ -32,3 +32,25 @@ def test_type_hint_imports_are_not_dependencies(tmp_path) -> None:
     module.write_text("from typing import TYPE_CHECKING\nimport os\nif TYPE_CHECKING:\n"
                       "    from pipeline.config import ExperimentConfig\n")
     assert draw_layers.imports(module) == {"typing", "typing.TYPE_CHECKING", "os"}
+
+
+def test_relative_imports_are_read_as_the_modules_they_name(tmp_path) -> None:
+    module = tmp_path / "shapes.py"
+    module.write_text("from ..methods.seq_ft import mark_trainable\nfrom . import memory\nfrom .loads import x\n")
+    found = draw_layers.imports(module, "pipeline.planning")
+    assert {"pipeline.methods.seq_ft", "pipeline.methods.seq_ft.mark_trainable", "pipeline.planning.memory",
+            "pipeline.planning.loads"} <= found
+
+
+def test_a_loop_made_by_a_relative_import_is_found(tmp_path, monkeypatch) -> None:
+    package = tmp_path / "pipeline"
+    for room, text in (("planning", "from ..methods import seq_ft\n"), ("methods", "from ..planning import shapes\n")):
+        (package / room).mkdir(parents=True)
+        (package / room / "__init__.py").write_text("")
+        (package / room / "inner.py").write_text(text)
+    (package / "methods" / "seq_ft.py").write_text("")
+    (package / "planning" / "shapes.py").write_text("")
+    monkeypatch.setattr(draw_layers, "ROOT", tmp_path)
+    monkeypatch.setattr(draw_layers, "PACKAGE", package)
+    assert draw_layers.loops(draw_layers.edges()) == [["methods", "planning"]]
+    assert ("planning", "methods") in draw_layers.report()["upward"]  # planning stands below methods

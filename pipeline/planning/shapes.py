@@ -9,7 +9,7 @@
 - a path that is not on this machine but whose last part is a known LLaMA-2 name (planning on
   a laptop for a cluster path such as /models/Llama-2-70b-chat-hf) -> the known shapes.
 
-Anything else is a `ConfigError`: the hub is never contacted (DESIGN: no downloads at run time).
+Anything else is a `ConfigError`: the hub is never contacted (docs/design.md: no downloads at run time).
 
 `model_shape` builds the model on the meta device (no memory, no weights) and reads what the
 memory plan (pipeline.planning.memory) needs: exact parameter counts and every linear layer's

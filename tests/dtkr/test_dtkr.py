@@ -174,7 +174,7 @@ def test_a_task_without_queries_is_a_clear_error():
 
 
 def test_keys_learned_with_the_real_encoder_retrieve_three_builtin_tasks_at_95_percent():
-    """DESIGN's retrieval check, end to end: the bundled MiniLM encoder, three built-in tasks
+    """docs/design.md's retrieval check, end to end: the bundled MiniLM encoder, three built-in tasks
     from different domains, keys learned per task on its own training queries only."""
     from pipeline.data.synthetic import get_generator
     from pipeline.dtkr.encoder import SentenceEncoder

@@ -54,7 +54,7 @@ def test_a_forgetting_matrix_has_negative_bwt_and_positive_forgetting() -> None:
 
 def test_forgetting_takes_the_max_over_every_row_before_the_last() -> None:
     # Task 0 peaks in row 1 (0.9 > its diagonal 0.5); task 1 scores 0.7 in row 0, before it was
-    # trained, and DESIGN.md's max_{l<T} counts that row too. BWT uses the diagonal instead.
+    # trained, and docs/design.md's max_{l<T} counts that row too. BWT uses the diagonal instead.
     a = [
         [0.5, 0.7, 0.0],
         [0.9, 0.6, 0.0],
