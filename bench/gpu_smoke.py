@@ -53,6 +53,11 @@ from pipeline.spec import Spec  # noqa: E402
 runner.preamble()
 
 BENCH = "gpu_smoke"
+# The code this bench measures (its results file records the fingerprint): the stages it runs, the
+# loader and the plan it checks the memory against.
+MEASURED = ("bench.gpu_smoke", "pipeline.stages.prepare", "pipeline.stages.train", "pipeline.runtime.models",
+            "pipeline.runtime.deepspeed_config", "pipeline.planning.memory", "pipeline.planning.checks",
+            "pipeline.dtkr.store", "pipeline.jare.layer", "pipeline.methods.jare.method")
 GIB = 2**30
 
 
@@ -341,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         model = run_checks(settings, args.device, work, report)
     device = device_name(args.device)
     passed = all(c.status != "FAIL" for c in checks)
-    run = {**runner.run_info(), "name": settings.name, "settings": settings.model_dump(mode="json"),
+    run = {**runner.bench_run_info(MEASURED, settings.model_dump(mode="json")),
+           "name": settings.name, "settings": settings.model_dump(mode="json"),
            "device": device, "wall_s": round(time.perf_counter() - started, 1)}
     meta = {**runner.meta_info(), "device": device, "cuda": torch.version.cuda}
     sections = {"model": model, "checks": [asdict(c) for c in checks], "passed": passed}

@@ -77,6 +77,9 @@ from pipeline.spec import Spec  # noqa: E402
 runner.preamble()
 
 BENCH = "gpu_throughput"
+# The code this bench measures (its results file records the fingerprint).
+MEASURED = ("bench.gpu_throughput", "pipeline.jare.layer", "pipeline.jare.inject", "pipeline.dtkr.keys",
+            "pipeline.dtkr.router", "pipeline.dtkr.store")
 MODEL_ID = "meta-llama/Llama-2-7b-hf"
 # (substring of torch.cuda.get_device_name(), dense BF16 tensor-core FLOP/s from the datasheets);
 # the first match wins, so the more specific names come first.
@@ -333,7 +336,8 @@ def gpu_slug(device_name: str) -> str:
 def save(settings: Settings, device_name: str, peak: float, n: int, rows: list[Measurement], faiss_status: str,
          results: Path) -> Path:
     layers = settings.layers or bench_config(None).num_hidden_layers
-    run = {**runner.run_info(), "name": settings.name, "settings": settings.model_dump(mode="json"),
+    run = {**runner.bench_run_info(MEASURED, settings.model_dump(mode="json")),
+           "name": settings.name, "settings": settings.model_dump(mode="json"),
            "model": MODEL_ID, "layers": layers, "matmul_params": n, "peak_tflops": peak / 1e12}
     meta = {**runner.meta_info(), "gpu": device_name, "cuda": torch.version.cuda}
     train_info = {m.method: asdict(m) for m in rows} | {"faiss_gpu": faiss_status}

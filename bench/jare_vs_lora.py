@@ -80,6 +80,9 @@ runner.preamble()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 BENCH = "jare_vs_lora"
+# The code this bench measures (its results file records the fingerprint).
+MEASURED = ("bench.jare_vs_lora", "pipeline.jare.layer", "pipeline.jare.inject", "pipeline.jare.routing",
+            "pipeline.dtkr.keys", "pipeline.dtkr.router", "pipeline.dtkr.store", "pipeline.methods.lora.model")
 TASKS = ("sentiment", "arithmetic", "geography")  # pipeline.data.synthetic generators
 QUICK = {"rounds": 3, "gen_rounds": 3}  # --quick: enough rounds to see that every phase works
 
@@ -503,7 +506,8 @@ def main(argv: list[str] | None = None) -> dict:
     gen_paired = paired(generate["jare_routed"], generate["lora_merged"])
     print(f"(median of per-round JARe/LoRA ratios: train {train_paired:.3f}, generate {gen_paired:.3f})")
 
-    run = {**runner.run_info(), "name": result_name, "settings": settings.model_dump(mode="json"), "threads": threads,
+    run = {**runner.bench_run_info(MEASURED, settings.model_dump(mode="json")),
+           "name": result_name, "settings": settings.model_dump(mode="json"), "threads": threads,
            "jare_trainable_params": n_jare, "lora_trainable_params": n_lora,
            "prompt_tokens_padded": int(enc["input_ids"].shape[1]), "tasks": tasks,
            "retrieval_top1_task_accuracy": top1_ok, "rounds": {"train": n_train, "generate": n_gen},

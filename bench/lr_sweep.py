@@ -132,6 +132,17 @@ def sweep_section(points: list[dict], methods: list[str], previous: dict | None 
             **history}
 
 
+def sweep_run_info(settings: dict, overrides: list[str]) -> dict:
+    """The sweep's own provenance: the code that runs every point (the harness, the stages and every
+    method's modules; each point keeps its own method's fingerprint and config hash in its key)."""
+    from bench.runner import RUN_STAGES, bench_run_info
+
+    methods = {c.__module__ for m in registered().values() for c in type(m).__mro__
+               if c.__module__.startswith("pipeline.")}
+    return bench_run_info(["bench.lr_sweep", "bench.cl_methods", *RUN_STAGES, *sorted(methods)],
+                          {"settings": settings, "overrides": overrides})
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("experiment", help="bench/experiments/lr_sweep/<name>.yaml (or a path to such a file)")
@@ -159,9 +170,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{method}] {point['knob']}={value:g}: AA {fmt(point['AA'])}, forgetting {fmt(point['forgetting'])}",
                   flush=True)
             write_result(BENCH, settings["name"], {"sweep": sweep_section(list(done.values()), methods, previous)},
-                         results=args.results_dir)  # after every point: an interruption keeps them
+                         sweep_run_info(settings, args.overrides), results=args.results_dir)  # each point kept
     sweep = sweep_section(list(done.values()), methods, previous)
-    write_result(BENCH, settings["name"], {"sweep": sweep}, results=args.results_dir)
+    write_result(BENCH, settings["name"], {"sweep": sweep}, sweep_run_info(settings, args.overrides),
+                 results=args.results_dir)
     print("picks: " + " ".join(f"{m}={pt['value']:g}" for m, pt in sweep["picks"].items()))
     return 0
 

@@ -60,6 +60,9 @@ from pipeline.spec import Spec  # noqa: E402
 runner.preamble()
 
 BENCH = "plan_vs_measured"
+# The code this bench measures (its results file records the fingerprint): the plan against a real step.
+MEASURED = ("bench.plan_vs_measured", "pipeline.planning.memory", "pipeline.planning.loads",
+            "pipeline.planning.shapes", "pipeline.jare.layer", "pipeline.jare.inject", "pipeline.methods.seq_ft")
 GIB = 2**30
 
 
@@ -263,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     settings = load_settings(args.experiment)
     results = [report(settings, checkpointing) for checkpointing in settings.checkpointing]
-    run = {**runner.run_info(), "name": settings.name, "settings": settings.model_dump(mode="json")}
+    run = {**runner.bench_run_info(MEASURED, settings.model_dump(mode="json")),
+           "name": settings.name, "settings": settings.model_dump(mode="json")}
     path = runner.write_result(BENCH, settings.name, {"results": results}, run, runner.meta_info(),
                                results=args.results_dir)
     print(f"wrote {path}")

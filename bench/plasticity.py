@@ -23,7 +23,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.cl_methods import BenchExperiment, config_sha256, mean_diagonal, run_method  # noqa: E402
-from bench.runner import RESULTS, method_fingerprint, read_experiment, result_path, write_result  # noqa: E402
+from bench.runner import (  # noqa: E402
+    RESULTS,
+    RUN_STAGES,
+    bench_run_info,
+    method_fingerprint,
+    read_experiment,
+    result_path,
+    write_result,
+)
 
 BENCH = "plasticity"
 
@@ -100,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{pt['name']}] AA {pt['AA']:.3f}, diagonal {pt['mean_diagonal']:.3f}, "
               f"forgetting {pt['forgetting']:.3f}", flush=True)
         write_result(BENCH, name, {"experiment": bench.name, "order": args.order, "points": list(done.values())},
+                     bench_run_info(["bench.plasticity", "bench.cl_methods", *RUN_STAGES,
+                                     *{c.__module__ for c in type(bench.load("slm").method).__mro__
+                                       if c.__module__.startswith("pipeline.")}],
+                                    {"experiment": bench.name, "overrides": bench.overrides, "order": args.order}),
                      results=args.results_dir)
     print(table(list(done.values())), end="")
     return 0

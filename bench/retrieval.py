@@ -56,6 +56,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 BENCH = "retrieval"
+# The code this bench measures (its results file records the fingerprint).
+MEASURED = ("bench.retrieval", "pipeline.dtkr.keys", "pipeline.dtkr.router", "pipeline.dtkr.store",
+            "pipeline.dtkr.encoder", "pipeline.data.build")
 DEFAULT_CAPS = (1000, 500)  # train / test records of a task the experiment does not list (as cl_benchmark.yaml)
 
 
@@ -405,7 +408,8 @@ def retrieval_run_info(settings: Settings, overrides: list[str], data_root: Path
               "slots_per_task": slots, "seed": cfg.seed, "seeds": [cfg.seed, *extra_seeds(settings, cfg)],
               "tasks": {n: task_spec(cfg, n, settings).model_dump(mode="json")
                         for names in seqs.values() for n in names}}
-    return {**runner.run_info(), "name": settings.name, "settings": settings.model_dump(mode="json"),
+    return {**runner.run_info(), "code_fingerprint": runner.fingerprint(MEASURED)["sha256"],
+            "name": settings.name, "settings": settings.model_dump(mode="json"),
             "overrides": overrides, "config": settings.config, "config_hash": sha256_json(hashed),
             "data_root": str(data_root), "dtkr": hashed["dtkr"], "data": hashed["data"],
             "slots_per_task": hashed["slots_per_task"], "seed": cfg.seed, "seeds": hashed["seeds"],

@@ -9,7 +9,8 @@ writes bench/results/<bench>/<name>.json through `write_result`, which always ho
     meta_info   library versions and the machine (`meta_info()`)
     <sections>  the bench's own numbers (train_info, metrics, points, ...)
 
-`check_result` is the schema, tested over every committed file (tests/bench/test_results.py).
+`check_result` is the schema (a record written from uncommitted code passes it, for a trial run);
+`check_committed` adds a clean tree, and is tested over every committed file (tests/bench/test_results.py).
 A result is reused (not rerun) only when its config hash and its code fingerprint (`fingerprint`
 of the modules that made it) both match: the same experiment run by other code is other data.
 (PEFT's method_comparison keeps benchmarks the same way: one settings file per experiment, one
@@ -43,7 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "bench" / "experiments"
 RESULTS = ROOT / "bench" / "results"
 RESULT_SCHEMA = 1
-RUN_INFO_KEYS = ("command", "commit", "dirty", "date")
+RUN_INFO_KEYS = ("command", "commit", "dirty", "date", "code_fingerprint")
+CONFIG_HASH_KEYS = ("config_sha256", "config_hash")  # the settings' hash, under either name
 # The stages `slm run` runs: part of every continual-learning result's code fingerprint.
 RUN_STAGES = ("pipeline.stages.prepare", "pipeline.stages.train", "pipeline.stages.index",
               "pipeline.stages.evaluate", "pipeline.stages.report", "pipeline.stages.run")
@@ -108,6 +110,14 @@ def run_info() -> dict[str, Any]:
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", "pipeline", "bench", "scripts"))
     return {"command": command, "commit": _git("rev-parse", "HEAD") or None, "dirty": dirty,
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def bench_run_info(modules: list[str] | tuple[str, ...], settings: Any) -> dict[str, Any]:
+    """`run_info()` plus what makes a result reproducible: the fingerprint of the code it measured
+    (`modules`: the bench and the pipeline modules it exercises) and the sha256 of its settings."""
+    from pipeline.state.artifacts import sha256_json
+
+    return {**run_info(), "code_fingerprint": fingerprint(modules)["sha256"], "config_sha256": sha256_json(settings)}
 
 
 def machine() -> dict[str, Any]:
@@ -178,6 +188,17 @@ def write_result(bench: str, name: str, sections: dict[str, Any], run: dict[str,
     return path
 
 
+def check_committed(record: Any) -> list[str]:
+    """What keeps `record` from being a results file to commit: `check_result`'s problems, or a run
+    from a dirty tree (no commit holds the code that made it). tests/bench/test_results.py."""
+    problems = check_result(record)
+    info = record.get("run_info") if isinstance(record, dict) else None
+    if isinstance(info, dict) and info.get("dirty") is not False:
+        problems.append(f"run_info.dirty is {info.get('dirty')!r}: made from uncommitted code, so no commit "
+                        "holds the code that made it")
+    return problems
+
+
 def check_result(record: Any) -> list[str]:
     """What keeps `record` from being a results record with provenance (empty: nothing)."""
     if not isinstance(record, dict):
@@ -189,7 +210,9 @@ def check_result(record: Any) -> list[str]:
     if not isinstance(info, dict):
         problems.append("no run_info")
     else:
-        problems += [f"run_info has no {k}" for k in RUN_INFO_KEYS if k not in info]
+        problems += [f"run_info has no {k}" for k in RUN_INFO_KEYS if not info.get(k) and k != "dirty"]
+        if not any(info.get(k) for k in CONFIG_HASH_KEYS):
+            problems.append("run_info has no config hash (config_sha256)")
         if info.get("commit") is None:
             problems.append("run_info.commit is unknown")
     meta = record.get("meta_info")

@@ -74,6 +74,9 @@ runner.preamble()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 BENCH = "serve"
+# The code this bench measures (its results file records the fingerprint).
+MEASURED = ("bench.serve", "pipeline.serve.app", "pipeline.serve.batcher", "pipeline.serve.decode",
+            "pipeline.serve.session", "pipeline.serve.sampling", "pipeline.jare.layer", "pipeline.dtkr.router")
 # --quick: the least load that still runs every code path (two client counts for batching)
 QUICK = {"retrieval_vs_merged": {"clients": 4, "requests": 16, "max_tokens": 8, "rounds": 1},
          "continuous_vs_static": {"clients": 4, "requests": 8, "client_counts": [1, 4], "mixed_tokens": [4, 12]}}
@@ -365,7 +368,8 @@ def main(argv: list[str] | None = None) -> dict:
     records, tasks = test_records(settings)
     measure = retrieval_vs_merged if settings.compare == "retrieval_vs_merged" else continuous_vs_static
     serve_info = measure(settings, args.threads, records, tasks)
-    run = {**runner.run_info(), "name": name, "settings": settings.model_dump(mode="json"), "threads": args.threads,
+    run = {**runner.bench_run_info(MEASURED, settings.model_dump(mode="json")),
+           "name": name, "settings": settings.model_dump(mode="json"), "threads": args.threads,
            "tasks": tasks, "records": len(records), "load_avg_at_start": load_at_start,
            "total_s": time.perf_counter() - t_start}
     if settings.compare == "retrieval_vs_merged":

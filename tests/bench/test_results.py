@@ -7,9 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from bench.runner import RESULTS, check_result
+from bench.runner import RESULTS, check_committed, check_result
 
 FILES = sorted(RESULTS.rglob("*.json"))
+# Recorded before results had to carry their code fingerprint and config hash, or from a dirty tree:
+# each is re-recorded by its bench on the final code of this round, and leaves this list then. The
+# list may only shrink (a test below fails on an entry that no longer lacks anything).
+NOT_YET_RERECORDED = {
+    "jare_vs_lora/default.json", "lr_sweep/cl_benchmark_cpu-order1.json", "plan_vs_measured/random-bfloat16.json",
+    "plan_vs_measured/random-float32.json", "plan_vs_measured/random-full_ft.json",
+    "plasticity/cl_benchmark_cpu-order1.json", "plasticity/cl_benchmark_cpu_unrelated-order1.json",
+    "retrieval/ablation-mpnet.json", "retrieval/ablation-scoring.json", "retrieval/ablation.json",
+    "retrieval/cl_benchmark-mpnet.json", "retrieval/cl_benchmark.json", "retrieval/passage-mpnet.json",
+    "serve/batching.json", "serve/default.json",
+}
 
 
 def test_results_live_in_one_folder_per_bench_and_there_are_some() -> None:
@@ -20,11 +31,22 @@ def test_results_live_in_one_folder_per_bench_and_there_are_some() -> None:
 
 @pytest.mark.parametrize("path", FILES, ids=[str(p.relative_to(RESULTS)) for p in FILES])
 def test_a_results_file_has_the_schema_and_its_provenance(path: Path) -> None:
-    assert check_result(json.loads(path.read_text())) == []
+    problems = check_committed(json.loads(path.read_text()))
+    if str(path.relative_to(RESULTS)) in NOT_YET_RERECORDED:
+        assert problems, f"{path} now has its provenance: remove it from NOT_YET_RERECORDED"
+        return
+    assert problems == []
 
 
 def test_the_check_refuses_a_file_without_provenance() -> None:
     assert check_result([{"AA": 0.5}])  # a bare list, as two old files were
-    assert "run_info.commit is unknown" in check_result(
-        {"schema": 1, "run_info": {"command": "x", "commit": None, "dirty": False, "date": "d"},
-         "meta_info": {"versions": {}, "machine": {}}, "metrics": {}})
+    full = {"command": "x", "commit": "abc", "dirty": False, "date": "d", "code_fingerprint": "f", "config_sha256": "c"}
+    record = {"schema": 1, "run_info": full, "meta_info": {"versions": {}, "machine": {}}, "metrics": {}}
+    assert check_result(record) == []
+    for key, value, problem in (("commit", None, "run_info.commit is unknown"),
+                                ("code_fingerprint", None, "run_info has no code_fingerprint"),
+                                ("config_sha256", None, "run_info has no config hash"),
+                                ("dirty", True, "run_info.dirty is True")):
+        broken = {**record, "run_info": {**full, key: value}}
+        assert any(p.startswith(problem) for p in check_committed(broken)), (key, check_committed(broken))
+    assert check_result({**record, "run_info": {**full, "dirty": True}}) == []  # a trial run may write it
