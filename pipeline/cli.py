@@ -44,6 +44,7 @@ COMMANDS: dict[str, str] = {
     "generate": "answer a prompt with retrieval; shows which tasks and slots were used",
     "serve": "OpenAI-compatible HTTP API: any method; retrieval per request, continuous batching, new tasks live",
     "export": "finished tasks as PEFT LoRA folders (vLLM --lora-modules), or merged models with --merged",
+    "forget": "remove one finished task from a run (its slots and keys), leaving every other task as it is",
     "submit": "render the stages as Slurm jobs (prepare -> array over tasks -> finish) and submit",
     "status": "which tasks are done, running, pending or failed, with Slurm job ids",
     "plan": "per-GPU memory plan for the experiment's model and tasks, from the config alone",

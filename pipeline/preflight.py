@@ -80,10 +80,13 @@ def _not_current(exp: Experiment, stage: str, after: int | None) -> str | None:
     """Why `stage` would (re)do its work, or None when its output is current."""
     layout = exp.layout
     if stage == "prepare":
-        from pipeline.data.prepared import prepare_inputs, prepared_up_to_date
+        from pipeline.data.prepared import prepared_up_to_date, stale_tasks
 
-        current = prepared_up_to_date(layout, prepare_inputs(exp.cfg), quiet=True)
-        return None if current else f"{layout.data} is not current"
+        if prepared_up_to_date(exp.cfg, layout):
+            return None
+        stale = stale_tasks(exp.cfg, layout)
+        return f"tasks not prepared or changed: {', '.join(t.name for t in stale)}" if stale else \
+            f"{layout.data / 'manifest.json'} does not list the current tasks"
     if stage == "index":
         if not exp.method.learns_keys:
             return None  # nothing to index

@@ -112,8 +112,10 @@ def sbatch_flag(key: str, value: object) -> str:
     return f"#SBATCH --{key}" if value is True else f"#SBATCH --{key}={shlex.quote(text)}"
 
 
-def sbatch_options(cfg: ExperimentConfig, layout: RunLayout, kind: str, run: str = "") -> dict[str, object]:
-    """Every #SBATCH option of job `kind`; site options only when the config sets them."""
+def sbatch_options(cfg: ExperimentConfig, layout: RunLayout, kind: str, run: str = "",
+                   first: int = 0) -> dict[str, object]:
+    """Every #SBATCH option of job `kind`; site options only when the config sets them. The train
+    array runs tasks `first`..T-1 (the tasks before it are DONE: a sequence that grew)."""
     stage: SlurmStageSpec = getattr(cfg.slurm, kind)
     opts: dict[str, object] = {
         "job-name": job_name(cfg, kind, run),
@@ -134,7 +136,7 @@ def sbatch_options(cfg: ExperimentConfig, layout: RunLayout, kind: str, run: str
     if kind != "prepare":
         opts["kill-on-invalid-dep"] = "yes"  # cancel, rather than pend forever, after a failure
     if kind == "train":
-        opts["array"] = f"0-{len(cfg.tasks) - 1}%1"
+        opts["array"] = f"{first}-{len(cfg.tasks) - 1}%1"
         opts["requeue"] = True
         opts["signal"] = f"B:{PREEMPT_SIGNAL_NAME}@{cfg.slurm.signal_seconds}"
     return opts
@@ -195,8 +197,9 @@ def _setup_block(lines: list[str]) -> str:
     return "\n".join(["", "# slurm.setup", "set +u", *lines, "set -u", ""])
 
 
-def render_header(cfg: ExperimentConfig, layout: RunLayout, kind: str, python: str, run: str = "") -> str:
-    flags = [sbatch_flag(k, v) for k, v in sorted(sbatch_options(cfg, layout, kind, run).items())]
+def render_header(cfg: ExperimentConfig, layout: RunLayout, kind: str, python: str, run: str = "",
+                  first: int = 0) -> str:
+    flags = [sbatch_flag(k, v) for k, v in sorted(sbatch_options(cfg, layout, kind, run, first).items())]
     return fill(read_template("header"), {
         "sbatch_flags": "\n".join(flags + _extra_sbatch(cfg.slurm.extra_sbatch)),
         "description": DESCRIPTIONS[kind],
@@ -229,17 +232,29 @@ def read_template(name: str) -> str:
     return (TEMPLATES / f"{name}.sbatch").read_text()
 
 
-def render_sbatch(cfg: ExperimentConfig, layout: RunLayout, kind: str, python: str, run: str = "") -> str:
+def render_sbatch(cfg: ExperimentConfig, layout: RunLayout, kind: str, python: str, run: str = "",
+                  first: int = 0) -> str:
     """The job script of `kind` (prepare, train or finish) of one run (`run`: its task order, or ""
-    for an experiment of one order). `python` runs `-m pipeline.cli`."""
+    for an experiment of one order). `python` runs `-m pipeline.cli`; the train array starts at
+    task `first`."""
     if kind not in JOB_KINDS:
         raise ValueError(f"unknown job kind {kind!r}; one of {JOB_KINDS}")
-    header = render_header(cfg, layout, kind, python, run).rstrip("\n")
+    header = render_header(cfg, layout, kind, python, run, first).rstrip("\n")
     return fill(read_template(kind), {"header": header, **_body_values(cfg, layout)})
 
 
-def render_all(cfg: ExperimentConfig, layout: RunLayout, python: str, run: str = "") -> dict[str, str]:
-    return {kind: render_sbatch(cfg, layout, kind, python, run) for kind in JOB_KINDS}
+def chain_kinds(first: int, n_tasks: int) -> tuple[str, ...]:
+    """The jobs a submission needs when tasks 0..first-1 are DONE: all three for a new run; for a
+    sequence that grew, the train array over the new tasks (each prepares what it reads) and the
+    finish job; only the finish job once every task is trained."""
+    if first == 0:
+        return JOB_KINDS
+    return ("train", "finish") if first < n_tasks else ("finish",)
+
+
+def render_all(cfg: ExperimentConfig, layout: RunLayout, python: str, run: str = "", first: int = 0) -> dict[str, str]:
+    return {kind: render_sbatch(cfg, layout, kind, python, run, first)
+            for kind in chain_kinds(first, len(cfg.tasks))}
 
 
 # ---- submission commands ----------------------------------------------------------------------------
@@ -253,10 +268,10 @@ def sbatch_argv(script: Path, after: str | None = None) -> list[str]:
     return [*argv, str(script)]
 
 
-def sbatch_commands(layout: RunLayout) -> list[str]:
-    """The shell lines that submit the three jobs, each waiting for the one before."""
+def sbatch_commands(layout: RunLayout, kinds: tuple[str, ...] = JOB_KINDS) -> list[str]:
+    """The shell lines that submit the jobs `kinds`, each waiting for the one before."""
     lines, previous = [], None
-    for kind in JOB_KINDS:
+    for kind in kinds:
         var = f"{kind.upper()}_JOB"
         argv = sbatch_argv(script_path(layout, kind), f"${previous}" if previous else None)
         # Quote every word but the "$PREVIOUS_JOB" reference, which the shell must expand.

@@ -1,50 +1,45 @@
-"""The contract between `prepare` and every later stage: hashes and the checked loader.
+"""The contract between `prepare` and every later stage: each task's prepared data has its own identity.
 
-`prepare` records three input hashes in data/DONE:
-  config     the task list and the data section: what the records are. Later stages require it
-             to match, so training never runs on data cut for another experiment.
-  sources    content hashes of the local source files: a changed file makes prepare rebuild.
-  tokenizer  model name, prompt format and max_seq_len: only the manifest's token statistics
-             depend on them, so changing them re-runs prepare but does not invalidate the data.
+    data/<task>/      the task's splits (datasets save_to_disk), entry.json (its manifest entry) and a DONE
+    data/manifest.json  every task's entry, in the experiment's order (rewritten by each prepare)
+    data/DONE         written last: every task of the experiment is prepared
+
+A task's DONE records what its records were built from (`task_prepare_inputs`: its own spec, the
+data section, the content of its own source files, the tokenizer the token statistics used) and the
+sha256 of the records themselves. Later stages depend on a task's records only through that one
+digest (`task_data_digest`), so appending a task, or editing another, never changes the identity of
+a task's data: only its own spec, its own files or the data section do. A tokenizer change rebuilds
+the folder (its token statistics) but leaves the records, and so the digest, as they were.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pipeline.config import BUILTIN_CONFIGS, ExperimentConfig, TaskSpec
 from pipeline.data.sources import source_files
 from pipeline.errors import StageInputError
-from pipeline.state.artifacts import read_done, require_done, sha256_file, sha256_json
+from pipeline.state.artifacts import read_done, records_digest, require_done, sha256_file, sha256_json
 from pipeline.state.layout import RunLayout
 
 STAGE = "prepare"
 SPLITS: tuple[str, ...] = ("train", "test")
+ENTRY = "entry.json"  # in a task's data folder: its manifest entry (sizes, token statistics, drops)
 
 
 def task_spec_hash(task: TaskSpec) -> str:
     return sha256_json(task.model_dump(mode="json"))
 
 
-def data_config_hash(cfg: ExperimentConfig) -> str:
-    """What the prepared records depend on. Paths are hashed as written, not resolved, so the
-    same experiment with another data_root still matches (the source content is in `sources`)."""
-    return sha256_json({"tasks": [t.model_dump(mode="json") for t in cfg.tasks],
-                        "data": cfg.data.model_dump(mode="json")})
-
-
-def sources_hash(cfg: ExperimentConfig) -> str:
-    # Keys are relative to the source's parent folder, so moving the data keeps the hash.
-    digests: dict[str, dict[str, str]] = {}
-    for task in cfg.tasks:
-        files = source_files(task, cfg)
-        if files:
-            root = cfg.resolve_source_path(task.source.path or "").parent
-            digests[task.name] = {os.path.relpath(p, root): sha256_file(p) if p.is_file() else "missing"
-                                  for p in files}
-    return sha256_json(digests)
+def task_sources_hash(task: TaskSpec, cfg: ExperimentConfig) -> str:
+    """The content of the local files a task reads. Keys are relative to the source's parent folder,
+    so moving the data keeps the hash; paths are hashed as written, not resolved, for the same reason."""
+    files = source_files(task, cfg)
+    root = cfg.resolve_source_path(task.source.path or "").parent if files else None
+    return sha256_json({os.path.relpath(p, root): sha256_file(p) if p.is_file() else "missing" for p in files})
 
 
 def tokenizer_hash(cfg: ExperimentConfig) -> str:
@@ -56,8 +51,10 @@ def tokenizer_hash(cfg: ExperimentConfig) -> str:
     return sha256_json(parts)
 
 
-def prepare_inputs(cfg: ExperimentConfig) -> dict[str, str]:
-    return {"config": data_config_hash(cfg), "sources": sources_hash(cfg), "tokenizer": tokenizer_hash(cfg)}
+def task_prepare_inputs(task: TaskSpec, cfg: ExperimentConfig) -> dict[str, str]:
+    """What one task's prepared folder is built from (recorded in its DONE): nothing of the other tasks."""
+    return {"spec": task_spec_hash(task), "data": sha256_json(cfg.data.model_dump(mode="json")),
+            "sources": task_sources_hash(task, cfg), "tokenizer": tokenizer_hash(cfg)}
 
 
 def prepare_command(cfg: ExperimentConfig) -> str:
@@ -67,53 +64,106 @@ def prepare_command(cfg: ExperimentConfig) -> str:
     return f"slm prepare -c <the YAML of experiment {cfg.name!r} in {cfg.config_dir}> (same overrides)"
 
 
+# ---- which tasks are prepared ----------------------------------------------------------------------
+
+
+# A task's prepare inputs, in words. The tokenizer only sizes the token statistics: a later stage
+# reads records that a tokenizer change left as they were (`for_reading`).
+INPUT_WORDS = {"spec": "its task spec", "data": "the data section", "sources": "its source files",
+               "tokenizer": "the tokenizer settings"}
+
+
+def task_problem(task: TaskSpec, cfg: ExperimentConfig, layout: RunLayout, for_reading: bool = False) -> str | None:
+    """Why task `task`'s prepared folder cannot be used as it is (None: it is current): missing,
+    torn, built from other inputs (naming which), or a file changed since. `for_reading`: whether
+    its records can be read (a tokenizer change re-runs prepare but keeps the records)."""
+    folder = layout.task_data(task.name)
+    marker = read_done(folder)
+    if marker is None:
+        return f"task {task.name!r} is not prepared ({folder} has no DONE)"
+    recorded, current = marker.get("inputs") or {}, task_prepare_inputs(task, cfg)
+    checked = [k for k in INPUT_WORDS if not (for_reading and k == "tokenizer")]
+    changed = [INPUT_WORDS[k] for k in checked if recorded.get(k) != current[k]]
+    if changed:
+        return f"task {task.name!r} was prepared from other inputs ({', '.join(changed)} changed)"
+    try:
+        require_done(folder, STAGE, rerun="slm prepare")
+    except StageInputError as e:
+        return str(e)
+    return None
+
+
+def stale_tasks(cfg: ExperimentConfig, layout: RunLayout, quiet: bool = True) -> list[TaskSpec]:
+    """The tasks whose prepared folder must be built (again), in the experiment's order."""
+    stale = []
+    for task in cfg.tasks:
+        problem = task_problem(task, cfg, layout)
+        if problem is not None:
+            if not quiet and read_done(layout.task_data(task.name)) is not None:
+                print(f"prepare: rebuilding: {problem}")
+            stale.append(task)
+    return stale
+
+
+def prepared_up_to_date(cfg: ExperimentConfig, layout: RunLayout) -> bool:
+    """Every task is prepared and current, and the manifest lists exactly them."""
+    marker = read_done(layout.data)
+    return (not stale_tasks(cfg, layout) and marker is not None and layout.manifest.is_file()
+            and marker.get("inputs") == manifest_inputs(cfg, layout))
+
+
+def task_data_digest(layout: RunLayout, name: str) -> str:
+    """The identity of task `name`'s prepared records: what a result built from them records."""
+    return records_digest(layout.task_data(name))
+
+
+def manifest_inputs(cfg: ExperimentConfig, layout: RunLayout) -> dict[str, str]:
+    """data/DONE's inputs: the record digest of every task the experiment prepares."""
+    return {t.name: task_data_digest(layout, t.name) for t in cfg.tasks}
+
+
 def read_manifest(layout: RunLayout) -> dict[str, Any]:
     return json.loads(layout.manifest.read_text())
 
 
-def load_prepared(cfg: ExperimentConfig, layout: RunLayout) -> dict[str, Any]:
-    """Task name -> datasets.DatasetDict("train", "test"), in task order, after checking that the
-    data is DONE, its files are intact and it was prepared from this experiment's tasks."""
-    import datasets
-
-    rerun = prepare_command(cfg)
-    marker = require_done(layout.data, STAGE, rerun=rerun)
-    if marker.get("inputs", {}).get("config") != data_config_hash(cfg):
-        raise StageInputError(f"prepared data in {layout.data} was built from another task/data config "
-                              f"({_what_changed(cfg, layout)}; config sha256 "
-                              f"{marker.get('inputs', {}).get('config', '?')[:12]} there, "
-                              f"{data_config_hash(cfg)[:12]} here). Rerun `{rerun}`.")
-    return {t.name: datasets.load_from_disk(str(layout.task_data(t.name))) for t in cfg.tasks}
+# ---- the checked loader ------------------------------------------------------------------------------
 
 
-def _what_changed(cfg: ExperimentConfig, layout: RunLayout) -> str:
-    try:
-        manifest = read_manifest(layout)
-        recorded = {name: t.get("spec_sha256") for name, t in manifest["tasks"].items()}
-    except (OSError, ValueError, KeyError):
-        return "its manifest is unreadable"
-    now = {t.name: task_spec_hash(t) for t in cfg.tasks}
-    parts = []
-    if added := [n for n in now if n not in recorded]:
-        parts.append(f"tasks not prepared: {', '.join(added)}")
-    if removed := [n for n in recorded if n not in now]:
-        parts.append(f"tasks no longer in the config: {', '.join(removed)}")
-    if changed := [n for n in now if n in recorded and recorded[n] != now[n]]:
-        parts.append(f"tasks changed: {', '.join(changed)}")
-    if manifest.get("data") != cfg.data.model_dump(mode="json"):
-        parts.append("the data section changed")
-    return "; ".join(parts) or "the task order changed"
+class PreparedData(Mapping[str, Any]):
+    """Task name -> datasets.DatasetDict("train", "test"), each checked and loaded when first asked
+    for: a stage loads only the tasks it reads, so an appended task that is not prepared yet
+    stops nothing that does not read it."""
+
+    def __init__(self, cfg: ExperimentConfig, layout: RunLayout) -> None:
+        self.cfg, self.layout = cfg, layout
+        self._loaded: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._loaded:
+            self._loaded[name] = self._load(name)
+        return self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(t.name for t in self.cfg.tasks)
+
+    def __len__(self) -> int:
+        return len(self.cfg.tasks)
+
+    def _load(self, name: str) -> Any:
+        import datasets
+
+        task = next((t for t in self.cfg.tasks if t.name == name), None)
+        if task is None:
+            raise KeyError(name)
+        problem = task_problem(task, self.cfg, self.layout, for_reading=True)
+        if problem is not None:
+            rerun = prepare_command(self.cfg)
+            raise StageInputError(f"prepared data in {self.layout.data}: {problem}. Rerun `{rerun}`.",
+                                  hint=f"`{rerun}` prepares the tasks that are missing or changed and keeps the rest")
+        return datasets.load_from_disk(str(self.layout.task_data(name)))
 
 
-def prepared_up_to_date(layout: RunLayout, inputs: dict[str, str], quiet: bool = False) -> bool:
-    """DONE with the same input hashes, and every file it lists still intact."""
-    marker = read_done(layout.data)
-    if not marker or marker.get("inputs") != inputs or not layout.manifest.is_file():
-        return False
-    try:
-        require_done(layout.data, STAGE, rerun="slm prepare --force")
-    except StageInputError as e:
-        if not quiet:
-            print(f"prepare: rebuilding, {e}")
-        return False
-    return True
+def load_prepared(cfg: ExperimentConfig, layout: RunLayout) -> PreparedData:
+    """The experiment's prepared tasks, each checked (DONE, files intact, built from its current
+    spec, sources and the data section) when a stage first reads it."""
+    return PreparedData(cfg, layout)

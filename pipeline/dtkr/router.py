@@ -123,8 +123,12 @@ class Router:
         return Routing(torch.cat([routing.slot_ids, extra_ids], 1), torch.cat([routing.weights, extra_w], 1))
 
     def top1_tasks(self, routing: Routing) -> list[int]:
-        """The task index of each sample's top-1 slot (retrieval accuracy, confusion)."""
+        """The store position of the task of each sample's top-1 slot."""
         return (routing.slot_ids[:, 0] // self.store.slots_per_task).tolist()
+
+    def top1_names(self, routing: Routing) -> list[str]:
+        """The name of the task of each sample's top-1 slot (retrieval accuracy, confusion)."""
+        return [self.store.tasks[i] for i in self.top1_tasks(routing)]
 
     def describe_slot(self, slot: int) -> dict:
         """{task, slot} of one global slot id."""

@@ -13,7 +13,7 @@ report asks for its role. Shared behaviour lives in the two family bases (`jare.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -77,8 +77,8 @@ class Predictor:
     model: nn.Module
     # records, index of their true task -> routing of the batch (None: the model needs none)
     route: Callable[[list[dict], int], Routing | None] = _no_routing
-    # the task index of each sample's top-1 slot, for retrieval accuracy (methods that retrieve)
-    top1_tasks: Callable[[Routing], list[int]] | None = None
+    # the task name of each sample's top-1 slot, for retrieval accuracy (methods that retrieve)
+    top1_tasks: Callable[[Routing], list[str]] | None = None
     # a context that applies a routing to the model's forward passes
     routed: Callable[[Routing | None], contextlib.AbstractContextManager] = _unrouted
     router: Any = None  # pipeline.dtkr.router.Router for methods with DTKR keys
@@ -101,6 +101,9 @@ class Method:
     # Answers route by DTKR retrieval with no task id (eval reports retrieval accuracy; a served
     # request needs no task). The oracle has slots and keys but routes by the true task.
     retrieves: ClassVar[bool] = False
+    # Why `slm forget` cannot take one task back out of this method's model (None: it can, exactly).
+    forget_refusal: ClassVar[str | None] = ("its model after a task holds every task learned so far in one set of "
+                                            "weights; no part of it is one task's alone")
 
     @property
     def section(self) -> str:
@@ -147,8 +150,13 @@ class Method:
                           hint=f"give {type(self).__name__} a `memory_load` (pipeline/methods/base.py says how)")
 
     # ---- training ----------------------------------------------------------------------------
-    def training_records(self, exp: Experiment, prepared: dict, t: int) -> list[dict]:
+    def training_records(self, exp: Experiment, prepared: Mapping, t: int) -> list[dict]:
         return [dict(r) for r in prepared[exp.cfg.tasks[t].name]["train"]]
+
+    def reads_data_of(self, t: int) -> range:
+        """The tasks whose prepared records `training_records` reads for task t: a result depends on
+        them (pipeline.state.validity), and on no other task's data."""
+        return range(t, t + 1)
 
     def steps_scale(self, t: int) -> int:
         """Multiplier on train.max_steps at task t (multitask sees t+1 tasks' worth of steps)."""

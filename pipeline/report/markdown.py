@@ -78,6 +78,10 @@ def render_report(m: dict[str, Any], ev: EvalRows, comparison: list[str], loss: 
         lines += [f"**Partial matrix: {nxt} of {m['rows_expected']} rows.** The metrics cover the "
                   f"{nxt} task(s) learned so far. Next: train task {nxt}, then "
                   f"`{eval_command(m['method'], nxt)}`, or `slm run --method {m['method']}`.", ""]
+    for gone in m.get("forgotten") or []:
+        lines += [f"**Task {gone['index']} ({gone['task']}) was removed** by `slm forget` on {gone['date']}"
+                  f"{': ' + gone['reason'] if gone.get('reason') else ''}. Its slots and keys are gone; the matrix "
+                  "and the metrics cover the other tasks.", ""]
     lines += _matrix_section(m, ev) + (loss or []) + _metrics_section(m) + _retrieval_section(m)
     return "\n".join(lines + comparison).rstrip() + "\n"
 

@@ -30,12 +30,14 @@ def compute_metrics(cfg: ExperimentConfig, layout: RunLayout, ev: EvalRows) -> d
     """The content of metrics.json."""
     matrix = ev.matrix
     last = ev.rows[-1]
-    retrieval = _retrieval(last, len(ev.tasks), layout.eval_row(len(ev.rows) - 1))
+    retrieval = _retrieval(last, len(ev.tasks), layout.eval_row(last["after"]))
     return {
         "method": layout.method,
         "experiment": cfg.name,
         "tasks": ev.tasks,
-        "metric": {t.name: (last.get("metric") or {}).get(t.name, t.metric) for t in cfg.tasks},
+        "metric": {t.name: (last.get("metric") or {}).get(t.name, t.metric) for t in cfg.tasks
+                   if t.name in ev.tasks},
+        "forgotten": forgotten_tasks(cfg, layout),
         "rows_present": len(ev.rows),
         "rows_expected": len(ev.tasks),
         "complete": len(ev.rows) == len(ev.tasks),
@@ -50,6 +52,14 @@ def compute_metrics(cfg: ExperimentConfig, layout: RunLayout, ev: EvalRows) -> d
         "training": training_summary(cfg, layout),
         "inputs": ev.inputs,
     }
+
+
+def forgotten_tasks(cfg: ExperimentConfig, layout: RunLayout) -> list[dict[str, Any]]:
+    """The tasks `slm forget` removed from this run, with when and why: the report says so."""
+    import json
+
+    return [{"task": t.name, "index": i, **json.loads(layout.forgotten_file(i, t.name).read_text())}
+            for i, t in enumerate(cfg.tasks) if layout.forgotten(i, t.name)]
 
 
 def training_summary(cfg: ExperimentConfig, layout: RunLayout) -> dict[str, Any]:

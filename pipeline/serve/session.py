@@ -163,12 +163,14 @@ class InferenceSession:
         update = TaskUpdate()
         if not self.has_slots:
             return self._refresh_model(update)
-        while len(self.bank.task_names) < len(self.cfg.tasks):
-            t = len(self.bank.task_names)
+        loaded = set(self.bank.task_names)
+        last = max((self.cfg.task_index(n) for n in loaded), default=-1)
+        for t in range(last + 1, len(self.cfg.tasks)):
             name = self.cfg.tasks[t].name
-            folder = self.layout.task_dir(t, name)
-            if read_done(folder) is None:
+            if read_done(self.layout.task_dir(t, name)) is None:
                 break
+            if self.layout.forgotten(t, name):
+                continue  # removed by `slm forget`: nothing to serve
             try:
                 self._load_task(t, name)
             except SlmError as e:

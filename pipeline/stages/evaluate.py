@@ -14,6 +14,7 @@ that no longer matches is scored again. Runs under the writer lock of the output
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,6 @@ import torch
 from tqdm import tqdm
 
 from pipeline import metrics, preflight
-from pipeline.config import ExperimentConfig
 from pipeline.data.prepared import load_prepared, read_manifest
 from pipeline.errors import StageInputError
 from pipeline.methods.base import Predictor
@@ -29,7 +29,7 @@ from pipeline.prompts.batching import TokenCaps, collate, encode_prompts_left_pa
 from pipeline.runtime.models import base_model, default_device, load_tokenizer
 from pipeline.stages import CHECK_HELP
 from pipeline.state import validity
-from pipeline.state.artifacts import DONE_FORMAT, atomic_write_json
+from pipeline.state.artifacts import DONE_FORMAT, atomic_write_json, format_of
 from pipeline.state.locks import writer_stage
 from pipeline.state.validity import done_tasks, read_row
 
@@ -76,47 +76,78 @@ def _run(exp: Experiment, after: int) -> int:
     if after >= n_done:
         raise StageInputError(f"cannot evaluate after task {after}: only {n_done} task(s) are DONE under "
                               f"{layout.root / 'tasks'}; run `slm train --task {n_done}` first")
+    if after >= 0 and layout.forgotten(after, cfg.tasks[after].name):
+        print(f"eval: task {after} ({cfg.tasks[after].name}) was removed by `slm forget`: no row after it")
+        return 0
     validity.require_tasks(exp, after + 1)  # before any adapter or key is loaded
     if after >= 0 and exp.method.learns_keys:
         validity.require_index(exp, after + 1)
-    inputs = validity.eval_inputs(exp, after)
-    row = read_row(layout, after)
-    if row is not None and validity.problem_of(lambda: validity.require_row(exp, after, row)) is None:
+    row = _new_row(exp, after)
+    kept = _kept_cells(exp, after, read_row(layout, after))
+    todo = [name for name in row["tasks"] if name not in kept]
+    if not todo:
         print(f"eval: row {after} already done ({layout.eval_row(after)})")
         return 0
+    for name in row["tasks"]:
+        if name in kept:
+            for field in CELL_FIELDS:
+                row[field][name] = kept[name][field]
+            print(f"eval after {after}: {name:<16} kept (scored before from the same records and model)")
     prepared = load_prepared(cfg, layout)
     labels = {n: t.get("labels") for n, t in read_manifest(layout)["tasks"].items()}
     scorer = Scorer(exp, after)
-    row = {"after": after, "method": cfg.method, "tasks": [t.name for t in cfg.tasks], "scores": {},
-           "metric": {}, "n_records": {}, "predictions": {}}
-    confusion = [[0] * len(cfg.tasks) for _ in cfg.tasks]
-    for j, task in enumerate(cfg.tasks):
-        records = [dict(r) for r in prepared[task.name]["test"]][: cfg.eval.max_records_per_task]
-        preds, top1 = scorer.predict(j, records, labels.get(task.name))
-        row["scores"][task.name] = metrics.score(task.metric, preds, [r["output"] for r in records], cfg.eval)
-        row["metric"][task.name] = task.metric
-        row["n_records"][task.name] = len(records)
-        row["predictions"][task.name] = preds[:5]
-        for s in top1:
-            confusion[j][s] += 1
-        print(f"eval after {after}: {task.name:<16} {task.metric:<12} {row['scores'][task.name]:.3f}")
-    row["retrieval"] = _retrieval_summary(cfg, after, confusion, scorer.retrieves)
-    row.update(format=DONE_FORMAT, inputs=inputs, settings=validity.eval_settings(exp))
+    for name in todo:
+        task = cfg.tasks[cfg.task_index(name)]
+        records = [dict(r) for r in prepared[name]["test"]][: cfg.eval.max_records_per_task]
+        preds, top1 = scorer.predict(cfg.task_index(name), records, labels.get(name))
+        row["scores"][name] = metrics.score(task.metric, preds, [r["output"] for r in records], cfg.eval)
+        row["metric"][name] = task.metric
+        row["n_records"][name] = len(records)
+        row["predictions"][name] = preds[:5]
+        row["top1"][name] = dict(Counter(top1))
+        row["data"][name] = validity.cell_data(exp)[name]
+        print(f"eval after {after}: {name:<16} {task.metric:<12} {row['scores'][name]:.3f}")
+    row["retrieval"] = _retrieval_summary(exp, after, row, scorer.retrieves)
     atomic_write_json(layout.eval_row(after), row)
-    print(f"eval: row {after} -> {layout.eval_row(after)}")
+    print(f"eval: row {after} -> {layout.eval_row(after)}" + (f" ({len(kept)} cell(s) kept)" if kept else ""))
     from pipeline.tracking import log_eval_row
 
     log_eval_row(cfg, layout, after, read_row)  # the row and AA / BWT / forgetting so far, to report_to
     return 0
 
 
-def _retrieval_summary(cfg: ExperimentConfig, after: int, confusion: list[list[int]], retrieves: bool) -> dict:
+# A row's per-task fields: one cell of the accuracy matrix each, kept as long as the row's model
+# and that task's records are the ones it was scored with.
+CELL_FIELDS = ("scores", "metric", "n_records", "predictions", "top1", "data")
+
+
+def _new_row(exp: Experiment, after: int) -> dict:
+    return {"after": after, "method": exp.cfg.method, "tasks": validity.scored_tasks(exp),
+            **{field: {} for field in CELL_FIELDS}, "format": DONE_FORMAT,
+            "inputs": validity.eval_inputs(exp, after), "settings": validity.eval_settings(exp)}
+
+
+def _kept_cells(exp: Experiment, after: int, old: dict | None) -> dict[str, dict]:
+    """The cells of the row on disk that still hold: same code format, same model (row inputs),
+    same records of that task. A task appended since, or edited, is scored; the rest is kept."""
+    if old is None or format_of(old) != DONE_FORMAT or old.get("inputs") != validity.eval_inputs(exp, after):
+        return {}
+    current = validity.cell_data(exp)
+    return {name: {field: old[field][name] for field in CELL_FIELDS}
+            for name, digest in current.items()
+            if (old.get("data") or {}).get(name) == digest and all(name in (old.get(f) or {}) for f in CELL_FIELDS)}
+
+
+def _retrieval_summary(exp: Experiment, after: int, row: dict, retrieves: bool) -> dict:
     if not retrieves:
         return {"accuracy": None, "per_task": {}, "confusion": None}
-    seen = range(after + 1)  # only tasks already in the index can be retrieved correctly
-    per_task = {cfg.tasks[j].name: confusion[j][j] / max(1, sum(confusion[j])) for j in seen}
-    total = sum(sum(confusion[j]) for j in seen)
-    return {"accuracy": sum(confusion[j][j] for j in seen) / max(1, total), "per_task": per_task,
+    names = row["tasks"]
+    confusion = [[row["top1"][true].get(got, 0) for got in names] for true in names]
+    # only tasks already in the index can be retrieved correctly
+    seen = [i for i, name in enumerate(names) if exp.cfg.task_index(name) <= after]
+    per_task = {names[i]: confusion[i][i] / max(1, sum(confusion[i])) for i in seen}
+    total = sum(sum(confusion[i]) for i in seen)
+    return {"accuracy": sum(confusion[i][i] for i in seen) / max(1, total), "per_task": per_task,
             "confusion": confusion}
 
 
@@ -138,10 +169,11 @@ class Scorer:
         self.retrieves = exp.method.retrieves and after >= 0
 
     @torch.no_grad()
-    def predict(self, j: int, records: list[dict], labels: list[str] | None) -> tuple[list[str], list[int]]:
+    def predict(self, j: int, records: list[dict], labels: list[str] | None) -> tuple[list[str], list[str]]:
+        """Answers to task j's records, and (methods that retrieve) the task of each one's top-1 slot."""
         bs = self.cfg.eval.batch_size
         preds: list[str] = []
-        top1: list[int] = []
+        top1: list[str] = []
         task = self.cfg.tasks[j]
         for i in tqdm(range(0, len(records), bs), desc=f"eval {task.name}", leave=False):
             batch = records[i:i + bs]

@@ -57,7 +57,7 @@ def chosen_tasks(exp: Experiment, wanted: list[str] | None) -> list[int]:
     if n == 0:
         raise StageInputError(f"no task is DONE under {exp.layout.root / 'tasks'}: train first (`slm run`)")
     if not wanted:
-        return list(range(n))
+        return [t for t in range(n) if not exp.layout.forgotten(t, cfg.tasks[t].name)]
     names = [t.name for t in cfg.tasks]
     out = []
     for item in wanted:
@@ -68,6 +68,9 @@ def chosen_tasks(exp: Experiment, wanted: list[str] | None) -> list[int]:
         if t >= n:
             raise StageInputError(f"--task {item}: task {t} ({names[t]}) has not finished; {n} task(s) are DONE",
                                   hint=f"run `slm train --task {t}` (or `slm run`) first")
+        if exp.layout.forgotten(t, names[t]):
+            raise StageInputError(f"--task {item}: task {t} ({names[t]}) was removed by `slm forget`; there is nothing "
+                                  "of it to export")
         out.append(t)
     return out
 

@@ -1,16 +1,20 @@
-"""`slm prepare`: every task's source -> fixed train/test splits on disk, plus a manifest.
+"""`slm prepare`: every task's source -> fixed train/test splits on disk, one folder per task.
 
-Reads top to bottom: skip if DONE with the same input hashes; load and check every task (no
-file is written until all of them pass); write the resolved config (only now: a failed prepare
-must not leave a config.yaml describing the config that failed); measure token lengths with
-the experiment's tokenizer; write all datasets, the manifest and DONE into a temporary folder
-that replaces <output_dir>/data in one rename. A bad task therefore leaves no half-written data.
+Reads top to bottom: find the tasks whose folder is missing or was built from other inputs (its
+own spec, its source files, the data section: pipeline.data.prepared); load and check every one
+of them (no file is written until all pass); write the resolved config (only now: a failed
+prepare must not leave a config.yaml describing the config that failed); measure token lengths
+with the experiment's tokenizer; write each task's datasets, manifest entry and DONE into a
+temporary folder that replaces <output_dir>/data/<task> in one rename; then the manifest and
+data/DONE. A bad task leaves no half-written data, and the tasks that were current are not
+touched: a task appended to the experiment is the only one prepared.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,22 +25,20 @@ from pipeline import preflight
 from pipeline.config import ExperimentConfig
 from pipeline.data.build import PreparedTask, build_task, length_stats, token_lengths
 from pipeline.data.prepared import (
+    ENTRY,
     STAGE,
-    prepare_inputs,
+    manifest_inputs,
     prepared_up_to_date,
     read_manifest,
+    stale_tasks,
+    task_prepare_inputs,
     task_spec_hash,
 )
 from pipeline.data.records import COLUMNS, HISTORY, records_sha256
 from pipeline.data.synthetic import describe_generators
 from pipeline.prompts.truncation import TokenCaps
 from pipeline.stages import CHECK_HELP
-from pipeline.state.artifacts import (
-    atomic_path,
-    atomic_write_json,
-    atomic_write_text,
-    write_done,
-)
+from pipeline.state.artifacts import atomic_path, atomic_write_json, atomic_write_text, write_done
 from pipeline.state.layout import RunLayout
 from pipeline.state.locks import data_lock
 
@@ -84,26 +86,45 @@ def run(exp: Experiment, force: bool = False) -> dict[str, Any]:
 
 
 def _prepare(cfg: ExperimentConfig, layout: RunLayout, force: bool) -> dict[str, Any]:
-    inputs = prepare_inputs(cfg)
-    if not force and prepared_up_to_date(layout, inputs):
+    todo = list(cfg.tasks) if force else stale_tasks(cfg, layout, quiet=False)
+    if not todo and prepared_up_to_date(cfg, layout):
         atomic_write_text(layout.config, cfg.to_yaml())
         print(f"prepare: already done ({layout.data}, {len(cfg.tasks)} tasks; --force rebuilds)")
         return read_manifest(layout)
 
-    prepared = [build_task(t, cfg) for t in tqdm(cfg.tasks, desc="prepare: load + check", disable=None)]
+    # Every task to build is loaded and checked before anything is written.
+    prepared = [build_task(t, cfg) for t in tqdm(todo, desc="prepare: load + check", disable=None)]
     atomic_write_text(layout.config, cfg.to_yaml())  # the data checks passed: this config is the one used
-
-    tokenizer = _tokenizer(cfg.model.name_or_path)  # imports torch: only once the data is known good
-    manifest = _manifest_head(cfg, inputs)
-    with atomic_path(layout.data) as tmp:
-        tmp.mkdir()
-        for index, task in enumerate(tqdm(prepared, desc="prepare: tokenize + save", disable=None)):
-            manifest["tasks"][task.spec.name] = _task_entry(index, task, tokenizer, cfg)
-            _save(task, tmp / layout.task_data(task.spec.name).name)
-        atomic_write_json(tmp / layout.manifest.name, manifest)
-        write_done(tmp, STAGE, inputs=inputs)
+    if prepared:
+        tokenizer = _tokenizer(cfg.model.name_or_path)  # imports torch: only once the data is known good
+        for task in tqdm(prepared, desc="prepare: tokenize + save", disable=None):
+            _write_task(task, cfg, layout, tokenizer)  # each task's folder in one rename, with its DONE
+    manifest = _manifest(cfg, layout)
+    atomic_write_json(layout.manifest, manifest)
+    write_done(layout.data, STAGE, inputs=manifest_inputs(cfg, layout), files=[layout.manifest.name])
+    kept = len(cfg.tasks) - len(prepared)
+    print(f"prepare: {len(prepared)} task(s) prepared" + (f", {kept} kept as they were" if kept else ""))
     print_table(manifest, layout.data)
     return manifest
+
+
+def _write_task(task: PreparedTask, cfg: ExperimentConfig, layout: RunLayout, tokenizer: Any) -> None:
+    """data/<task>/: the splits, the task's manifest entry, and a DONE naming what they were built
+    from and the sha256 of the records (the task's data identity, pipeline.data.prepared)."""
+    with atomic_path(layout.task_data(task.spec.name)) as tmp:
+        _save(task, tmp)
+        atomic_write_json(tmp / ENTRY, _task_entry(task, tokenizer, cfg))
+        write_done(tmp, STAGE, inputs=task_prepare_inputs(task.spec, cfg),
+                   records={"train": records_sha256(task.train), "test": records_sha256(task.test)})
+
+
+def _manifest(cfg: ExperimentConfig, layout: RunLayout) -> dict[str, Any]:
+    """Every task's entry (written with its folder), in the experiment's order."""
+    head = {"experiment": cfg.name, "data": cfg.data.model_dump(mode="json"), "tokenizer": cfg.model.name_or_path,
+            "prompt_format": cfg.model.prompt_format, "max_seq_len": cfg.model.max_seq_len, "columns": list(COLUMNS)}
+    tasks = {t.name: {"index": i, **json.loads((layout.task_data(t.name) / ENTRY).read_text())}
+             for i, t in enumerate(cfg.tasks)}
+    return {**head, "tasks": tasks}
 
 
 @functools.lru_cache(maxsize=2)
@@ -114,17 +135,11 @@ def _tokenizer(name: str) -> Any:
     return load_tokenizer(name)
 
 
-def _manifest_head(cfg: ExperimentConfig, inputs: dict[str, str]) -> dict[str, Any]:
-    return {"experiment": cfg.name, "inputs": inputs, "data": cfg.data.model_dump(mode="json"),
-            "tokenizer": cfg.model.name_or_path, "prompt_format": cfg.model.prompt_format,
-            "max_seq_len": cfg.model.max_seq_len, "columns": list(COLUMNS), "tasks": {}}
-
-
-def _task_entry(index: int, task: PreparedTask, tokenizer: Any, cfg: ExperimentConfig) -> dict[str, Any]:
+def _task_entry(task: PreparedTask, tokenizer: Any, cfg: ExperimentConfig) -> dict[str, Any]:
     lengths = token_lengths(tokenizer, cfg.model.prompt_format, task.train + task.test)
     stats = length_stats(lengths, TokenCaps.of(cfg.model))
     return {
-        "index": index, "type": task.spec.source.type, "source": task.origin,
+        "type": task.spec.source.type, "source": task.origin,
         "train": len(task.train), "test": len(task.test), "own_test_split": task.own_test_split,
         "labels": task.labels, "metric": task.spec.metric,
         "sha256": {"train": records_sha256(task.train), "test": records_sha256(task.test)},

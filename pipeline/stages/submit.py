@@ -28,6 +28,7 @@ from pipeline import slurm
 from pipeline.config import ExperimentConfig
 from pipeline.errors import SlmError
 from pipeline.stages import status
+from pipeline.state import validity
 from pipeline.state.artifacts import atomic_write_json, atomic_write_text
 from pipeline.state.layout import RunLayout
 
@@ -58,6 +59,7 @@ class Chain:
 
     exp: Experiment
     scripts: dict[str, str]
+    first: int = 0  # tasks before it are DONE: the train array starts here
 
     @property
     def run(self) -> str:
@@ -100,7 +102,23 @@ def main(experiment: Experiment, args: Args) -> int:
 
 
 def make_chain(exp: Experiment) -> Chain:
-    return Chain(exp, slurm.render_all(exp.cfg, exp.layout, python=sys.executable, run=exp.run_name))
+    first = first_to_train(exp)
+    if first:
+        print(f"{exp.run_name + ': ' if exp.run_name else ''}tasks 0..{first - 1} are DONE and current: submitting "
+              + (f"tasks {first}..{len(exp.cfg.tasks) - 1} and the finish job" if first < len(exp.cfg.tasks)
+                 else "the finish job only"))
+    return Chain(exp, slurm.render_all(exp.cfg, exp.layout, python=sys.executable, run=exp.run_name, first=first),
+                 first)
+
+
+def first_to_train(exp: Experiment) -> int:
+    """The first task without a DONE that matches the current inputs: a sequence that grew (or was
+    half trained) submits from there. A stale DONE counts as not done: its array task then fails
+    naming what changed, as `slm train --check` words it."""
+    for t in range(len(exp.cfg.tasks)):
+        if validity.problem_of(lambda t=t: validity.require_task(exp, t, verify=False)) is not None:
+            return t
+    return len(exp.cfg.tasks)
 
 
 def check_plan(exp: Experiment, ignore: bool, dry_run: bool) -> None:
@@ -134,7 +152,7 @@ def print_dry_run(chain: Chain) -> None:
         print(f"# ==== {slurm.script_path(layout, kind)} ====")
         print(text, end="")
     print("# ==== submit (each job waits for the one before) ====")
-    print("\n".join(slurm.sbatch_commands(layout)))
+    print("\n".join(slurm.sbatch_commands(layout, tuple(chain.scripts))))
     print(f"# dry run: nothing written or submitted. `slm submit` without --dry-run writes these scripts "
           f"and {slurm.config_path(layout)}, creates {layout.logs} and submits.")
 
@@ -188,9 +206,10 @@ def submit(chain: Chain) -> dict:
     cfg, layout = chain.cfg, chain.layout
     record = {"name": cfg.name, "run": chain.run, "method": cfg.method, "config": str(slurm.config_path(layout)),
               "submitted": datetime.datetime.now().isoformat(timespec="seconds"),
-              "tasks": [t.name for t in cfg.tasks], "jobs": {}}
+              "tasks": [t.name for t in cfg.tasks], "train_tasks": [t.name for t in cfg.tasks[chain.first:]],
+              "jobs": {}}
     previous = None
-    for kind in slurm.JOB_KINDS:
+    for kind in chain.scripts:
         script = slurm.script_path(layout, kind)
         try:
             previous = run_sbatch(slurm.sbatch_argv(script, previous))
@@ -211,11 +230,14 @@ def cancel(job_ids: list[str]) -> None:
 def print_submitted(chain: Chain, record: dict) -> None:
     cfg, layout = chain.cfg, chain.layout
     ids = {kind: job["id"] for kind, job in record["jobs"].items()}
-    train_log = slurm.log_file(layout, record["jobs"]["train"]["name"], ids["train"], 0)
+    first = len(cfg.tasks) - len(record["train_tasks"])
+    described = {"prepare": f"prepare {ids.get('prepare')}", "finish": f"finish {ids.get('finish')}",
+                 "train": f"train {ids.get('train')} (array {first}-{len(cfg.tasks) - 1}%1: "
+                          f"{', '.join(record['train_tasks'])})"}
     order = f" order {chain.run}" if chain.run else ""
-    print(f"submitted {cfg.name}{order} (method {cfg.method}): prepare {ids['prepare']} -> "
-          f"train {ids['train']} (array 0-{len(cfg.tasks) - 1}%1: {', '.join(t.name for t in cfg.tasks)}) -> "
-          f"finish {ids['finish']}")
+    print(f"submitted {cfg.name}{order} (method {cfg.method}): " + " -> ".join(described[k] for k in ids))
     print(f"scripts, config and job ids: {slurm.script_dir(layout)}")
-    print(f"logs: {layout.logs} (task 0: {Path(train_log).name})")
+    if "train" in ids:
+        train_log = slurm.log_file(layout, record["jobs"]["train"]["name"], ids["train"], first)
+        print(f"logs: {layout.logs} (task {first}: {Path(train_log).name})")
     print(f"follow it: slm status -c {shlex.quote(str(slurm.config_path(layout)))}")

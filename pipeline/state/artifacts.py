@@ -325,6 +325,12 @@ def marker_digest(folder: Path) -> str:
     return sha256_json(marker.get("outputs")) if marker else ""
 
 
+def records_digest(folder: Path) -> str:
+    """The identity of a prepared task's records (the `records` its DONE holds), "" when not prepared."""
+    marker = read_done(folder)
+    return sha256_json(marker.get("records")) if marker else ""
+
+
 def read_done_checked(folder: Path, stage: str, rerun: str) -> dict:
     """The DONE marker of `folder`, refused when missing or written in another code format."""
     marker = read_done(folder)

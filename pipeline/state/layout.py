@@ -10,6 +10,7 @@ from pipeline.config import ExperimentConfig
 # The files a finished adapter task holds (listed, relative to its folder, in its DONE).
 ADAPTER_FILE = "adapter.safetensors"  # its slots, or its LoRA
 KEYS_FILE = "keys.safetensors"  # its DTKR keys
+FORGOTTEN_FILE = "FORGOTTEN.json"  # `slm forget` removed the task: its DONE is kept for the identity chain
 
 
 def run_folder(output_dir: str | Path, run: str) -> Path:
@@ -73,6 +74,13 @@ class RunLayout:
 
     def train_state(self, index: int, name: str) -> Path:
         return self.task_dir(index, name) / "train_state"
+
+    def forgotten_file(self, index: int, name: str) -> Path:
+        return self.task_dir(index, name) / FORGOTTEN_FILE
+
+    def forgotten(self, index: int, name: str) -> bool:
+        """`slm forget` removed task `index`'s slots and keys (pipeline.stages.forget)."""
+        return self.forgotten_file(index, name).is_file()
 
     # index / eval / report
     @property

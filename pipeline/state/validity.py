@@ -3,9 +3,15 @@
 Each finished stage leaves a DONE marker (`pipeline.state.artifacts.write_done`) holding the code's
 format version, the sha256 of every file it wrote and the hashes of what it was built from:
 
-    task i     the method's config subset (`task_settings`), the prepared data, tasks 0..i-1
+    task i     the method's config subset (`task_settings`), task i's prepared records (and those of
+               the earlier tasks whose records its training reads: replay, multitask), tasks 0..i-1
     index      tasks 0..n-1 (it may hold more than a reader needs)
-    eval row   the prepared data, the inference settings, tasks 0..i
+    eval row   the inference settings, tasks 0..i; and per cell (one task's column) that task's records
+
+Nothing depends on a task after it, nor on another task's data unless it reads it: appending a
+task to the experiment keeps every result before it, and editing task k invalidates k and what
+came after it. A task removed by `slm forget` keeps its DONE (later tasks were trained beside it,
+and stay valid), but the index and the eval rows, whose model no longer has it, know it is gone.
 
 Every reader (train's resume and "already done", `slm train --check` behind the Slurm skip,
 index, eval, generate, serve, report) calls `require_valid` through one of the `require_*`
@@ -29,6 +35,7 @@ from pipeline.state.artifacts import (
     marker_digest,
     read_done,
     read_done_checked,
+    records_digest,
     sha256_json,
     verify_outputs,
 )
@@ -50,16 +57,30 @@ def task_settings(exp: Experiment, t: int) -> dict[str, Any]:
     return settings
 
 
+def data_digest(exp: Experiment, j: int) -> str:
+    """The identity of task j's prepared records (pipeline.data.prepared)."""
+    return records_digest(exp.layout.task_data(exp.cfg.tasks[j].name))
+
+
 def task_inputs(exp: Experiment, t: int) -> dict[str, str]:
     """What task t's result depends on; recorded in its DONE and in its train_state."""
-    inputs = {"settings": sha256_json(task_settings(exp, t)), "data": marker_digest(exp.layout.data)}
+    inputs = {"settings": sha256_json(task_settings(exp, t)), "data": data_digest(exp, t)}
+    for j in exp.method.reads_data_of(t):
+        if j != t:  # replay's buffer, multitask's joint records
+            inputs[f"data{j}"] = data_digest(exp, j)
     for j in range(t):
         inputs[f"task{j}"] = marker_digest(exp.layout.task_dir(j, exp.cfg.tasks[j].name))
     return inputs
 
 
+def _served_digest(exp: Experiment, j: int) -> str:
+    """Task j as the index and evaluation see it: its result, or that `slm forget` removed it."""
+    digest = marker_digest(exp.layout.task_dir(j, exp.cfg.tasks[j].name))
+    return sha256_json({"forgotten": digest}) if exp.layout.forgotten(j, exp.cfg.tasks[j].name) else digest
+
+
 def index_inputs(exp: Experiment, n: int) -> dict[str, str]:
-    return {f"task{j}": marker_digest(exp.layout.task_dir(j, exp.cfg.tasks[j].name)) for j in range(n)}
+    return {f"task{j}": _served_digest(exp, j) for j in range(n)}
 
 
 def eval_settings(exp: Experiment) -> dict[str, Any]:
@@ -68,10 +89,23 @@ def eval_settings(exp: Experiment) -> dict[str, Any]:
 
 
 def eval_inputs(exp: Experiment, after: int) -> dict[str, str]:
-    inputs = {"data": marker_digest(exp.layout.data), "settings": sha256_json(eval_settings(exp))}
+    """What row `after` as a whole depends on: the model after that task. Each cell also depends on
+    its own task's records (`cell_data`, recorded per cell), so a row grows a column for an
+    appended task without rescoring the others."""
+    inputs = {"settings": sha256_json(eval_settings(exp))}
     for j in range(after + 1):
-        inputs[f"task{j}"] = marker_digest(exp.layout.task_dir(j, exp.cfg.tasks[j].name))
+        inputs[f"task{j}"] = _served_digest(exp, j)
     return inputs
+
+
+def scored_tasks(exp: Experiment) -> list[str]:
+    """The tasks every eval row scores: all of the experiment's but those `slm forget` removed."""
+    return [t.name for i, t in enumerate(exp.cfg.tasks) if not exp.layout.forgotten(i, t.name)]
+
+
+def cell_data(exp: Experiment) -> dict[str, str]:
+    """Per scored task, the identity of the records its cells are scored on."""
+    return {name: records_digest(exp.layout.task_data(name)) for name in scored_tasks(exp)}
 
 
 # ---- commands that rebuild a result ---------------------------------------------------------------
@@ -193,7 +227,9 @@ def labeller(exp: Experiment) -> Callable[[str], str]:
         if key == "settings":
             return "the config"
         if key == "data":
-            return f"the prepared data ({layout.data})"
+            return f"its prepared records (in {layout.data})"
+        if key.startswith("data") and key[4:].isdigit() and int(key[4:]) < len(cfg.tasks):
+            return f"the prepared records of task {key[4:]} ({cfg.tasks[int(key[4:])].name})"
         if key.startswith("task") and key[4:].isdigit() and int(key[4:]) < len(cfg.tasks):
             return f"task {key[4:]} ({cfg.tasks[int(key[4:])].name})"
         return key
@@ -205,8 +241,10 @@ def labeller(exp: Experiment) -> Callable[[str], str]:
 
 
 def require_task(exp: Experiment, t: int, verify: bool = True) -> dict:
-    """Task t's DONE, checked against the current config, data and earlier tasks (and its files)."""
+    """Task t's DONE, checked against the current config, data and earlier tasks (and its files;
+    a task `slm forget` removed has none left to check)."""
     name = exp.cfg.tasks[t].name
+    verify = verify and not exp.layout.forgotten(t, name)
     return require_valid(exp.layout.task_dir(t, name), f"task {t} ({name})", train_command(exp.cfg.method, t),
                          task_inputs(exp, t), labeller(exp), task_settings(exp, t), verify=verify)
 
@@ -236,6 +274,14 @@ def require_row(exp: Experiment, after: int, row: dict) -> None:
         what = what_changed(recorded, current, labeller(exp), row.get("settings"), eval_settings(exp))
         raise StageInputError(f"row {after} of the matrix ({path}) was scored from other inputs than the current "
                               f"ones: {what}. Rerun `{rerun}`.", hint=_rerun_hint(rerun))
+    scored = row.get("data") or {}
+    stale = [name for name, digest in cell_data(exp).items() if scored.get(name) != digest]
+    if stale:
+        missing = [n for n in stale if n not in scored]
+        what = ", ".join(f"{n} ({'not scored yet' if n in missing else 'its prepared records changed'})"
+                         for n in stale)
+        raise StageInputError(f"row {after} of the matrix ({path}) has no current score for {what}. "
+                              f"Rerun `{rerun}` (it scores only those).", hint=_rerun_hint(rerun))
 
 
 def read_row(layout: RunLayout, after: int) -> dict | None:

@@ -12,6 +12,7 @@ import pytest
 from pipeline.errors import ConfigError, DataError
 from pipeline.experiment import Experiment, load_config
 from pipeline.stages import prepare
+from pipeline.state.artifacts import read_done
 from pipeline.state.layout import RunLayout
 
 
@@ -175,5 +176,10 @@ def test_a_failure_while_writing_leaves_no_half_written_data(write_yaml, small_e
     cfg = load_config(write_yaml(small_experiment))
     with pytest.raises(OSError, match="disk full"):
         prepare.run(Experiment.of(cfg))
-    base = RunLayout.of(cfg).base
-    assert not (base / "data").exists() and not [p for p in base.iterdir() if p.name.startswith(".")]
+    layout = RunLayout.of(cfg)
+    first, second = (layout.task_data(t.name) for t in cfg.tasks)
+    # Each task's folder is written whole or not at all: the first is complete, the second is not there.
+    assert read_done(first) is not None and not second.exists() and read_done(layout.data) is None
+    assert not [p for d in (layout.base, layout.data) for p in d.iterdir() if p.name.startswith(".")]
+    monkeypatch.undo()
+    assert prepare.run(Experiment.of(cfg))["tasks"].keys() == {t.name for t in cfg.tasks}

@@ -10,7 +10,7 @@ from pipeline.cli import COMMANDS, build_parser, version
 from pipeline.cli import main as slm
 
 # The positional arguments a command needs before its overrides.
-REQUIRED_POSITIONALS = {"generate": ["what is a cat?"]}
+REQUIRED_POSITIONALS = {"generate": ["what is a cat?"], "forget": ["--task", "sentiment"]}
 
 
 def test_version_prints_the_installed_version(capsys):

@@ -87,8 +87,10 @@ def test_a_changed_task_rebuilds_and_old_data_is_refused_by_later_stages(write_y
     loaded = load_prepared(cfg, layout)
     assert list(loaded) == ["sentiment", "arithmetic"] and len(loaded["arithmetic"]["test"]) == 10
     changed, _ = _config(write_yaml, small_experiment, ["tasks.1.max_train=5"])
-    with pytest.raises(StageInputError, match="tasks changed: arithmetic.*slm prepare"):
-        load_prepared(changed, layout)
+    assert len(load_prepared(changed, layout)["sentiment"]["train"]) == 30  # the other task is as it was
+    stale = r"'arithmetic' was prepared from other inputs .its task spec changed.*slm prepare"
+    with pytest.raises(StageInputError, match=stale):
+        load_prepared(changed, layout)["arithmetic"]
     assert prepare.run(Experiment.of(changed))["tasks"]["arithmetic"]["train"] == 5
     assert len(load_prepared(changed, layout)["arithmetic"]["train"]) == 5
 
@@ -97,13 +99,14 @@ def test_a_new_max_seq_len_keeps_the_data_valid_for_later_stages(write_yaml, sma
     cfg, layout = _config(write_yaml, small_experiment)
     prepare.run(Experiment.of(cfg))
     longer, _ = _config(write_yaml, small_experiment, ["model.max_seq_len=128"])
-    assert set(load_prepared(longer, layout)) == {"sentiment", "arithmetic"}
+    loaded = load_prepared(longer, layout)
+    assert set(loaded) == {"sentiment", "arithmetic"} and all(len(loaded[t]["test"]) == 10 for t in loaded)
 
 
 def test_load_prepared_before_prepare_names_the_command_to_run(write_yaml, small_experiment) -> None:
     cfg, layout = _config(write_yaml, small_experiment)
-    with pytest.raises(StageInputError, match="prepare has not finished.*slm prepare"):
-        load_prepared(cfg, layout)
+    with pytest.raises(StageInputError, match="'sentiment' is not prepared.*slm prepare"):
+        load_prepared(cfg, layout)["sentiment"]
 
 
 def test_list_synthetic_prints_the_generators_and_writes_nothing(write_yaml, small_experiment, capsys) -> None:

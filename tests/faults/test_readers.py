@@ -39,7 +39,7 @@ def reader_argv(run: Run, reader: str, overrides: list[str]) -> list[str]:
 
 CHANGES: dict[str, tuple[list[str], str]] = {
     "config": (["methods.slm.lr=0.002"], "the config changed (methods.slm.lr: 0.005 -> 0.002)"),
-    "split": (["data.test_ratio=0.5"], "the prepared data ({data}) changed"),
+    "split": (["data.test_ratio=0.5"], "its prepared records (in {data}) changed"),
 }
 
 

@@ -41,7 +41,7 @@ def test_resume_after_the_data_changed_is_refused_naming_the_data(stopped: Run, 
     assert cli.main(stopped.argv("prepare", "data.seed=1")) == 0  # another split of the same tasks
     state_before = tree(stopped.state())
     code, _, err = call(capsys, *stopped.argv("train", "--task", "0", "data.seed=1"))
-    assert_user_error(code, err, str(stopped.state()), f"the prepared data ({stopped.layout.data}) changed")
+    assert_user_error(code, err, str(stopped.state()), f"its prepared records (in {stopped.layout.data}) changed")
     assert tree(stopped.state()) == state_before and not (stopped.task_dir(0) / "DONE").exists()
 
 

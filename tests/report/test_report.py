@@ -74,7 +74,7 @@ def as_scored(exp: Experiment, row: dict, after: int) -> dict:
     for j in range(after + 1):
         write_done(exp.layout.task_dir(j, exp.cfg.tasks[j].name), "train", inputs=validity.task_inputs(exp, j),
                    files=[])
-    return {**row, "inputs": validity.eval_inputs(exp, after)}
+    return {**row, "inputs": validity.eval_inputs(exp, after), "data": validity.cell_data(exp)}
 
 
 def write_rows(exp: Experiment, rows: list[list[float]], untrained: bool = True, retrieval: bool = True) -> None:

@@ -258,6 +258,7 @@ def test_a_failed_sbatch_cancels_the_jobs_already_submitted(tmp_path, monkeypatc
 # ---- the train script's preemption trap, in bash, with stub Slurm commands ----------------------------
 
 FAKE_TRAINER = """\
+if [[ " $* " == *" prepare "* ]]; then echo "$*" >> "$FAKE_DIR/prepare.log"; exit 0; fi
 if [[ " $* " == *" --check "* ]]; then echo "$*" >> "$FAKE_DIR/check.log"; exit "${FAKE_CHECK_RC:-0}"; fi
 echo "$*" > "$FAKE_DIR/args"
 case $FAKE_MODE in
@@ -436,6 +437,8 @@ def test_a_task_with_a_done_marker_is_skipped_only_if_slm_train_check_accepts_it
     proc = subprocess.run(["bash", str(script)], env=fake_cluster, capture_output=True, text=True, timeout=20)
     assert proc.returncode == code, proc.stdout + proc.stderr
     assert read(tmp_path, "check.log").endswith(f"train --task 1 --check -c {tmp_path}/out dir/slurm/slm/config.yaml\n")
+    # before the check: prepare what is missing (the task of a sequence that grew has no prepare job)
+    assert read(tmp_path, "prepare.log") == f"-m pipeline.cli prepare -c {tmp_path}/out dir/slurm/slm/config.yaml\n"
     assert (tmp_path / "args").exists() == trains
     if check_rc == 2:
         assert "does not match the current inputs" in proc.stdout and "requeue" not in read(tmp_path, "scontrol.log")

@@ -21,7 +21,7 @@ from pipeline import distributed
 from pipeline.dtkr.key_files import load_keys, save_keys
 from pipeline.jare.routing import Routing
 from pipeline.methods.base import LoadBase, Method, MethodOptions, Predictor, Trainer
-from pipeline.methods.jare.model import jare_model
+from pipeline.methods.jare.model import jare_model, kept_tasks
 from pipeline.state.layout import ADAPTER_FILE, KEYS_FILE
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ class JareMethod(Method):
     Options = JareOptions
     learns_keys = True
     has_slots = True
+    forget_refusal = None  # a task's slots and keys are its own: removing them is exact
 
     def config_problems(self, cfg: ExperimentConfig) -> list[str]:
         if cfg.dtkr.top_k > self.options(cfg).slots_per_task * len(cfg.tasks):
@@ -106,15 +107,15 @@ class JareMethod(Method):
 
     def trainer(self, exp: Experiment, t: int, records: list[dict], device: torch.device,
                 load_base: LoadBase) -> Trainer:
-        cfg, layout = exp.cfg, exp.layout
         from pipeline.dtkr.encoder import SentenceEncoder
         from pipeline.dtkr.router import Router
 
+        cfg, layout = exp.cfg, exp.layout
         name = cfg.tasks[t].name
         encoder = SentenceEncoder(cfg.dtkr.encoder, device)
         embeddings = encoder.encode(_queries(records), progress=distributed.is_main())
-        earlier = [(cfg.tasks[j].name, load_keys(layout.keys_file(j, cfg.tasks[j].name), cfg.dtkr.encoder,
-                                                 cfg.dtkr.groups)) for j in range(t)]
+        earlier = [(other, load_keys(layout.keys_file(j, other), cfg.dtkr.encoder, cfg.dtkr.groups))
+                   for j, other in kept_tasks(cfg, layout, t)]
         keys = learn_keys(cfg, layout, t, embeddings, earlier, self.key_slots(cfg))
         opts = self.options(cfg)
         router = Router.from_keys([*earlier, (name, keys)], encoder, cfg.dtkr, opts.slots_per_task,
@@ -124,24 +125,25 @@ class JareMethod(Method):
         # The base only now: under ZeRO-3 every from_pretrained after it loads partitioned, and
         # the encoder above must load whole.
         model, bank = jare_model(cfg, layout, t, opts.slots_per_task, device, model=load_base())
-        bank.add_task(name, seed=cfg.seed + 1000 * t, init=opts.init)
+        # Its place in the bank (and the index): t, less the earlier tasks `slm forget` removed.
+        own = bank.add_task(name, seed=cfg.seed + 1000 * t, init=opts.init)
         info: dict = {"capture": captured}
-        if opts.transfer == "init_from_retrieved" and t > 0:
+        if opts.transfer == "init_from_retrieved" and earlier:
             sources = most_retrieved_slots(router, embeddings, [n for n, _ in earlier], opts.slots_per_task)
-            bank.copy_slots(t, sources)
+            bank.copy_slots(own, sources)
             info["init_from_slots"] = [router.describe_slot(s) for s in sources]
             distributed.log(f"train: task {t} ({name}) starts from the earlier slots " +
                             ", ".join(f"{d['task']}:{d['slot']}" for d in info["init_from_slots"]))
-        params = bank.train_only(t)
+        params = bank.train_only(own)
 
         def before_forward(idx: list[int]) -> None:
             bank.set_routing(Routing(routing.slot_ids[idx], routing.weights[idx], task=routing.task))
 
         def save() -> list[str]:
-            state = distributed.gathered(params, lambda: bank.task_state_dict(t))
+            state = distributed.gathered(params, lambda: bank.task_state_dict(own))
             if distributed.is_main():
                 meta = {"method": cfg.method, "encoder": cfg.dtkr.encoder}
-                bank.save_task(t, layout.adapter_file(t, name), meta, state=state)
+                bank.save_task(own, layout.adapter_file(t, name), meta, state=state)
                 save_keys(layout.keys_file(t, name), keys, cfg.dtkr.encoder, cfg.dtkr.groups)
             return [ADAPTER_FILE, KEYS_FILE]
 
@@ -156,12 +158,12 @@ class JareMethod(Method):
         model, bank = jare_model(cfg, layout, after + 1, self.key_slots(cfg), device)
         router = Router(load_store(exp, after + 1), SentenceEncoder(cfg.dtkr.encoder, device), cfg.dtkr,
                         through_earlier=self.options(cfg).transfer == "route_retrieved")
-        seen = [t.name for t in cfg.tasks[: after + 1]]
+        seen = [name for _, name in kept_tasks(cfg, layout, after + 1)]
 
         def route(records: list[dict], task: int) -> Routing | None:
             return self.route_eval(router, seen, cfg.tasks[task].name, records)
 
-        return Predictor(model, route, router.top1_tasks if self.retrieves else None, bank.routed, router, bank)
+        return Predictor(model, route, router.top1_names if self.retrieves else None, bank.routed, router, bank)
 
     def route_eval(self, router, seen: list[str], true_task: str, records: list[dict]) -> Routing | None:
         """Routing of an eval batch of `true_task`'s records, given the finished tasks `seen`."""
@@ -218,10 +220,10 @@ def capture_warning(cfg: ExperimentConfig, layout: RunLayout, t: int, router) ->
     from pipeline.data.prepared import load_prepared
     from pipeline.dtkr.router import capture_rates
 
-    if t == 0:
+    if not kept_tasks(cfg, layout, t):
         return {}
     prepared = load_prepared(cfg, layout)
-    names = [cfg.tasks[j].name for j in range(t)]
+    names = [name for _, name in kept_tasks(cfg, layout, t)]
     held_out = {n: router.embed([dict(r) for r in prepared[n]["test"]][:CAPTURE_QUERIES]) for n in names}
     rates = capture_rates(router, held_out)
     for task, rate in rates.items():

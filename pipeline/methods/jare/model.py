@@ -15,6 +15,11 @@ if TYPE_CHECKING:
     from pipeline.state.layout import RunLayout
 
 
+def kept_tasks(cfg: ExperimentConfig, layout: RunLayout, n: int) -> list[tuple[int, str]]:
+    """(index, name) of tasks 0..n-1 that still hold slots and keys (not removed by `slm forget`)."""
+    return [(j, t.name) for j, t in enumerate(cfg.tasks[:n]) if not layout.forgotten(j, t.name)]
+
+
 def slot_dtype(model) -> torch.dtype:
     """Slots follow the compute dtype; a quantised base computes in its non-quantised dtype."""
     return next(p.dtype for p in model.parameters() if p.dtype in (torch.float32, torch.bfloat16, torch.float16))
@@ -22,11 +27,11 @@ def slot_dtype(model) -> torch.dtype:
 
 def jare_model(cfg: ExperimentConfig, layout: RunLayout, n_tasks: int, slots: int, device: torch.device | None = None,
                model=None) -> tuple[torch.nn.Module, JareBank]:
-    """Base + JARe with the saved slots of tasks 0..n_tasks-1 (all frozen)."""
+    """Base + JARe with the saved slots of tasks 0..n_tasks-1 (all frozen; those `slm forget` removed
+    left out, as the index leaves out their keys)."""
     model = model if model is not None else base_model(cfg.model, device)
     bank = inject_jare(model, cfg.adapter.target_modules, cfg.adapter.rank, slots, slot_dtype(model))
-    for j in range(n_tasks):
-        name = cfg.tasks[j].name
+    for j, name in kept_tasks(cfg, layout, n_tasks):
         bank.load_task(name, layout.adapter_file(j, name), expect_meta={"task": name})
     bank.train_only(None)
     return model, bank

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from pipeline.methods.lora.method import LoraMethod
@@ -16,7 +17,10 @@ class Multitask(LoraMethod):
     trains = "at stage i, one fresh LoRA on tasks 0..i jointly (i+1 times the steps)"
     infers = "the LoRA of the last stage"
 
-    def training_records(self, exp: Experiment, prepared: dict, t: int) -> list[dict]:
+    def reads_data_of(self, t: int) -> range:
+        return range(t + 1)
+
+    def training_records(self, exp: Experiment, prepared: Mapping, t: int) -> list[dict]:
         cfg = exp.cfg
         return [dict(r) for j in range(t + 1) for r in prepared[cfg.tasks[j].name]["train"]]
 

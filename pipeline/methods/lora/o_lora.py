@@ -47,6 +47,7 @@ class OLora(LoraMethod):
     infers = "the sum of every task's LoRA (no task id)"
     Options = OLoraOptions
     one_lora_per_task = True  # every task's LoRA stays in memory
+    forget_refusal = "it keeps one LoRA per task, but taking one out of the sum is not implemented yet"
 
     def check(self, cfg: ExperimentConfig) -> None:
         from pipeline.runtime.deepspeed_config import zero_stage

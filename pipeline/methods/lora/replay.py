@@ -10,6 +10,7 @@ the data is an error, not silently replaced.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
@@ -42,7 +43,10 @@ class Replay(LoraMethod):
     infers = "the LoRA after the last task"
     Options = ReplayOptions
 
-    def training_records(self, exp: Experiment, prepared: dict, t: int) -> list[dict]:
+    def reads_data_of(self, t: int) -> range:
+        return range(t + 1)  # the buffer samples every earlier task's records
+
+    def training_records(self, exp: Experiment, prepared: Mapping, t: int) -> list[dict]:
         cfg, layout = exp.cfg, exp.layout
         own = super().training_records(exp, prepared, t)
         buffer = replay_buffer(cfg, prepared, t, self.options(cfg).ratio)
@@ -57,7 +61,7 @@ class Replay(LoraMethod):
         return trainer
 
 
-def replay_buffer(cfg: ExperimentConfig, prepared: dict, t: int, ratio: float) -> list[dict]:
+def replay_buffer(cfg: ExperimentConfig, prepared: Mapping, t: int, ratio: float) -> list[dict]:
     """A seeded sample of each earlier task's training records (at least one per task)."""
     buffer: list[dict] = []
     for j in range(t):
