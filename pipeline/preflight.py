@@ -15,7 +15,7 @@ tests/config/test_shipped_configs.py runs every rendered stage's --check on ever
 
 from __future__ import annotations
 
-from pipeline.config import ExperimentConfig
+from pipeline.config import PUBLIC_FORMATS, ExperimentConfig
 from pipeline.dtkr import faiss_build
 from pipeline.errors import ConfigError
 from pipeline.methods import get_method
@@ -26,6 +26,8 @@ from pipeline.state.layout import RunLayout
 EXIT_CURRENT = 0
 EXIT_WOULD_RUN = 1
 FAISS_STAGES = ("train", "index", "eval", "generate", "serve")
+# Sources read from a local path that must exist on the node that prepares.
+LOCAL_SOURCE_TYPES = ("file", "cl_benchmark", *PUBLIC_FORMATS)
 
 
 def searches_keys(cfg: ExperimentConfig) -> bool:
@@ -61,7 +63,7 @@ def require_runnable(cfg: ExperimentConfig, stage: str) -> None:
 
 def _require_local_sources(cfg: ExperimentConfig) -> None:
     missing = [f"task {t.name}: {cfg.resolve_source_path(t.source.path)}" for t in cfg.tasks
-               if t.source.type in ("file", "cl_benchmark") and t.source.path
+               if t.source.type in LOCAL_SOURCE_TYPES and t.source.path
                and not cfg.resolve_source_path(t.source.path).exists()]
     if missing:
         raise ConfigError(f"data sources not found: {'; '.join(missing)}",

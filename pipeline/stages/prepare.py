@@ -27,7 +27,7 @@ from pipeline.data.prepared import (
     read_manifest,
     task_spec_hash,
 )
-from pipeline.data.records import COLUMNS, HISTORY, records_sha256
+from pipeline.data.records import COLUMNS, HISTORY, REFERENCES, records_sha256
 from pipeline.data.synthetic import describe_generators
 from pipeline.prompts.truncation import TokenCaps
 from pipeline.state.artifacts import (
@@ -127,8 +127,10 @@ def _task_entry(index: int, task: PreparedTask, tokenizer: Any, cfg: ExperimentC
 def _save(task: PreparedTask, folder: Path) -> None:
     import datasets
 
-    # Conversation tasks keep their earlier turns in one more column (JSON text).
-    columns = COLUMNS + ((HISTORY,) if any(HISTORY in r for r in task.train + task.test) else ())
+    # Conversation tasks keep their earlier turns in one more column (JSON text), tasks with several
+    # accepted answers their references in another.
+    records = task.train + task.test
+    columns = COLUMNS + tuple(c for c in (HISTORY, REFERENCES) if any(c in r for r in records))
     features = datasets.Features({c: datasets.Value("string") for c in columns})
     splits = {"train": [{c: r.get(c, "") for c in columns} for r in task.train],
               "test": [{c: r.get(c, "") for c in columns} for r in task.test]}
