@@ -59,12 +59,14 @@ def _run(cfg: ExperimentConfig, layout: RunLayout, after: int) -> int:
     labels = {n: t.get("labels") for n, t in read_manifest(layout)["tasks"].items()}
     scorer = Scorer(cfg, layout, after)
     row = {"after": after, "method": cfg.method, "tasks": [t.name for t in cfg.tasks], "scores": {},
-           "metric": {}, "n_records": {}, "predictions": {}}
+           "metric": {}, "n_records": {}, "predictions": {}, "record_scores": {}}
     confusion = [[0] * len(cfg.tasks) for _ in cfg.tasks]
     for j, task in enumerate(cfg.tasks):
         records = [dict(r) for r in prepared[task.name]["test"]][: cfg.eval.max_records_per_task]
         preds, top1 = scorer.predict(j, records, labels.get(task.name))
-        row["scores"][task.name] = metrics.score(task.metric, preds, [r["output"] for r in records], cfg.eval)
+        # every record's score, in test-split order: a paired comparison of two methods needs them
+        scores = metrics.record_scores(task.metric, preds, [metrics.references(r) for r in records], cfg.eval)
+        row["record_scores"][task.name], row["scores"][task.name] = scores, sum(scores) / len(scores)
         row["metric"][task.name] = task.metric
         row["n_records"][task.name] = len(records)
         row["predictions"][task.name] = preds[:5]
