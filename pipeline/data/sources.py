@@ -242,8 +242,8 @@ def row_extras(row: dict[str, Any], where: str, output: str) -> dict[str, str]:
     they reach the prompt and the scoring instead of being dropped."""
     extras: dict[str, str] = {}
     refs = row.get(REFERENCES)
-    if isinstance(refs, str) and refs.strip().startswith("["):
-        refs = _json_list(refs, where)
+    if isinstance(refs, str):  # a CSV cell, or a column saved as JSON text; empty: none
+        refs = _json_list(refs, where) if refs.strip() else None
     if refs is not None and refs != []:
         if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
             raise DataError(f"{where}: field 'references' must be a list of answer strings, got {refs!r:.80}")

@@ -14,6 +14,7 @@ from data_prep.__main__ import main as data_prep_main
 from pipeline.config import PUBLIC_FORMATS
 from pipeline.data.build import build_task
 from pipeline.data.prepared import load_prepared, prepare_inputs, prepared_up_to_date
+from pipeline.data.records import record_key
 from pipeline.errors import ConfigError, DataError
 from pipeline.experiment import load_config
 from pipeline.prompts.templates import history_turns
@@ -124,3 +125,18 @@ def test_a_changed_trace_instructions_file_makes_prepare_rebuild(tmp_path) -> No
 def test_a_public_format_source_refuses_keys_that_do_not_apply(tmp_path, source, message) -> None:
     with pytest.raises(ConfigError, match=message):
         _cfg(tmp_path, {"name": "t", "source": source})
+
+
+def test_the_cross_domain_config_reads_all_five_real_domains_at_its_sizes() -> None:
+    from tests.conftest import SHARED
+
+    data = SHARED / "data" / "cross_domain"
+    if not data.is_dir():
+        pytest.skip(f"no real cross-domain data at {data}")
+    cfg = load_config("cross_domain_cpu.yaml", [f"data_root={data}"])
+    for task in cfg.tasks:
+        prepared = build_task(task, cfg)
+        assert (len(prepared.train), len(prepared.test)) == (400, 100), task.name
+        assert not {record_key(r) for r in prepared.train} & {record_key(r) for r in prepared.test}
+    assert [t.metric for t in cfg.tasks] == ["rouge_l", "letter", "letter", "final_number", "rouge_l"]
+    assert [o.tasks[0] for o in cfg.orders] == ["medical", "code"]
