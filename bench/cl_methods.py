@@ -15,13 +15,17 @@ whose folder was built by another config needs it: `slm run` refuses to reuse fi
 other inputs). Besides bench.runner's run_info / meta_info, a file holds
 
     train_info  wall time and peak RSS (total, and per order), per-task training cost
-    metrics     AA, BWT, forgetting, FWT, retrieval accuracy, the whole matrix, the untrained row;
-                with several task orders: per order, and the mean and standard deviation
+    metrics     AA, BWT, forgetting, FWT, retrieval accuracy, the whole matrix, the untrained row,
+                every test record's final score; with several task orders: per order, and the mean
+                and standard deviation
 
-and <name>.png plots AA vs forgetting and the matrices of every method with results. `--summary`
-reads the results files only and prints one line per method:
-`method=<m> AA=<x> forgetting=<y> retrieval=<z|na> wall_s=<s> orders=<n> current=<yes|no>`, where
-current=no says the method's code or its config in the bench experiment changed since it ran.
+and <name>.png plots AA vs forgetting and the matrices of every method with results. The table
+compares every method with slm record by record: the AA difference with a paired bootstrap 95 %
+interval (pipeline/report/paired.py), "above" only where it excludes 0. `--summary` reads the
+results files only and prints one line per registered method: `method=<m> AA=<x> forgetting=<y>
+retrieval=<z|na> slm_minus=<d>[<low>,<high>]:<above|level|below>|na wall_s=<s> orders=<n>
+current=<yes|no>` (current=no: the method's code or its config in the bench experiment changed
+since it ran), or `method=<m> not_run`.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from pipeline.config import ExperimentConfig  # noqa: E402
 from pipeline.experiment import Experiment, load_experiment  # noqa: E402
 from pipeline.methods import METHOD_NAMES, registered  # noqa: E402
 from pipeline.report.format import count, fmt, mean_std, nbytes  # noqa: E402
+from pipeline.report.paired import paired_bootstrap  # noqa: E402
 from pipeline.state.artifacts import atomic_path, is_done, sha256_json  # noqa: E402
 from pipeline.state.layout import RunLayout  # noqa: E402
 from pipeline.state.orders import order_runs  # noqa: E402
@@ -60,7 +65,9 @@ BENCH = "cl_methods"
 METRICS = ("AA", "BWT", "forgetting", "FWT", "retrieval_accuracy")
 # What each order's entry keeps of its eval/metrics.json.
 PER_ORDER_KEYS = (*METRICS, "complete", "tasks", "matrix", "untrained", "retrieval_per_task", "retrieval_confusion",
-                  "final_scores", "metric")
+                  "final_scores", "metric", "final_record_scores")
+# The method every other one is compared with, record by record (pipeline.report.paired).
+REFERENCE = "slm"
 PROVENANCE = ("command", "commit", "dirty", "date", "config_sha256", "code_fingerprint")
 
 
@@ -272,14 +279,54 @@ def mean_diagonal(matrix: list[list[float]]) -> float:
     return sum(matrix[i][i] for i in range(len(matrix))) / len(matrix)
 
 
+def paired_vs_reference(rows: list[dict], n_boot: int = 10_000) -> dict[str, dict | str]:
+    """method -> the paired bootstrap of AA(slm) - AA(method) over the orders both ran (each order a
+    stratum, the same test records resampled for both), or why there is none."""
+    ref = next((r for r in rows if r["run_info"]["method"] == REFERENCE), None)
+    out: dict[str, dict | str] = {}
+    for r in rows:
+        method = r["run_info"]["method"]
+        if method == REFERENCE:
+            continue
+        out[method] = "n/a (no slm results)" if ref is None else _paired(ref, r, n_boot)
+    return out
+
+
+def _paired(ref: dict, other: dict, n_boot: int) -> dict | str:
+    orders = [o for o in ref["metrics"]["per_order"] if o in other["metrics"]["per_order"]]
+    if not orders:
+        return "n/a (no order in common)"
+    a = [ref["metrics"]["per_order"][o].get("final_record_scores") for o in orders]
+    b = [other["metrics"]["per_order"][o].get("final_record_scores") for o in orders]
+    if any(x is None for x in a + b):
+        return "n/a (no per-record scores)"
+    tests = [{t: h.get("test") if isinstance(h, dict) else h for t, h in r["run_info"]["data_sha256"].items()}
+             for r in (ref, other)]
+    if tests[0] != tests[1]:
+        return "n/a (other test records)"
+    # the orders of one experiment score the same test records: one resample serves every order
+    shared = all(len(run[t]) == len(a[0][t]) for run in a + b for t in a[0])
+    return paired_bootstrap(a, b, n_boot=n_boot, shared_records=shared)
+
+
+def paired_cell(result: dict | str | None) -> str:
+    """`+0.012 [-0.020, +0.045] level` (AA of slm minus this method's), or why there is none."""
+    if result is None:
+        return "(reference)"
+    if isinstance(result, str):
+        return result
+    return f"{result['diff']:+.3f} [{result['low']:+.3f}, {result['high']:+.3f}] {result['verdict']}"
+
+
 def comparison_markdown(rows: list[dict], bench: BenchExperiment | None = None) -> str:
     """One row per method over the orders it ran; a row that lacks some of the orders the others
     ran is marked (its mean is over fewer orders), and so is a row that earlier code or another
     config made (with `bench`: the config it gives each method now)."""
     orders = all_orders(rows)
     head = ("| method | AA ↑ | diagonal ↑ | BWT ↑ | forgetting ↓ | FWT ↑ | retrieval ↑ | trainable params "
-            "| stored / task | wall s / order | peak RSS MiB |")
-    lines, partial, stale, resumed = [head, "|" + "---|" * 11], [], [], []
+            "| stored / task | wall s / order | peak RSS MiB | slm − it: AA, paired 95 % CI |")
+    lines, partial, stale, resumed = [head, "|" + "---|" * 12], [], [], []
+    paired = paired_vs_reference(rows)
     for r in rows:
         method, per_order, train = r["run_info"]["method"], r["metrics"]["per_order"], r["train_info"]
         ran = [o for o in orders if o in per_order]
@@ -303,7 +350,7 @@ def comparison_markdown(rows: list[dict], bench: BenchExperiment | None = None) 
             wall_mark = "³"
         lines.append(f"| `{method}`{marks} | " + " | ".join(cells)
                      + f" | {count(cost.get('trainable_params'))} | {nbytes(cost.get('bytes_per_task'))}"
-                     + f" | {wall:.0f}{wall_mark} | {peak} |")
+                     + f" | {wall:.0f}{wall_mark} | {peak} | {paired_cell(paired.get(method))} |")
     note = "one task order" if len(orders) == 1 else f"mean ± std over {len(orders)} task orders"
     note += f" ({', '.join(orders)})" if orders != ["as_listed"] else ""
     if partial:
@@ -313,21 +360,36 @@ def comparison_markdown(rows: list[dict], bench: BenchExperiment | None = None) 
                  + ", ".join(stale))
     if resumed:
         note += "; ³ resumed finished work, so its wall time is the resume's only: " + ", ".join(resumed)
+    note += ("; last column: AA of slm minus the method's, with a paired bootstrap 95 % interval (the same test "
+             "records resampled for both, pooled over the orders both ran): above / below where the interval "
+             "excludes 0, else level")
     experiment = rows[0]["run_info"]["experiment"]
     return "\n".join(lines) + f"\n\n{note}; from bench/results/{BENCH}/{experiment}-*.json\n"
 
 
 def summary_lines(rows: list[dict], bench: BenchExperiment | None = None) -> list[str]:
-    """`method=<m> AA=<x> forgetting=<y> retrieval=<z|na> wall_s=<s> orders=<n> current=<yes|no>`."""
+    """`method=<m> AA=<x> forgetting=<y> retrieval=<z|na> slm_minus=<d>[<lo>,<hi>]:<verdict>|na wall_s=<s>
+    orders=<n> current=<yes|no>` per method with results, then `method=<m> not_run` for every other
+    registered method."""
     out = []
+    paired = paired_vs_reference(rows)
     for r in rows:
         m = r["metrics"]
         retrieval = "na" if m["retrieval_accuracy"] is None else f"{m['retrieval_accuracy']:.3f}"
         current = {True: "yes", False: "no", None: "unregistered"}[is_current(r, bench)]
         out.append(f"method={r['run_info']['method']} AA={m['AA']:.3f} forgetting={fmt(m['forgetting'])} "
-                   f"retrieval={retrieval} wall_s={r['train_info']['wall_s']:.0f} "
-                   f"orders={len(r['run_info']['orders'])} current={current}")
-    return out
+                   f"retrieval={retrieval} slm_minus={_paired_field(paired.get(r['run_info']['method']))} "
+                   f"wall_s={r['train_info']['wall_s']:.0f} orders={len(r['run_info']['orders'])} current={current}")
+    ran = {r["run_info"]["method"] for r in rows}
+    return out + [f"method={m} not_run" for m in METHOD_NAMES if m not in ran]
+
+
+def _paired_field(result: dict | str | None) -> str:
+    if result is None:
+        return "reference"
+    if isinstance(result, str):
+        return "na"
+    return f"{result['diff']:+.3f}[{result['low']:+.3f},{result['high']:+.3f}]:{result['verdict']}"
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -385,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.summary:
         rows = load_results(args.results_dir, bench.name)
         if not rows:
-            raise SystemExit(f"no results for {bench.name!r} in {args.results_dir / BENCH}")
+            print(f"no results for {bench.name!r} in {args.results_dir / BENCH} yet: "
+                  f"`python bench/cl_methods.py {bench.name}` runs every method", file=sys.stderr)
         print("\n".join(summary_lines(rows, bench)))
         return 0
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from pipeline.spec import Spec
 
+# The public formats data_prep reads besides cl_benchmark (pipeline.data.public); a tuple here,
+# so the config's schema needs no import of data_prep.
+PUBLIC_FORMATS = ("trace", "superni", "alpaca", "gsm8k", "chatdoctor")
 PACKAGE_DIR = Path(__file__).resolve().parent
 BUILTIN_CONFIGS = PACKAGE_DIR / "configs"
 DEFAULT_CONFIG = BUILTIN_CONFIGS / "default.yaml"
@@ -139,10 +142,13 @@ class DtkrSpec(Spec):
 class SourceSpec(Spec):
     """Where a task's records come from. Which fields apply depends on `type`."""
 
-    type: Literal["hub", "file", "hf_dataset", "cl_benchmark", "synthetic"]
+    type: Literal["hub", "file", "hf_dataset", "cl_benchmark", "synthetic", *PUBLIC_FORMATS]
     """hub: datasets.load_dataset(path, config, split); file: local jsonl/json/csv/parquet; hf_dataset: a folder
     written by Dataset(Dict).save_to_disk (datasets.load_from_disk), by split; cl_benchmark: folder with
-    train.json/test.json/labels.json; synthetic: built-in generator.
+    train.json/test.json/labels.json; synthetic: built-in generator. Public formats as their repositories ship them
+    (data_prep, docs/data.md): trace (a TRACE task folder + instructions.json), superni (a Super-NaturalInstructions
+    task file), alpaca (Alpaca-style JSON / JSONL), gsm8k (GSM8K's folder or one JSONL file), chatdoctor
+    (ChatDoctor's JSON).
     """
     path: str | None = None
     """hub id, file or folder (relative: to data_root, else to the YAML)"""
@@ -171,6 +177,11 @@ class SourceSpec(Spec):
     """
     drop_labels: list[str] = Field(default_factory=list)
     """Records whose output is one of these are dropped, not errors: GLUE MNLI marks pairs without a gold label "-"."""
+    trace_task: str | None = None
+    """trace: the task's key in TRACE's instructions.json (FOMC, ScienceQA, ...); None: the folder's name."""
+    instructions: str | None = None
+    """trace: TRACE's instructions.json (relative: like path); None: instructions.json or trace_instructions.json in
+    the task's folder or its parent."""
 
     @model_validator(mode="after")
     def _needs(self) -> SourceSpec:
@@ -190,7 +201,30 @@ class SourceSpec(Spec):
         if conversation and self.converter:
             raise ValueError(f"format {self.format} and converter {self.converter} both say how to read a row; "
                              "keep one")
+        self._check_public_format()
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_trace_keys(self, handler: Any) -> dict[str, Any]:
+        # Left out while unset, so the prepare and config hashes of every config written before these
+        # keys existed stay as they were (a new optional key must not make finished runs stale).
+        out = handler(self)
+        for key in ("trace_task", "instructions"):
+            if out.get(key) is None:
+                out.pop(key, None)
+        return out
+
+    def _check_public_format(self) -> None:
+        """A public format says itself how its rows read: no field map, row format or converter."""
+        if self.type in PUBLIC_FORMATS:
+            given = [k for k, v in (("fields", self.fields), ("converter", self.converter),
+                                    ("format", None if self.format == "auto" else self.format)) if v]
+            if given:
+                raise ValueError(f"a {self.type} source reads its own layout (data_prep.{self.type}); drop "
+                                 f"{', '.join(given)}")
+        trace_only = [k for k in ("trace_task", "instructions") if getattr(self, k) is not None]
+        if trace_only and self.type != "trace":
+            raise ValueError(f"only a trace source reads {', '.join(trace_only)}; drop it from this {self.type} source")
 
 
 class TaskSpec(Spec):
@@ -199,9 +233,13 @@ class TaskSpec(Spec):
     source: SourceSpec
     instruction: str | None = None
     """default instruction when the source has none"""
-    metric: Literal["exact_match", "label_choice", "first_word", "rouge_l", "bertscore"] = "exact_match"
+    metric: Literal["exact_match", "label_choice", "first_word", "rouge_l", "bertscore", "final_number",
+                    "letter"] = "exact_match"
     """How an answer is scored: exact_match (normalised), label_choice (the label with the highest likelihood),
-    first_word (the reference's LLaMA metric), rouge_l (free text), bertscore (eval.bertscore_*)."""
+    first_word (the reference's LLaMA metric), rouge_l (free text, rouge-score's ROUGE-L F), bertscore
+    (eval.bertscore_*), final_number (GSM8K: the prediction's final number against the reference's `#### n`),
+    letter (lettered choices: the prediction's choice letter A-E against the reference's). A record with several
+    references scores its best one."""
     labels: list[str] | None = None
     """classification: the label set outputs must lie in"""
     max_train: int | None = Field(None, ge=1)

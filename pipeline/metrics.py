@@ -192,7 +192,7 @@ def _bert_scorer(model: str, layer: int, batch_size: int) -> Any:  # bert_score 
                           f"folder, or a hub id on a machine that can reach the hub") from None
 
 
-def bertscore_f1(preds: Sequence[str], refs: Sequence[str], settings: EvalSpec | None = None) -> list[float]:
+def bertscore_f1(preds: Sequence[str], refs: Sequence[Any], settings: EvalSpec | None = None) -> list[float]:
     """BERTScore F1 per record (bert-score package), computed in batches over all records.
 
     No idf weighting and no baseline rescaling, as the reference's `evaluate.load("bertscore")
@@ -208,6 +208,89 @@ def bertscore_f1(preds: Sequence[str], refs: Sequence[str], settings: EvalSpec |
     return [float(x) for x in f1]
 
 
+# ---- GSM8K's final number, lettered choices -------------------------------------------------------
+
+# GSM8K's own answer pattern (openai/grade-school-math: grade_school_math/dataset.py, ANS_RE), which is
+# also lm-evaluation-harness's "strict-match" filter of its gsm8k task.
+_GSM8K_FINAL = re.compile(r"#### (\-?[0-9\.\,]+)")
+# lm-evaluation-harness's "flexible-extract" filter (group_select -1: the last match).
+_ANY_NUMBER = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+
+
+def _clean_number(text: str) -> str:
+    """What lm-evaluation-harness's gsm8k exact match ignores: commas, "$" and the final period
+    (here every final period, so "7..." is 7)."""
+    return re.sub(r"\.+$", "", text.replace(",", "").replace("$", ""))
+
+
+def reference_number(ref: str) -> str | None:
+    """The number after `####` in a GSM8K reference (commas removed), or None when it has none."""
+    found = _GSM8K_FINAL.search(ref)
+    return _clean_number(found.group(1)) if found else None
+
+
+def predicted_number(pred: str) -> str | None:
+    """The number a prediction ends on: after its first `####` when it writes one (strict-match),
+    else its last number (flexible-extract; a match must hold a digit, so "..." is no number)."""
+    strict = _GSM8K_FINAL.search(pred)
+    if strict:
+        return _clean_number(strict.group(1))
+    numbers = [m.group(0) for m in _ANY_NUMBER.finditer(pred) if any(c.isdigit() for c in m.group(0))]
+    return _clean_number(numbers[-1]) if numbers else None
+
+
+def final_number_match(pred: str, ref: str) -> float:
+    """GSM8K's score: the prediction's final number equals the reference's `#### n`, compared as
+    text after removing commas, "$" and a final period (GSM8K's is_correct and lm-evaluation-harness
+    compare strings, so 18.00 is not 18)."""
+    gold = reference_number(ref)
+    if gold is None:
+        raise ValueError(f"final_number: the reference {ref[-80:]!r} has no '#### <number>' to compare with")
+    said = predicted_number(pred)
+    return float(said is not None and said == gold)
+
+
+_LETTERS = "ABCDE"
+# "Answer: B", "the answer is (B)": an explicit answer wins over any earlier letter.
+# The word "answer" in any case, the letter a capital ("the answer is a guess" picks nothing).
+_ANSWER_IS = re.compile(r"(?i:answer)\s*(?:is|:)?\s*[:(\[]?\s*([A-E])(?![A-Za-z])")
+# A standalone capital choice letter: "B", "(B)", "B.", "B) hawkish"; not the B of "Bank".
+_STANDALONE = re.compile(r"(?<![A-Za-z])([A-E])(?![A-Za-z])")
+
+
+def choice_letter(text: str) -> str | None:
+    """The choice a text picks: an explicit "Answer: X" / "answer is (X)", else its first standalone
+    capital letter A-E, else the whole text when it is one lowercase letter ("b", "(b)")."""
+    explicit = _ANSWER_IS.search(text)
+    if explicit:
+        return explicit.group(1)
+    first = _STANDALONE.search(text)
+    if first:
+        return first.group(1)
+    bare = normalize_answer(text)
+    return bare.upper() if len(bare) == 1 and bare.upper() in _LETTERS else None
+
+
+def letter_accuracy(pred: str, ref: str) -> float:
+    """Lettered multiple choice (TRACE's FOMC and ScienceQA): the prediction's choice letter is the
+    reference's. The reference must be a letter A-E (prepare checks it)."""
+    gold = choice_letter(ref)
+    if gold is None:
+        raise ValueError(f"letter: the reference {ref[:80]!r} is not a choice letter A-E")
+    return float(choice_letter(pred) == gold)
+
+
+def check_reference(metric_name: str, ref: str) -> str | None:
+    """Why `ref` cannot be scored by `metric_name` (found at prepare time), or None."""
+    if metric_name == "final_number" and reference_number(ref) is None:
+        return "has no final '#### <number>' (metric final_number scores that number)"
+    if metric_name == "letter" and normalize_answer(ref).upper() not in tuple(_LETTERS):
+        return "is not one choice letter A-E (metric letter compares letters)"
+    return None
+
+
+# ---- scoring a task --------------------------------------------------------------------------------
+
 # Task metric name (TaskSpec.metric) -> per-record score in [0, 1].
 # label_choice: the model's chosen label is compared to the gold label by exact match.
 TASK_METRICS: dict[str, Callable[[str, str], float]] = {
@@ -215,15 +298,29 @@ TASK_METRICS: dict[str, Callable[[str, str], float]] = {
     "label_choice": exact_match,
     "first_word": first_word_accuracy,
     "rouge_l": rouge_l,
+    "final_number": final_number_match,
+    "letter": letter_accuracy,
 }
 # Metrics that need a model and score all records at once: (preds, refs, eval settings) -> scores.
-BATCH_METRICS: dict[str, Callable[[Sequence[str], Sequence[str], EvalSpec | None], list[float]]] = {
+BATCH_METRICS: dict[str, Callable[[Sequence[str], Sequence[Any], EvalSpec | None], list[float]]] = {
     "bertscore": bertscore_f1,
 }
+Reference = str | Sequence[str]  # one answer, or every accepted answer of a record
 
 
-def score(metric_name: str, preds: Sequence[str], refs: Sequence[str], settings: EvalSpec | None = None) -> float:
-    """Mean per-record score of `preds` against `refs` under `metric_name`, in [0, 1].
+def references(record: dict[str, Any]) -> list[str]:
+    """Every accepted answer of a prepared record: its `references` column (JSON text, several
+    answers: Super-NaturalInstructions) when set, else its output."""
+    import json
+
+    refs = record.get("references")
+    return json.loads(refs) if refs else [record["output"]]
+
+
+def record_scores(metric_name: str, preds: Sequence[str], refs: Sequence[Reference],
+                  settings: EvalSpec | None = None) -> list[float]:
+    """The score of every record, in order, in [0, 1]. A record with several references scores its
+    best one (max over references, as Super-NaturalInstructions' ROUGE-L and exact match do).
 
     `settings` (the experiment's `eval` section) configures the model-based metrics; None = defaults.
     """
@@ -234,9 +331,18 @@ def score(metric_name: str, preds: Sequence[str], refs: Sequence[str], settings:
         raise ValueError(f"{len(preds)} predictions for {len(refs)} references: they must pair up")
     if not preds:
         raise ValueError("no records to score: the task's test split is empty")
+    options = [[r] if isinstance(r, str) else list(r) for r in refs]
+    if any(not o for o in options):
+        raise ValueError("a record has an empty list of references")
     if metric_name in BATCH_METRICS:
-        scores = BATCH_METRICS[metric_name](preds, refs, settings)
-    else:
-        fn = TASK_METRICS[metric_name]
-        scores = [fn(p, r) for p, r in zip(preds, refs, strict=True)]
-    return sum(scores) / len(preds)
+        # bert-score takes a list of references per candidate and keeps the best (its multi-reference mode)
+        flat = [o[0] if len(o) == 1 else o for o in options]
+        return [float(x) for x in BATCH_METRICS[metric_name](preds, flat, settings)]
+    fn = TASK_METRICS[metric_name]
+    return [max(fn(p, r) for r in o) for p, o in zip(preds, options, strict=True)]
+
+
+def score(metric_name: str, preds: Sequence[str], refs: Sequence[Reference], settings: EvalSpec | None = None) -> float:
+    """Mean per-record score of `preds` against `refs` under `metric_name`, in [0, 1]."""
+    scores = record_scores(metric_name, preds, refs, settings)
+    return sum(scores) / len(scores)

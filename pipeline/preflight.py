@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pipeline.config import PUBLIC_FORMATS
 from pipeline.dtkr import faiss_build
 from pipeline.errors import ConfigError
 from pipeline.state import validity
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 EXIT_CURRENT = 0
 EXIT_WOULD_RUN = 1
 FAISS_STAGES = ("train", "index", "eval", "generate", "serve")
+# Sources read from a local path that must exist on the node that prepares.
+LOCAL_SOURCE_TYPES = ("file", "cl_benchmark", *PUBLIC_FORMATS)
 
 
 def use_faiss_of(exp: Experiment) -> faiss_build.FaissBuild | None:
@@ -60,7 +63,7 @@ def require_runnable(exp: Experiment, stage: str) -> None:
 
 def _require_local_sources(cfg: ExperimentConfig) -> None:
     missing = [f"task {t.name}: {cfg.resolve_source_path(t.source.path)}" for t in cfg.tasks
-               if t.source.type in ("file", "cl_benchmark") and t.source.path
+               if t.source.type in LOCAL_SOURCE_TYPES and t.source.path
                and not cfg.resolve_source_path(t.source.path).exists()]
     if missing:
         raise ConfigError(f"data sources not found: {'; '.join(missing)}",

@@ -14,7 +14,7 @@ from pipeline.config import ExperimentConfig, TaskSpec
 from pipeline.data.records import Located, Record, record_key, stable_rng, stable_shuffle
 from pipeline.data.sources import load_source
 from pipeline.errors import ConfigError, DataError
-from pipeline.metrics import reference_words
+from pipeline.metrics import check_reference, reference_words
 from pipeline.prompts.templates import build_prompt, build_response, history_turns, prompt_add_special_tokens
 from pipeline.prompts.truncation import TokenCaps
 
@@ -36,10 +36,11 @@ class PreparedTask:
 def build_task(task: TaskSpec, cfg: ExperimentConfig) -> PreparedTask:
     src = load_source(task, cfg)
     rng = stable_rng("split", cfg.data.seed, task.name)
-    duplicates = 0
+    duplicates = src.duplicates
     if src.test is None:
         # Duplicates must go before a random cut, or copies would land on both sides.
-        pool, duplicates = _dedupe(src.train)
+        pool, more = _dedupe(src.train)
+        duplicates += more
         if len(pool) < 2:
             raise DataError(f"{src.origin}: task {task.name!r} has {len(pool)} distinct record(s); "
                             f"a train/test split needs at least 2")
@@ -57,6 +58,7 @@ def build_task(task: TaskSpec, cfg: ExperimentConfig) -> PreparedTask:
     test, overlap_dropped = resolve_overlap(task.name, train, test, task.max_test, cfg.data.on_overlap)
     if task.metric == "first_word":
         check_one_word_answers(task.name, test)
+    check_references(task, test)
     return PreparedTask(task, src.origin, [x.record for x in train], [x.record for x in test], src.labels,
                         src.test is not None, src.dropped, duplicates, per_label, overlap_dropped)
 
@@ -89,6 +91,16 @@ def check_one_word_answers(task: str, test: list[Located]) -> None:
             raise DataError(f"task {task!r}: test record {t.where} has the answer {t.record['output'][:80]!r}, "
                             f"{len(words)} words after stripping punctuation; metric first_word needs one-word "
                             f"answers (labels, letters). Use exact_match, rouge_l or bertscore for this task")
+
+
+def check_references(task: TaskSpec, test: list[Located]) -> None:
+    """Every test answer can be scored by the task's metric (a GSM8K number, a choice letter):
+    a wrong metric for the data is found here, not after training."""
+    for t in test:
+        problem = check_reference(task.metric, t.record["output"])
+        if problem:
+            raise DataError(f"task {task.name!r}: test record {t.where} has the answer {t.record['output'][-80:]!r}, "
+                            f"which {problem}; choose the metric that fits the answers (rouge_l for free text)")
 
 
 def _dedupe(items: list[Located]) -> tuple[list[Located], int]:

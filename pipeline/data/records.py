@@ -1,9 +1,11 @@
 """The unified record, its normalised identity, and seeded randomness that never changes.
 
 Every source becomes records {task, instruction, input, output}, plus `history` (earlier turns as
-JSON text) for conversations (pipeline.data.conversations). Two records are "the same example" when
-their normalised `instruction ### input` (and history) match (lowercase, whitespace collapsed);
-that key drives de-duplication and the train/test overlap check.
+JSON text) for conversations (pipeline.data.conversations) and `references` (every accepted
+answer as JSON text, the output first) for records with several (Super-NaturalInstructions).
+Two records are "the same example" when their normalised `instruction ### input` (and history)
+match (lowercase, whitespace collapsed); that key drives de-duplication and the train/test
+overlap check.
 
 Randomness uses only `random.Random.random()`, the one method whose sequence Python promises to
 keep across versions (`choice`, `shuffle`, `sample` may change), so splits and synthetic tasks
@@ -24,6 +26,7 @@ from pipeline.prompts.templates import query_text
 T = TypeVar("T")
 COLUMNS: tuple[str, ...] = ("task", "instruction", "input", "output")
 HISTORY = "history"  # the extra column of conversation tasks
+REFERENCES = "references"  # the extra column of tasks whose records have several accepted answers
 
 
 class Record(TypedDict):
@@ -32,6 +35,7 @@ class Record(TypedDict):
     input: str
     output: str
     history: NotRequired[str]  # earlier turns of a conversation, JSON text; absent or "" for single turns
+    references: NotRequired[str]  # every accepted answer, JSON text of a list; absent or "": the output alone
 
 
 @dataclass
@@ -51,6 +55,7 @@ class SourceRecords:
     test: list[Located] | None = None
     labels: list[str] | None = None
     dropped: int = 0  # records skipped because their label is in source.drop_labels
+    duplicates: int = 0  # repeated records the source's reader removed already (data_prep formats)
 
 
 def normalise_text(text: str) -> str:
@@ -96,8 +101,8 @@ def records_sha256(records: list[Record]) -> str:
     """Content hash of an ordered record list (independent of how it is stored on disk)."""
     h = hashlib.sha256()
     for r in records:
-        # History only when there is one, so the hashes of single-turn data never change.
-        fields = [r[c] for c in COLUMNS] + ([r[HISTORY]] if r.get(HISTORY) else [])
+        # History and references only when there are some, so the hashes of other data never change.
+        fields = [r[c] for c in COLUMNS] + [r[k] for k in (HISTORY, REFERENCES) if r.get(k)]
         h.update(json.dumps(fields, ensure_ascii=False).encode())
         h.update(b"\n")
     return h.hexdigest()

@@ -1,57 +1,48 @@
 """Load one task's source into unified records {task, instruction, input, output}.
 
-Five source types (TaskSpec.source.type): `hub` (datasets.load_dataset, or a local
-save_to_disk / data-file folder), `file` (JSONL, JSON, CSV, Parquet), `hf_dataset` (a
-save_to_disk folder, by split name), `cl_benchmark` (the O-LoRA CL_Benchmark folder layout) and
-`synthetic` (pipeline.data.synthetic). A row is flat instruction/input/output columns, or with
-`source.format: sharegpt | messages` one conversation (pipeline.data.conversations). Every record is
-checked here, where its file and line are still known: required fields present, output not
-empty, label inside the task's label set.
+Source types (TaskSpec.source.type): `hub` (datasets.load_dataset, or a local save_to_disk /
+data-file folder), `file` (JSONL, JSON, CSV, Parquet), `hf_dataset` (a save_to_disk folder, by
+split name), `cl_benchmark` (the O-LoRA CL_Benchmark folder layout), `synthetic`
+(pipeline.data.synthetic), and the public formats data_prep reads (`trace`, `superni`, `alpaca`,
+`gsm8k`, `chatdoctor`: pipeline.data.public). A row is flat instruction/input/output columns,
+or with `source.format: sharegpt | messages` one conversation (pipeline.data.conversations); a
+flat row may also carry `references` (every accepted answer) and Alpaca's `system` / `history`,
+which are kept, not dropped. Every record is checked here, where its file and line are still
+known: required fields present, output not empty, label inside the task's label set.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from data_prep import cl_benchmark
+from data_prep.alpaca import history_json
+from data_prep.common import DataPrepError
 from pipeline.config import ExperimentConfig, TaskSpec
 from pipeline.data.conversations import CONVERSATION_FORMATS, conversation_record
 from pipeline.data.readers import RawRows, load_json, read_dataset, read_file, read_saved_dataset
-from pipeline.data.records import Located, Record, SourceRecords
+from pipeline.data.records import HISTORY, REFERENCES, Located, Record, SourceRecords
 from pipeline.data.synthetic import get_generator
 from pipeline.errors import DataError
 
 UNIFIED = ("instruction", "input", "output")
 
-# CL_Benchmark task folder -> instruction family of its instruction_config.json.
-CL_FAMILIES = {"agnews": "TC", "dbpedia": "TC", "yahoo": "TC", "amazon": "SC", "yelp": "SC",
-               "sst-2": "SC", "imdb": "SC", "mnli": "NLI", "rte": "NLI", "cb": "NLI", "qqp": "QQP",
-               "boolqa": "BoolQA", "boolq": "BoolQA", "multirc": "MultiRC", "wic": "WiC"}
-# Used when the benchmark folder ships no instruction_config.json (same texts as upstream's).
-CL_INSTRUCTIONS = {
-    "TC": "What is the topic of the following paragraph? Choose one from the option.",
-    "SC": "What is the sentiment of the following paragraph? Choose one from the option.",
-    "NLI": 'What is the logical relationship between the "sentence 1" and the "sentence 2"? '
-           "Choose one from the option.",
-    "QQP": 'Whether the "first sentence" and the "second sentence" have the same meaning? '
-           "Choose one from the option.",
-    "BoolQA": "According to the following passage, is the question true or false? Choose one from the option.",
-    "MultiRC": "According to the following passage and question, is the candidate answer true or false? "
-               "Choose one from the option.",
-    "WiC": "Given a word and two sentences, whether the word is used with the same sense in both sentence? "
-           "Choose one from the option.",
-}
-CL_GENERIC = "Which label fits the following text? Choose one from the option."
+# The CL_Benchmark instruction families live with the format (data_prep.cl_benchmark); these names stay.
+CL_FAMILIES, CL_INSTRUCTIONS, CL_GENERIC = cl_benchmark.FAMILIES, cl_benchmark.INSTRUCTIONS, cl_benchmark.GENERIC
 MULTIPLE_CHOICE_INSTRUCTION = "Answer the multiple-choice question with the letter of the correct option."
 
 
 def load_source(task: TaskSpec, cfg: ExperimentConfig) -> SourceRecords:
     """The task's records (and its own test split, if the source has one), all validated."""
+    from pipeline.data.public import PUBLIC_FORMATS, load_public  # it builds on to_records below
+
     loaders = {"synthetic": _load_synthetic, "file": _load_file, "hub": _load_hub, "hf_dataset": _load_hf_dataset,
-               "cl_benchmark": _load_cl_benchmark}
+               "cl_benchmark": _load_cl_benchmark, **dict.fromkeys(PUBLIC_FORMATS, load_public)}
     out = loaders[task.source.type](task, cfg)
     if not out.train:
         raise DataError(f"{out.origin}: task {task.name!r} has no records"
@@ -63,9 +54,13 @@ def load_source(task: TaskSpec, cfg: ExperimentConfig) -> SourceRecords:
 
 def source_files(task: TaskSpec, cfg: ExperimentConfig) -> list[Path]:
     """The local files a task reads (for the prepare fingerprint); [] for hub ids and synthetic."""
+    from pipeline.data.public import PUBLIC_FORMATS, public_source_files
+
     src = task.source
     if src.type == "synthetic" or src.path is None:
         return []
+    if src.type in PUBLIC_FORMATS:
+        return public_source_files(task, cfg)
     base = cfg.resolve_source_path(src.path)
     if src.type == "file":
         return [base] + ([cfg.resolve_source_path(src.test_split)] if src.test_split else [])
@@ -170,16 +165,10 @@ def _cl_labels(path: Path, task: TaskSpec) -> list[str] | None:
 
 def cl_instruction(folder: Path, labels: list[str] | None) -> str:
     """The upstream instruction of the folder's task family, with the label options appended."""
-    family = CL_FAMILIES.get(folder.name.lower())
-    text = CL_INSTRUCTIONS.get(family or "", CL_GENERIC)
-    for cfg_file in (folder / "instruction_config.json", folder.parent / "instruction_config.json"):
-        if family and cfg_file.is_file():
-            entries = load_json(cfg_file).get(family) or []
-            if entries and isinstance(entries[0], dict) and entries[0].get("instruction"):
-                text = entries[0]["instruction"]
-            break
-    text = text.strip()
-    return f"{text}\nOption: {', '.join(labels)}" if labels else text
+    try:
+        return cl_benchmark.instruction(folder, labels)
+    except DataPrepError as e:
+        raise DataError(str(e)) from None
 
 
 # ---- rows -> records ---------------------------------------------------------------------------
@@ -207,6 +196,8 @@ def to_records(raw: RawRows, task: TaskSpec, labels: list[str] | None, default_i
             if src.converter:
                 row, row_fields = CONVERTERS[src.converter](row, where), {}
             record = _map_row(row, where, row_fields, task.name, default_instruction)
+            if not src.converter:
+                record.update(row_extras(row, where, record["output"]))
         if record["output"] in src.drop_labels:
             dropped += 1
             continue
@@ -243,6 +234,40 @@ def _map_row(row: dict[str, Any], where: str, fields: dict[str, str], task: str,
         col = fields.get("output", "output")
         raise DataError(f"{where}: empty output (field {col!r}) in task {task!r}; every record needs an answer")
     return Record(task=task, instruction=instruction, input=(values["input"] or "").strip(), output=output)
+
+
+def row_extras(row: dict[str, Any], where: str, output: str) -> dict[str, str]:
+    """A flat row's `references` (every accepted answer, JSON text; the output must be one of them)
+    and its Alpaca `system` / `history` turns (JSON text, as conversations store them): kept, so
+    they reach the prompt and the scoring instead of being dropped."""
+    extras: dict[str, str] = {}
+    refs = row.get(REFERENCES)
+    if isinstance(refs, str):  # a CSV cell, or a column saved as JSON text; empty: none
+        refs = _json_list(refs, where) if refs.strip() else None
+    if refs is not None and refs != []:
+        if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+            raise DataError(f"{where}: field 'references' must be a list of answer strings, got {refs!r:.80}")
+        refs = [r.strip() for r in refs if r.strip()]
+        if output not in refs:
+            raise DataError(f"{where}: the output {output[:60]!r} is not one of the record's references {refs!r:.120}; "
+                            "the output is what trains, the references what is scored: list it among them")
+        if len(refs) > 1:
+            extras[REFERENCES] = json.dumps(refs, ensure_ascii=False)
+    if row.get(HISTORY) is not None or row.get("system") is not None:
+        try:
+            history = history_json(row.get(HISTORY), row.get("system"), where)
+        except DataPrepError as e:
+            raise DataError(str(e)) from None
+        if history:
+            extras[HISTORY] = history
+    return extras
+
+
+def _json_list(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: field 'references' is text that is not a JSON list ({e.msg})") from None
 
 
 # ---- converters for rows that are not flat instruction/input/output columns --------------------

@@ -34,8 +34,11 @@ def _matrix_section(m: dict[str, Any], ev: EvalRows) -> list[str]:
 
 def _metrics_section(m: dict[str, Any]) -> list[str]:
     t = m["rows_present"]
+    # Mixed metrics (ROUGE-L, GSM8K's number, letters) average as TRACE reports AA: per-task scores, each its own.
+    mixed = len(set((m.get("metric") or {}).values())) > 1
+    each = ", each by its own metric" if mixed else ""
     rows = [
-        ["AA", fmt(m["AA"]), f"mean score on the {t} learned task(s) after the last one (higher is better)"],
+        ["AA", fmt(m["AA"]), f"mean score on the {t} learned task(s) after the last one{each} (higher is better)"],
         ["BWT", fmt(m["BWT"], True), "mean change on earlier tasks since each was learned (< 0: forgetting)"],
         ["forgetting", fmt(m["forgetting"]), "mean drop from each earlier task's best score (lower is better)"],
         ["FWT", fmt(m["FWT"], True), "mean score on a task just before learning it, minus the untrained score"],

@@ -47,6 +47,8 @@ def compute_metrics(cfg: ExperimentConfig, layout: RunLayout, ev: EvalRows) -> d
         "retrieval_confusion": retrieval["confusion"],
         "retrieval_accuracy_by_row": [(row.get("retrieval") or {}).get("accuracy") for row in ev.rows],
         "final_scores": dict(zip(ev.tasks, matrix[-1], strict=True)),
+        # each test record's score after the last task (rows from before per-record scores: None)
+        "final_record_scores": last.get("record_scores"),
         "matrix": matrix,
         "untrained": ev.untrained_scores,
         "training": training_summary(cfg, layout),

@@ -100,7 +100,9 @@ def _run(exp: Experiment, after: int) -> int:
         task = cfg.tasks[cfg.task_index(name)]
         records = [dict(r) for r in prepared[name]["test"]][: cfg.eval.max_records_per_task]
         preds, top1 = scorer.predict(cfg.task_index(name), records, labels.get(name))
-        row["scores"][name] = metrics.score(task.metric, preds, [r["output"] for r in records], cfg.eval)
+        # every record's score, in test-split order: a paired comparison of two methods needs them
+        scores = metrics.record_scores(task.metric, preds, [metrics.references(r) for r in records], cfg.eval)
+        row["record_scores"][name], row["scores"][name] = scores, sum(scores) / len(scores)
         row["metric"][name] = task.metric
         row["n_records"][name] = len(records)
         row["predictions"][name] = preds[:5]
@@ -118,7 +120,7 @@ def _run(exp: Experiment, after: int) -> int:
 
 # A row's per-task fields: one cell of the accuracy matrix each, kept as long as the row's model
 # and that task's records are the ones it was scored with.
-CELL_FIELDS = ("scores", "metric", "n_records", "predictions", "top1", "data")
+CELL_FIELDS = ("scores", "metric", "n_records", "predictions", "record_scores", "top1", "data")
 
 
 def _new_row(exp: Experiment, after: int) -> dict:

@@ -34,7 +34,7 @@ from pipeline.data.prepared import (
     task_prepare_inputs,
     task_spec_hash,
 )
-from pipeline.data.records import COLUMNS, HISTORY, records_sha256
+from pipeline.data.records import COLUMNS, HISTORY, REFERENCES, records_sha256
 from pipeline.data.synthetic import describe_generators
 from pipeline.prompts.truncation import TokenCaps
 from pipeline.stages import CHECK_HELP
@@ -154,8 +154,10 @@ def _task_entry(task: PreparedTask, tokenizer: Any, cfg: ExperimentConfig) -> di
 def _save(task: PreparedTask, folder: Path) -> None:
     import datasets
 
-    # Conversation tasks keep their earlier turns in one more column (JSON text).
-    columns = COLUMNS + ((HISTORY,) if any(HISTORY in r for r in task.train + task.test) else ())
+    # Conversation tasks keep their earlier turns in one more column (JSON text), tasks with several
+    # accepted answers their references in another.
+    records = task.train + task.test
+    columns = COLUMNS + tuple(c for c in (HISTORY, REFERENCES) if any(c in r for r in records))
     features = datasets.Features({c: datasets.Value("string") for c in columns})
     splits = {"train": [{c: r.get(c, "") for c in columns} for r in task.train],
               "test": [{c: r.get(c, "") for c in columns} for r in task.test]}

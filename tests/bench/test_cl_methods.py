@@ -58,7 +58,7 @@ def test_two_methods_over_two_orders_give_results_files_a_plot_and_a_summary(tmp
     assert cl_methods.main(argv) == 0
     assert capsys.readouterr().out.count("already recorded") == 4  # two methods x two orders
     assert cl_methods.main([bench, "--summary", "--results-dir", str(results)]) == 0
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("method=")]
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("method=") and " AA=" in ln]
     assert [ln.split()[0] for ln in lines] == ["method=slm", "method=seq_lora"]
     assert all(ln.split()[1].startswith("AA=") and "wall_s=" in ln and ln.endswith("orders=2 current=yes")
                for ln in lines)
@@ -164,8 +164,9 @@ def test_the_comparison_marks_rows_over_fewer_orders_and_rows_from_other_code(tm
     assert "| `seq_ft` |" in table and "| `seq_lora`¹ |" in table and "| `replay`² |" in table
     assert "over 2 task orders (fwd, rev)" in table and "¹ over the orders it ran only: `seq_lora` (fwd)" in table
     lines = cl_methods.summary_lines(rows, bench)
-    assert [ln.split()[-2:] for ln in lines] == [["orders=2", "current=yes"], ["orders=1", "current=yes"],
-                                                  ["orders=2", "current=no"]]
+    assert [ln.split()[-2:] for ln in lines[:3]] == [["orders=2", "current=yes"], ["orders=1", "current=yes"],
+                                                      ["orders=2", "current=no"]]
+    assert all(ln.endswith(" not_run") for ln in lines[3:])  # the other registered methods
     # the diagonal column is the mean of R[i][i] (here: a matrix with 0.9 on its diagonal, 0.1 off it)
     diag = [[0.9 if i == j else 0.1 for j in range(3)] for i in range(3)]
     rows[0]["metrics"]["per_order"]["fwd"]["matrix"] = rows[0]["metrics"]["per_order"]["rev"]["matrix"] = diag
@@ -174,3 +175,37 @@ def test_the_comparison_marks_rows_over_fewer_orders_and_rows_from_other_code(tm
     # another config for a method (its lr) makes its row not current either
     assert cl_methods.summary_lines(rows[:1], bench.with_overrides(["methods.seq_ft.lr=0.5"]))[0].endswith(
         "current=no")
+
+
+def test_every_method_is_compared_with_slm_by_a_paired_bootstrap_or_says_why_not(tmp_path) -> None:
+    from pipeline.experiment import load_experiment
+
+    orders = ("orders=[{name: fwd, tasks: [sentiment, geography, animals]},"
+              " {name: rev, tasks: [animals, geography, sentiment]}]")
+    tasks = {"fwd": ["sentiment", "geography", "animals"], "rev": ["animals", "geography", "sentiment"]}
+    bench = cl_methods.BenchExperiment("x", "default.yaml", [orders])
+    slm_scores = {t: [1.0] * 30 + [0.0] * 10 for t in tasks["fwd"]}  # 0.75 on every task
+    per_method = {"slm": slm_scores, "seq_lora": {t: [1.0] * 10 + [0.0] * 30 for t in tasks["fwd"]},  # 0.25
+                  "o_lora": slm_scores, "replay": None}  # replay: a file from before per-record scores
+    rows = []
+    for method, scores in per_method.items():
+        exp = load_experiment("default.yaml", [orders, f"method={method}"])
+        cfg = exp.cfg
+        digest, code = cl_methods.config_sha256(exp), method_fingerprint(exp.method)["sha256"]
+        entries = {o: _entry(tasks[o], 0.5, 10.0, "2026-12-01T10:00:00", digest, code) for o in tasks}
+        for entry in entries.values():
+            entry["metrics"]["final_record_scores"] = scores
+        path = tmp_path / "cl_methods" / f"x-{method}.json"
+        cl_methods.write_record(path, cl_methods.result_record(cfg, "x", method, entries))
+        rows.append(json.loads(path.read_text()))
+
+    cells = {line.split("|")[1].strip(): line.split("|")[-2].strip()
+             for line in cl_methods.comparison_markdown(rows, bench).splitlines() if line.startswith("| `")}
+    assert cells["`slm`"] == "(reference)" and cells["`o_lora`"] == "+0.000 [+0.000, +0.000] level"
+    diff, interval, word = cells["`seq_lora`"].split(" ", 1)[0], cells["`seq_lora`"], cells["`seq_lora`"].split()[-1]
+    assert diff == "+0.500" and word == "above" and interval.startswith("+0.500 [+0.")
+    assert cells["`replay`"] == "n/a (no per-record scores)"
+    lines = {ln.split()[0]: ln for ln in cl_methods.summary_lines(rows, bench)}
+    assert "slm_minus=reference" in lines["method=slm"] and "slm_minus=na" in lines["method=replay"]
+    assert "slm_minus=+0.500[+0." in lines["method=seq_lora"] and "]:above" in lines["method=seq_lora"]
+    assert lines["method=multitask"] == "method=multitask not_run"  # every registered method is listed

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cli, slurm
+from pipeline import cli, preflight, slurm
 from pipeline.config import BUILTIN_CONFIGS
 from pipeline.experiment import load_config
 from pipeline.state.layout import RunLayout
@@ -48,7 +48,7 @@ def local_sources(name: str, root: Path) -> Path:
     the paths; the records themselves are prepare's business)."""
     cfg = load_config(name)
     for task in cfg.tasks:
-        if task.source.type in ("file", "cl_benchmark") and task.source.path:
+        if task.source.type in preflight.LOCAL_SOURCE_TYPES and task.source.path:
             (root / task.source.path).mkdir(parents=True, exist_ok=True)
     return root
 

@@ -45,14 +45,15 @@ def of_method(cfg: ExperimentConfig, method: str) -> Experiment:
     return Experiment.of(cfg.model_copy(update={"method": method}))
 
 
-def write_row(exp: Experiment, after: int, scores: list[float], retrieval: bool = True) -> None:
+def write_row(exp: Experiment, after: int, scores: list[float], retrieval: bool = True,
+              extra: dict | None = None) -> None:
     tasks = ["sentiment", "arithmetic", "geography"]
-    row = {
+    row = {**(extra or {}),
         "after": after,
         "method": exp.layout.method,
         "tasks": tasks,
         "scores": dict(zip(tasks, scores, strict=True)),
-        "metric": dict.fromkeys(tasks, "exact_match"),
+        "metric": (extra or {}).get("metric") or dict.fromkeys(tasks, "exact_match"),
         "n_records": dict.fromkeys(tasks, 20),
         "retrieval": {
             "accuracy": 57 / 60,
@@ -204,3 +205,25 @@ def test_keys_that_captured_an_earlier_task_are_warned_about_in_the_report(exp: 
     assert "captures 30% of sentiment's held-out queries" in (layout.eval / "report.md").read_text()
     out = capsys.readouterr().out
     assert "warning: task 2 (geography) captures 30%" in out and "arithmetic's" not in out
+
+
+def test_mixed_metrics_are_named_per_task_and_the_last_rows_record_scores_reach_metrics_json(
+        exp: Experiment, layout: RunLayout) -> None:
+    metric = {"sentiment": "letter", "arithmetic": "final_number", "geography": "rouge_l"}
+    per_record = {"sentiment": [1.0, 0.0], "arithmetic": [0.0, 1.0], "geography": [0.25, 0.75]}
+    for i, scores in enumerate(MATRIX):
+        write_row(exp, i, scores, extra={"metric": metric, **({"record_scores": per_record} if i == 2 else {})})
+    assert report.main(exp, report.Args()) == 0
+    m = json.loads((layout.eval / "metrics.json").read_text())
+    assert m["final_record_scores"] == per_record and m["metric"] == metric
+    assert m["AA"] == pytest.approx(sum(MATRIX[-1]) / 3)  # the mean of the per-task scores, whatever each metric
+    md = (layout.eval / "report.md").read_text()
+    assert "Task metrics: sentiment: letter on 20 records, arithmetic: final_number on 20 records, geography: " \
+           "rouge_l on 20 records." in md
+    assert "after the last one, each by its own metric" in md
+
+
+def test_rows_from_before_per_record_scores_leave_them_none(exp: Experiment, layout: RunLayout) -> None:
+    write_rows(exp, MATRIX)
+    assert report.main(exp, report.Args()) == 0
+    assert json.loads((layout.eval / "metrics.json").read_text())["final_record_scores"] is None

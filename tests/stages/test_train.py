@@ -77,7 +77,13 @@ def test_training_task_1_leaves_task_0_files_untouched_and_rerun_does_nothing(tm
     out = capsys.readouterr().out.splitlines()
     second = out[out.index(next(line for line in reversed(out) if "prepare: already done" in line)):]
     assert sum("already done" in line or "already up to date" in line for line in second) >= 5
-    assert (tmp_path / "run" / "slm" / "eval" / "metrics.json").is_file()
+    import json
+
+    m = json.loads((tmp_path / "run" / "slm" / "eval" / "metrics.json").read_text())
+    # every test record's score after the last task, whose mean is the task's score (a paired test needs them)
+    assert set(m["final_record_scores"]) == set(m["final_scores"])
+    for task, scores in m["final_record_scores"].items():
+        assert scores and sum(scores) / len(scores) == pytest.approx(m["final_scores"][task])
 
 
 def test_train_refuses_to_start_before_the_previous_task_is_done(overrides, capsys):
