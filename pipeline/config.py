@@ -22,6 +22,12 @@ DEFAULT_CONFIG = BUILTIN_CONFIGS / "default.yaml"
 DS_CONFIGS = PACKAGE_DIR / "ds_configs"  # the shipped DeepSpeed JSONs, named by stem in train.deepspeed
 
 
+def shipped_configs() -> list[str]:
+    """The file names of the shipped experiments (pipeline/configs/*.yaml): what `-c NAME` and
+    `base: NAME` find, and what `slm configs` lists."""
+    return sorted(p.name for p in BUILTIN_CONFIGS.glob("*.yaml"))
+
+
 def shipped_deepspeed(name: str) -> Path:
     """The shipped DeepSpeed JSON `name` (zero0, zero2, zero2_offload, zero3, zero3_offload)."""
     return DS_CONFIGS / f"{name}.json"
@@ -80,7 +86,7 @@ class DtkrSpec(Spec):
     """Must divide the encoder dimension: 6 for 768-d encoders (paper), 6 also divides 384."""
     key_init: Literal["orthogonal", "queries", "partition_mean", "centroid_partition", "kmeans"] = "partition_mean"
     """Key learning (pipeline.dtkr.keys.learn_task_keys; bench/retrieval.py measures each choice,
-    bench/results/retrieval-ablation.json). key_init: partition_mean (the reference's group_avg_initialization,
+    bench/results/retrieval/ablation.json). key_init: partition_mean (the reference's group_avg_initialization,
     measured best), orthogonal (the reference's default: needs many more steps than 3 epochs of 1000 queries),
     queries (random task queries), kmeans. centroid_partition: slot 0 at the task's mean query, the other P-1 at
     partition means.
@@ -239,8 +245,8 @@ class DataSpec(Spec):
 
 class TrainSpec(Spec):
     deepspeed: str = "zero0"
-    """A shipped DeepSpeed JSON by bare name (zero0, zero2, zero3, zero3_offload), or a path relative to this YAML
-    file.
+    """A shipped DeepSpeed JSON by bare name (zero0, zero2, zero2_offload, zero3, zero3_offload), or a path relative
+    to this YAML file.
     """
     epochs: float = Field(1.0, gt=0)
     """Passes over a task's training records (train.max_steps overrides it)."""
@@ -464,7 +470,9 @@ class ExperimentConfig(Spec):
                 extra = sorted(set(o.tasks) - set(names))
                 repeated = sorted({n for n in o.tasks if o.tasks.count(n) > 1})
                 raise ValueError(f"order {o.name!r} must list every task exactly once {names}; missing {missing}, "
-                                 f"unknown {extra}, repeated {repeated}")
+                                 f"unknown {extra}, repeated {repeated}. With tasks of your own, drop `orders:` (one "
+                                 "run, in the order of `tasks`; `orders: null` drops those a `base:` brings) or "
+                                 "rewrite each order with your task names")
 
     # ---- resolved paths -------------------------------------------------------------------
     def resolve_source_path(self, path: str) -> Path:
