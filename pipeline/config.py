@@ -160,13 +160,20 @@ class SourceSpec(Spec):
     """use a source's own test split/file instead of a random one"""
     format: Literal["auto", "jsonl", "json", "csv", "parquet", "sharegpt", "messages"] = "auto"
     """What a row is. auto/jsonl/json/csv/parquet: flat instruction/input/output columns (a file's format from its
-    suffix unless named). sharegpt ({"conversations": [{"from", "value"}]}) and messages ({"messages": [{"role",
-    "content"}]}): one conversation per row, the last assistant turn is the answer and the earlier turns stay in
-    the prompt (pipeline.data.conversations).
+    suffix unless named), plus Alpaca's optional `system` and `history` ([[user, assistant], ...]) columns.
+    sharegpt ({"conversations": [{"from", "value"}]}) and messages ({"messages": [{"role", "content"}]}): one
+    conversation per row, the last assistant turn is the answer and the earlier turns stay in the prompt
+    (pipeline.data.conversations).
     """
     fields: dict[str, str] = Field(default_factory=dict)
-    """Unified field -> source column. Missing instruction falls back to the task's instruction. Conversation
-    formats: `messages` names the column holding the turns.
+    """Unified field -> source column. Missing instruction falls back to the task's instruction. Flat rows: `system`
+    and `history` name Alpaca's system-prompt and earlier-turns columns (default: `system`, `history`, used when
+    present). Conversation formats: `messages` names the column holding the turns.
+    """
+    train_on: Literal["all_turns", "last_turn"] = "all_turns"
+    """Which assistant turns of a conversation (sharegpt, messages, or an Alpaca `history`) training learns.
+    all_turns: every one (LLaMA-Factory's default), each earlier answer supervised in the prompt where it stands;
+    last_turn: the final answer only, the earlier turns being context. Evaluation scores the final answer either way.
     """
     generator: str | None = None
     """synthetic: name of the built-in task generator"""
@@ -185,7 +192,7 @@ class SourceSpec(Spec):
         if self.type != "synthetic" and not self.path:
             raise ValueError(f"a {self.type} source needs `path`")
         conversation = self.format in ("sharegpt", "messages")
-        valid = {"messages"} if conversation else {"instruction", "input", "output"}
+        valid = {"messages"} if conversation else {"instruction", "input", "output", "system", "history"}
         unknown = set(self.fields) - valid
         if unknown:
             raise ValueError(f"fields maps unknown unified names {sorted(unknown)}; valid with format {self.format}: "

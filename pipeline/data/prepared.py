@@ -24,14 +24,24 @@ STAGE = "prepare"
 SPLITS: tuple[str, ...] = ("train", "test")
 
 
+# Task keys that change how training uses the records, not the records: a trained task's settings
+# record them (pipeline.state.validity.task_settings), the data hashes do not.
+TRAINING_ONLY = {"source": {"train_on"}}
+
+
+def records_spec(task: TaskSpec) -> dict[str, Any]:
+    """The task spec as far as its prepared records depend on it."""
+    return task.model_dump(mode="json", exclude=TRAINING_ONLY)
+
+
 def task_spec_hash(task: TaskSpec) -> str:
-    return sha256_json(task.model_dump(mode="json"))
+    return sha256_json(records_spec(task))
 
 
 def data_config_hash(cfg: ExperimentConfig) -> str:
     """What the prepared records depend on. Paths are hashed as written, not resolved, so the
     same experiment with another data_root still matches (the source content is in `sources`)."""
-    return sha256_json({"tasks": [t.model_dump(mode="json") for t in cfg.tasks],
+    return sha256_json({"tasks": [records_spec(t) for t in cfg.tasks],
                         "data": cfg.data.model_dump(mode="json")})
 
 

@@ -11,6 +11,7 @@ empty, label inside the task's label set.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -242,7 +243,56 @@ def _map_row(row: dict[str, Any], where: str, fields: dict[str, str], task: str,
     if not output:
         col = fields.get("output", "output")
         raise DataError(f"{where}: empty output (field {col!r}) in task {task!r}; every record needs an answer")
-    return Record(task=task, instruction=instruction, input=(values["input"] or "").strip(), output=output)
+    record = Record(task=task, instruction=instruction, input=(values["input"] or "").strip(), output=output)
+    history = alpaca_history(row, where, fields)
+    if history:
+        record["history"] = history
+    return record
+
+
+def alpaca_history(row: dict[str, Any], where: str, fields: dict[str, str]) -> str:
+    """Alpaca's optional `system` (a system prompt) and `history` ([[user, assistant], ...], the
+    turns before this one; LLaMA-Factory's alpaca format) as the record's earlier turns, JSON text
+    ("" when the row has neither). `history` may also hold turns as {"role", "content"} (a prepared
+    task's own column) or either as JSON text (a CSV cell)."""
+    turns = []
+    system = row.get(fields.get("system", "system") or "")
+    if system is not None and not isinstance(system, str):
+        raise DataError(f"{where}: field 'system' must be text (a system prompt), got {type(system).__name__}")
+    if system and system.strip():
+        turns.append({"role": "system", "content": system.strip()})
+    column = fields.get("history", "history") or ""
+    raw = row.get(column)
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw) if raw.strip() else None
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: field {column!r} is text that is not JSON ({e.msg}); Alpaca's history is "
+                            "a list of [user, assistant] pairs") from None
+    if raw is not None and not isinstance(raw, list):
+        raise DataError(f"{where}: field {column!r} must be a list of [user, assistant] pairs, got "
+                        f"{type(raw).__name__}")
+    for i, item in enumerate(raw or []):
+        turns += _history_item(item, where, f"{column}[{i}]")
+    roles = [turn["role"] for turn in turns if turn["role"] != "system" or turn is not turns[0]]
+    if roles != ["user", "assistant"] * (len(roles) // 2) or len(roles) % 2:
+        raise DataError(f"{where}: field {column!r} gives the turns {roles}; the turns before a record are "
+                        "[system], then user and assistant alternating, ending with an answer")
+    return json.dumps(turns, ensure_ascii=False) if turns else ""
+
+
+def _history_item(item: Any, where: str, at: str) -> list[dict[str, str]]:
+    if isinstance(item, dict) and item.get("role") in ("system", "user", "assistant"):
+        content = item.get("content")
+        if not isinstance(content, str) or not content.strip():
+            raise DataError(f"{where}: {at}.content is empty or not text; every turn needs text")
+        return [{"role": item["role"], "content": content.strip()}]
+    if not (isinstance(item, list | tuple) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+        raise DataError(f"{where}: {at} must be a [user, assistant] pair of texts (Alpaca's history), got "
+                        f"{item!r:.60}")
+    if not item[0].strip() or not item[1].strip():
+        raise DataError(f"{where}: {at} has an empty {'user turn' if not item[0].strip() else 'answer'}")
+    return [{"role": "user", "content": item[0].strip()}, {"role": "assistant", "content": item[1].strip()}]
 
 
 # ---- converters for rows that are not flat instruction/input/output columns --------------------
