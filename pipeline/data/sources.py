@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from pipeline.config import ExperimentConfig, TaskSpec
 from pipeline.data.conversations import CONVERSATION_FORMATS, conversation_record
-from pipeline.data.readers import RawRows, load_json, read_dataset, read_file, read_saved_dataset
+from pipeline.data.readers import BadRecords, RawRows, load_json, read_dataset, read_file, read_saved_dataset
 from pipeline.data.records import Located, Record, SourceRecords
 from pipeline.data.synthetic import get_generator
 from pipeline.errors import DataError
@@ -197,26 +197,38 @@ def to_records(raw: RawRows, task: TaskSpec, labels: list[str] | None, default_i
     label_set = set(labels) if labels else None
     out: list[Located] = []
     dropped = 0
+    bad = BadRecords(f"{raw.origin} (task {task.name!r})")
     rows = zip(raw.rows, raw.where, strict=True)
     if len(raw.rows) > 20_000:  # hub corpora (ChatDoctor: 200k rows) take a while to check
         rows = tqdm(rows, total=len(raw.rows), desc=f"{task.name}: check records", disable=None)
     for row, where in rows:
-        if src.format in CONVERSATION_FORMATS:
-            record = {"task": task.name, **conversation_record(row, where, src.format, fields.get("messages"))}
-        else:
-            row_fields = fields
-            if src.converter:
-                row, row_fields = CONVERTERS[src.converter](row, where), {}
-            record = _map_row(row, where, row_fields, task.name, default_instruction)
+        try:
+            record = _unified(row, where, task, fields, default_instruction)
+        except DataError as e:
+            bad.add(str(e))
+            continue
         if record["output"] in src.drop_labels:
             dropped += 1
             continue
         if label_set is not None and record["output"] not in label_set:
-            raise DataError(f"{where}: label {record['output']!r} is not in the label set of task {task.name!r}; "
-                            f"valid labels: {labels}. Fix the record, list the label in `labels:`, or skip "
-                            f"such records with source.drop_labels")
+            bad.add(f"{where}: label {record['output']!r} is not in the label set of task {task.name!r}; "
+                    f"valid labels: {labels}. Fix the record, list the label in `labels:`, or skip "
+                    f"such records with source.drop_labels")
+            continue
         out.append(Located(record, where))
+    bad.raise_any()
     return out, dropped
+
+
+def _unified(row: dict[str, Any], where: str, task: TaskSpec, fields: dict[str, str],
+             default_instruction: str | None) -> Record:
+    """One row as a unified record (a DataError naming `where` when it cannot be one)."""
+    src = task.source
+    if src.format in CONVERSATION_FORMATS:
+        return {"task": task.name, **conversation_record(row, where, src.format, fields.get("messages"))}
+    if src.converter:
+        row, fields = CONVERTERS[src.converter](row, where), {}
+    return _map_row(row, where, fields, task.name, default_instruction)
 
 
 def _map_row(row: dict[str, Any], where: str, fields: dict[str, str], task: str,

@@ -1,16 +1,19 @@
 """`slm prepare`: every task's source -> fixed train/test splits on disk, plus a manifest.
 
 Reads top to bottom: skip if DONE with the same input hashes; load and check every task (no
-file is written until all of them pass); write the resolved config (only now: a failed prepare
-must not leave a config.yaml describing the config that failed); measure token lengths with
-the experiment's tokenizer; write all datasets, the manifest and DONE into a temporary folder
-that replaces <output_dir>/data in one rename. A bad task therefore leaves no half-written data.
+file is written until all of them pass; every bad record of every task is reported at once, up
+to a limit); measure token lengths with the experiment's tokenizer; write all datasets, the
+manifest and DONE into a temporary folder that replaces <output_dir>/data in one rename; only
+then write the resolved config (a failed prepare must not leave a config.yaml describing the
+config that failed). A bad task therefore leaves no half-written data, and a failed first
+prepare leaves no lock either (pipeline.state.locks).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +22,7 @@ from tqdm import tqdm
 
 from pipeline import preflight
 from pipeline.config import ExperimentConfig
-from pipeline.data.build import PreparedTask, build_task, length_stats, token_lengths
+from pipeline.data.build import PreparedTask, build_task, cut_warnings, length_stats, token_lengths
 from pipeline.data.prepared import (
     STAGE,
     prepare_inputs,
@@ -29,6 +32,7 @@ from pipeline.data.prepared import (
 )
 from pipeline.data.records import COLUMNS, HISTORY, records_sha256
 from pipeline.data.synthetic import describe_generators
+from pipeline.errors import DataError
 from pipeline.prompts.truncation import TokenCaps
 from pipeline.stages import CHECK_HELP
 from pipeline.state.artifacts import (
@@ -90,9 +94,7 @@ def _prepare(cfg: ExperimentConfig, layout: RunLayout, force: bool) -> dict[str,
         print(f"prepare: already done ({layout.data}, {len(cfg.tasks)} tasks; --force rebuilds)")
         return read_manifest(layout)
 
-    prepared = [build_task(t, cfg) for t in tqdm(cfg.tasks, desc="prepare: load + check", disable=None)]
-    atomic_write_text(layout.config, cfg.to_yaml())  # the data checks passed: this config is the one used
-
+    prepared = build_tasks(cfg)
     tokenizer = _tokenizer(cfg.model.name_or_path)  # imports torch: only once the data is known good
     manifest = _manifest_head(cfg, inputs)
     with atomic_path(layout.data) as tmp:
@@ -102,8 +104,25 @@ def _prepare(cfg: ExperimentConfig, layout: RunLayout, force: bool) -> dict[str,
             _save(task, tmp / layout.task_data(task.spec.name).name)
         atomic_write_json(tmp / layout.manifest.name, manifest)
         write_done(tmp, STAGE, inputs=inputs)
+    atomic_write_text(layout.config, cfg.to_yaml())  # the data is in place: this config is the one used
     print_table(manifest, layout.data)
     return manifest
+
+
+def build_tasks(cfg: ExperimentConfig) -> list[PreparedTask]:
+    """Every task loaded and checked; the problems of all tasks reported together (DataError)."""
+    prepared, problems = [], []
+    for task in tqdm(cfg.tasks, desc="prepare: load + check", disable=None):
+        try:
+            prepared.append(build_task(task, cfg))
+        except DataError as e:
+            problems.append(e)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise DataError(f"{len(problems)} of {len(cfg.tasks)} tasks have bad data:\n" + "\n".join(map(str, problems)),
+                        hint=problems[0].hint)
+    return prepared
 
 
 @functools.lru_cache(maxsize=2)
@@ -121,8 +140,12 @@ def _manifest_head(cfg: ExperimentConfig, inputs: dict[str, str]) -> dict[str, A
 
 
 def _task_entry(index: int, task: PreparedTask, tokenizer: Any, cfg: ExperimentConfig) -> dict[str, Any]:
-    lengths = token_lengths(tokenizer, cfg.model.prompt_format, task.train + task.test)
-    stats = length_stats(lengths, TokenCaps.of(cfg.model))
+    train = token_lengths(tokenizer, cfg.model.prompt_format, task.train)
+    test = token_lengths(tokenizer, cfg.model.prompt_format, task.test)
+    caps = TokenCaps.of(cfg.model)
+    stats = length_stats(train + test, caps)
+    warnings = cut_warnings(task.spec.name, task.spec.metric, train, test, caps, cfg.eval.max_new_tokens,
+                            eos=bool(getattr(tokenizer, "eos_token", None)))
     return {
         "index": index, "type": task.spec.source.type, "source": task.origin,
         "train": len(task.train), "test": len(task.test), "own_test_split": task.own_test_split,
@@ -132,8 +155,16 @@ def _task_entry(index: int, task: PreparedTask, tokenizer: Any, cfg: ExperimentC
         "label_dropped": task.label_dropped, "duplicates_dropped": task.duplicates_dropped,
         "overlap_dropped": task.overlap_dropped,
         "tokens": {k: stats[k] for k in ("min", "mean", "p95", "max")}, "truncated": stats["truncated"],
+        "prompt_tokens": _spread([p for p, _ in train + test]), "answer_tokens": _spread([r for _, r in train + test]),
+        "cut_warnings": warnings,
         "max_train_per_label": task.spec.max_train_per_label, "train_per_label": task.train_per_label,
     }
+
+
+def _spread(lengths: list[int]) -> dict[str, int]:
+    """p95 (nearest rank) and max of one kind of token length."""
+    s = sorted(lengths) or [0]
+    return {"p95": s[math.ceil(0.95 * len(s)) - 1], "max": s[-1]}
 
 
 def _save(task: PreparedTask, folder: Path) -> None:
@@ -167,7 +198,6 @@ def print_table(manifest: dict[str, Any], where: Path) -> None:
         n_labels = len(t["labels"]) if t["labels"] else "-"
         print(f"{name:<16} {t['type']:<12} {t['train']:>6} {t['test']:>6} {n_labels:>6}  {lengths:<22} "
               f"{t['truncated']}")
-    for name, t in manifest["tasks"].items():
-        if t["truncated"]:
-            print(f"warning: {t['truncated']} records of task {name!r} exceed model.max_seq_len={limit} "
-                  f"and will be truncated; raise max_seq_len or accept losing their tails")
+    for t in manifest["tasks"].values():
+        for line in t.get("cut_warnings", []):
+            print(f"warning: {line}")
