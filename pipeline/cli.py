@@ -34,7 +34,8 @@ a bare file name such as `cl_benchmark.yaml` names a shipped config (`slm config
 # `add_arguments(parser)` for its own options, an `Args` dataclass they fill, and
 # `main(experiment, args)`; a module with `NEEDS_EXPERIMENT = False` (configs) gets no experiment
 # options and runs as `main(args)`.
-MODULES = {"eval": "pipeline.stages.evaluate", "plan": "pipeline.planning.command", "serve": "pipeline.serve.command"}
+MODULES = {"eval": "pipeline.stages.evaluate", "plan": "pipeline.planning.command", "serve": "pipeline.serve.command",
+           "chat": "pipeline.serve.chat"}
 COMMANDS: dict[str, str] = {
     "prepare": "data sources -> unified {task, instruction, input, output} datasets on disk",
     "train": "learn task i's DTKR keys, then its JARe slot values, under DeepSpeed",
@@ -43,6 +44,7 @@ COMMANDS: dict[str, str] = {
     "report": "metrics (AA, BWT, forgetting, FWT), plots and report.md from the matrix",
     "run": "prepare, then train/index/eval each task in order, then report, skipping finished work",
     "generate": "answer a prompt with retrieval; shows which tasks and slots were used",
+    "chat": "talk to a finished run in the terminal: history kept, /reset, the retrieved tasks shown per turn",
     "serve": "OpenAI-compatible HTTP API: any method; retrieval per request, continuous batching, new tasks live",
     "export": "finished tasks as PEFT LoRA folders (vLLM --lora-modules), or merged models with --merged",
     "submit": "render the stages as Slurm jobs (prepare -> array over tasks -> finish) and submit",
