@@ -80,8 +80,7 @@ def _run(exp: Experiment, after: int) -> int:
     if after >= 0 and exp.method.learns_keys:
         validity.require_index(exp, after + 1)
     inputs = validity.eval_inputs(exp, after)
-    row = read_row(layout, after)
-    if row is not None and validity.problem_of(lambda: validity.require_row(exp, after, row)) is None:
+    if row_is_current(exp, after):
         print(f"eval: row {after} already done ({layout.eval_row(after)})")
         return 0
     prepared = load_prepared(cfg, layout)
@@ -108,6 +107,12 @@ def _run(exp: Experiment, after: int) -> int:
 
     log_eval_row(cfg, layout, after, read_row)  # the row and AA / BWT / forgetting so far, to report_to
     return 0
+
+
+def row_is_current(exp: Experiment, after: int) -> bool:
+    """Row `after` is on disk and was scored from the current inputs (reads only)."""
+    row = read_row(exp.layout, after)
+    return row is not None and validity.problem_of(lambda: validity.require_row(exp, after, row)) is None
 
 
 def _retrieval_summary(cfg: ExperimentConfig, after: int, confusion: list[list[int]], retrieves: bool) -> dict:
