@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import ExperimentConfig, TaskSpec
+from pipeline.data.readers import BadRecords
 from pipeline.data.records import Located, Record, record_key, stable_rng, stable_shuffle
 from pipeline.data.sources import load_source
 from pipeline.errors import ConfigError, DataError
@@ -85,12 +86,14 @@ def few_shot(task: TaskSpec, labels: list[str] | None, train: list[Located]) -> 
 def check_one_word_answers(task: str, test: list[Located]) -> None:
     """first_word compares one-word answers (the reference asserts it): a longer gold answer is a
     wrong metric choice, found here rather than after training."""
+    bad = BadRecords(f"the test split of task {task!r}")
     for t in test:
         words = reference_words(t.record["output"])
         if len(words) != 1:
-            raise DataError(f"task {task!r}: test record {t.where} has the answer {t.record['output'][:80]!r}, "
-                            f"{len(words)} words after stripping punctuation; metric first_word needs one-word "
-                            f"answers (labels, letters). Use exact_match, rouge_l or bertscore for this task")
+            bad.add(f"task {task!r}: test record {t.where} has the answer {t.record['output'][:80]!r}, "
+                    f"{len(words)} words after stripping punctuation; metric first_word needs one-word "
+                    f"answers (labels, letters). Use exact_match, rouge_l or bertscore for this task")
+    bad.raise_any()
 
 
 def _dedupe(items: list[Located]) -> tuple[list[Located], int]:
