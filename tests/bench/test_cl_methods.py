@@ -11,6 +11,7 @@ import yaml
 
 from bench import cl_methods
 from bench.runner import check_result, method_fingerprint
+from pipeline.methods import get_method
 from tests.tiny import save_tiny_checkpoint
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -39,7 +40,8 @@ def test_two_methods_over_two_orders_give_results_files_a_plot_and_a_summary(tmp
         info = r["run_info"]
         assert info["method"] == method and list(info["orders"]) == ["fwd", "rev"]
         assert info["orders"]["rev"] == ["animals", "geography", "sentiment"]
-        assert len(info["config_sha256"]) == 64 and info["code_fingerprint"] == method_fingerprint(method)["sha256"]
+        assert len(info["config_sha256"]) == 64
+        assert info["code_fingerprint"] == method_fingerprint(get_method(method))["sha256"]
         assert all(info["per_order"][o]["code_fingerprint"] == info["code_fingerprint"] for o in ("fwd", "rev"))
         assert r["train_info"]["wall_s"] > 0 and r["train_info"]["peak_rss_mib"] > 0
         per_order = r["metrics"]["per_order"]
@@ -97,12 +99,12 @@ def _entry(tasks: list[str], aa: float, wall: float, date: str, digest: str, cod
 
 
 def test_orders_recorded_one_by_one_add_up_and_are_kept_only_for_the_same_config_and_code(tmp_path) -> None:
-    from pipeline.experiment import load_config
+    from pipeline.experiment import Experiment, load_config
 
     cfg = load_config("default.yaml", ["orders=[{name: fwd, tasks: [sentiment, geography, animals]},"
                                        " {name: rev, tasks: [animals, geography, sentiment]}]"])
     path = tmp_path / "cl_methods" / "x-slm.json"
-    digest, code = cl_methods.config_sha256(cfg), "code-1"
+    digest, code = cl_methods.config_sha256(Experiment.of(cfg)), "code-1"
     assert cl_methods.recorded_orders(path, digest, code) == {}  # nothing recorded yet
 
     # rev ran first (on its own day), fwd later: the record lists the experiment's order
@@ -125,22 +127,22 @@ def test_orders_recorded_one_by_one_add_up_and_are_kept_only_for_the_same_config
 
     # other code, or another config (here: another seed), keeps nothing: it is other data
     assert cl_methods.recorded_orders(path, digest, "code-2") == {}
-    assert cl_methods.recorded_orders(path, cl_methods.config_sha256(load_config("default.yaml", ["seed=7"])),
-                                      code) == {}
+    seven = Experiment.of(load_config("default.yaml", ["seed=7"]))
+    assert cl_methods.recorded_orders(path, cl_methods.config_sha256(seven), code) == {}
 
 
 def test_the_config_hash_covers_only_the_methods_own_options() -> None:
-    from pipeline.experiment import load_config
+    from pipeline.experiment import Experiment, load_config
 
     base = load_config("default.yaml", ["method=seq_lora"])
     other = load_config("default.yaml", ["method=seq_lora", "methods.replay.ratio=0.5", "methods.slm.lr=0.1"])
     own = load_config("default.yaml", ["method=seq_lora", "methods.seq_lora.lr=0.1"])
-    assert cl_methods.config_sha256(base) == cl_methods.config_sha256(other)
-    assert cl_methods.config_sha256(base) != cl_methods.config_sha256(own)
+    assert cl_methods.config_sha256(Experiment.of(base)) == cl_methods.config_sha256(Experiment.of(other))
+    assert cl_methods.config_sha256(Experiment.of(base)) != cl_methods.config_sha256(Experiment.of(own))
 
 
 def test_the_comparison_marks_rows_over_fewer_orders_and_rows_from_other_code(tmp_path, capsys) -> None:
-    from pipeline.experiment import load_config
+    from pipeline.experiment import Experiment, load_config
 
     orders = ("orders=[{name: fwd, tasks: [sentiment, geography, animals]},"
               " {name: rev, tasks: [animals, geography, sentiment]}]")
@@ -150,7 +152,7 @@ def test_the_comparison_marks_rows_over_fewer_orders_and_rows_from_other_code(tm
     for method, ran, code in (("seq_ft", ["fwd", "rev"], None), ("seq_lora", ["fwd"], None),
                               ("replay", ["fwd", "rev"], "old-code")):
         cfg = load_config("default.yaml", [orders, f"method={method}"])
-        digest, current = cl_methods.config_sha256(cfg), method_fingerprint(method)["sha256"]
+        digest, current = cl_methods.config_sha256(Experiment.of(cfg)), method_fingerprint(get_method(method))["sha256"]
         entries = {o: _entry(tasks[o], 0.5, 10.0, "2026-12-01T10:00:00", digest, code or current) for o in ran}
         path = tmp_path / "cl_methods" / f"x-{method}.json"
         cl_methods.write_record(path, cl_methods.result_record(cfg, "x", method, entries))
