@@ -64,6 +64,9 @@ def history_json(history: Any, system: Any, where: str) -> str:
         except json.JSONDecodeError as e:
             raise DataPrepError(f"{where}: field 'history' is text that is not JSON ({e.msg}); give a list of "
                                 "[user, assistant] pairs") from None
+    if history is not None and not isinstance(history, list):
+        raise DataPrepError(f"{where}: field 'history' must be a list of [user, assistant] pairs, got "
+                            f"{type(history).__name__}")
     turns = [_turn(t, where, i) for i, pair in enumerate(history or []) for t in _pair(pair, where, i)]
     if system is not None and not isinstance(system, str):
         raise DataPrepError(f"{where}: field 'system' must be text, got {type(system).__name__}")
@@ -86,6 +89,8 @@ def _pair(pair: Any, where: str, i: int) -> list[Any]:
 
 def _turn(turn: dict, where: str, i: int) -> dict[str, str]:
     role, content = turn.get("role"), turn.get("content")
+    if role in ROLES and isinstance(content, str) and not content.strip():
+        raise DataPrepError(f"{where}: history[{i}] has an empty {'answer' if role == 'assistant' else role + ' turn'}")
     if role not in ROLES or not isinstance(content, str) or not content.strip():
         raise DataPrepError(f"{where}: history[{i}] needs a role ({', '.join(ROLES)}) and non-empty text, got "
                             f"{turn!r:.60}")

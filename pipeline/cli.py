@@ -26,14 +26,16 @@ overrides: any config key as dotted KEY=VALUE after the options, parsed as YAML,
   slm run train.max_steps=10 tasks.0.max_train=64 output_dir=runs/quick
   slm prepare -c cl_benchmark.yaml data_root=../shared/data/cl_benchmark
 without -c, the embedded default experiment (pipeline/configs/default.yaml) is used;
-a bare file name such as `cl_benchmark.yaml` names a shipped config.
+a bare file name such as `cl_benchmark.yaml` names a shipped config (`slm configs` lists them).
 """
 
 # command -> the module that runs it (imported only when chosen): a stage of the pipeline
 # (pipeline.stages.<command>), or the command of its own package (plan, serve). Each module has
 # `add_arguments(parser)` for its own options, an `Args` dataclass they fill, and
-# `main(experiment, args)`.
-MODULES = {"eval": "pipeline.stages.evaluate", "plan": "pipeline.planning.command", "serve": "pipeline.serve.command"}
+# `main(experiment, args)`; a module with `NEEDS_EXPERIMENT = False` (configs) gets no experiment
+# options and runs as `main(args)`.
+MODULES = {"eval": "pipeline.stages.evaluate", "plan": "pipeline.planning.command", "serve": "pipeline.serve.command",
+           "chat": "pipeline.serve.chat"}
 COMMANDS: dict[str, str] = {
     "prepare": "data sources -> unified {task, instruction, input, output} datasets on disk",
     "train": "learn task i's DTKR keys, then its JARe slot values, under DeepSpeed",
@@ -42,12 +44,14 @@ COMMANDS: dict[str, str] = {
     "report": "metrics (AA, BWT, forgetting, FWT), plots and report.md from the matrix",
     "run": "prepare, then train/index/eval each task in order, then report, skipping finished work",
     "generate": "answer a prompt with retrieval; shows which tasks and slots were used",
+    "chat": "talk to a finished run in the terminal: history kept, /reset, the retrieved tasks shown per turn",
     "serve": "OpenAI-compatible HTTP API: any method; retrieval per request, continuous batching, new tasks live",
     "export": "finished tasks as PEFT LoRA folders (vLLM --lora-modules), or merged models with --merged",
     "forget": "remove one finished task from a run (its slots and keys), leaving every other task as it is",
     "submit": "render the stages as Slurm jobs (prepare -> array over tasks -> finish) and submit",
     "status": "which tasks are done, running, pending or failed, with Slurm job ids",
     "plan": "per-GPU memory plan for the experiment's model and tasks, from the config alone",
+    "configs": "the shipped experiments, one line each; `slm configs copy NAME DEST` writes one to edit",
 }
 
 
@@ -82,10 +86,21 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_line, description=help_line, epilog=EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         if command is None or name == command:
+            module = command_module(name)
+            if not needs_experiment(module):
+                p.epilog = None  # the overrides it describes are not this command's
+                p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+                module.add_arguments(p)
+                continue
             _experiment_options(p)
-            command_module(name).add_arguments(p)  # its options, and positionals before the overrides
+            module.add_arguments(p)  # its options, and positionals before the overrides
             p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     return parser
+
+
+def needs_experiment(module: ModuleType) -> bool:
+    """Whether the command works on an experiment (every stage) or on nothing the CLI resolves (configs)."""
+    return getattr(module, "NEEDS_EXPERIMENT", True)
 
 
 def version() -> str:
@@ -150,14 +165,16 @@ def chosen_command(argv: list[str]) -> str:
 def run_command(args: argparse.Namespace) -> int:
     """Resolve the experiment once (config, method, layout, the selected runs) and hand it, with
     the command's own options, to the command."""
+    module = command_module(args.command)
+    options = module.Args(**{f.name: getattr(args, f.name) for f in dataclasses.fields(module.Args)})
+    if not needs_experiment(module):
+        return int(module.main(options) or 0)
     from pipeline.experiment import load_experiment
 
     overrides = [*(args.overrides or []), *args.set_overrides]
     if args.method:
         overrides.append(f"method={args.method}")
     experiment = load_experiment(args.config, overrides, order=args.order)
-    module = command_module(args.command)
-    options = module.Args(**{f.name: getattr(args, f.name) for f in dataclasses.fields(module.Args)})
     return int(module.main(experiment, options) or 0)
 
 

@@ -25,6 +25,12 @@ DEFAULT_CONFIG = BUILTIN_CONFIGS / "default.yaml"
 DS_CONFIGS = PACKAGE_DIR / "ds_configs"  # the shipped DeepSpeed JSONs, named by stem in train.deepspeed
 
 
+def shipped_configs() -> list[str]:
+    """The file names of the shipped experiments (pipeline/configs/*.yaml): what `-c NAME` and
+    `base: NAME` find, and what `slm configs` lists."""
+    return sorted(p.name for p in BUILTIN_CONFIGS.glob("*.yaml"))
+
+
 def shipped_deepspeed(name: str) -> Path:
     """The shipped DeepSpeed JSON `name` (zero0, zero2, zero2_offload, zero3, zero3_offload)."""
     return DS_CONFIGS / f"{name}.json"
@@ -160,13 +166,20 @@ class SourceSpec(Spec):
     """use a source's own test split/file instead of a random one"""
     format: Literal["auto", "jsonl", "json", "csv", "parquet", "sharegpt", "messages"] = "auto"
     """What a row is. auto/jsonl/json/csv/parquet: flat instruction/input/output columns (a file's format from its
-    suffix unless named). sharegpt ({"conversations": [{"from", "value"}]}) and messages ({"messages": [{"role",
-    "content"}]}): one conversation per row, the last assistant turn is the answer and the earlier turns stay in
-    the prompt (pipeline.data.conversations).
+    suffix unless named), plus Alpaca's optional `system` and `history` ([[user, assistant], ...]) columns.
+    sharegpt ({"conversations": [{"from", "value"}]}) and messages ({"messages": [{"role", "content"}]}): one
+    conversation per row, the last assistant turn is the answer and the earlier turns stay in the prompt
+    (pipeline.data.conversations).
     """
     fields: dict[str, str] = Field(default_factory=dict)
-    """Unified field -> source column. Missing instruction falls back to the task's instruction. Conversation
-    formats: `messages` names the column holding the turns.
+    """Unified field -> source column. Missing instruction falls back to the task's instruction. Flat rows: `system`
+    and `history` name Alpaca's system-prompt and earlier-turns columns (default: `system`, `history`, used when
+    present). Conversation formats: `messages` names the column holding the turns.
+    """
+    train_on: Literal["all_turns", "last_turn"] = "all_turns"
+    """Which assistant turns of a conversation (sharegpt, messages, or an Alpaca `history`) training learns.
+    all_turns: every one (LLaMA-Factory's default), each earlier answer supervised in the prompt where it stands;
+    last_turn: the final answer only, the earlier turns being context. Evaluation scores the final answer either way.
     """
     generator: str | None = None
     """synthetic: name of the built-in task generator"""
@@ -190,7 +203,7 @@ class SourceSpec(Spec):
         if self.type != "synthetic" and not self.path:
             raise ValueError(f"a {self.type} source needs `path`")
         conversation = self.format in ("sharegpt", "messages")
-        valid = {"messages"} if conversation else {"instruction", "input", "output"}
+        valid = {"messages"} if conversation else {"instruction", "input", "output", "system", "history"}
         unknown = set(self.fields) - valid
         if unknown:
             raise ValueError(f"fields maps unknown unified names {sorted(unknown)}; valid with format {self.format}: "
@@ -277,8 +290,8 @@ class DataSpec(Spec):
 
 class TrainSpec(Spec):
     deepspeed: str = "zero0"
-    """A shipped DeepSpeed JSON by bare name (zero0, zero2, zero3, zero3_offload), or a path relative to this YAML
-    file.
+    """A shipped DeepSpeed JSON by bare name (zero0, zero2, zero2_offload, zero3, zero3_offload), or a path relative
+    to this YAML file.
     """
     epochs: float = Field(1.0, gt=0)
     """Passes over a task's training records (train.max_steps overrides it)."""
@@ -502,7 +515,9 @@ class ExperimentConfig(Spec):
                 extra = sorted(set(o.tasks) - set(names))
                 repeated = sorted({n for n in o.tasks if o.tasks.count(n) > 1})
                 raise ValueError(f"order {o.name!r} must list every task exactly once {names}; missing {missing}, "
-                                 f"unknown {extra}, repeated {repeated}")
+                                 f"unknown {extra}, repeated {repeated}. With tasks of your own, drop `orders:` (one "
+                                 "run, in the order of `tasks`; `orders: null` drops those a `base:` brings) or "
+                                 "rewrite each order with your task names")
 
     # ---- resolved paths -------------------------------------------------------------------
     def resolve_source_path(self, path: str) -> Path:

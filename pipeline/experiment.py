@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from pipeline.config import BUILTIN_CONFIGS, DEFAULT_CONFIG, ExperimentConfig
+from pipeline.config import BUILTIN_CONFIGS, DEFAULT_CONFIG, ExperimentConfig, shipped_configs
 from pipeline.errors import ConfigError
 from pipeline.methods import METHOD_NAMES, get_method, methods_spec
 from pipeline.state.layout import RunLayout
@@ -166,18 +166,77 @@ def format_problems(lines: list[str], source: str) -> str:
     return f"{source}: {len(lines)} problem(s) in the experiment config:\n" + "\n".join(lines)
 
 
+BASE_KEY = "base"  # `base: NAME.yaml`: the experiment this one inherits from
+
+
 def read_raw(path: str | Path | None, overrides: list[str]) -> tuple[Path, dict[str, Any]]:
     """The experiment file (no path: the embedded default; a bare name: a shipped config) as a
-    mapping, with the overrides applied and `config_dir` set."""
+    mapping, its `base:` chain merged in, with the overrides applied and `config_dir` set."""
+    path = experiment_path(path)
+    raw = apply_overrides(read_inherited(path), overrides)
+    raw["config_dir"] = str(path.resolve().parent)
+    return path, raw
+
+
+def experiment_path(path: str | Path | None) -> Path:
+    """The file `-c` names: a path (from the current folder), else a shipped config's file name."""
     path = Path(path) if path else DEFAULT_CONFIG
-    if not path.is_file():
-        shipped = sorted(p.name for p in BUILTIN_CONFIGS.glob("*.yaml"))
-        if (BUILTIN_CONFIGS / path.name).is_file() and len(path.parts) == 1:
-            path = BUILTIN_CONFIGS / path.name  # a shipped config named by its file name
+    if path.is_file():
+        return path
+    if (BUILTIN_CONFIGS / path.name).is_file() and len(path.parts) == 1:
+        return BUILTIN_CONFIGS / path.name  # a shipped config named by its file name
+    raise ConfigError(f"{path}: no such experiment file (shipped configs: {', '.join(shipped_configs())})",
+                      hint="check the path after -c (relative to the current folder), or name a shipped config by "
+                           "its file name, e.g. -c cl_benchmark.yaml; `slm configs` lists them, `slm configs copy "
+                           "NAME DEST` writes one to edit")
+
+
+def read_inherited(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping of `path` over the one its `base:` names, recursively: mappings merge key by key
+    (the child's value wins), anything else, lists included (`tasks`, `orders`), is replaced."""
+    raw = read_yaml_mapping(path)
+    base = raw.pop(BASE_KEY, None)
+    if base is None:
+        return raw
+    here = (*seen, path.resolve())
+    base_path = base_file(base, path)
+    if base_path.resolve() in here:
+        chain = " -> ".join(str(p) for p in (*here, base_path.resolve()))
+        raise ConfigError(f"{path}: `base: {base}` makes a cycle ({chain})",
+                          hint="an experiment cannot inherit from itself; point `base:` at a file outside the chain")
+    return merge_mappings(read_inherited(base_path, here), raw)
+
+
+def base_file(base: Any, path: Path) -> Path:
+    """The file `base:` names in the experiment `path`: relative to that file's folder, or, for a
+    bare file name found nowhere there, a shipped config."""
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: base must be the file name of an experiment YAML, got {base!r}",
+                          hint="write e.g. `base: llama2_7b.yaml` (a shipped config) or `base: ../common.yaml`")
+    found = (path.resolve().parent / Path(base).expanduser()).resolve()
+    if found.is_file():
+        return found
+    if len(Path(base).parts) == 1 and (BUILTIN_CONFIGS / base).is_file():
+        return BUILTIN_CONFIGS / base
+    raise ConfigError(f"{path}: base {base!r} is neither a file beside it ({found}) nor a shipped config "
+                      f"({', '.join(shipped_configs())})",
+                      hint="name a shipped config by its file name (`slm configs` lists them), or give a path "
+                           "relative to this YAML's folder")
+
+
+def merge_mappings(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """`child` over `base`: nested mappings merge, every other value of `child` replaces `base`'s."""
+    out = copy.deepcopy(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_mappings(out[key], value)
         else:
-            raise ConfigError(f"{path}: no such experiment file (shipped configs: {', '.join(shipped)})",
-                              hint="check the path after -c (relative to the current folder), or name a shipped "
-                                   "config by its file name, e.g. -c cl_benchmark.yaml")
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """One experiment file as a mapping; a ConfigError naming the file for bad YAML or encoding."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
@@ -190,9 +249,7 @@ def read_raw(path: str | Path | None, overrides: list[str]) -> tuple[Path, dict[
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}",
                           hint="an experiment YAML is `key: value` lines (name:, tasks:, train:, ...); see "
                                "pipeline/configs/default.yaml")
-    raw = apply_overrides(raw, overrides)
-    raw["config_dir"] = str(path.resolve().parent)
-    return path, raw
+    return raw
 
 
 # ---- loading ----------------------------------------------------------------------------------

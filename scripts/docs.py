@@ -25,6 +25,15 @@ Generated from the schema (`python scripts/docs.py`; `pipeline/config.py` for th
 sections, each method's `Options` in `pipeline/methods/` for `methods.<name>`): every key, its
 type, its default and what it does. Override any key on the command line as dotted
 `KEY=VALUE` (`slm run methods.slm.lr=1e-3 tasks.0.max_train=64`).
+
+Start from a shipped experiment: `slm configs` lists them with one line each, `slm configs copy
+NAME DEST` writes one to edit. Or inherit one: `base: NAME.yaml` (a file beside the YAML, else a
+shipped config; a base may have its own `base:`) takes every key of that experiment, and the
+file writes only what differs. Mappings merge key by key (`train: {epochs: 1}` changes only the
+epochs); every other value, lists and `tasks:` and `orders:` among them, replaces the inherited
+one, and `orders: null` drops inherited orders. Relative paths resolve from the folder of the
+file named with `-c`. The resolved config is what every stage validates, hashes and records
+(`<output_dir>/<method>/config.yaml`); `slm configs copy NAME DEST --inherit` writes such a file.
 """
 
 

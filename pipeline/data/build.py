@@ -1,7 +1,9 @@
 """One task's fixed splits: load, de-duplicate, seeded shuffle, split, few-shot, cap, overlap check.
 
 Then token-length statistics of the prompt + response the model will see, so too-small token
-caps show up at prepare time rather than as silently truncated answers.
+caps show up at prepare time rather than as silently truncated answers: `cut_warnings` names each
+cap (model.max_seq_len, model.max_answer_len, model.max_prompt_len, eval.max_new_tokens) that cuts
+more than CUT_WARN_FRACTION of a task's references, and the length that would fit.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import ExperimentConfig, TaskSpec
+from pipeline.data.readers import BadRecords
 from pipeline.data.records import Located, Record, record_key, stable_rng, stable_shuffle
 from pipeline.data.sources import load_source
 from pipeline.errors import ConfigError, DataError
@@ -85,12 +88,14 @@ def few_shot(task: TaskSpec, labels: list[str] | None, train: list[Located]) -> 
 def check_one_word_answers(task: str, test: list[Located]) -> None:
     """first_word compares one-word answers (the reference asserts it): a longer gold answer is a
     wrong metric choice, found here rather than after training."""
+    bad = BadRecords(f"the test split of task {task!r}")
     for t in test:
         words = reference_words(t.record["output"])
         if len(words) != 1:
-            raise DataError(f"task {task!r}: test record {t.where} has the answer {t.record['output'][:80]!r}, "
-                            f"{len(words)} words after stripping punctuation; metric first_word needs one-word "
-                            f"answers (labels, letters). Use exact_match, rouge_l or bertscore for this task")
+            bad.add(f"task {task!r}: test record {t.where} has the answer {t.record['output'][:80]!r}, "
+                    f"{len(words)} words after stripping punctuation; metric first_word needs one-word "
+                    f"answers (labels, letters). Use exact_match, rouge_l or bertscore for this task")
+    bad.raise_any()
 
 
 def check_references(task: TaskSpec, test: list[Located]) -> None:
@@ -156,3 +161,47 @@ def length_stats(lengths: list[tuple[int, int]], caps: int | TokenCaps) -> dict[
     s = sorted(p + r for p, r in lengths)
     return {"min": s[0], "mean": round(sum(s) / len(s), 1), "p95": s[math.ceil(0.95 * len(s)) - 1],
             "max": s[-1], "truncated": sum(caps.truncates(p, r) for p, r in lengths)}
+
+
+CUT_WARN_FRACTION = 0.05  # a cap that cuts more than this share of a task's records gets a warning
+FIT_QUANTILE = 0.95  # the length a warning proposes: what fits this share of the records
+NOT_GENERATED = ("label_choice",)  # metrics that score the labels' likelihood: eval generates nothing
+
+
+def cut_warnings(task: str, metric: str, train: list[tuple[int, int]], test: list[tuple[int, int]],
+                 caps: TokenCaps, max_new_tokens: int, eos: bool) -> list[str]:
+    """One line per cap that cuts more than CUT_WARN_FRACTION of the task's references, naming
+    the key and the length that would fit FIT_QUANTILE of them. `train`/`test`: (prompt, answer)
+    tokens per record (the answer with its EOS when `eos`)."""
+    found = []
+    answers = [r for _, r in train]
+    if not caps.separate:  # one cap: the prompt loses its start first, then the answer its end
+        sequences = [p + r for p, r in train]
+        found.append(_cut(task, "model.max_seq_len", caps.total, sequences, _quantile(sequences),
+                          "training prompts lose their start"))
+    elif caps.answer is not None:
+        found.append(_cut(task, "model.max_answer_len", caps.answer_cap(), answers, _quantile(answers),
+                          "training answers lose their end"))
+    if caps.prompt is not None:
+        prompts = [p for p, _ in train]
+        found.append(_cut(task, "model.max_prompt_len", caps.prompt, prompts, _quantile(prompts),
+                          "training prompts lose their middle"))
+    if metric not in NOT_GENERATED:
+        generated = [r - eos for _, r in test]  # generation stops at EOS: the answer's own tokens suffice
+        found.append(_cut(task, "eval.max_new_tokens", max_new_tokens, generated, _quantile(generated),
+                          "test answers cannot be generated whole"))
+    return [line for line in found if line]
+
+
+def _cut(task: str, key: str, cap: int, lengths: list[int], fit: int, what: str) -> str | None:
+    cut = sum(n > cap for n in lengths)
+    if not lengths or cut <= CUT_WARN_FRACTION * len(lengths):
+        return None
+    return (f"task {task!r}: {key}={cap} cuts {cut} of {len(lengths)} records ({100 * cut / len(lengths):.0f} %: "
+            f"{what}); {key}={fit} fits {FIT_QUANTILE:.0%} of them (the longest needs {max(lengths)})")
+
+
+def _quantile(lengths: list[int]) -> int:
+    """The FIT_QUANTILE nearest-rank length (0 for none)."""
+    s = sorted(lengths)
+    return s[math.ceil(FIT_QUANTILE * len(s)) - 1] if s else 0

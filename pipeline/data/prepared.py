@@ -30,8 +30,18 @@ SPLITS: tuple[str, ...] = ("train", "test")
 ENTRY = "entry.json"  # in a task's data folder: its manifest entry (sizes, token statistics, drops)
 
 
+# Task keys that change how training uses the records, not the records: a trained task's settings
+# record them (pipeline.state.validity.task_settings), the data hashes do not.
+TRAINING_ONLY = {"source": {"train_on"}}
+
+
+def records_spec(task: TaskSpec) -> dict[str, Any]:
+    """The task spec as far as its prepared records depend on it."""
+    return task.model_dump(mode="json", exclude=TRAINING_ONLY)
+
+
 def task_spec_hash(task: TaskSpec) -> str:
-    return sha256_json(task.model_dump(mode="json"))
+    return sha256_json(records_spec(task))
 
 
 def task_sources_hash(task: TaskSpec, cfg: ExperimentConfig) -> str:

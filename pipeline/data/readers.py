@@ -16,6 +16,30 @@ from typing import Any
 from pipeline.errors import DataError
 
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+MAX_SHOWN = 20  # bad records listed in one error; the rest are counted
+
+
+@dataclass
+class BadRecords:
+    """Every bad record of one source, so one prepare reports them all (up to MAX_SHOWN, then a
+    count) instead of the first one per run."""
+
+    where: str  # what holds them: a file, or "task 'x'"
+    shown: list[str] = field(default_factory=list)
+    count: int = 0
+
+    def add(self, message: str) -> None:
+        self.count += 1
+        if len(self.shown) < MAX_SHOWN:
+            self.shown.append(message)
+
+    def raise_any(self) -> None:
+        if self.count == 1:
+            raise DataError(self.shown[0])
+        if self.count:
+            more = f"\n  ... and {self.count - len(self.shown)} more" if self.count > len(self.shown) else ""
+            raise DataError(f"{self.count} bad records in {self.where}:\n" + "\n".join(f"  {m}" for m in self.shown)
+                            + more)
 
 
 @dataclass
@@ -57,20 +81,23 @@ def _sibling_hint(path: Path) -> str:
 
 
 def _read_jsonl(path: Path) -> RawRows:
-    rows, where = [], []
+    rows, where, bad = [], [], BadRecords(str(path))
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")  # the line's own text: a column past its end names no character
             if not line.strip():
                 continue  # blank lines (a trailing newline) are not records
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSONL line ({e.msg} at column {e.colno}): "
-                                f"{line.strip()[:80]!r}") from None
+                bad.add(f"{path}:{lineno}: malformed JSONL line ({e.msg} at column {e.colno}): {line.strip()[:80]!r}")
+                continue
             if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: each JSONL line must be a JSON object, got {type(row).__name__}")
+                bad.add(f"{path}:{lineno}: each JSONL line must be a JSON object, got {type(row).__name__}")
+                continue
             rows.append(row)
             where.append(f"{path}:{lineno}")
+    bad.raise_any()
     return RawRows(str(path), rows, where)
 
 

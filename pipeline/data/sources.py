@@ -25,7 +25,7 @@ from data_prep.alpaca import history_json
 from data_prep.common import DataPrepError
 from pipeline.config import ExperimentConfig, TaskSpec
 from pipeline.data.conversations import CONVERSATION_FORMATS, conversation_record
-from pipeline.data.readers import RawRows, load_json, read_dataset, read_file, read_saved_dataset
+from pipeline.data.readers import BadRecords, RawRows, load_json, read_dataset, read_file, read_saved_dataset
 from pipeline.data.records import HISTORY, REFERENCES, Located, Record, SourceRecords
 from pipeline.data.synthetic import get_generator
 from pipeline.errors import DataError
@@ -185,28 +185,40 @@ def to_records(raw: RawRows, task: TaskSpec, labels: list[str] | None, default_i
     label_set = set(labels) if labels else None
     out: list[Located] = []
     dropped = 0
+    bad = BadRecords(f"{raw.origin} (task {task.name!r})")
     rows = zip(raw.rows, raw.where, strict=True)
     if len(raw.rows) > 20_000:  # hub corpora (ChatDoctor: 200k rows) take a while to check
         rows = tqdm(rows, total=len(raw.rows), desc=f"{task.name}: check records", disable=None)
     for row, where in rows:
-        if src.format in CONVERSATION_FORMATS:
-            record = {"task": task.name, **conversation_record(row, where, src.format, fields.get("messages"))}
-        else:
-            row_fields = fields
-            if src.converter:
-                row, row_fields = CONVERTERS[src.converter](row, where), {}
-            record = _map_row(row, where, row_fields, task.name, default_instruction)
-            if not src.converter:
-                record.update(row_extras(row, where, record["output"]))
+        try:
+            record = _unified(row, where, task, fields, default_instruction)
+        except DataError as e:
+            bad.add(str(e))
+            continue
         if record["output"] in src.drop_labels:
             dropped += 1
             continue
         if label_set is not None and record["output"] not in label_set:
-            raise DataError(f"{where}: label {record['output']!r} is not in the label set of task {task.name!r}; "
-                            f"valid labels: {labels}. Fix the record, list the label in `labels:`, or skip "
-                            f"such records with source.drop_labels")
+            bad.add(f"{where}: label {record['output']!r} is not in the label set of task {task.name!r}; "
+                    f"valid labels: {labels}. Fix the record, list the label in `labels:`, or skip "
+                    f"such records with source.drop_labels")
+            continue
         out.append(Located(record, where))
+    bad.raise_any()
     return out, dropped
+
+
+def _unified(row: dict[str, Any], where: str, task: TaskSpec, fields: dict[str, str],
+             default_instruction: str | None) -> Record:
+    """One row as a unified record (a DataError naming `where` when it cannot be one)."""
+    src = task.source
+    if src.format in CONVERSATION_FORMATS:
+        return {"task": task.name, **conversation_record(row, where, src.format, fields.get("messages"))}
+    if src.converter:
+        return _map_row(CONVERTERS[src.converter](row, where), where, {}, task.name, default_instruction)
+    record = _map_row(row, where, fields, task.name, default_instruction)
+    record.update(row_extras(row, where, record["output"]))  # Alpaca's system / history, several references
+    return record
 
 
 def _map_row(row: dict[str, Any], where: str, fields: dict[str, str], task: str,
@@ -233,7 +245,8 @@ def _map_row(row: dict[str, Any], where: str, fields: dict[str, str], task: str,
     if not output:
         col = fields.get("output", "output")
         raise DataError(f"{where}: empty output (field {col!r}) in task {task!r}; every record needs an answer")
-    return Record(task=task, instruction=instruction, input=(values["input"] or "").strip(), output=output)
+    record = Record(task=task, instruction=instruction, input=(values["input"] or "").strip(), output=output)
+    return record
 
 
 def row_extras(row: dict[str, Any], where: str, output: str) -> dict[str, str]:

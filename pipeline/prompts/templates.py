@@ -108,6 +108,50 @@ def prompt_parts(tokenizer: Any, prompt_format: str, instruction: str, input: st
     return head, prompt[len(head):len(prompt) - len(tail)], tail
 
 
+def _turn_sentinel(i: int) -> str:
+    return f"\u241fSLM-TURN-{i}\u241f"
+
+
+def assistant_spans(tokenizer: Any, prompt_format: str, instruction: str, input: str,
+                    history: Sequence[Turn] = ()) -> list[tuple[int, int]] | None:
+    """Character spans [start, end) of the earlier assistant turns inside build_prompt(...): each
+    turn's text plus the end-of-sequence text the format writes right after it (a chat template's
+    `<|im_end|>`, Llama-2's ` </s>`), so a supervised turn also learns to stop. What
+    `source.train_on: all_turns` trains besides the answer.
+
+    Found like `prompt_parts`: every assistant turn rendered as a sentinel, then each sentinel's
+    place in the real prompt. None when the format changes a turn's text (a template that drops or
+    rewrites earlier answers): then only the final answer can be trained.
+    """
+    turns = [i for i, turn in enumerate(history) if turn["role"] == "assistant"]
+    if not turns:
+        return []
+    prompt = build_prompt(tokenizer, prompt_format, instruction, input, history)
+    marked = [{**turn, "content": _turn_sentinel(i)} if i in turns else turn for i, turn in enumerate(history)]
+    text = build_prompt(tokenizer, prompt_format, instruction, input, marked)
+    rebuilt, spans, cursor = [], [], 0
+    for i in turns:
+        at = text.find(_turn_sentinel(i), cursor)
+        if at < 0:
+            return None
+        rebuilt.append(text[cursor:at])
+        start = sum(map(len, rebuilt))
+        rebuilt.append(history[i]["content"])
+        spans.append((start, start + len(history[i]["content"])))
+        cursor = at + len(_turn_sentinel(i))
+    rebuilt.append(text[cursor:])
+    if "".join(rebuilt) != prompt:
+        return None
+    eos = getattr(tokenizer, "eos_token", None) or ""
+    return [(s, _after_eos(prompt, e, eos)) for s, e in spans]
+
+
+def _after_eos(prompt: str, end: int, eos: str) -> int:
+    """`end` moved past the EOS text that follows it (after spaces only), if one does."""
+    gap = len(prompt[end:]) - len(prompt[end:].lstrip(" "))
+    return end + gap + len(eos) if eos and prompt.startswith(eos, end + gap) else end
+
+
 def build_response(tokenizer: Any, output: str) -> str:
     """The answer text the model learns: the output followed by the EOS token's text."""
     return output + (getattr(tokenizer, "eos_token", None) or "")

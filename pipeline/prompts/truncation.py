@@ -76,22 +76,29 @@ def _body_range(offsets: list[tuple[int, int]], lo: int, hi: int) -> tuple[int, 
 def fit_prompt(tokenizer: Any, prompt_format: str, record: dict, ids: list[int], cap: int,
                caps: TokenCaps) -> list[int]:
     """`ids` (the record's whole prompt) cut to at most `cap` tokens under `caps`' rule."""
-    if len(ids) <= cap:
-        return ids
+    return [ids[i] for i in kept_positions(tokenizer, prompt_format, record, len(ids), cap, caps)]
+
+
+def kept_positions(tokenizer: Any, prompt_format: str, record: dict, n: int, cap: int,
+                   caps: TokenCaps) -> list[int]:
+    """Which of the record's `n` prompt tokens survive a cut to `cap` (in order): one rule for the
+    ids and for anything aligned with them (the labels of supervised earlier turns)."""
+    if n <= cap:
+        return list(range(n))
     if not caps.separate:
-        return ids[-cap:]
+        return list(range(n - cap, n))
     head, body, tail = prompt_parts(tokenizer, prompt_format, record["instruction"], record["input"],
                                     history_turns(record))
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError("model.max_prompt_len / max_answer_len cut the prompt by character offsets, which "
                           f"needs a fast tokenizer; {getattr(tokenizer, 'name_or_path', '?')!r} is not one")
-    enc = tokenizer(head + body + tail, add_special_tokens=prompt_add_special_tokens(prompt_format),
-                    return_offsets_mapping=True)
-    full, offsets = enc["input_ids"], enc["offset_mapping"]
+    offsets = tokenizer(head + body + tail, add_special_tokens=prompt_add_special_tokens(prompt_format),
+                        return_offsets_mapping=True)["offset_mapping"]
+    positions = list(range(len(offsets)))
     span = _body_range(offsets, len(head), len(head) + len(body))
-    if span is None or len(full) - (span[1] - span[0]) > cap:
+    if len(offsets) != n or span is None or n - (span[1] - span[0]) > cap:
         # Header and answer marker alone exceed the cap: keep both ends of the whole prompt.
-        return keep_middle_out(full, cap)
+        return keep_middle_out(list(range(n)), cap)
     b0, b1 = span
-    keep = cap - (len(full) - (b1 - b0))
-    return full[:b0] + keep_middle_out(full[b0:b1], keep) + full[b1:]
+    keep = cap - (n - (b1 - b0))
+    return positions[:b0] + keep_middle_out(positions[b0:b1], keep) + positions[b1:]

@@ -140,6 +140,15 @@ def _kept_cells(exp: Experiment, after: int, old: dict | None) -> dict[str, dict
             if (old.get("data") or {}).get(name) == digest and all(name in (old.get(f) or {}) for f in CELL_FIELDS)}
 
 
+def row_is_current(exp: Experiment, after: int) -> bool:
+    """Row `after` is on disk and every cell was scored from the current inputs (reads only: the
+    ranks of a torchrun `slm run` wait for it while rank 0 evaluates)."""
+    if after >= 0 and exp.layout.forgotten(after, exp.cfg.tasks[after].name):
+        return True  # no row after a task `slm forget` removed
+    row = read_row(exp.layout, after)
+    return row is not None and validity.problem_of(lambda: validity.require_row(exp, after, row)) is None
+
+
 def _retrieval_summary(exp: Experiment, after: int, row: dict, retrieves: bool) -> dict:
     if not retrieves:
         return {"accuracy": None, "per_task": {}, "confusion": None}

@@ -2,12 +2,14 @@
 
 Reads top to bottom: find the tasks whose folder is missing or was built from other inputs (its
 own spec, its source files, the data section: pipeline.data.prepared); load and check every one
-of them (no file is written until all pass); write the resolved config (only now: a failed
-prepare must not leave a config.yaml describing the config that failed); measure token lengths
-with the experiment's tokenizer; write each task's datasets, manifest entry and DONE into a
-temporary folder that replaces <output_dir>/data/<task> in one rename; then the manifest and
-data/DONE. A bad task leaves no half-written data, and the tasks that were current are not
-touched: a task appended to the experiment is the only one prepared.
+of them (no file is written until all pass; every bad record of every task is reported at once,
+up to a limit); measure token lengths with the experiment's tokenizer (and warn where a cap cuts
+answers); write each task's datasets, manifest entry and DONE into a temporary folder that
+replaces <output_dir>/data/<task> in one rename; then the manifest and data/DONE; only then the
+resolved config (a failed prepare must not leave a config.yaml describing the config that
+failed). A bad task leaves no half-written data, a failed first prepare no lock either
+(pipeline.state.locks), and the tasks that were current are not touched: a task appended to the
+experiment is the only one prepared.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from pipeline import preflight
-from pipeline.config import ExperimentConfig
-from pipeline.data.build import PreparedTask, build_task, length_stats, token_lengths
+from pipeline.config import ExperimentConfig, TaskSpec
+from pipeline.data.build import PreparedTask, build_task, cut_warnings, length_stats, token_lengths
 from pipeline.data.prepared import (
     ENTRY,
     STAGE,
@@ -36,6 +39,7 @@ from pipeline.data.prepared import (
 )
 from pipeline.data.records import COLUMNS, HISTORY, REFERENCES, records_sha256
 from pipeline.data.synthetic import describe_generators
+from pipeline.errors import DataError
 from pipeline.prompts.truncation import TokenCaps
 from pipeline.stages import CHECK_HELP
 from pipeline.state.artifacts import atomic_path, atomic_write_json, atomic_write_text, write_done
@@ -93,8 +97,7 @@ def _prepare(cfg: ExperimentConfig, layout: RunLayout, force: bool) -> dict[str,
         return read_manifest(layout)
 
     # Every task to build is loaded and checked before anything is written.
-    prepared = [build_task(t, cfg) for t in tqdm(todo, desc="prepare: load + check", disable=None)]
-    atomic_write_text(layout.config, cfg.to_yaml())  # the data checks passed: this config is the one used
+    prepared = build_tasks(todo, cfg)
     if prepared:
         tokenizer = _tokenizer(cfg.model.name_or_path)  # imports torch: only once the data is known good
         for task in tqdm(prepared, desc="prepare: tokenize + save", disable=None):
@@ -102,6 +105,7 @@ def _prepare(cfg: ExperimentConfig, layout: RunLayout, force: bool) -> dict[str,
     manifest = _manifest(cfg, layout)
     atomic_write_json(layout.manifest, manifest)
     write_done(layout.data, STAGE, inputs=manifest_inputs(cfg, layout), files=[layout.manifest.name])
+    atomic_write_text(layout.config, cfg.to_yaml())  # the data is in place: this config is the one used
     kept = len(cfg.tasks) - len(prepared)
     print(f"prepare: {len(prepared)} task(s) prepared" + (f", {kept} kept as they were" if kept else ""))
     print_table(manifest, layout.data)
@@ -127,6 +131,22 @@ def _manifest(cfg: ExperimentConfig, layout: RunLayout) -> dict[str, Any]:
     return {**head, "tasks": tasks}
 
 
+def build_tasks(tasks: list[TaskSpec], cfg: ExperimentConfig) -> list[PreparedTask]:
+    """`tasks` loaded and checked; the problems of all of them reported together (DataError)."""
+    prepared, problems = [], []
+    for task in tqdm(tasks, desc="prepare: load + check", disable=None):
+        try:
+            prepared.append(build_task(task, cfg))
+        except DataError as e:
+            problems.append(e)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise DataError(f"{len(problems)} of {len(tasks)} tasks have bad data:\n" + "\n".join(map(str, problems)),
+                        hint=problems[0].hint)
+    return prepared
+
+
 @functools.lru_cache(maxsize=2)
 def _tokenizer(name: str) -> Any:
     # Loading takes seconds; `slm run` and the tests prepare several times in one process.
@@ -136,8 +156,12 @@ def _tokenizer(name: str) -> Any:
 
 
 def _task_entry(task: PreparedTask, tokenizer: Any, cfg: ExperimentConfig) -> dict[str, Any]:
-    lengths = token_lengths(tokenizer, cfg.model.prompt_format, task.train + task.test)
-    stats = length_stats(lengths, TokenCaps.of(cfg.model))
+    train = token_lengths(tokenizer, cfg.model.prompt_format, task.train)
+    test = token_lengths(tokenizer, cfg.model.prompt_format, task.test)
+    caps = TokenCaps.of(cfg.model)
+    stats = length_stats(train + test, caps)
+    warnings = cut_warnings(task.spec.name, task.spec.metric, train, test, caps, cfg.eval.max_new_tokens,
+                            eos=bool(getattr(tokenizer, "eos_token", None)))
     return {
         "type": task.spec.source.type, "source": task.origin,
         "train": len(task.train), "test": len(task.test), "own_test_split": task.own_test_split,
@@ -147,8 +171,16 @@ def _task_entry(task: PreparedTask, tokenizer: Any, cfg: ExperimentConfig) -> di
         "label_dropped": task.label_dropped, "duplicates_dropped": task.duplicates_dropped,
         "overlap_dropped": task.overlap_dropped,
         "tokens": {k: stats[k] for k in ("min", "mean", "p95", "max")}, "truncated": stats["truncated"],
+        "prompt_tokens": _spread([p for p, _ in train + test]), "answer_tokens": _spread([r for _, r in train + test]),
+        "cut_warnings": warnings,
         "max_train_per_label": task.spec.max_train_per_label, "train_per_label": task.train_per_label,
     }
+
+
+def _spread(lengths: list[int]) -> dict[str, int]:
+    """p95 (nearest rank) and max of one kind of token length."""
+    s = sorted(lengths) or [0]
+    return {"p95": s[math.ceil(0.95 * len(s)) - 1], "max": s[-1]}
 
 
 def _save(task: PreparedTask, folder: Path) -> None:
@@ -184,7 +216,6 @@ def print_table(manifest: dict[str, Any], where: Path) -> None:
         n_labels = len(t["labels"]) if t["labels"] else "-"
         print(f"{name:<16} {t['type']:<12} {t['train']:>6} {t['test']:>6} {n_labels:>6}  {lengths:<22} "
               f"{t['truncated']}")
-    for name, t in manifest["tasks"].items():
-        if t["truncated"]:
-            print(f"warning: {t['truncated']} records of task {name!r} exceed model.max_seq_len={limit} "
-                  f"and will be truncated; raise max_seq_len or accept losing their tails")
+    for t in manifest["tasks"].values():
+        for line in t.get("cut_warnings", []):
+            print(f"warning: {line}")

@@ -251,8 +251,10 @@ def _run(exp: Experiment, t: int, inputs: dict[str, str], preempt: PreemptionFla
     # Built before the model: under ZeRO-3 the base is loaded partitioned from this config.
     ds_config = build_ds_config(cfg, world)
     records = method.training_records(exp, load_prepared(cfg, layout), t)
+    # Replay and multitask mix earlier tasks' records: each record by its own task's source.train_on.
+    all_turns = {task.name for task in cfg.tasks if task.source.train_on == "all_turns"}
     examples = tokenize_for_training(load_tokenizer(cfg.model.name_or_path), cfg.model.prompt_format, records,
-                                     TokenCaps.of(cfg.model))
+                                     TokenCaps.of(cfg.model), all_turns)
     m = cfg.model
 
     def load_base(name_or_path: str | None = None) -> torch.nn.Module:

@@ -83,9 +83,16 @@ def atomic_path(final: Path) -> Iterator[Path]:
     (mkdtemp), so two writers of one artifact never share a temporary name; the last to finish wins.
     """
     final = Path(final)
+    created = [d for d in (final.parent, *final.parent.parents) if not d.exists()]
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(final)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=TMP_SUFFIX, dir=final.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=TMP_SUFFIX, dir=final.parent))
+    except OSError:
+        for folder in created:  # the folders made for it, innermost first, if still empty: nothing is left
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     owner = _lock_owner(tmp)
     target = tmp / final.name
     try:

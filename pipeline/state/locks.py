@@ -8,10 +8,13 @@
 A second writer fails at once with a `LockError` naming the holder (pid, host, Slurm job,
 command, since when); readers (`slm status`, reading finished rows) take no lock.
 
-Why `fcntl.flock` on a lock file that is never deleted:
+Why `fcntl.flock` on a lock file that stays:
 - the kernel drops the lock when its holder dies, even by SIGKILL, so there is no stale lock to
   clean up; the holder text in the file may outlive the process and is ignored unless the lock
-  is actually held. (Deleting lock files on release would let a waiter lock an unlinked inode.)
+  is actually held. A lock file is deleted only by a holder whose work failed and who created it
+  (a failed first `slm prepare` leaves no `locks/` behind), and only while it still holds it; a
+  waiter that then gets the lock of the deleted file sees that the path no longer names its inode
+  and locks the new file instead.
 - on Linux NFS clients flock is emulated with POSIX byte-range locks, which the server arbitrates
   across nodes; a lock of a crashed node is freed when its NFSv4 lease expires (about 90 s).
   A file system without lock support (ENOLCK) gets a warning and no mutual exclusion.
@@ -52,6 +55,7 @@ WAIT_POLL_S = 0.5
 class _Held:
     fd: int | None  # None: the file system has no locks and we run unlocked
     count: int
+    created: list[Path]  # the lock file and the folders this hold created, deepest last
 
 
 _HELD: dict[str, _Held] = {}  # resolved lock path -> this process's hold on it
@@ -115,15 +119,40 @@ def hold(path: Path, what: str, wait_s: float = 0.0) -> Iterator[None]:
     if key in _HELD:
         _HELD[key].count += 1
     else:
-        _HELD[key] = _Held(_acquire_waiting(path, what, wait_s), 1)
+        created = _missing_folders(path.parent)
+        fd, made_file = _acquire_waiting(path, what, wait_s)
+        _HELD[key] = _Held(fd, 1, [*created, *([path] if made_file else [])])
+    failed = True
     try:
         yield
+        failed = False
     finally:
         held = _HELD[key]
         held.count -= 1
         if held.count == 0:
             del _HELD[key]
+            if failed:
+                _discard_created(held)  # still holding: nobody else can be inside
             _release(held.fd)
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """The folders `folder.mkdir(parents=True)` would create, outermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing[::-1]
+
+
+def _discard_created(held: _Held) -> None:
+    """After a failure: remove the lock file and the (now empty) folders this hold created, so a
+    failed first run leaves no trace; a folder that holds anything else stays."""
+    for path in reversed(held.created):
+        try:
+            path.rmdir() if path.is_dir() else path.unlink()
+        except OSError:
+            return  # not empty (or already gone): the folders above it stay too
 
 
 def holder(path: Path) -> dict | None:
@@ -177,7 +206,7 @@ def _holder_info() -> dict:
             "since": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
-def _acquire_waiting(path: Path, what: str, wait_s: float) -> int | None:
+def _acquire_waiting(path: Path, what: str, wait_s: float) -> tuple[int | None, bool]:
     deadline = time.monotonic() + wait_s
     said = False
     while True:
@@ -192,9 +221,33 @@ def _acquire_waiting(path: Path, what: str, wait_s: float) -> int | None:
             time.sleep(WAIT_POLL_S)
 
 
-def _acquire(path: Path, what: str) -> int | None:
+def _acquire(path: Path, what: str) -> tuple[int | None, bool]:
+    """(the locked fd, whether this call created the lock file)."""
+    while True:
+        fd, made = _open_lock_file(path)
+        locked = _lock(fd, path, what)
+        if locked is None or _names_inode(path, locked):
+            return locked, made
+        os.close(locked)  # a failed holder deleted the file we waited on: lock the one there now
+
+
+def _open_lock_file(path: Path) -> tuple[int, bool]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # no O_TRUNC: the holder's text stays readable
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+    except FileExistsError:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644), False  # no O_TRUNC: the holder's text stays readable
+
+
+def _names_inode(path: Path, fd: int) -> bool:
+    try:
+        now, ours = os.stat(path), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino)
+
+
+def _lock(fd: int, path: Path, what: str) -> int | None:
     try:
         _flock_or_busy(fd)
     except BlockingIOError:

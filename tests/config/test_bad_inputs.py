@@ -168,7 +168,7 @@ def test_a_failure_while_writing_leaves_no_half_written_data(write_yaml, small_e
 
     def boom(*args: Any) -> list[tuple[int, int]]:
         calls.append(1)
-        if len(calls) == 2:  # the first task is already saved in the temporary folder by now
+        if len(calls) == 3:  # the first task (its train and test lengths) is already saved in the temporary folder
             raise OSError("disk full")
         return [(8, 2)]  # (prompt, answer) tokens
 
@@ -178,8 +178,10 @@ def test_a_failure_while_writing_leaves_no_half_written_data(write_yaml, small_e
         prepare.run(Experiment.of(cfg))
     layout = RunLayout.of(cfg)
     first, second = (layout.task_data(t.name) for t in cfg.tasks)
-    # Each task's folder is written whole or not at all: the first is complete, the second is not there.
+    # Each task's folder is written whole or not at all: the first is complete, the second is not there,
+    # and nothing else is left: no temporary, no lock file, no config.yaml.
     assert read_done(first) is not None and not second.exists() and read_done(layout.data) is None
-    assert not [p for d in (layout.base, layout.data) for p in d.iterdir() if p.name.startswith(".")]
+    assert sorted(p.name for p in layout.base.iterdir()) == ["data"], sorted(layout.base.rglob("*"))
+    assert sorted(p.name for p in layout.data.iterdir()) == [first.name]
     monkeypatch.undo()
     assert prepare.run(Experiment.of(cfg))["tasks"].keys() == {t.name for t in cfg.tasks}

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from pipeline.cli import COMMANDS, build_parser, version
+from pipeline.cli import COMMANDS, build_parser, command_module, needs_experiment, version
 from pipeline.cli import main as slm
 
 # The positional arguments a command needs before its overrides.
@@ -52,7 +52,15 @@ def test_a_missing_experiment_file_gets_a_hint_about_the_path_not_about_a_key(tm
     assert "key" not in hint and "-c" in hint
 
 
-@pytest.mark.parametrize("command", list(COMMANDS))
+# Commands that work on no experiment (NEEDS_EXPERIMENT = False) take no overrides.
+EXPERIMENT_COMMANDS = [c for c in COMMANDS if needs_experiment(command_module(c))]
+
+
+def test_only_the_configs_command_works_without_an_experiment():
+    assert sorted(set(COMMANDS) - set(EXPERIMENT_COMMANDS)) == ["configs"]
+
+
+@pytest.mark.parametrize("command", EXPERIMENT_COMMANDS)
 def test_every_command_takes_key_value_overrides_as_arguments(command):
     args = build_parser().parse_args([command, *REQUIRED_POSITIONALS.get(command, []), "methods.slm.lr=0.5"])
     assert args.overrides == ["methods.slm.lr=0.5"]

@@ -79,8 +79,10 @@ def test_first_word_tasks_need_one_word_answers(tmp_path, write_yaml, small_expe
     small_experiment["tasks"] = [{"name": "qa", "instruction": "Answer.", "metric": "first_word",
                                   "source": {"type": "file", "path": "qa.jsonl"}}]
     cfg = load_config(write_yaml(small_experiment))
-    with pytest.raises(DataError, match="task 'qa': test record .*qa.jsonl.* 3 words .*first_word needs one-word"):
+    one_word = "task 'qa': test record .*qa.jsonl.* 3 words .*first_word needs one-word"
+    with pytest.raises(DataError, match=one_word) as err:
         build_task(*_split(cfg))
+    assert str(err.value).startswith("2 bad records in the test split of task 'qa':")  # each one, not the first
 
 
 def _split(cfg):
