@@ -35,7 +35,7 @@ def task_dir(tmp_path: Path, method: str, i: int) -> Path:
 
 def test_every_registered_method_loads_under_its_name_and_the_config_and_cli_accept_it() -> None:
     assert set(METHOD_NAMES) == {"slm", "oracle_task_id", "seq_ft", "seq_lora", "replay", "o_lora", "n_lora",
-                                 "multitask"}
+                                 "gainlora", "multitask"}
     choices = build_parser()._subparsers._group_actions[0].choices["run"]._option_string_actions["--method"].choices
     assert tuple(choices) == METHOD_NAMES
     for name in METHOD_NAMES:
