@@ -21,7 +21,10 @@ from pipeline.state.artifacts import read_done, require_done, sha256_file, sha25
 from pipeline.state.layout import RunLayout
 
 STAGE = "prepare"
-SPLITS: tuple[str, ...] = ("train", "test")
+SPLITS: tuple[str, ...] = ("train", "test", "validation")  # validation: only with data.validation_ratio > 0
+# Data options that change no record while they keep these values: left out of the config hash
+# then, so data prepared before they existed still matches.
+NEUTRAL_DATA = {"validation_ratio": 0.0, "max_validation": None}
 
 
 def task_spec_hash(task: TaskSpec) -> str:
@@ -31,8 +34,13 @@ def task_spec_hash(task: TaskSpec) -> str:
 def data_config_hash(cfg: ExperimentConfig) -> str:
     """What the prepared records depend on. Paths are hashed as written, not resolved, so the
     same experiment with another data_root still matches (the source content is in `sources`)."""
-    return sha256_json({"tasks": [t.model_dump(mode="json") for t in cfg.tasks],
-                        "data": cfg.data.model_dump(mode="json")})
+    return sha256_json({"tasks": [t.model_dump(mode="json") for t in cfg.tasks], "data": data_section(cfg)})
+
+
+def data_section(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The data section as the records depend on it (NEUTRAL_DATA left out at their neutral values)."""
+    data = cfg.data.model_dump(mode="json")
+    return {k: v for k, v in data.items() if not (k in NEUTRAL_DATA and v == NEUTRAL_DATA[k])}
 
 
 def sources_hash(cfg: ExperimentConfig) -> str:
@@ -72,7 +80,7 @@ def read_manifest(layout: RunLayout) -> dict[str, Any]:
 
 
 def load_prepared(cfg: ExperimentConfig, layout: RunLayout) -> dict[str, Any]:
-    """Task name -> datasets.DatasetDict("train", "test"), in task order, after checking that the
+    """Task name -> datasets.DatasetDict("train", "test"[, "validation"]), in task order, after checking that the
     data is DONE, its files are intact and it was prepared from this experiment's tasks."""
     import datasets
 
@@ -100,7 +108,8 @@ def _what_changed(cfg: ExperimentConfig, layout: RunLayout) -> str:
         parts.append(f"tasks no longer in the config: {', '.join(removed)}")
     if changed := [n for n in now if n in recorded and recorded[n] != now[n]]:
         parts.append(f"tasks changed: {', '.join(changed)}")
-    if manifest.get("data") != cfg.data.model_dump(mode="json"):
+    if {k: v for k, v in (manifest.get("data") or {}).items() if not (k in NEUTRAL_DATA and v == NEUTRAL_DATA[k])} \
+            != data_section(cfg):
         parts.append("the data section changed")
     return "; ".join(parts) or "the task order changed"
 

@@ -1,4 +1,5 @@
-"""`slm eval --after i`: score every task's test split after training task i -> row i.
+"""`slm eval --after i`: score every task's test split after training task i -> row i (the
+validation split instead with `eval.split=validation`, what the sweeps pick on).
 
 No task id is given to the model: for slm each test input retrieves its slots from the index
 of tasks 0..i (per sample), and the row also records how often the top-1 slot belongs to the
@@ -85,13 +86,14 @@ def _run(exp: Experiment, after: int) -> int:
         print(f"eval: row {after} already done ({layout.eval_row(after)})")
         return 0
     prepared = load_prepared(cfg, layout)
+    split = scored_split(cfg, prepared)
     labels = {n: t.get("labels") for n, t in read_manifest(layout)["tasks"].items()}
     scorer = Scorer(exp, after)
-    row = {"after": after, "method": cfg.method, "tasks": [t.name for t in cfg.tasks], "scores": {},
+    row = {"after": after, "method": cfg.method, "tasks": [t.name for t in cfg.tasks], "split": split, "scores": {},
            "metric": {}, "n_records": {}, "predictions": {}}
     confusion = [[0] * len(cfg.tasks) for _ in cfg.tasks]
     for j, task in enumerate(cfg.tasks):
-        records = [dict(r) for r in prepared[task.name]["test"]][: cfg.eval.max_records_per_task]
+        records = [dict(r) for r in prepared[task.name][split]][: cfg.eval.max_records_per_task]
         preds, top1 = scorer.predict(j, records, labels.get(task.name))
         row["scores"][task.name] = metrics.score(task.metric, preds, [r["output"] for r in records], cfg.eval)
         row["metric"][task.name] = task.metric
@@ -108,6 +110,18 @@ def _run(exp: Experiment, after: int) -> int:
 
     log_eval_row(cfg, layout, after, read_row)  # the row and AA / BWT / forgetting so far, to report_to
     return 0
+
+
+def scored_split(cfg: ExperimentConfig, prepared: dict) -> str:
+    """eval.split, once every task's prepared data has it (validation: data.validation_ratio > 0)."""
+    split = cfg.eval.split
+    missing = [name for name, splits in prepared.items() if split not in splits]
+    if missing:
+        raise StageInputError(f"eval.split={split}: the prepared data of {', '.join(missing)} has no {split} split "
+                              f"(data.validation_ratio is {cfg.data.validation_ratio})",
+                              hint="set data.validation_ratio (and data.max_validation) above 0 and rerun `slm "
+                                   "prepare`, or score the test split (eval.split=test)")
+    return split
 
 
 def _retrieval_summary(cfg: ExperimentConfig, after: int, confusion: list[list[int]], retrieves: bool) -> dict:

@@ -127,12 +127,15 @@ def _task_entry(index: int, task: PreparedTask, tokenizer: Any, cfg: ExperimentC
         "index": index, "type": task.spec.source.type, "source": task.origin,
         "train": len(task.train), "test": len(task.test), "own_test_split": task.own_test_split,
         "labels": task.labels, "metric": task.spec.metric,
-        "sha256": {"train": records_sha256(task.train), "test": records_sha256(task.test)},
+        "sha256": {"train": records_sha256(task.train), "test": records_sha256(task.test),
+                   **({"validation": records_sha256(task.validation)} if task.validation else {})},
         "spec_sha256": task_spec_hash(task.spec),
         "label_dropped": task.label_dropped, "duplicates_dropped": task.duplicates_dropped,
         "overlap_dropped": task.overlap_dropped,
         "tokens": {k: stats[k] for k in ("min", "mean", "p95", "max")}, "truncated": stats["truncated"],
         "max_train_per_label": task.spec.max_train_per_label, "train_per_label": task.train_per_label,
+        # carved from the training pool before the training records were taken (data.validation_ratio)
+        "validation": len(task.validation), "validation_dropped": task.validation_dropped,
     }
 
 
@@ -140,10 +143,11 @@ def _save(task: PreparedTask, folder: Path) -> None:
     import datasets
 
     # Conversation tasks keep their earlier turns in one more column (JSON text).
-    columns = COLUMNS + ((HISTORY,) if any(HISTORY in r for r in task.train + task.test) else ())
+    every = task.train + task.test + task.validation
+    columns = COLUMNS + ((HISTORY,) if any(HISTORY in r for r in every) else ())
     features = datasets.Features({c: datasets.Value("string") for c in columns})
-    splits = {"train": [{c: r.get(c, "") for c in columns} for r in task.train],
-              "test": [{c: r.get(c, "") for c in columns} for r in task.test]}
+    parts = {"train": task.train, "test": task.test, **({"validation": task.validation} if task.validation else {})}
+    splits = {k: [{c: r.get(c, "") for c in columns} for r in records] for k, records in parts.items()}
     dd = datasets.DatasetDict({k: datasets.Dataset.from_list(v, features=features) for k, v in splits.items()})
     # datasets prints one "Saving the dataset" bar per split; our own tqdm already tracks tasks.
     was_disabled = datasets.are_progress_bars_disabled()
