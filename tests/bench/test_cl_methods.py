@@ -97,12 +97,13 @@ def _entry(tasks: list[str], aa: float, wall: float, date: str, digest: str, cod
 
 
 def test_orders_recorded_one_by_one_add_up_and_are_kept_only_for_the_same_config_and_code(tmp_path) -> None:
-    from pipeline.experiment import load_config
+    from pipeline.experiment import load_experiment
 
-    cfg = load_config("default.yaml", ["orders=[{name: fwd, tasks: [sentiment, geography, animals]},"
-                                       " {name: rev, tasks: [animals, geography, sentiment]}]"])
+    exp = load_experiment("default.yaml", ["orders=[{name: fwd, tasks: [sentiment, geography, animals]},"
+                                           " {name: rev, tasks: [animals, geography, sentiment]}]"])
+    cfg = exp.cfg
     path = tmp_path / "cl_methods" / "x-slm.json"
-    digest, code = cl_methods.config_sha256(cfg), "code-1"
+    digest, code = cl_methods.config_sha256(exp), "code-1"
     assert cl_methods.recorded_orders(path, digest, code) == {}  # nothing recorded yet
 
     # rev ran first (on its own day), fwd later: the record lists the experiment's order
@@ -125,22 +126,23 @@ def test_orders_recorded_one_by_one_add_up_and_are_kept_only_for_the_same_config
 
     # other code, or another config (here: another seed), keeps nothing: it is other data
     assert cl_methods.recorded_orders(path, digest, "code-2") == {}
-    assert cl_methods.recorded_orders(path, cl_methods.config_sha256(load_config("default.yaml", ["seed=7"])),
+    assert cl_methods.recorded_orders(path, cl_methods.config_sha256(load_experiment("default.yaml", ["seed=7"])),
                                       code) == {}
 
 
 def test_the_config_hash_covers_only_the_methods_own_options() -> None:
-    from pipeline.experiment import load_config
+    from pipeline.experiment import load_experiment
 
-    base = load_config("default.yaml", ["method=seq_lora"])
-    other = load_config("default.yaml", ["method=seq_lora", "methods.replay.ratio=0.5", "methods.slm.lr=0.1"])
-    own = load_config("default.yaml", ["method=seq_lora", "methods.seq_lora.lr=0.1"])
+    base = load_experiment("default.yaml", ["method=seq_lora"])
+    other = load_experiment("default.yaml", ["method=seq_lora", "methods.replay.ratio=0.5", "methods.slm.lr=0.1"])
+    own = load_experiment("default.yaml", ["method=seq_lora", "methods.seq_lora.lr=0.1"])
     assert cl_methods.config_sha256(base) == cl_methods.config_sha256(other)
     assert cl_methods.config_sha256(base) != cl_methods.config_sha256(own)
 
 
 def test_the_comparison_marks_rows_over_fewer_orders_and_rows_from_other_code(tmp_path, capsys) -> None:
-    from pipeline.experiment import load_config
+    from pipeline.experiment import load_experiment
+    from pipeline.methods import get_method
 
     orders = ("orders=[{name: fwd, tasks: [sentiment, geography, animals]},"
               " {name: rev, tasks: [animals, geography, sentiment]}]")
@@ -149,8 +151,9 @@ def test_the_comparison_marks_rows_over_fewer_orders_and_rows_from_other_code(tm
     rows = []
     for method, ran, code in (("seq_ft", ["fwd", "rev"], None), ("seq_lora", ["fwd"], None),
                               ("replay", ["fwd", "rev"], "old-code")):
-        cfg = load_config("default.yaml", [orders, f"method={method}"])
-        digest, current = cl_methods.config_sha256(cfg), method_fingerprint(method)["sha256"]
+        exp = load_experiment("default.yaml", [orders, f"method={method}"])
+        cfg = exp.cfg
+        digest, current = cl_methods.config_sha256(exp), method_fingerprint(get_method(method))["sha256"]
         entries = {o: _entry(tasks[o], 0.5, 10.0, "2026-12-01T10:00:00", digest, code or current) for o in ran}
         path = tmp_path / "cl_methods" / f"x-{method}.json"
         cl_methods.write_record(path, cl_methods.result_record(cfg, "x", method, entries))
@@ -170,3 +173,45 @@ def test_the_comparison_marks_rows_over_fewer_orders_and_rows_from_other_code(tm
     # another config for a method (its lr) makes its row not current either
     assert cl_methods.summary_lines(rows[:1], bench.with_overrides(["methods.seq_ft.lr=0.5"]))[0].endswith(
         "current=no")
+
+
+# ---- preset rows ------------------------------------------------------------------------------------
+
+
+def test_every_method_with_a_preset_gets_its_own_row_right_after_its_plain_one() -> None:
+    rows = cl_methods.rows()
+    for name in ("o_lora", "n_lora", "gainlora"):
+        assert rows.index(f"{name}@official") == rows.index(name) + 1
+    assert cl_methods.method_of("o_lora@official") == ("o_lora", "official")
+    assert cl_methods.method_of("slm") == ("slm", None)
+
+
+def test_a_preset_row_resets_the_methods_own_options_and_runs_into_its_own_folder() -> None:
+    bench = cl_methods.BenchExperiment("x", "default.yaml", ["methods.o_lora.lr=0.02", "methods.o_lora.lambda1=2"],
+                                       {"o_lora@official": ["methods.o_lora.lambda2=0.3"]})
+    plain, official = bench.load("o_lora"), bench.load("o_lora@official")
+    assert plain.method.options(plain.cfg).resolved("lr") == 0.02  # the bench's tuned setting
+    opts = official.method.options(official.cfg)
+    assert (opts.preset, opts.resolved("lr"), opts.lambda1, opts.lambda2) == ("official", 1e-3, 0.5, 0.3)
+    assert official.layout.root != plain.layout.root and "preset-official" in str(official.layout.root)
+    assert cl_methods.config_sha256(official) != cl_methods.config_sha256(plain)
+    with pytest.raises(SystemExit, match="has no preset"):
+        bench.load("slm@official")
+
+
+def test_the_published_vs_tuned_table_renders_na_until_a_row_has_results(tmp_path) -> None:
+    from pipeline.experiment import load_experiment
+    from pipeline.methods import get_method
+
+    table = cl_methods.published_vs_tuned_markdown(tmp_path, "x")
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert [r.split("|")[1].strip() for r in rows] == ["`o_lora`", "`n_lora`", "`gainlora`"]
+    assert all(r.count("n/a") == 4 for r in rows)
+    exp = load_experiment("default.yaml", ["method=o_lora"])
+    tasks = [t.name for t in exp.cfg.tasks]
+    entry = _entry(tasks, 0.5, 1.0, "2026-12-01T10:00:00", cl_methods.config_sha256(exp),
+                   method_fingerprint(get_method("o_lora"))["sha256"])
+    cl_methods.write_record(tmp_path / "cl_methods" / "x-o_lora@official.json",
+                            cl_methods.result_record(exp.cfg, "x", "o_lora@official", {"as_listed": entry}))
+    o_lora = cl_methods.published_vs_tuned_markdown(tmp_path, "x").splitlines()[2].split("|")
+    assert [c.strip() for c in o_lora[2:5]] == ["`o_lora@official`", "0.500", "n/a"]
