@@ -40,8 +40,9 @@ Form = Literal["code", "paper"]
 
 class NLoraOptions(PeerOptions):
     sparsity: float | None = Field(None, ge=0)
-    """lambda, the weight of the L1 norm of the new LoRA (None: the preset's; uniform 0.4, the value of most official
-    scripts, official 0.46, LLaMA order 1's): the option its knob sweep turns (bench/lr_sweep.py)."""
+    """lambda, the weight of the L1 norm of the new LoRA (None: the preset's; uniform: 0.4, the value of most
+    official scripts; official: 0.46, LLaMA order 1's, whose learning rates the preset takes): the option its knob
+    sweep turns (bench/lr_sweep.py)."""
     form: Form = "code"
     """code: sum over layers of ||A B||_1, the r x r product the official trainer takes (needs d_in == d_out on every
     adapted layer); paper: ||B A||_1, the d_out x d_in update the paper writes."""

@@ -34,12 +34,11 @@ class OLoraOptions(PeerOptions):
     lambda2: float = Field(0.0, ge=0)
     """Weight of the L2 norm of the new LoRA's matrices (the O-LoRA scripts' 0)."""
     lambda1_from_task: dict[int, float] | None = None
-    """lambda1 from a task index (0-based) on: {9: 5.0} is scripts/long.sh's 5 from its 10th task. None: the
-    preset's (uniform none, official {9: 5.0}; a sequence of fewer than 10 tasks never reaches it)."""
+    """lambda1 from a task index (0-based) on: {9: 5.0} is scripts/long.sh's 5 from its 10th task (a sequence of
+    fewer than 10 tasks never reaches it). None: the preset's."""
     lambda2_by_task: dict[str, float] | None = None
-    """lambda2 of the tasks named here, the others lambda2. None: the preset's (uniform none, official
-    scripts/long.sh's per-dataset values, which apply to tasks of those CL_Benchmark names: COPA, QQP, SST-2,
-    yahoo, BoolQA 0.1; RTE, WiC 0.3)."""
+    """lambda2 of the tasks named here, the others lambda2. None: the preset's (official: scripts/long.sh's
+    per-dataset values, which apply to tasks of those CL_Benchmark names)."""
 
     UNIFORM: ClassVar[dict[str, Any]] = {**PeerOptions.UNIFORM, "lambda1_from_task": {}, "lambda2_by_task": {}}
     OFFICIAL: ClassVar[dict[str, Any]] = {**PeerOptions.OFFICIAL, "lambda1_from_task": {9: 5.0},

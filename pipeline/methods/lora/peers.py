@@ -47,28 +47,27 @@ class PeerOptions(MethodOptions):
 
     preset: Preset = "uniform"
     """uniform: the harness's settings for every adapter method (adapter.rank and adapter.target_modules, alpha =
-    rank, no dropout, warmup then linear decay, lr 5e-3); official: the authors' scripts' (each option below says
-    which values). An option set explicitly wins over the preset."""
+    rank, no dropout, warmup then linear decay, lr 5e-3); official: the authors' scripts'. The options below left
+    unset (None) take the preset's value (the table under this section); one set explicitly wins over either."""
     lr: float | None = Field(None, gt=0)
-    """Peak learning rate of the first task (None: the preset's; uniform 5e-3): the option a learning-rate sweep
-    turns (bench/lr_sweep.py)."""
+    """Peak learning rate of the first task (None: the preset's): the option a learning-rate sweep turns
+    (bench/lr_sweep.py)."""
     later_lr_scale: float | None = Field(None, gt=0)
-    """The learning rate of every task after the first, as a multiple of lr (None: the preset's; uniform 1, official
-    0.1: the LLaMA scripts' 1e-3 on the first task and 1e-4 after)."""
+    """The learning rate of every task after the first, as a multiple of lr (None: the preset's; O-LoRA's and
+    N-LoRA's LLaMA scripts run 1e-3 on the first task and 1e-4 after)."""
     schedule: Literal["warmup_linear", "constant"] | None = None
     """warmup_linear: train.warmup_ratio of linear warmup, then linear decay to 0; constant: neither (the scripts'
-    `--lr_scheduler_type constant --warmup_steps 0`). None: the preset's (uniform warmup_linear, official
-    constant)."""
+    `--lr_scheduler_type constant --warmup_steps 0`). None: the preset's."""
     rank: int | None = Field(None, ge=1)
-    """LoRA rank (None: the preset's; uniform adapter.rank, official 8)."""
+    """LoRA rank (None: the preset's; empty there: adapter.rank)."""
     alpha: float | None = Field(None, gt=0)
-    """LoRA alpha; a LoRA adds alpha / rank * B A x (None: the preset's; uniform = rank, i.e. scaling 1 like a JARe
-    slot, official 32)."""
+    """LoRA alpha; a LoRA adds alpha / rank * B A x (None: the preset's; empty there: alpha = rank, scaling 1 like a
+    JARe slot)."""
     dropout: float | None = Field(None, ge=0, lt=1)
-    """LoRA dropout on the layer input (None: the preset's; uniform 0)."""
+    """LoRA dropout on the layer input (None: the preset's)."""
     target_modules: list[str] | None = Field(None, min_length=1)
-    """The linears a LoRA adapts, by name suffix (None: the preset's; uniform adapter.target_modules, official
-    [q_proj, v_proj]: PEFT's default for LLaMA, which the scripts keep)."""
+    """The linears a LoRA adapts, by name suffix (None: the preset's; empty there: adapter.target_modules; the
+    scripts' q_proj and v_proj are PEFT's default for LLaMA)."""
 
     # What each preset gives an option left unset; None: from the config (adapter.rank, ...).
     UNIFORM: ClassVar[dict[str, Any]] = {"lr": 5e-3, "later_lr_scale": 1.0, "schedule": "warmup_linear", "rank": None,
