@@ -50,6 +50,7 @@ class MethodLoad:
     stored_what: str
     trains_base: bool = False  # the trainable parameters are the base's own weights
     index_keys_per_task: int = 0  # DTKR keys per task in the FAISS index
+    modules: tuple[str, ...] = ()  # the kinds of linear the adapters sit on (o_proj; a peer's preset: q_proj, v_proj)
 
     @property
     def stored_total_bytes(self) -> int:
@@ -68,7 +69,7 @@ def jare_load(targets: list[LinearShape], rank: int, tasks: int, slots: int, gat
                       tasks=tasks,
                       stored_per_task_bytes=slots * (slot_params * compute_bytes + encoder_dim * KEY_BYTES),
                       stored_what=f"{slots} slots x target linears in {_dtype(compute_bytes)} + {slots} fp32 keys",
-                      index_keys_per_task=slots)
+                      index_keys_per_task=slots, modules=module_kinds(targets))
 
 
 def lora_load(targets: list[LinearShape], rank: int, tasks: int, one_per_task: bool, compute_bytes: int,
@@ -86,7 +87,7 @@ def lora_load(targets: list[LinearShape], rank: int, tasks: int, one_per_task: b
                       resident_params=(tasks if one_per_task else 1) * one, trainable_params=one,
                       saved_input_features=saved, gathered_params=0, tasks=tasks,
                       stored_per_task_bytes=one * compute_bytes,
-                      stored_what=f"one LoRA adapter in {_dtype(compute_bytes)}")
+                      stored_what=f"one LoRA adapter in {_dtype(compute_bytes)}", modules=module_kinds(targets))
 
 
 def gated_lora_load(targets: list[LinearShape], rank: int, tasks: int, gate_params: int, basis_values: int,
@@ -103,7 +104,7 @@ def gated_lora_load(targets: list[LinearShape], rank: int, tasks: int, gate_para
                       gathered_params=0, tasks=tasks,
                       stored_per_task_bytes=one * compute_bytes + (gate_params + basis_values) * FP32_BYTES,
                       stored_what=f"one LoRA adapter in {_dtype(compute_bytes)} + its fp32 gate and (at most "
-                                  f"{basis_values:,} fp32 values of) subspace bases")
+                                  f"{basis_values:,} fp32 values of) subspace bases", modules=base.modules)
 
 
 def full_ft_load(shape: ModelShape, trained: list[LinearShape], tasks: int, compute_bytes: int,
@@ -120,6 +121,11 @@ def full_ft_load(shape: ModelShape, trained: list[LinearShape], tasks: int, comp
                       trainable_params=params, saved_input_features=saved_input_features(trained),
                       gathered_params=0, tasks=tasks, stored_per_task_bytes=shape.total_params * compute_bytes,
                       stored_what=f"the whole model in {_dtype(compute_bytes)}, safetensors shards", trains_base=True)
+
+
+def module_kinds(targets: list[LinearShape]) -> tuple[str, ...]:
+    """The last name parts of `targets`, once each: what `slm plan` says the adapters sit on."""
+    return tuple(dict.fromkeys(lin.name.rsplit(".", 1)[-1] for lin in targets))
 
 
 def _dtype(compute_bytes: int) -> str:

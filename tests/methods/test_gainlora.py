@@ -207,3 +207,27 @@ def test_the_plan_counts_every_task_s_branch_and_gate_resident_and_the_newest_tr
     assert load.trainable_params == plain.trainable_params + gate
     assert load.resident_params == tasks * (plain.trainable_params + gate)
     assert load.stored_per_task_bytes > plain.stored_per_task_bytes
+
+
+def test_a_checkpoint_of_the_model_holds_the_new_gates_training_and_restores_it(two_tasks) -> None:
+    """What `slm train` resumes from: DeepSpeed saves the module's state dict and loads it strictly. The
+    new gate's trained tensors are in it; the frozen gates and subspaces are rebuilt from the task files."""
+    from pipeline.runtime.models import load_base_model
+
+    exp, *_ = two_tasks
+
+    def build():
+        return exp.method.trainer(exp, 1, _train_records(exp, 1), torch.device("cpu"),
+                                  lambda: load_base_model(exp.cfg.model.name_or_path, "float32", "none",
+                                                          torch.device("cpu")))
+
+    trained, fresh = build(), build()
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in trained.params:
+            p.add_(torch.randn(p.shape, generator=gen) * 0.01)
+    state = trained.model.state_dict()
+    assert {k for k in state if "gainlora_gates" in k} == {f"gainlora_gates.gates.1.{n}" for n in ("d1", "d2", "dk")}
+    fresh.model.load_state_dict(state, strict=True)
+    new_trained, new_fresh = trained.model.gainlora_gates.gates[1], fresh.model.gainlora_gates.gates[1]
+    assert all(torch.equal(a, b) for a, b in zip(new_trained.weights(), new_fresh.weights(), strict=True))

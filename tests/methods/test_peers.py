@@ -183,3 +183,16 @@ def test_an_official_o_lora_builds_alpha_32_dropout_lora_on_q_and_v_and_exports_
     a, b = exported["model.layers.0.self_attn.q_proj"]
     peft_delta = 4.0 * layer.lora_B[adapter_name(0)].weight @ layer.lora_A[adapter_name(0)].weight
     assert torch.allclose(b @ a, peft_delta, atol=1e-6) and peft_delta.abs().sum() > 0
+
+
+def test_the_plan_sizes_a_peer_by_the_lora_its_preset_builds() -> None:
+    from pipeline.planning.memory import load_of
+
+    uniform = load_experiment(None, ["method=o_lora"])
+    official = load_experiment(None, ["method=o_lora", "methods.o_lora.preset=official"])
+    u, o = load_of(uniform.cfg, uniform.method), load_of(official.cfg, official.method)
+    assert u.modules == ("o_proj",) and o.modules == ("q_proj", "v_proj")
+    layers = 30  # SmolLM2: q_proj 576 -> 576, v_proj 576 -> 192, o_proj 576 -> 576; rank 8
+    assert u.trainable_params == layers * 8 * (576 + 576)
+    assert o.trainable_params == layers * 8 * ((576 + 576) + (576 + 192))
+    assert o.saved_input_features > u.saved_input_features  # dropout: each LoRA keeps its own dropped input
