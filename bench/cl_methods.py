@@ -473,10 +473,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     bench = BenchExperiment.read(args.experiment, args.overrides)
     if args.summary:
-        rows = load_results(args.results_dir, bench.name)
-        if not rows:
+        recorded = load_results(args.results_dir, bench.name)
+        if not recorded:
             raise SystemExit(f"no results for {bench.name!r} in {args.results_dir / BENCH}")
-        print("\n".join(summary_lines(rows, bench)))
+        print("\n".join(summary_lines(recorded, bench)))
         return 0
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(rows()))
@@ -486,10 +486,10 @@ def main(argv: list[str] | None = None) -> int:
         path = result_path(BENCH, f"{bench.name}-{method}", args.results_dir)
         run_method(bench, method, args.order, args.force, path)
         print(f"[{method}] -> {path}", flush=True)
-    rows = load_results(args.results_dir, bench.name)
-    plot(rows, args.results_dir / BENCH / f"{bench.name}.png")
-    print(comparison_markdown(rows, bench))
-    print("\n".join(summary_lines(rows, bench)))
+    recorded = load_results(args.results_dir, bench.name)
+    plot(recorded, args.results_dir / BENCH / f"{bench.name}.png")
+    print(comparison_markdown(recorded, bench))
+    print("\n".join(summary_lines(recorded, bench)))
     return 0
 
 
