@@ -5,9 +5,12 @@
     python bench/cl_methods.py cl_benchmark_cpu --summary                 # the committed results only
 
 The bench experiment bench/experiments/cl_methods/<name>.yaml names the experiment config, its
-overrides and the data folder. Each method runs each task order as `slm run --method <m> --order
-<o>` in its own process (so its wall time and peak memory are its own). Orders are recorded one by
-one in bench/results/cl_methods/<name>-<method>.json: an order already recorded for the same
+overrides and the data folder. A row is a method at the experiment's settings (`o_lora`), or a
+method at one of its presets (`o_lora@official`: the method's own options reset to their
+defaults under that preset, into <output_dir>/preset-<preset>/, plus what the bench experiment's
+`rows:` adds for that row). Each row runs each task order as `slm run --method <m> --order <o>` in
+its own process (so its wall time and peak memory are its own). Orders are recorded one by
+one in bench/results/cl_methods/<name>-<row>.json: an order already recorded for the same
 config hash *and* the same code (`bench.runner.method_fingerprint`) is kept, not rerun, so an
 interrupted run resumes and `--order order2` run later adds to an `--order order1` result;
 `--force` reruns from scratch (it deletes the method's run folder of the order first; an order
@@ -22,10 +25,11 @@ other inputs). Besides bench.runner's run_info / meta_info, a file holds
 and <name>.png plots AA vs forgetting and the matrices of every method with results. The table
 compares every method with slm record by record: the AA difference with a paired bootstrap 95 %
 interval (pipeline/report/paired.py), "above" only where it excludes 0. `--summary` reads the
-results files only and prints one line per registered method: `method=<m> AA=<x> forgetting=<y>
-retrieval=<z|na> slm_minus=<d>[<low>,<high>]:<above|level|below>|na wall_s=<s> orders=<n>
-current=<yes|no>` (current=no: the method's code or its config in the bench experiment changed
-since it ran), or `method=<m> not_run`.
+results files only and prints one line per row (a method, or a method at its authors' preset,
+`o_lora@official`): `method=<row> AA=<x> forgetting=<y> retrieval=<z|na>
+slm_minus=<d>[<low>,<high>]:<above|level|below>|na wall_s=<s> orders=<n> current=<yes|no>`
+(current=no: the method's code or its config in the bench experiment changed since it ran), or
+`method=<row> not_run`.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ from bench.runner import (  # noqa: E402
 )
 from pipeline.config import ExperimentConfig  # noqa: E402
 from pipeline.experiment import Experiment, load_experiment  # noqa: E402
-from pipeline.methods import METHOD_NAMES, registered  # noqa: E402
+from pipeline.methods import registered  # noqa: E402
 from pipeline.report.format import count, fmt, mean_std, nbytes  # noqa: E402
 from pipeline.report.paired import paired_bootstrap  # noqa: E402
 from pipeline.state.artifacts import atomic_path, is_done, sha256_json  # noqa: E402
@@ -62,34 +66,80 @@ from pipeline.state.layout import RunLayout  # noqa: E402
 from pipeline.state.orders import order_runs  # noqa: E402
 
 BENCH = "cl_methods"
+VALIDATION = "validation"  # the split every pick is made on (eval.split)
 METRICS = ("AA", "BWT", "forgetting", "FWT", "retrieval_accuracy")
 # What each order's entry keeps of its eval/metrics.json.
 PER_ORDER_KEYS = (*METRICS, "complete", "tasks", "matrix", "untrained", "retrieval_per_task", "retrieval_confusion",
-                  "final_scores", "metric", "final_record_scores")
+                  "final_scores", "metric", "split", "final_record_scores")
 # The method every other one is compared with, record by record (pipeline.report.paired).
 REFERENCE = "slm"
 PROVENANCE = ("command", "commit", "dirty", "date", "config_sha256", "code_fingerprint")
 
 
+def rows() -> tuple[str, ...]:
+    """Every row a comparison can hold, in registry order: each method, then its presets (`o_lora@official`)."""
+    return tuple(r for name, m in registered().items() for r in (name, *(f"{name}@{p}" for p in m.presets)))
+
+
+def method_of(row: str) -> tuple[str, str | None]:
+    """(method, preset) of a row: `o_lora@official` -> ("o_lora", "official"); `slm` -> ("slm", None)."""
+    method, _, preset = row.partition("@")
+    return method, preset or None
+
+
 @dataclass(frozen=True)
 class BenchExperiment:
-    """bench/experiments/cl_methods/<name>.yaml: which experiment, with which overrides."""
+    """bench/experiments/cl_methods/<name>.yaml: which experiment, with which overrides (and what
+    a preset row adds: `rows: {<method>@<preset>: [KEY=VALUE, ...]}`)."""
 
     name: str
     config: str
     overrides: list[str] = field(default_factory=list)
+    row_overrides: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def read(cls, name: str, extra: list[str] | None = None) -> BenchExperiment:
         settings = read_experiment(BENCH, name)
         data_root = [f"data_root={(ROOT / settings['data_root']).resolve()}"] if settings.get("data_root") else []
-        return cls(settings["name"], settings["config"], [*data_root, *settings.get("overrides", []), *(extra or [])])
+        unknown = sorted(set(settings.get("rows") or {}) - set(rows()))
+        if unknown:
+            raise SystemExit(f"bench experiment {name!r}: rows {unknown} are no method's preset; rows: {rows()}")
+        return cls(settings["name"], settings["config"], [*data_root, *settings.get("overrides", []), *(extra or [])],
+                   dict(settings.get("rows") or {}))
 
     def with_overrides(self, extra: list[str]) -> BenchExperiment:
-        return BenchExperiment(self.name, self.config, [*self.overrides, *extra])
+        return BenchExperiment(self.name, self.config, [*self.overrides, *extra], self.row_overrides)
 
-    def load(self, method: str) -> Experiment:
-        return load_experiment(self.config, [*self.overrides, f"method={method}"])
+    def for_row(self, row: str) -> tuple[str, BenchExperiment]:
+        """(the row's method, this experiment as the row runs it). A preset row resets the method's
+        options to their defaults under that preset (the experiment's own picks are for the uniform
+        one) and runs into its own folder, so its stages never mix with the plain row's."""
+        method, preset = method_of(row)
+        if preset is None:
+            return method, self
+        m = registered()[method]
+        if preset not in m.presets:
+            raise SystemExit(f"row {row!r}: method {method} has no preset {preset!r} (its presets: {m.presets})")
+        base = load_experiment(self.config, [*self.overrides, f"method={method}"]).cfg.output_dir
+        return method, self.with_overrides([f"methods.{m.section}={{preset: {preset}}}",
+                                            f"output_dir={Path(base) / f'preset-{preset}'}",
+                                            *self.row_overrides.get(row, [])])
+
+    def load(self, row: str) -> Experiment:
+        method, bench = self.for_row(row)
+        return load_experiment(bench.config, [*bench.overrides, f"method={method}"])
+
+
+def validation_overrides(settings: dict) -> list[str]:
+    """The overrides of a bench that picks settings (bench/lr_sweep.py, bench/plasticity.py): carve
+    each task's validation split (`validation: {ratio, max_records}` of its settings file) and score it
+    instead of the test split the tables report."""
+    v = settings.get("validation")
+    if not v or not v.get("ratio"):
+        raise SystemExit(f"bench settings {settings.get('name')!r} give no `validation: {{ratio, max_records}}`: "
+                         "a pick is never made on the test split")
+    return [f"data.validation_ratio={v['ratio']}", *([f"data.max_validation={v['max_records']}"]
+                                                      if v.get("max_records") else []), f"eval.split={VALIDATION}"]
 
 
 def config_sha256(exp: Experiment) -> str:
@@ -103,25 +153,27 @@ def config_sha256(exp: Experiment) -> str:
 # ---- running one method ------------------------------------------------------------------------
 
 
-def run_method(bench: BenchExperiment, method: str, order: str | None = None, force: bool = False,
+def run_method(bench: BenchExperiment, row: str, order: str | None = None, force: bool = False,
                path: Path | None = None) -> dict:
-    """Run the method on each task order (or the one `order` names), one `slm run --order` process
-    per order, and return its results record. Orders that `path` already records for the same config
-    and code are kept, not rerun, and the record is written to `path` after every order: an
-    interruption loses one order at most, and orders run on different days add up to one record."""
+    """Run the row (a method, or a method at a preset) on each task order (or the one `order` names),
+    one `slm run --order` process per order, and return its results record. Orders that `path` already
+    records for the same config and code are kept, not rerun, and the record is written to `path` after
+    every order: an interruption loses one order at most, and orders run on different days add up to one
+    record."""
+    method, bench = bench.for_row(row)
     exp = bench.load(method)
     cfg = exp.cfg
     digest, code = config_sha256(exp), method_fingerprint(exp.method)["sha256"]
     done = recorded_orders(path, digest, code) if path is not None and not force else {}
     for name, _ in runs_of(cfg, order):
         if (name or "as_listed") in done:
-            print(f"[{method}] {name or 'as_listed'}: already recorded in {path} (same config and code); kept",
+            print(f"[{row}] {name or 'as_listed'}: already recorded in {path} (same config and code); kept",
                   flush=True)
             continue
         done[name or "as_listed"] = run_order(bench, cfg, method, name, digest, code, restart=force)
         if path is not None:
-            write_record(path, result_record(cfg, bench.name, method, done))
-    return result_record(cfg, bench.name, method, done)
+            write_record(path, result_record(cfg, bench.name, row, done))
+    return result_record(cfg, bench.name, row, done)
 
 
 def run_order(bench: BenchExperiment, cfg: ExperimentConfig, method: str, name: str, digest: str,
@@ -206,7 +258,8 @@ def entries_of(record: dict) -> dict[str, dict]:
 
 
 def result_record(cfg: ExperimentConfig, experiment: str, method: str, entries: dict[str, dict]) -> dict:
-    """One method's results record from its per-order entries (run now or recorded earlier)."""
+    """One row's results record from its per-order entries (run now or recorded earlier); `method`
+    is the row's name (`o_lora`, `o_lora@official`)."""
     rank = {name or "as_listed": i for i, (name, _) in enumerate(order_runs(cfg))}
     entries = dict(sorted(entries.items(), key=lambda item: rank.get(item[0], len(rank))))  # the experiment's order
     names = list(entries)
@@ -250,9 +303,10 @@ def summarise(runs: list[dict], names: list[str]) -> dict:
 
 
 def load_results(results: Path, experiment: str) -> list[dict]:
-    """The results of every registered method for `experiment`, in the registry's order."""
+    """The results of every row (registered method, or method at a preset) for `experiment`, in the
+    registry's order."""
     found = {p.stem.removeprefix(f"{experiment}-"): p for p in (results / BENCH).glob(f"{experiment}-*.json")}
-    return [json.loads(found[m].read_text()) for m in METHOD_NAMES if m in found]
+    return [json.loads(found[r].read_text()) for r in rows() if r in found]
 
 
 def all_orders(rows: list[dict]) -> list[str]:
@@ -265,11 +319,12 @@ def all_orders(rows: list[dict]) -> list[str]:
 def is_current(row: dict, bench: BenchExperiment | None) -> bool | None:
     """Whether every order of `row` ran the method's code as it is now and (with `bench`) the
     config the bench experiment gives it now; None when the method is no longer registered."""
-    method = row["run_info"]["method"]
-    if method not in METHOD_NAMES:
+    name = row["run_info"]["method"]
+    method, _ = method_of(name)
+    if name not in rows():
         return None
     code = method_fingerprint(registered()[method])["sha256"]
-    digest = config_sha256(bench.load(method)) if bench is not None else None
+    digest = config_sha256(bench.load(name)) if bench is not None else None
     return all(p.get("code_fingerprint") == code and (digest is None or p.get("config_sha256") == digest)
                for p in row["run_info"]["per_order"].values())
 
@@ -367,21 +422,56 @@ def comparison_markdown(rows: list[dict], bench: BenchExperiment | None = None) 
     return "\n".join(lines) + f"\n\n{note}; from bench/results/{BENCH}/{experiment}-*.json\n"
 
 
-def summary_lines(rows: list[dict], bench: BenchExperiment | None = None) -> list[str]:
-    """`method=<m> AA=<x> forgetting=<y> retrieval=<z|na> slm_minus=<d>[<lo>,<hi>]:<verdict>|na wall_s=<s>
-    orders=<n> current=<yes|no>` per method with results, then `method=<m> not_run` for every other
-    registered method."""
+def published_vs_tuned_markdown(results: Path, experiment: str, bench: BenchExperiment | None = None) -> str:
+    """Each method that has presets, as its authors run it (`<method>@<preset>`) beside as the harness
+    runs it at its swept settings (the plain row): final AA and forgetting, mean over the orders each
+    ran; n/a where a row has no results yet."""
+    found = {r["run_info"]["method"]: r for r in load_results(results, experiment)}
+    lines = ["| method | as published: row | AA ↑ | forgetting ↓ | as tuned here: row | AA ↑ | forgetting ↓ |",
+             "|---|---|---|---|---|---|---|"]
+    stale = []
+    for name, m in registered().items():
+        for preset in m.presets:
+            cells = []
+            for row in (f"{name}@{preset}", name):
+                r = found.get(row)
+                mark = ""
+                if r is not None and is_current(r, bench) is False:
+                    mark = "²"
+                    stale.append(f"`{row}`")
+                cells += [f"`{row}`{mark}", *(_mean_cell(r, k) for k in ("AA", "forgetting"))]
+            lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    note = ("as published: the method's own defaults under the preset the row names (its authors' scripts); as tuned "
+            "here: the harness's uniform preset at the bench experiment's settings, the picks of bench/lr_sweep.py; "
+            "mean ± std over the orders each row ran")
+    if stale:
+        note += "; ² run by earlier code or config than the row's now: " + ", ".join(stale)
+    return "\n".join(lines) + f"\n\n{note}; from bench/results/{BENCH}/{experiment}-*.json\n"
+
+
+def _mean_cell(record: dict | None, key: str) -> str:
+    if record is None:
+        return "n/a"
+    runs = record["metrics"]["per_order"].values()
+    mean, std = mean_std([run.get(key) for run in runs])
+    return fmt(mean, std=std)
+
+
+def summary_lines(recorded: list[dict], bench: BenchExperiment | None = None) -> list[str]:
+    """`method=<row> AA=<x> forgetting=<y> retrieval=<z|na> slm_minus=<d>[<lo>,<hi>]:<verdict>|na wall_s=<s>
+    orders=<n> current=<yes|no>` per row with results, then `method=<row> not_run` for every other
+    row (each registered method, and each at its authors' preset)."""
     out = []
-    paired = paired_vs_reference(rows)
-    for r in rows:
+    paired = paired_vs_reference(recorded)
+    for r in recorded:
         m = r["metrics"]
         retrieval = "na" if m["retrieval_accuracy"] is None else f"{m['retrieval_accuracy']:.3f}"
         current = {True: "yes", False: "no", None: "unregistered"}[is_current(r, bench)]
         out.append(f"method={r['run_info']['method']} AA={m['AA']:.3f} forgetting={fmt(m['forgetting'])} "
                    f"retrieval={retrieval} slm_minus={_paired_field(paired.get(r['run_info']['method']))} "
                    f"wall_s={r['train_info']['wall_s']:.0f} orders={len(r['run_info']['orders'])} current={current}")
-    ran = {r["run_info"]["method"] for r in rows}
-    return out + [f"method={m} not_run" for m in METHOD_NAMES if m not in ran]
+    ran = {r["run_info"]["method"] for r in recorded}
+    return out + [f"method={m} not_run" for m in rows() if m not in ran]
 
 
 def _paired_field(result: dict | str | None) -> str:
@@ -432,7 +522,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", nargs="?", default="cl_benchmark_cpu",
                    help="bench/experiments/cl_methods/<name>.yaml (or a path to such a file)")
-    p.add_argument("--methods", default=",".join(METHOD_NAMES), help="comma-separated subset (default: all)")
+    p.add_argument("--methods", default=",".join(rows()),
+                   help="comma-separated rows: methods, or methods at a preset (o_lora@official); default: all")
     p.add_argument("--order", metavar="NAME", help="run one of the experiment's task orders only (default: all)")
     p.add_argument("--force", action="store_true", help="rerun orders already recorded (their file is replaced)")
     p.add_argument("--summary", action="store_true", help="print the recorded results only; run nothing")
@@ -452,17 +543,17 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(summary_lines(rows, bench)))
         return 0
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = sorted(set(methods) - set(METHOD_NAMES))
+    unknown = sorted(set(methods) - set(rows()))
     if unknown:
-        raise SystemExit(f"unknown methods {unknown}; valid: {', '.join(METHOD_NAMES)}")
+        raise SystemExit(f"unknown methods {unknown}; valid: {', '.join(rows())}")
     for method in methods:
         path = result_path(BENCH, f"{bench.name}-{method}", args.results_dir)
         run_method(bench, method, args.order, args.force, path)
         print(f"[{method}] -> {path}", flush=True)
-    rows = load_results(args.results_dir, bench.name)
-    plot(rows, args.results_dir / BENCH / f"{bench.name}.png")
-    print(comparison_markdown(rows, bench))
-    print("\n".join(summary_lines(rows, bench)))
+    recorded = load_results(args.results_dir, bench.name)
+    plot(recorded, args.results_dir / BENCH / f"{bench.name}.png")
+    print(comparison_markdown(recorded, bench))
+    print("\n".join(summary_lines(recorded, bench)))
     return 0
 
 

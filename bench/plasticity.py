@@ -7,10 +7,13 @@
 
 The settings (a name and config overrides each) are bench/experiments/plasticity/settings.yaml;
 the experiment is a bench/cl_methods.py one. Each setting runs as `slm run --method slm` through
-bench/cl_methods.py's runner into <output_dir>/plasticity/<name>/; a setting recorded for the same
-config and code is not rerun. Writes bench/results/plasticity/<experiment>-<order>.json (section
-`points`: per setting AA, BWT, forgetting, mean diagonal, the matrix, retrieval accuracy, wall
-time and its run's provenance) after every setting.
+bench/cl_methods.py's runner into <output_dir>/plasticity/<name>/, scored on a validation split
+carved from each task's training pool (the settings file's `validation:`), never on the test split;
+a setting recorded for the same config and code is not rerun. Writes
+bench/results/plasticity/<experiment>-<order>.json (section `points`: per setting AA, BWT,
+forgetting, mean diagonal, the matrix, retrieval accuracy, wall time and its run's provenance;
+points of earlier code scored on the test split stay as `superseded_test_split_points`) after
+every setting.
 """
 
 from __future__ import annotations
@@ -22,7 +25,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.cl_methods import BenchExperiment, config_sha256, mean_diagonal, run_method  # noqa: E402
+from bench.cl_methods import (  # noqa: E402
+    VALIDATION,
+    BenchExperiment,
+    config_sha256,
+    mean_diagonal,
+    run_method,
+    validation_overrides,
+)
 from bench.runner import (  # noqa: E402
     RESULTS,
     RUN_STAGES,
@@ -54,8 +64,11 @@ def point(bench: BenchExperiment, order: str, setting: dict) -> dict:
     m = record["metrics"]
     per_order = m["per_order"][order]
     diagonal = [row[i] for i, row in enumerate(per_order["matrix"])]
+    split = {run.get("split") for run in m["per_order"].values()}
+    if split != {VALIDATION}:
+        raise SystemExit(f"[{setting['name']}] scored {sorted(map(str, split))}, not the {VALIDATION} split")
     return {"name": setting["name"], "overrides": setting["overrides"], "key": key_of(bench, setting),
-            "AA": m["AA"], "BWT": m["BWT"], "forgetting": m["forgetting"],
+            "split": VALIDATION, "AA": m["AA"], "BWT": m["BWT"], "forgetting": m["forgetting"],
             "mean_diagonal": mean_diagonal(per_order["matrix"]), "diagonal": diagonal, "matrix": per_order["matrix"],
             "tasks": per_order["tasks"], "retrieval_accuracy": m["retrieval_accuracy"],
             "wall_s": record["train_info"]["wall_s"], "run_info": record["run_info"]}
@@ -78,8 +91,9 @@ def table(points: list[dict]) -> str:
 
 
 def markdown(record: dict, source: str) -> str:
-    """The table of a results file, with the order it ran on."""
-    return table(record["points"]) + f"\none task order ({record['order']}); from {source}\n"
+    """The table of a results file, with the order it ran on and the split its points scored."""
+    splits = ", ".join(f"the {s} split" for s in sorted({p.get("split", "test") for p in record["points"]}))
+    return table(record["points"]) + f"\none task order ({record['order']}), scored on {splits}; from {source}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,14 +105,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--summary", action="store_true", help="print the recorded points only")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = p.parse_intermixed_args(argv)  # KEY=VALUE overrides may follow the flags
-    bench = BenchExperiment.read(args.experiment, args.overrides)
+    bench = BenchExperiment.read(args.experiment, [*args.overrides,
+                                                   *validation_overrides(read_experiment(BENCH, "settings"))])
     name = f"{bench.name}-{args.order}"
     out = result_path(BENCH, name, args.results_dir)
-    recorded = json.loads(out.read_text())["points"] if out.is_file() else []
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    recorded = previous.get("points", [])
     if args.summary:
         print(table(recorded), end="")
         return 0
-    done = {pt["key"]: pt for pt in recorded}
+    # Points scored on the test split (earlier code) are history: kept, never compared with these.
+    history = [*previous.get("superseded_test_split_points", []),
+               *(pt for pt in recorded if pt.get("split") != VALIDATION)]
+    done = {pt["key"]: pt for pt in recorded if pt.get("split") == VALIDATION}
     for setting in settings(args.settings.split(",") if args.settings else None):
         if key_of(bench, setting) in done:
             print(f"[{setting['name']}] already recorded in {out} (same config and code); kept", flush=True)
@@ -107,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         done[pt["key"]] = pt
         print(f"[{pt['name']}] AA {pt['AA']:.3f}, diagonal {pt['mean_diagonal']:.3f}, "
               f"forgetting {pt['forgetting']:.3f}", flush=True)
-        write_result(BENCH, name, {"experiment": bench.name, "order": args.order, "points": list(done.values())},
+        write_result(BENCH, name, {"experiment": bench.name, "order": args.order, "split": VALIDATION,
+                                   "points": list(done.values()),
+                                   **({"superseded_test_split_points": history} if history else {})},
                      bench_run_info(["bench.plasticity", "bench.cl_methods", *RUN_STAGES,
                                      *{c.__module__ for c in type(bench.load("slm").method).__mro__
                                        if c.__module__.startswith("pipeline.")}],

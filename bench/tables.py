@@ -4,6 +4,8 @@ typed by hand; scripts/docs.py writes them, tests/test_docs.py fails when one is
 A block is marked in a markdown file as
 
     <!-- cl-results: EXP -->          ... <!-- end cl-results -->          bench/cl_methods.py, experiment EXP
+    <!-- published-vs-tuned: EXP -->  ... <!-- end published-vs-tuned -->  each peer at its authors' preset
+                                                                          beside its swept row (EXP's results)
     <!-- methods: all -->             ... <!-- end methods -->             the method registry
     <!-- plan: CONFIG[+KEY=VALUE...] --> ... <!-- end plan -->             `slm plan` of a shipped config
                                                                           (nodes=, gpus=, gpu_mem= or overrides)
@@ -30,6 +32,13 @@ def cl_table(experiment: str) -> str:
     if not rows:
         raise SystemExit(f"a table shows results of {experiment!r}, but {RESULTS}/cl_methods has none")
     return comparison_markdown(rows, BenchExperiment.read(experiment))
+
+
+def published_table(experiment: str) -> str:
+    """Each peer as its authors run it beside as tuned here (bench/cl_methods.py); n/a until run."""
+    from bench.cl_methods import BenchExperiment, published_vs_tuned_markdown
+
+    return published_vs_tuned_markdown(RESULTS, experiment, BenchExperiment.read(experiment))
 
 
 def bench_table(bench: str) -> Callable[[str], str]:
@@ -76,7 +85,7 @@ def plan_table(spec: str) -> str:
 # A marked block's kind -> its renderer; every bench results file renders through its script's own
 # `markdown(record, source)`, so a table has one home: the script that writes its file.
 KINDS: dict[str, Callable[[str], str]] = {
-    "cl-results": cl_table, "methods": methods_table, "plan": plan_table,
+    "cl-results": cl_table, "methods": methods_table, "plan": plan_table, "published-vs-tuned": published_table,
     **{kind: bench_table(bench) for kind, bench in [
         ("lr-sweep", "lr_sweep"), ("plasticity", "plasticity"), ("retrieval-results", "retrieval"),
         ("jare-vs-lora", "jare_vs_lora"), ("serve", "serve"), ("plan-vs-measured", "plan_vs_measured")]},

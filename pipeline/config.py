@@ -281,6 +281,12 @@ class DataSpec(Spec):
     """Seed of every data shuffle and split (records are hashed, so the split is stable across runs)."""
     synthetic_size: int = Field(500, ge=10)
     """Synthetic generators: records per task before the split."""
+    validation_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    """Fraction of each task's training pool set aside as a validation split (seeded, before the training records are
+    taken, from the end of the shuffled pool, so that a capped task still trains on the same records): what a
+    sweep picks on (`eval.split=validation`), never the test split. 0: no validation split."""
+    max_validation: int | None = Field(None, ge=1)
+    """Cap on each task's validation records (with validation_ratio)."""
     on_overlap: Literal["error", "drop_test"] = "error"
     """A test record that repeats a training input (after normalisation): error refuses the task; drop_test skips
     such test records (the next ones fill max_test) and counts them in the manifest as overlap_dropped.
@@ -314,8 +320,11 @@ class TrainSpec(Spec):
 
 
 class EvalSpec(Spec):
+    split: Literal["test", "validation"] = "test"
+    """The split every row scores: test (what the tables report), or validation (what a sweep picks on; needs
+    data.validation_ratio above 0)."""
     max_records_per_task: int | None = Field(100, ge=1)
-    """Test records scored per task in every row of the matrix (None: all of them)."""
+    """Test (or validation) records scored per task in every row of the matrix (None: all of them)."""
     batch_size: int = Field(16, ge=1)
     """Sequences generated together in evaluation."""
     max_new_tokens: int = Field(16, ge=1)

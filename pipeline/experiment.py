@@ -31,12 +31,13 @@ if TYPE_CHECKING:
 # Where the keys of earlier versions live now (`moved_keys` names them, each as one problem).
 MOVED_JARE = {"target_modules": "adapter.target_modules", "rank": "adapter.rank", "top_k": "dtkr.top_k"}
 MOVED_TRAIN = {"lr": "methods.<method>.lr (slm, oracle_task_id: methods.slm.lr)",
-               "lora_lr": "methods.<method>.lr of each LoRA method (seq_lora, replay, o_lora, n_lora, multitask)",
+               "lora_lr": ("methods.<method>.lr of each LoRA method (seq_lora, replay, o_lora, n_lora, gainlora, "
+                           "multitask)"),
                "lora_rank": "adapter.rank (every adapter method has the same rank)",
                "replay_ratio": "methods.replay.ratio", "ft_lr": "methods.seq_ft.lr",
                "ft_modules": "methods.seq_ft.modules",
-               "o_lora_lambda1": "methods.o_lora.lambda1 (and methods.n_lora.lambda1)",
-               "o_lora_lambda2": "methods.o_lora.lambda2 (and methods.n_lora.lambda2)",
+               "o_lora_lambda1": "methods.o_lora.lambda1 (and methods.gainlora.lambda1)",
+               "o_lora_lambda2": "methods.o_lora.lambda2 (and methods.gainlora.lambda2)",
                "n_lora_lambda": "methods.n_lora.sparsity"}
 
 

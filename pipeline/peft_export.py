@@ -9,6 +9,8 @@ here as `{module name: (A, B)}` (module names as in the causal-LM model, `model.
   (columns side by side). `task_lora_weights` is the one place that does this conversion.
 - LoRA baselines: their saved LoRA is already one (seq_lora, replay, multitask); o_lora / n_lora
   answer with the sum of every LoRA up to task t, which is one LoRA of rank (t+1)*r the same way.
+  A LoRA trained at another scaling (a peer's official preset: alpha 32 at r 8) folds alpha / r
+  into B (`scale_lora`).
 
 `write_peft_adapter` writes `adapter_config.json` + `adapter_model.safetensors`, which
 `peft.PeftModel.from_pretrained(base, folder)` and vLLM's `--lora-modules` load;
@@ -87,6 +89,13 @@ def lora_from_peft_state(state: Mapping[str, torch.Tensor]) -> LoraWeights:
     if not out:
         raise ValueError(f"no LoRA tensors (*{PEFT_A}) among {sorted(state)[:3]}")
     return out
+
+
+def scale_lora(lora: LoraWeights, scaling: float) -> LoraWeights:
+    """A LoRA trained at scaling alpha / r as one of scaling 1: B folds the factor in (in fp32)."""
+    if scaling == 1:
+        return lora
+    return {m: (a, (b.float() * scaling).to(b.dtype)) for m, (a, b) in lora.items()}
 
 
 def concat_loras(loras: Sequence[LoraWeights]) -> LoraWeights:

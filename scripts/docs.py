@@ -88,6 +88,22 @@ def section(model: type[BaseModel], prefix: str, out: list[str], missing: list[s
         section(inner, f"{title}.", out, missing)
 
 
+def preset_table(method: Any) -> list[str]:
+    """What each preset gives the options left unset (a method with presets: pipeline/methods/lora/peers.py)."""
+    if not method.presets:
+        return []
+    presets = {"uniform": method.Options.UNIFORM, **{p: getattr(method.Options, p.upper()) for p in method.presets}}
+    keys = list(dict.fromkeys(k for values in presets.values() for k in values))
+
+    def cell(value: Any) -> str:
+        return "from `adapter`" if value is None else f"`{value!r}`"
+
+    lines = [f"Presets (`methods.{method.section}.preset`): the value an option left unset takes.", "",
+             "| option | " + " | ".join(f"`{p}`" for p in presets) + " |", "|---" * (len(presets) + 1) + "|"]
+    lines += [f"| `{k}` | " + " | ".join(cell(values.get(k)) for values in presets.values()) + " |" for k in keys]
+    return [*lines, ""]
+
+
 def config_doc() -> tuple[str, list[str]]:
     """docs/config.md, and the keys that have no help."""
     from pipeline.config import ExperimentConfig
@@ -104,9 +120,11 @@ def config_doc() -> tuple[str, list[str]]:
             continue
         seen.add(method.section)
         readers = [name for name, m in methods.items() if m.section == method.section]
+        knob = f", then its own knob `{method.own_knob}`" if method.own_knob else ""
         out += [f"### `methods.{method.section}`", "", f"Read by {', '.join(f'`{m}`' for m in readers)}: "
-                f"{method.trains}. The learning-rate sweep turns `{method.sweep_key}`.", ""]
+                f"{method.trains}. The sweep turns `{method.sweep_key}`{knob}.", ""]
         section(method.Options, f"methods.{method.section}.", out, missing)
+        out += preset_table(method)
     return "\n".join(out).rstrip() + "\n", missing
 
 

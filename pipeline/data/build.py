@@ -9,7 +9,7 @@ more than CUT_WARN_FRACTION of a task's references, and the length that would fi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.config import ExperimentConfig, TaskSpec
@@ -34,6 +34,8 @@ class PreparedTask:
     duplicates_dropped: int  # repeated inputs removed before a random split
     train_per_label: dict[str, int] | None = None  # few-shot (max_train_per_label): records kept per label
     overlap_dropped: int = 0  # test records repeating a training input, dropped (data.on_overlap=drop_test)
+    validation: list[Record] = field(default_factory=list)  # data.validation_ratio: held out of training
+    validation_dropped: int = 0  # validation records repeating a train or test input, dropped
 
 
 def build_task(task: TaskSpec, cfg: ExperimentConfig) -> PreparedTask:
@@ -54,16 +56,41 @@ def build_task(task: TaskSpec, cfg: ExperimentConfig) -> PreparedTask:
         # Shuffle the source's own splits too: files are often sorted by label, and caps then
         # take a label-mixed sample.
         train, test = stable_shuffle(src.train, rng), stable_shuffle(src.test, rng)
+    train, validation = carve_validation(task.name, train, cfg.data.validation_ratio, cfg.data.max_validation)
     per_label = None
     if task.max_train_per_label is not None:
         train, per_label = few_shot(task, src.labels, train)
     train = train[: task.max_train]
     test, overlap_dropped = resolve_overlap(task.name, train, test, task.max_test, cfg.data.on_overlap)
+    validation, validation_dropped = disjoint(validation, train + test)
     if task.metric == "first_word":
-        check_one_word_answers(task.name, test)
-    check_references(task, test)
+        check_one_word_answers(task.name, test + validation)
+    check_references(task, test + validation)
     return PreparedTask(task, src.origin, [x.record for x in train], [x.record for x in test], src.labels,
-                        src.test is not None, src.dropped, duplicates, per_label, overlap_dropped)
+                        src.test is not None, src.dropped, duplicates, per_label, overlap_dropped,
+                        [x.record for x in validation], validation_dropped)
+
+
+def carve_validation(task: str, train: list[Located], ratio: float, cap: int | None
+                     ) -> tuple[list[Located], list[Located]]:
+    """(train, validation): the last round(ratio * n) records of the shuffled training pool (at most
+    `cap`) become the validation split. From the end, because the training records are taken from
+    the front (max_train): a task capped below its pool trains on the same records either way."""
+    if ratio <= 0:
+        return train, []
+    n = min(max(1, round(ratio * len(train))), cap or len(train))
+    if n >= len(train):
+        raise DataError(f"task {task!r}: data.validation_ratio={ratio} would leave {len(train) - n} of its "
+                        f"{len(train)} training records to train on; lower the ratio or data.max_validation")
+    return train[:-n], train[-n:]
+
+
+def disjoint(validation: list[Located], others: list[Located]) -> tuple[list[Located], int]:
+    """The validation records whose input repeats no train or test input (a source's own test split,
+    or duplicates within a training file, may): (kept, dropped)."""
+    seen = {record_key(x.record) for x in others}
+    kept = [v for v in validation if record_key(v.record) not in seen]
+    return kept, len(validation) - len(kept)
 
 
 def few_shot(task: TaskSpec, labels: list[str] | None, train: list[Located]) -> tuple[list[Located], dict[str, int]]:

@@ -26,8 +26,11 @@ from pipeline.state.artifacts import read_done, records_digest, require_done, sh
 from pipeline.state.layout import RunLayout
 
 STAGE = "prepare"
-SPLITS: tuple[str, ...] = ("train", "test")
+SPLITS: tuple[str, ...] = ("train", "test", "validation")  # validation: only with data.validation_ratio > 0
 ENTRY = "entry.json"  # in a task's data folder: its manifest entry (sizes, token statistics, drops)
+# Data options that change no record while they keep these values: left out of the data hash
+# then, so data prepared before they existed still matches.
+NEUTRAL_DATA = {"validation_ratio": 0.0, "max_validation": None}
 
 
 # Task keys that change how training uses the records, not the records: a trained task's settings
@@ -52,6 +55,12 @@ def task_sources_hash(task: TaskSpec, cfg: ExperimentConfig) -> str:
     return sha256_json({os.path.relpath(p, root): sha256_file(p) if p.is_file() else "missing" for p in files})
 
 
+def data_section(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The data section as the records depend on it (NEUTRAL_DATA left out at their neutral values)."""
+    data = cfg.data.model_dump(mode="json")
+    return {k: v for k, v in data.items() if not (k in NEUTRAL_DATA and v == NEUTRAL_DATA[k])}
+
+
 def tokenizer_hash(cfg: ExperimentConfig) -> str:
     m = cfg.model
     parts: dict[str, object] = {"name": m.name_or_path, "prompt_format": m.prompt_format, "max_seq_len": m.max_seq_len}
@@ -63,7 +72,7 @@ def tokenizer_hash(cfg: ExperimentConfig) -> str:
 
 def task_prepare_inputs(task: TaskSpec, cfg: ExperimentConfig) -> dict[str, str]:
     """What one task's prepared folder is built from (recorded in its DONE): nothing of the other tasks."""
-    return {"spec": task_spec_hash(task), "data": sha256_json(cfg.data.model_dump(mode="json")),
+    return {"spec": task_spec_hash(task), "data": sha256_json(data_section(cfg)),
             "sources": task_sources_hash(task, cfg), "tokenizer": tokenizer_hash(cfg)}
 
 

@@ -28,6 +28,7 @@ REGISTRY: dict[str, str] = {
     "replay": "pipeline.methods.lora.replay:Replay",
     "o_lora": "pipeline.methods.lora.o_lora:OLora",
     "n_lora": "pipeline.methods.lora.n_lora:NLora",
+    "gainlora": "pipeline.methods.lora.gainlora:GainLora",
     "multitask": "pipeline.methods.lora.multitask:Multitask",
 }
 METHOD_NAMES: tuple[str, ...] = tuple(REGISTRY)

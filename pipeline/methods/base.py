@@ -45,6 +45,11 @@ class MethodOptions(Spec):
     """Learning rate of what the method trains (AdamW, warmup then linear decay): the option a
     learning-rate sweep turns (bench/lr_sweep.py)."""
 
+    def resolved(self, key: str) -> Any:
+        """The value option `key` takes (a method with presets fills the options left unset from its
+        preset, pipeline/methods/lora/peers.py)."""
+        return getattr(self, key)
+
 
 @dataclass
 class Trainer:
@@ -58,6 +63,10 @@ class Trainer:
     before_forward: Callable[[list[int]], None] | None = None
     # Added to the language-model loss (O-LoRA's orthogonality + L2 terms).
     extra_loss: Callable[[], torch.Tensor] | None = None
+    # Called before the first micro-batch of every optimizer step and after its last one (the
+    # optimizer has stepped): GainLoRA projects its new gate's update out of the earlier tasks' subspaces.
+    before_step: Callable[[], None] | None = None
+    after_step: Callable[[], None] | None = None
     # Recorded in the task's DONE (e.g. the replay buffer's hash).
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -75,14 +84,28 @@ class Predictor:
     """The model of one row of the accuracy matrix, and how it routes a batch."""
 
     model: nn.Module
-    # records, index of their true task -> routing of the batch (None: the model needs none)
-    route: Callable[[list[dict], int], Routing | None] = _no_routing
-    # the task name of each sample's top-1 slot, for retrieval accuracy (methods that retrieve)
-    top1_tasks: Callable[[Routing], list[str]] | None = None
+    # records, index of their true task -> routing of the batch (None: the model needs none); a
+    # JARe Routing, or the method's own (GainLoRA: its gates' weights per input)
+    route: Callable[[list[dict], int], Routing | Any] = _no_routing
+    # the task name of each sample's top-1 slot (or gate), for retrieval accuracy (methods that retrieve)
+    top1_tasks: Callable[[Any], list[str]] | None = None
     # a context that applies a routing to the model's forward passes
-    routed: Callable[[Routing | None], contextlib.AbstractContextManager] = _unrouted
+    routed: Callable[[Any], contextlib.AbstractContextManager] = _unrouted
     router: Any = None  # pipeline.dtkr.router.Router for methods with DTKR keys
     bank: Any = None  # pipeline.jare.inject.JareBank for JARe methods
+
+
+def warmup_then_linear_decay(warmup: int, total: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))  # linear decay to 0
+    return f
+
+
+def constant_lr(step: int) -> float:
+    """No warmup, no decay (the O-LoRA and N-LoRA scripts' `--lr_scheduler_type constant --warmup_steps 0`)."""
+    return 1.0
 
 
 class Method:
@@ -96,10 +119,19 @@ class Method:
     # The `methods.<section>` this method reads; None: its own name (oracle_task_id reads slm's).
     options_key: ClassVar[str | None] = None
     sweep_key: ClassVar[str] = "lr"  # the option a learning-rate sweep turns (bench/lr_sweep.py)
+    # The method's own knob, swept by the same rule at its learning-rate pick (O-LoRA's lambda1,
+    # N-LoRA's sparsity, replay's ratio); None: the learning rate is all a sweep turns.
+    own_knob: ClassVar[str | None] = None
+    # Settings a method can run with besides the harness's uniform one (`methods.<name>.preset`):
+    # the benches run each as its own row, `<method>@<preset>` (bench/cl_methods.py).
+    presets: ClassVar[tuple[str, ...]] = ()
+    # Why `slm serve` cannot serve this method (None: it can).
+    serve_refusal: ClassVar[str | None] = None
     learns_keys: ClassVar[bool] = False  # DTKR keys per task and a FAISS index (`slm index`)
     has_slots: ClassVar[bool] = False  # per-task slots in a JareBank: a task can be named, merged, added live
-    # Answers route by DTKR retrieval with no task id (eval reports retrieval accuracy; a served
-    # request needs no task). The oracle has slots and keys but routes by the true task.
+    # Answers choose their adapter per input with no task id (DTKR retrieval; GainLoRA's gates):
+    # eval reports retrieval accuracy, the share of inputs whose top-1 choice is their own task's.
+    # The oracle has slots and keys but routes by the true task.
     retrieves: ClassVar[bool] = False
     # Why `slm forget` cannot take one task back out of this method's model (None: it can, exactly).
     forget_refusal: ClassVar[str | None] = ("its model after a task holds every task learned so far in one set of "
@@ -162,8 +194,14 @@ class Method:
         """Multiplier on train.max_steps at task t (multitask sees t+1 tasks' worth of steps)."""
         return 1
 
-    def learning_rate(self, cfg: ExperimentConfig) -> float:
+    def learning_rate(self, cfg: ExperimentConfig, t: int) -> float:
+        """The peak learning rate of task t."""
         return self.options(cfg).lr
+
+    def lr_schedule(self, cfg: ExperimentConfig, steps: int) -> Callable[[int], float]:
+        """The multiplier of the learning rate at each step of a task of `steps` steps (LambdaLR):
+        linear warmup over train.warmup_ratio of the steps, then linear decay to 0."""
+        return warmup_then_linear_decay(int(cfg.train.warmup_ratio * steps), steps)
 
     def trainer(self, exp: Experiment, t: int, records: list[dict], device: torch.device,
                 load_base: LoadBase) -> Trainer:

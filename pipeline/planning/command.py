@@ -66,7 +66,7 @@ def main(experiment: Experiment, args: Args) -> int:
     print(f"model      {cfg.model.name_or_path}: {_billions(shape.total_params)} parameters "
           f"({shape.total_params:,}), {shape.num_layers} layers, hidden {shape.hidden_size}")
     resident = (f", {_billions(load.resident_params)} adapter parameters resident on "
-                f"{', '.join(cfg.adapter.target_modules)}" if load.resident_params else "")
+                f"{', '.join(load.modules or cfg.adapter.target_modules)}" if load.resident_params else "")
     print(f"method     {cfg.method} ({method.role}): {method.trains}; "
           f"{_billions(load.trainable_params)} trainable parameters per task{resident}")
     print(f"step       micro batch {cfg.train.micro_batch_size} x {cfg.model.max_seq_len} tokens; "

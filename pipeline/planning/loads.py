@@ -11,7 +11,8 @@ trainable    what the optimizer updates: JARe: task t's P slots; LoRA: one LoRA 
 saved inputs features per token that trainable linears (or side branches) save for backward:
              a weight gradient needs the layer's input, which a frozen layer never saves
 stored       bytes written per task (JARe: P slots x target linears + fp32 keys; LoRA: one
-             adapter; seq_ft: the whole model in the training dtype)
+             adapter; gainlora: its LoRA + fp32 gate and subspace bases; seq_ft: the whole model in
+             the training dtype)
 index keys   DTKR keys per task in the FAISS index (JARe: P; the others: none)
 
 Each method declares its own load (`Method.memory_load`, in its module) from the builders here:
@@ -29,7 +30,8 @@ from pipeline.planning.shapes import LinearShape, ModelShape, saved_input_featur
 if TYPE_CHECKING:
     from pipeline.config import ExperimentConfig
 
-KEY_BYTES = 4  # DTKR keys are stored in fp32
+FP32_BYTES = 4
+KEY_BYTES = FP32_BYTES  # DTKR keys are stored in fp32
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class MethodLoad:
     stored_what: str
     trains_base: bool = False  # the trainable parameters are the base's own weights
     index_keys_per_task: int = 0  # DTKR keys per task in the FAISS index
+    modules: tuple[str, ...] = ()  # the kinds of linear the adapters sit on (o_proj; a peer's preset: q_proj, v_proj)
 
     @property
     def stored_total_bytes(self) -> int:
@@ -66,23 +69,42 @@ def jare_load(targets: list[LinearShape], rank: int, tasks: int, slots: int, gat
                       tasks=tasks,
                       stored_per_task_bytes=slots * (slot_params * compute_bytes + encoder_dim * KEY_BYTES),
                       stored_what=f"{slots} slots x target linears in {_dtype(compute_bytes)} + {slots} fp32 keys",
-                      index_keys_per_task=slots)
+                      index_keys_per_task=slots, modules=module_kinds(targets))
 
 
 def lora_load(targets: list[LinearShape], rank: int, tasks: int, one_per_task: bool, compute_bytes: int,
-              method: str) -> MethodLoad:
+              method: str, dropout: float = 0.0) -> MethodLoad:
     """One PEFT LoRA of rank `rank` on `targets` (o_lora: one per task, all resident), the newest trains.
 
     The LoRA's A reads the layer's input (lora_dropout 0 is an identity, so q/k/v share one
-    saved input, as JARe's side branches do); frozen LoRAs save nothing."""
+    saved input, as JARe's side branches do; with dropout each A saves its own dropped copy);
+    frozen LoRAs save nothing."""
     one = rank * sum(lin.features for lin in targets)
     held = f"T={tasks} LoRAs resident, the newest" if one_per_task else "one LoRA"
+    saved = sum(lin.in_features for lin in targets) if dropout > 0 else saved_input_features(targets)
     return MethodLoad(method=method, summary=f"LoRA rank {rank}: {held} trains",
                       adapter_label="LoRAs" if one_per_task else "LoRA",
                       resident_params=(tasks if one_per_task else 1) * one, trainable_params=one,
-                      saved_input_features=saved_input_features(targets), gathered_params=0, tasks=tasks,
+                      saved_input_features=saved, gathered_params=0, tasks=tasks,
                       stored_per_task_bytes=one * compute_bytes,
-                      stored_what=f"one LoRA adapter in {_dtype(compute_bytes)}")
+                      stored_what=f"one LoRA adapter in {_dtype(compute_bytes)}", modules=module_kinds(targets))
+
+
+def gated_lora_load(targets: list[LinearShape], rank: int, tasks: int, gate_params: int, basis_values: int,
+                    compute_bytes: int, method: str, dropout: float = 0.0) -> MethodLoad:
+    """One LoRA per task (all resident, the newest trains) plus one gate per task (`gate_params`,
+    fp32: all resident, the newest trains); a task also stores the subspace bases its gate's
+    successors are kept out of (at most `basis_values` fp32 values)."""
+    base = lora_load(targets, rank, tasks, True, compute_bytes, method, dropout)
+    one = base.trainable_params
+    return MethodLoad(method=method, summary=f"LoRA rank {rank} + a gate per task: T={tasks} of each resident, "
+                                             "the newest of each trains",
+                      adapter_label="LoRAs + gates", resident_params=tasks * (one + gate_params),
+                      trainable_params=one + gate_params, saved_input_features=base.saved_input_features,
+                      gathered_params=0, tasks=tasks,
+                      stored_per_task_bytes=one * compute_bytes + (gate_params + basis_values) * FP32_BYTES,
+                      stored_what=f"one LoRA adapter in {_dtype(compute_bytes)} + its fp32 gate and (at most "
+                                  f"{basis_values:,} fp32 values of) subspace bases", modules=base.modules)
 
 
 def full_ft_load(shape: ModelShape, trained: list[LinearShape], tasks: int, compute_bytes: int,
@@ -99,6 +121,11 @@ def full_ft_load(shape: ModelShape, trained: list[LinearShape], tasks: int, comp
                       trainable_params=params, saved_input_features=saved_input_features(trained),
                       gathered_params=0, tasks=tasks, stored_per_task_bytes=shape.total_params * compute_bytes,
                       stored_what=f"the whole model in {_dtype(compute_bytes)}, safetensors shards", trains_base=True)
+
+
+def module_kinds(targets: list[LinearShape]) -> tuple[str, ...]:
+    """The last name parts of `targets`, once each: what `slm plan` says the adapters sit on."""
+    return tuple(dict.fromkeys(lin.name.rsplit(".", 1)[-1] for lin in targets))
 
 
 def _dtype(compute_bytes: int) -> str:

@@ -264,6 +264,8 @@ def _one_model_session(exp: Experiment, device: torch.device) -> InferenceSessio
     """A method without slots (LoRA baselines, multitask, seq_ft): its model after the last finished task."""
     from pipeline.runtime.models import load_tokenizer
 
+    if exp.method.serve_refusal:
+        raise ConfigError(f"slm serve cannot serve method {exp.cfg.method}: {exp.method.serve_refusal}")
     n = done_tasks(exp)
     if n == 0:
         raise StageInputError(f"no finished task under {exp.layout.root}: run `slm run --method {exp.cfg.method}` "

@@ -1,4 +1,5 @@
-"""`slm eval --after i`: score every task's test split after training task i -> row i.
+"""`slm eval --after i`: score every task's test split after training task i -> row i (the
+validation split instead with `eval.split=validation`, what the sweeps pick on).
 
 No task id is given to the model: for slm each test input retrieves its slots from the index
 of tasks 0..i (per sample), and the row also records how often the top-1 slot belongs to the
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,6 +36,7 @@ from pipeline.state.locks import writer_stage
 from pipeline.state.validity import done_tasks, read_row
 
 if TYPE_CHECKING:
+    from pipeline.config import ExperimentConfig
     from pipeline.experiment import Experiment
 
 
@@ -98,7 +101,7 @@ def _run(exp: Experiment, after: int) -> int:
     scorer = Scorer(exp, after)
     for name in todo:
         task = cfg.tasks[cfg.task_index(name)]
-        records = [dict(r) for r in prepared[name]["test"]][: cfg.eval.max_records_per_task]
+        records = [dict(r) for r in scored_split(cfg, prepared, name)][: cfg.eval.max_records_per_task]
         preds, top1 = scorer.predict(cfg.task_index(name), records, labels.get(name))
         # every record's score, in test-split order: a paired comparison of two methods needs them
         scores = metrics.record_scores(task.metric, preds, [metrics.references(r) for r in records], cfg.eval)
@@ -124,7 +127,7 @@ CELL_FIELDS = ("scores", "metric", "n_records", "predictions", "record_scores", 
 
 
 def _new_row(exp: Experiment, after: int) -> dict:
-    return {"after": after, "method": exp.cfg.method, "tasks": validity.scored_tasks(exp),
+    return {"after": after, "method": exp.cfg.method, "tasks": validity.scored_tasks(exp), "split": exp.cfg.eval.split,
             **{field: {} for field in CELL_FIELDS}, "format": DONE_FORMAT,
             "inputs": validity.eval_inputs(exp, after), "settings": validity.eval_settings(exp)}
 
@@ -147,6 +150,17 @@ def row_is_current(exp: Experiment, after: int) -> bool:
         return True  # no row after a task `slm forget` removed
     row = read_row(exp.layout, after)
     return row is not None and validity.problem_of(lambda: validity.require_row(exp, after, row)) is None
+
+
+def scored_split(cfg: ExperimentConfig, prepared: Mapping, name: str):
+    """Task `name`'s eval.split records (validation: only where data.validation_ratio > 0 carved one)."""
+    split = cfg.eval.split
+    if split not in prepared[name]:
+        raise StageInputError(f"eval.split={split}: the prepared data of {name} has no {split} split "
+                              f"(data.validation_ratio is {cfg.data.validation_ratio})",
+                              hint="set data.validation_ratio (and data.max_validation) above 0 and rerun `slm "
+                                   "prepare`, or score the test split (eval.split=test)")
+    return prepared[name][split]
 
 
 def _retrieval_summary(exp: Experiment, after: int, row: dict, retrieves: bool) -> dict:

@@ -87,8 +87,9 @@ def run(exp: Experiment, tasks: list[int], merged: bool = False) -> list[Path]:
         info = {"experiment": cfg.name, "method": cfg.method, "task": name, "index": t,
                 "base_model": cfg.model.name_or_path, "holds": exported.describes, **exported.info}
         if exported.lora is not None:
-            write_peft_adapter(folder, exported.lora, list(cfg.adapter.target_modules),
-                               resolve_model_path(cfg.model.name_or_path), info)
+            # the modules the LoRA itself holds (a peer's official preset adapts q/v, not adapter.target_modules)
+            targets = sorted({module.rsplit(".", 1)[-1] for module in exported.lora})
+            write_peft_adapter(folder, exported.lora, targets, resolve_model_path(cfg.model.name_or_path), info)
             print(f"export: task {t} ({name}) -> {folder}  (PEFT LoRA, rank {exported.rank}: {exported.describes})")
         else:
             write_model_copy(folder, exported.model_dir, _tokenizer(cfg), info)

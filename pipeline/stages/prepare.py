@@ -119,7 +119,8 @@ def _write_task(task: PreparedTask, cfg: ExperimentConfig, layout: RunLayout, to
         _save(task, tmp)
         atomic_write_json(tmp / ENTRY, _task_entry(task, tokenizer, cfg))
         write_done(tmp, STAGE, inputs=task_prepare_inputs(task.spec, cfg),
-                   records={"train": records_sha256(task.train), "test": records_sha256(task.test)})
+                   records={"train": records_sha256(task.train), "test": records_sha256(task.test),
+                            **({"validation": records_sha256(task.validation)} if task.validation else {})})
 
 
 def _manifest(cfg: ExperimentConfig, layout: RunLayout) -> dict[str, Any]:
@@ -166,7 +167,8 @@ def _task_entry(task: PreparedTask, tokenizer: Any, cfg: ExperimentConfig) -> di
         "type": task.spec.source.type, "source": task.origin,
         "train": len(task.train), "test": len(task.test), "own_test_split": task.own_test_split,
         "labels": task.labels, "metric": task.spec.metric,
-        "sha256": {"train": records_sha256(task.train), "test": records_sha256(task.test)},
+        "sha256": {"train": records_sha256(task.train), "test": records_sha256(task.test),
+                   **({"validation": records_sha256(task.validation)} if task.validation else {})},
         "spec_sha256": task_spec_hash(task.spec),
         "label_dropped": task.label_dropped, "duplicates_dropped": task.duplicates_dropped,
         "overlap_dropped": task.overlap_dropped,
@@ -174,6 +176,8 @@ def _task_entry(task: PreparedTask, tokenizer: Any, cfg: ExperimentConfig) -> di
         "prompt_tokens": _spread([p for p, _ in train + test]), "answer_tokens": _spread([r for _, r in train + test]),
         "cut_warnings": warnings,
         "max_train_per_label": task.spec.max_train_per_label, "train_per_label": task.train_per_label,
+        # carved from the training pool before the training records were taken (data.validation_ratio)
+        "validation": len(task.validation), "validation_dropped": task.validation_dropped,
     }
 
 
@@ -188,11 +192,11 @@ def _save(task: PreparedTask, folder: Path) -> None:
 
     # Conversation tasks keep their earlier turns in one more column (JSON text), tasks with several
     # accepted answers their references in another.
-    records = task.train + task.test
-    columns = COLUMNS + tuple(c for c in (HISTORY, REFERENCES) if any(c in r for r in records))
+    every = task.train + task.test + task.validation
+    columns = COLUMNS + tuple(c for c in (HISTORY, REFERENCES) if any(c in r for r in every))
     features = datasets.Features({c: datasets.Value("string") for c in columns})
-    splits = {"train": [{c: r.get(c, "") for c in columns} for r in task.train],
-              "test": [{c: r.get(c, "") for c in columns} for r in task.test]}
+    parts = {"train": task.train, "test": task.test, **({"validation": task.validation} if task.validation else {})}
+    splits = {k: [{c: r.get(c, "") for c in columns} for r in records] for k, records in parts.items()}
     dd = datasets.DatasetDict({k: datasets.Dataset.from_list(v, features=features) for k, v in splits.items()})
     # datasets prints one "Saving the dataset" bar per split; our own tqdm already tracks tasks.
     was_disabled = datasets.are_progress_bars_disabled()

@@ -67,7 +67,7 @@ def run(exp: Experiment) -> dict[str, Any]:
     """Build and write every report artifact; returns the metrics.json content."""
     cfg, layout = exp.cfg, exp.layout
     ev = load_rows(exp)
-    m = compute_metrics(cfg, layout, ev)
+    m = {**compute_metrics(cfg, layout, ev), "split": cfg.eval.split}  # what the rows scored (eval.split)
     atomic_write_json(layout.eval / "matrix.json", matrix_json(m, ev))
     # metrics.json first, so the comparison below includes this method.
     atomic_write_json(layout.eval / "metrics.json", m)

@@ -300,14 +300,6 @@ def micro_batch(order: torch.Tensor, step: int, j: int, rank: int, world: int, m
     return order[start:start + micro].tolist()
 
 
-def lr_lambda(warmup: int, total: int):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))  # linear decay to 0
-    return f
-
-
 def _train_loop(exp: Experiment, t: int, trainer: Trainer, examples: list, rank: int, world: int,
                 preempt: PreemptionFlag, ds_config: dict) -> int:
     import deepspeed
@@ -317,9 +309,9 @@ def _train_loop(exp: Experiment, t: int, trainer: Trainer, examples: list, rank:
     tr = cfg.train
     steps = total_steps(cfg, method, len(examples), world, t)
     order = sample_order(len(examples), steps * tr.micro_batch_size * tr.grad_accum * world, cfg.seed + t)
-    optimizer = make_optimizer(trainer.params, method.learning_rate(cfg), tr.weight_decay, ds_config,
+    optimizer = make_optimizer(trainer.params, method.learning_rate(cfg, t), tr.weight_decay, ds_config,
                                where=str(cfg.deepspeed_config_path()))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(tr.warmup_ratio * steps), steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, method.lr_schedule(cfg, steps))
     engine, _, _, _ = deepspeed.initialize(model=trainer.model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config, model_parameters=trainer.params)
     state_dir = layout.train_state(t, cfg.tasks[t].name)
@@ -377,6 +369,8 @@ class _StepLogs:
 
 def _one_step(engine, trainer: Trainer, examples: list, order, step, rank, world, pad, tr) -> float:
     total = 0.0
+    if trainer.before_step is not None:
+        trainer.before_step()
     for j in range(tr.grad_accum):
         idx = micro_batch(order, step, j, rank, world, tr.micro_batch_size, tr.grad_accum)
         batch = {k: v.to(engine.device) for k, v in collate([examples[i] for i in idx], pad).items()}
@@ -386,8 +380,10 @@ def _one_step(engine, trainer: Trainer, examples: list, order, step, rank, world
         if trainer.extra_loss is not None:
             loss = loss + trainer.extra_loss()
         engine.backward(loss)
-        engine.step()
+        engine.step()  # DeepSpeed steps the optimizer after the last micro-batch of the step only
         total += loss.item()
+    if trainer.after_step is not None:
+        trainer.after_step()
     return total / tr.grad_accum
 
 

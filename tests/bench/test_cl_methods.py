@@ -209,3 +209,45 @@ def test_every_method_is_compared_with_slm_by_a_paired_bootstrap_or_says_why_not
     assert "slm_minus=reference" in lines["method=slm"] and "slm_minus=na" in lines["method=replay"]
     assert "slm_minus=+0.500[+0." in lines["method=seq_lora"] and "]:above" in lines["method=seq_lora"]
     assert lines["method=multitask"] == "method=multitask not_run"  # every registered method is listed
+
+
+# ---- preset rows ------------------------------------------------------------------------------------
+
+
+def test_every_method_with_a_preset_gets_its_own_row_right_after_its_plain_one() -> None:
+    rows = cl_methods.rows()
+    for name in ("o_lora", "n_lora", "gainlora"):
+        assert rows.index(f"{name}@official") == rows.index(name) + 1
+    assert cl_methods.method_of("o_lora@official") == ("o_lora", "official")
+    assert cl_methods.method_of("slm") == ("slm", None)
+
+
+def test_a_preset_row_resets_the_methods_own_options_and_runs_into_its_own_folder() -> None:
+    bench = cl_methods.BenchExperiment("x", "default.yaml", ["methods.o_lora.lr=0.02", "methods.o_lora.lambda1=2"],
+                                       {"o_lora@official": ["methods.o_lora.lambda2=0.3"]})
+    plain, official = bench.load("o_lora"), bench.load("o_lora@official")
+    assert plain.method.options(plain.cfg).resolved("lr") == 0.02  # the bench's tuned setting
+    opts = official.method.options(official.cfg)
+    assert (opts.preset, opts.resolved("lr"), opts.lambda1, opts.lambda2) == ("official", 1e-3, 0.5, 0.3)
+    assert official.layout.root != plain.layout.root and "preset-official" in str(official.layout.root)
+    assert cl_methods.config_sha256(official) != cl_methods.config_sha256(plain)
+    with pytest.raises(SystemExit, match="has no preset"):
+        bench.load("slm@official")
+
+
+def test_the_published_vs_tuned_table_renders_na_until_a_row_has_results(tmp_path) -> None:
+    from pipeline.experiment import load_experiment
+    from pipeline.methods import get_method
+
+    table = cl_methods.published_vs_tuned_markdown(tmp_path, "x")
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert [r.split("|")[1].strip() for r in rows] == ["`o_lora`", "`n_lora`", "`gainlora`"]
+    assert all(r.count("n/a") == 4 for r in rows)
+    exp = load_experiment("default.yaml", ["method=o_lora"])
+    tasks = [t.name for t in exp.cfg.tasks]
+    entry = _entry(tasks, 0.5, 1.0, "2026-12-01T10:00:00", cl_methods.config_sha256(exp),
+                   method_fingerprint(get_method("o_lora"))["sha256"])
+    cl_methods.write_record(tmp_path / "cl_methods" / "x-o_lora@official.json",
+                            cl_methods.result_record(exp.cfg, "x", "o_lora@official", {"as_listed": entry}))
+    o_lora = cl_methods.published_vs_tuned_markdown(tmp_path, "x").splitlines()[2].split("|")
+    assert [c.strip() for c in o_lora[2:5]] == ["`o_lora@official`", "0.500", "n/a"]

@@ -17,7 +17,7 @@ from pipeline.dtkr.router import Router
 from pipeline.experiment import validate
 from pipeline.jare.inject import inject_jare
 from pipeline.methods import get_method
-from pipeline.methods.lora.model import lora_config
+from pipeline.methods.lora.model import LoraSettings, lora_config
 from tests.tiny import tiny_llama
 
 RANK, STEPS, LR = 4, 6, 5e-3
@@ -57,7 +57,7 @@ def test_one_slot_top1_jare_trains_to_the_same_adapter_and_logits_as_a_peft_lora
     jare_model, peft_base = base, copy.deepcopy(base)
     bank = inject_jare(jare_model, cfg.adapter.target_modules, cfg.adapter.rank, opts.slots_per_task)
     bank.add_task("a", seed=3, init=opts.init)
-    peft_model = get_peft_model(peft_base, lora_config(cfg))
+    peft_model = get_peft_model(peft_base, lora_config(LoraSettings.of_adapter(cfg)))
     peft_layers = {n.removeprefix("base_model.model."): m for n, m in peft_model.named_modules()
                    if isinstance(m, LoraLayer)}
     assert peft_layers.keys() == bank.layers.keys()

@@ -35,7 +35,7 @@ def task_dir(tmp_path: Path, method: str, i: int) -> Path:
 
 def test_every_registered_method_loads_under_its_name_and_the_config_and_cli_accept_it() -> None:
     assert set(METHOD_NAMES) == {"slm", "oracle_task_id", "seq_ft", "seq_lora", "replay", "o_lora", "n_lora",
-                                 "multitask"}
+                                 "gainlora", "multitask"}
     choices = build_parser()._subparsers._group_actions[0].choices["run"]._option_string_actions["--method"].choices
     assert tuple(choices) == METHOD_NAMES
     for name in METHOD_NAMES:
@@ -173,7 +173,7 @@ def test_replay_writes_its_buffer_into_the_task_folder_and_refuses_a_changed_one
 
 
 class _FakeLora(torch.nn.Module):
-    """What the O-LoRA / N-LoRA terms read of a PEFT LoraLayer: lora_A, lora_B and scaling per adapter."""
+    """What the O-LoRA term reads of a PEFT LoraLayer: lora_A, lora_B and scaling per adapter."""
 
     def __init__(self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor] | None = None,
                  scaling: dict[str, float] | None = None) -> None:
@@ -201,7 +201,7 @@ def test_the_orthogonality_term_is_zero_for_orthogonal_a_and_positive_otherwise(
 
 def test_o_lora_keeps_earlier_loras_byte_for_byte_and_sums_all_at_inference(tmp_path, overrides):
     from pipeline.experiment import load_experiment
-    from pipeline.methods.lora.o_lora import adapter_name, lora_layers
+    from pipeline.methods.lora.peers import adapter_name, lora_layers
 
     assert slm(["run", "--method", "o_lora", *overrides]) == 0
     files = [task_dir(tmp_path, "o_lora", i) / "adapter.safetensors" for i in range(3)]
@@ -226,38 +226,6 @@ def test_o_lora_training_leaves_earlier_adapter_files_untouched(tmp_path, overri
     before = sha256_file(task_dir(tmp_path, "o_lora", 0) / "adapter.safetensors")
     assert slm(["train", "--method", "o_lora", "--task", "1", *overrides]) == 0
     assert sha256_file(task_dir(tmp_path, "o_lora", 0) / "adapter.safetensors") == before
-
-
-# ---- n_lora ---------------------------------------------------------------------------------
-
-
-def test_the_sparsity_term_is_the_l1_norm_of_the_scaled_update_b_a() -> None:
-    from pipeline.methods.lora.n_lora import update_l1
-
-    a, b = torch.randn(4, 16), torch.randn(8, 4)
-    layer = _FakeLora({"task1": a}, b={"task1": b}, scaling={"task1": 0.5})
-    assert update_l1([layer], "task1").item() == pytest.approx((0.5 * b @ a).abs().sum().item(), rel=1e-5)
-
-
-def test_n_lora_keeps_earlier_loras_untouched_and_its_penalty_makes_the_update_sparser(tmp_path, overrides):
-    def update_l1_of(method: str, extra: list[str]) -> float:
-        from pipeline.methods.lora.n_lora import update_l1
-
-        out = tmp_path / method / extra[0].replace("=", "-") if extra else tmp_path / method
-        run = [o if not o.startswith("output_dir=") else f"output_dir={out}" for o in overrides]
-        assert slm(["prepare", "--method", method, *run, *extra]) == 0
-        assert slm(["train", "--method", method, "--task", "0", *run, *extra]) == 0
-        first = out / method / "tasks"
-        before = sha256_file(next(first.glob("0-*")) / "adapter.safetensors")
-        assert slm(["train", "--method", method, "--task", "1", *run, *extra]) == 0
-        assert sha256_file(next(first.glob("0-*")) / "adapter.safetensors") == before
-        saved = load_file(str(next(first.glob("1-*")) / "adapter.safetensors"))
-        pairs = [(saved[k], saved[k.replace("lora_A", "lora_B")]) for k in saved if "lora_A" in k]
-        return sum(update_l1([_FakeLora({"t": a}, b={"t": b}, scaling={"t": 1.0})], "t").item() for a, b in pairs)
-
-    plain = update_l1_of("o_lora", [])
-    sparse = update_l1_of("n_lora", ["methods.n_lora.sparsity=0.05"])
-    assert 0 < sparse < plain
 
 
 # ---- seq_ft ---------------------------------------------------------------------------------

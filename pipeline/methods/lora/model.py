@@ -1,8 +1,10 @@
-"""The LoRA family's LoRAs: built with PEFT on the adapter's modules and rank, loaded from and
-saved to a task's adapter file (safetensors, atomically)."""
+"""The LoRA family's LoRAs: built with PEFT from the method's `LoraSettings` (the adapter's modules
+and rank, alpha = rank, unless a peer's preset says otherwise), loaded from and saved to a task's
+adapter file (safetensors, atomically)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,26 +22,46 @@ if TYPE_CHECKING:
 LORA_FORMAT = "slm-lora-v1"
 
 
-def lora_model(cfg: ExperimentConfig, layout: RunLayout, state_after: int | None,
+@dataclass(frozen=True)
+class LoraSettings:
+    """One LoRA's shape: `y = W x + (alpha / rank) B A dropout(x)` on every linear matching `targets`."""
+
+    rank: int
+    alpha: float
+    dropout: float
+    targets: tuple[str, ...]
+
+    @classmethod
+    def of_adapter(cls, cfg: ExperimentConfig) -> LoraSettings:
+        """The harness's uniform LoRA: JARe's rank and target modules, alpha = rank (scaling 1, like
+        a JARe slot), no dropout."""
+        return cls(cfg.adapter.rank, float(cfg.adapter.rank), 0.0, tuple(cfg.adapter.target_modules))
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+
+def lora_model(cfg: ExperimentConfig, layout: RunLayout, settings: LoraSettings, state_after: int | None,
                device: torch.device | None = None, model=None):
-    """Base + one LoRA (alpha = rank, so no extra scaling, like JARe). `state_after`: load the
-    LoRA saved after that task; None: a fresh LoRA (B = 0, so it starts as the base model)."""
+    """Base + one LoRA of `settings`. `state_after`: load the LoRA saved after that task; None: a
+    fresh LoRA (B = 0, so it starts as the base model)."""
     from peft import get_peft_model
 
     model = model if model is not None else base_model(cfg.model, device)
     torch.manual_seed(cfg.seed)  # LoRA A is randomly initialised
-    peft_model = get_peft_model(model, lora_config(cfg))
+    peft_model = get_peft_model(model, lora_config(settings))
     if state_after is not None:
         load_lora_state(peft_model, layout.adapter_file(state_after, cfg.tasks[state_after].name))
     return peft_model
 
 
-def lora_config(cfg: ExperimentConfig):
-    """Every LoRA-family method's LoRA: the rank and target modules of JARe, alpha = rank."""
+def lora_config(settings: LoraSettings):
+    """The PEFT LoraConfig of `settings`."""
     from peft import LoraConfig
 
-    rank = cfg.adapter.rank
-    return LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules=list(cfg.adapter.target_modules))
+    return LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                      target_modules=list(settings.targets))
 
 
 def load_lora_state(peft_model, path: Path, adapter_name: str = "default") -> None:

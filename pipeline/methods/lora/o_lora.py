@@ -2,121 +2,83 @@
 orthogonal to every earlier task's (frozen) A; all LoRAs summed at inference, no task id.
 
 Loss at task t = LM loss + lambda_1 * sum_layers sum_{j<t} |A_j A_t^T|_1 + lambda_2 * sum ||theta_t||_2,
-as the reference trainer computes it (src/uie_trainer_lora.py): the L1 norm of the (r x r) products,
-and the plain (not squared) L2 norm of each of the new LoRA's matrices. Defaults: lambda_1 0.5,
-lambda_2 0 (its published scripts). Earlier LoRAs are loaded from their files and never change.
+as the reference trainer computes it (src/uie_trainer_lora.py, `training_step`): the L1 norm of
+the (r x r) products, and the plain (not squared) L2 norm of each of the new LoRA's matrices.
+lambda_1 0.5 and lambda_2 0 (scripts/order_*.sh, scripts_llama/order_*.sh); the 15-task script
+(cmnfriend/O-LoRA scripts/long.sh) raises lambda_1 to 5 from its 10th task on and sets lambda_2 per dataset,
+which the official preset carries (`lambda1_from_task`, `lambda2_by_task`). Earlier LoRAs are
+loaded from their files and never change.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from pydantic import Field
 
-from pipeline.errors import ConfigError
-from pipeline.methods.base import LoadBase, MethodOptions, Predictor, Trainer
-from pipeline.methods.lora.method import LoraMethod, save_peft_state
-from pipeline.methods.lora.model import load_lora_state, lora_config
-from pipeline.peft_export import TaskExport, concat_loras, lora_from_peft_state
-from pipeline.runtime.models import base_model
-from pipeline.state.artifacts import read_safetensors
+from pipeline.methods.lora.peers import PeerMethod, PeerOptions, adapter_name, by_task
 
 if TYPE_CHECKING:
-    from pipeline.config import ExperimentConfig
     from pipeline.experiment import Experiment
-    from pipeline.state.layout import RunLayout
+
+# cmnfriend/O-LoRA scripts/long.sh's --lamda_2 on the tasks it sets one, by CL_Benchmark dataset name.
+LONG_SCRIPT_LAMBDA2 = {"COPA": 0.1, "QQP": 0.1, "RTE": 0.3, "SST-2": 0.1, "yahoo": 0.1, "BoolQA": 0.1, "WiC": 0.3}
 
 
-def adapter_name(t: int) -> str:
-    return f"task{t}"
-
-
-class OLoraOptions(MethodOptions):
+class OLoraOptions(PeerOptions):
     lambda1: float = Field(0.5, ge=0)
-    """Weight of the orthogonality term sum |A_j A_t^T|_1 between the new LoRA's A and every earlier
-    task's (the O-LoRA scripts' 0.5, cmnfriend/O-LoRA scripts/order_*.sh)."""
+    """Weight of the orthogonality term sum |A_j A_t^T|_1 between the new LoRA's A and every earlier task's (the
+    O-LoRA scripts' 0.5): the option its knob sweep turns (bench/lr_sweep.py)."""
     lambda2: float = Field(0.0, ge=0)
     """Weight of the L2 norm of the new LoRA's matrices (the O-LoRA scripts' 0)."""
+    lambda1_from_task: dict[int, float] | None = None
+    """lambda1 from a task index (0-based) on: {9: 5.0} is cmnfriend/O-LoRA scripts/long.sh's 5 from its
+    10th task (a sequence of fewer than 10 tasks never reaches it). None: the preset's."""
+    lambda2_by_task: dict[str, float] | None = None
+    """lambda2 of the tasks named here, the others lambda2. None: the preset's (official: cmnfriend/O-LoRA
+    scripts/long.sh's per-dataset values, which apply to tasks of those CL_Benchmark names)."""
+
+    UNIFORM: ClassVar[dict[str, Any]] = {**PeerOptions.UNIFORM, "lambda1_from_task": {}, "lambda2_by_task": {}}
+    OFFICIAL: ClassVar[dict[str, Any]] = {**PeerOptions.OFFICIAL, "lambda1_from_task": {9: 5.0},
+                                          "lambda2_by_task": LONG_SCRIPT_LAMBDA2}
+
+    def lambdas(self, t: int, task: str) -> tuple[float, float]:
+        """(lambda_1, lambda_2) at task t, named `task`."""
+        return (by_task(self.resolved("lambda1_from_task"), t, self.lambda1),
+                self.resolved("lambda2_by_task").get(task, self.lambda2))
 
 
-class OLora(LoraMethod):
+class OLora(PeerMethod):
     name = "o_lora"
-    role = "peer"
     trains = "a new LoRA per task, its A kept orthogonal to the earlier (frozen) tasks' A"
     infers = "the sum of every task's LoRA (no task id)"
     Options = OLoraOptions
-    one_lora_per_task = True  # every task's LoRA stays in memory
-    forget_refusal = "it keeps one LoRA per task, but taking one out of the sum is not implemented yet"
+    own_knob = "lambda1"
 
-    def check(self, cfg: ExperimentConfig) -> None:
-        from pipeline.runtime.deepspeed_config import zero_stage
-
-        if zero_stage(cfg) == 3:
-            # The orthogonality term reads every task's A outside the forward pass, where ZeRO-3
-            # holds only shards; gathering them every step is not implemented.
-            raise ConfigError(f"method {self.name} does not support ZeRO-3 (train.deepspeed={cfg.train.deepspeed}); "
-                              "use zero2 or zero2_offload (its LoRAs are small)")
-
-    def trainer(self, exp: Experiment, t: int, records: list[dict], device: torch.device,
-                load_base: LoadBase) -> Trainer:
-        cfg, layout = exp.cfg, exp.layout
-        model = o_lora_model(cfg, layout, t, load_base(), train_new=True)
-        new, old = adapter_name(t), [adapter_name(j) for j in range(t)]
-        layers = lora_layers(model)
-        params = [p for layer in layers for p in (layer.lora_A[new].weight, layer.lora_B[new].weight)]
-        lam1, lam2 = self.options(cfg).lambda1, self.options(cfg).lambda2
-
-        def extra_loss() -> torch.Tensor:
-            total = params[0].new_zeros(())
-            if lam1 and old:
-                total = total + lam1 * orthogonality(layers, new, old)
-            if lam2:
-                total = total + lam2 * sum(torch.linalg.vector_norm(p) for p in params)
-            return total
-
-        return Trainer(model, params, lambda: save_peft_state(cfg, layout, t, model, params, adapter_name=new),
-                       extra_loss=extra_loss if (lam1 and old) or lam2 else None)
-
-    def predictor(self, exp: Experiment, after: int, device: torch.device) -> Predictor:
-        cfg, layout = exp.cfg, exp.layout
-        return Predictor(o_lora_model(cfg, layout, after + 1, base_model(cfg.model, device), train_new=False))
-
-    def export(self, exp: Experiment, t: int) -> TaskExport:
-        cfg, layout = exp.cfg, exp.layout
-        # Inference adds every task's LoRA up to t: one LoRA of rank (t+1)*r holds that sum exactly.
-        paths = [layout.adapter_file(j, cfg.tasks[j].name) for j in range(t + 1)]
-        lora = concat_loras([lora_from_peft_state(read_safetensors(p)) for p in paths])
-        return TaskExport(lora, describes=f"the sum of the LoRAs of tasks 0..{t}, as the method answers after task {t}",
-                          info={"sources": [str(p) for p in paths]})
+    def task_loss(self, exp: Experiment, t: int, layers: list, params: list[torch.nn.Parameter]
+                  ) -> Callable[[], torch.Tensor] | None:
+        lam1, lam2 = self.options(exp.cfg).lambdas(t, exp.cfg.tasks[t].name)
+        return o_lora_loss(layers, t, params, lam1, lam2)
 
 
-def o_lora_model(cfg: ExperimentConfig, layout: RunLayout, n_saved: int, model, train_new: bool):
-    """Base + the saved LoRAs of tasks 0..n_saved-1 (frozen) [+ a fresh, trainable one], all
-    active, so their outputs add up."""
-    from peft import get_peft_model
+def o_lora_loss(layers: list, t: int, params: list[torch.nn.Parameter], lam1: float, lam2: float
+                ) -> Callable[[], torch.Tensor] | None:
+    """lam1 * orthogonality to tasks < t + lam2 * the L2 norms of the new LoRA's matrices (None: both off)."""
+    new, old = adapter_name(t), [adapter_name(j) for j in range(t)]
+    if not ((lam1 and old) or lam2):
+        return None
 
-    names = [adapter_name(j) for j in range(n_saved + int(train_new))]
-    for j, name in enumerate(names):
-        torch.manual_seed(cfg.seed + j)  # a different random A per task
-        if j == 0:
-            model = get_peft_model(model, lora_config(cfg), adapter_name=name)
-        else:
-            model.add_adapter(name, lora_config(cfg))
-    for j in range(n_saved):
-        load_lora_state(model, layout.adapter_file(j, cfg.tasks[j].name), adapter_name=names[j])
-    model.base_model.set_adapter(names, inference_mode=True)  # all active, all frozen
-    if train_new:
-        for layer in lora_layers(model):
-            layer.lora_A[names[-1]].weight.requires_grad_(True)
-            layer.lora_B[names[-1]].weight.requires_grad_(True)
-    return model
+    def loss() -> torch.Tensor:
+        total = params[0].new_zeros(())
+        if lam1 and old:
+            total = total + lam1 * orthogonality(layers, new, old)
+        if lam2:
+            total = total + lam2 * sum(torch.linalg.vector_norm(p) for p in params)
+        return total
 
-
-def lora_layers(model) -> list:
-    from peft.tuners.lora import LoraLayer
-
-    return [m for m in model.modules() if isinstance(m, LoraLayer)]
+    return loss
 
 
 def orthogonality(layers: list, new: str, old: list[str]) -> torch.Tensor:

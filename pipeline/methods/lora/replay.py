@@ -33,7 +33,7 @@ BUFFER_FILE = "replay_buffer.jsonl"
 class ReplayOptions(MethodOptions):
     ratio: float = Field(0.01, gt=0, le=1)
     """The fraction of each earlier task's training records mixed into task i's data (the paper's
-    1 %), at least one record per earlier task."""
+    1 %), at least one record per earlier task: the option its knob sweep turns (bench/lr_sweep.py)."""
 
 
 class Replay(LoraMethod):
@@ -42,6 +42,7 @@ class Replay(LoraMethod):
     trains = "as seq_lora, plus a seeded buffer of methods.replay.ratio (1 %) of each earlier task's records"
     infers = "the LoRA after the last task"
     Options = ReplayOptions
+    own_knob = "ratio"
 
     def reads_data_of(self, t: int) -> range:
         return range(t + 1)  # the buffer samples every earlier task's records
