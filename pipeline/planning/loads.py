@@ -48,6 +48,7 @@ class MethodLoad:
     stored_what: str
     trains_base: bool = False  # the trainable parameters are the base's own weights
     index_keys_per_task: int = 0  # DTKR keys per task in the FAISS index
+    saved_linears: tuple[LinearShape, ...] = ()  # the linears whose inputs the method saves (saved_input_features)
 
     @property
     def stored_total_bytes(self) -> int:
@@ -62,7 +63,7 @@ def jare_load(targets: list[LinearShape], rank: int, tasks: int, slots: int, gat
     return MethodLoad(method=method, summary=summary,
                       adapter_label="slots", resident_params=tasks * slots * slot_params,
                       trainable_params=slots * slot_params, saved_input_features=saved_input_features(targets),
-                      gathered_params=gathered * slot_params,
+                      gathered_params=gathered * slot_params, saved_linears=tuple(targets),
                       tasks=tasks,
                       stored_per_task_bytes=slots * (slot_params * compute_bytes + encoder_dim * KEY_BYTES),
                       stored_what=f"{slots} slots x target linears in {_dtype(compute_bytes)} + {slots} fp32 keys",
@@ -81,7 +82,7 @@ def lora_load(targets: list[LinearShape], rank: int, tasks: int, one_per_task: b
                       adapter_label="LoRAs" if one_per_task else "LoRA",
                       resident_params=(tasks if one_per_task else 1) * one, trainable_params=one,
                       saved_input_features=saved_input_features(targets), gathered_params=0, tasks=tasks,
-                      stored_per_task_bytes=one * compute_bytes,
+                      saved_linears=tuple(targets), stored_per_task_bytes=one * compute_bytes,
                       stored_what=f"one LoRA adapter in {_dtype(compute_bytes)}")
 
 
@@ -97,7 +98,8 @@ def full_ft_load(shape: ModelShape, trained: list[LinearShape], tasks: int, comp
     return MethodLoad(method=method, summary=f"full fine-tuning: {len(trained)} decoder linears "
                       f"({share:.1%} of the parameters) train", adapter_label="adapters", resident_params=0,
                       trainable_params=params, saved_input_features=saved_input_features(trained),
-                      gathered_params=0, tasks=tasks, stored_per_task_bytes=shape.total_params * compute_bytes,
+                      saved_linears=tuple(trained), gathered_params=0, tasks=tasks,
+                      stored_per_task_bytes=shape.total_params * compute_bytes,
                       stored_what=f"the whole model in {_dtype(compute_bytes)}, safetensors shards", trains_base=True)
 
 
