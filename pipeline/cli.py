@@ -35,6 +35,7 @@ a bare file name such as `cl_benchmark.yaml` names a shipped config.
 # `main(experiment, args)`.
 MODULES = {"eval": "pipeline.stages.evaluate", "plan": "pipeline.planning.command", "serve": "pipeline.serve.command"}
 COMMANDS: dict[str, str] = {
+    "fetch": "download the hub models (and datasets) the jobs load into the cache they read: run on the login node",
     "prepare": "data sources -> unified {task, instruction, input, output} datasets on disk",
     "train": "learn task i's DTKR keys, then its JARe slot values, under DeepSpeed",
     "index": "build the FAISS index over the keys of every finished task",

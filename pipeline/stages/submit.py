@@ -7,7 +7,8 @@ paths from the folder we run in; render every chain's scripts (pure, pipeline/sl
 memory plan (the same for every order: the training and finish jobs' GPUs and host RAM) and
 refuse a plan that does not fit unless --ignore-plan; with --dry-run print everything and stop
 (refused as submit would be); otherwise refuse while an earlier submission of any of
-these runs is still queued, then per run write the resolved config and the scripts to
+these runs is still queued, fetch the hub models and datasets the jobs load into the cache
+they read (`slm fetch`: the jobs run with the hub offline), then per run write the resolved config and the scripts to
 <run>/slurm/<method>/ (atomically) and submit them in order, each waiting for the one before,
 recording the job ids in jobs.json as they come. If one sbatch fails, every job this call
 submitted is cancelled, so a retry starts from a clean queue.
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING
 from pipeline import slurm
 from pipeline.config import ExperimentConfig
 from pipeline.errors import SlmError
-from pipeline.stages import status
+from pipeline.stages import fetch, status
 from pipeline.state.artifacts import atomic_write_json, atomic_write_text
 from pipeline.state.layout import RunLayout
 
@@ -45,12 +46,15 @@ NO_SLURM_HINT = ("start the local single-node Slurm with `scripts/local_slurm.sh
 class Args:
     dry_run: bool = False
     ignore_plan: bool = False
+    no_fetch: bool = False
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print scripts and sbatch commands only")
     p.add_argument("--ignore-plan", action="store_true",
                    help="submit even when the memory plan says the job does not fit")
+    p.add_argument("--no-fetch", action="store_true",
+                   help="do not run `slm fetch` first (the jobs run offline: the models must be in the cache already)")
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,8 @@ def main(experiment: Experiment, args: Args) -> int:
     require_sbatch()
     for chain in chains:
         refuse_if_queued(chain.layout)
+    if not args.no_fetch:  # here, on the login node: the jobs run with the hub offline
+        fetch.run(chains[0].exp)
     records: list[dict] = []
     try:
         for chain in chains:

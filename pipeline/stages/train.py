@@ -41,6 +41,7 @@ from pipeline.prompts.batching import TokenCaps, collate, tokenize_for_training
 from pipeline.runtime.deepspeed_config import build_ds_config, check_quantization_pairing, make_optimizer
 from pipeline.runtime.models import load_base_model, load_tokenizer, release_zero3_loading
 from pipeline.stages import RESTART_HELP
+from pipeline.stages.fetch import require_fetched
 from pipeline.state import validity
 from pipeline.state.artifacts import DONE, atomic_write_json, atomic_write_text, read_done, sha256_file, write_done
 from pipeline.state.checkpoints import make_private, prune_checkpoints, resume_latest, save_checkpoint
@@ -128,6 +129,7 @@ def run(exp: Experiment, t: int, restart: bool = False) -> int:
     exp.method.check(cfg)
     check_report_to(cfg)  # a wandb / mlflow that is not installed: refuse before any work
     preflight.use_faiss_of(exp)
+    require_fetched(exp)  # offline (a job): the models are in the cache, else stop before any work
     with writer_stage(exp.layout):  # one writer per output folder: nobody else touches this train_state
         validity.require_tasks(exp, t, verify=False)  # earlier tasks still match the config and data
         if _already_done(exp, t, restart):

@@ -23,7 +23,8 @@ from pipeline.state.layout import RunLayout
 from pipeline.state.orders import order_runs
 
 SHIPPED = sorted(p.name for p in BUILTIN_CONFIGS.glob("*.yaml"))
-STAGE_CALL = re.compile(r"(?:\bslm|-m pipeline\.cli) (prepare|train|index|eval|report)\b")
+# `slm X` (prepare, train), `stage X` (the finish job's requeue-aware runner), `-m pipeline.cli X` (torchrun)
+STAGE_CALL = re.compile(r"(?:\bslm|\bstage|-m pipeline\.cli) (prepare|train|index|eval|report)\b")
 
 
 @pytest.fixture
