@@ -47,7 +47,13 @@ from pipeline.state.artifacts import DONE, atomic_write_json, atomic_write_text,
 from pipeline.state.checkpoints import make_private, prune_checkpoints, resume_latest, save_checkpoint
 from pipeline.state.layout import RunLayout
 from pipeline.state.locks import writer_stage
-from pipeline.state.preemption import EXIT_PREEMPTED, EXIT_PREVIOUS_NOT_DONE, EXIT_TERMINATED, PreemptionFlag
+from pipeline.state.preemption import (
+    EXIT_PREEMPTED,
+    EXIT_PREVIOUS_NOT_DONE,
+    EXIT_TERMINATED,
+    PreemptionFlag,
+    requeue_deadline,
+)
 from pipeline.tracking import JsonlLog, Trackers, check_report_to, train_log
 
 if TYPE_CHECKING:
@@ -330,9 +336,11 @@ def _train_loop(exp: Experiment, t: int, trainer: Trainer, examples: list, rank:
     pad = _pad_id(cfg)
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"task {t} {cfg.tasks[t].name}",
                disable=not distributed.is_main())
+    budget = _StopBudget(cfg)
     with bar, logs or contextlib.nullcontext():
         for step in bar:
-            loss = _one_step(engine, trainer, examples, order, step, rank, world, pad, tr)
+            with budget.timing("step"):
+                loss = _one_step(engine, trainer, examples, order, step, rank, world, pad, tr)
             bar.set_postfix(loss=f"{loss:.4f}")
             if logs:
                 logs.log(step + 1, {"loss": loss, "lr": scheduler.get_last_lr()[0]})
@@ -346,9 +354,40 @@ def _train_loop(exp: Experiment, t: int, trainer: Trainer, examples: list, rank:
                 distributed.log(f"train: checkpoint at step {step + 1} saved; exiting {code} ({why})")
                 return code
             if (step + 1) % tr.save_every == 0 or last:
-                save_checkpoint(engine, state_dir, step + 1)
+                with budget.timing("save"):
+                    save_checkpoint(engine, state_dir, step + 1)
                 prune_checkpoints(state_dir, tr.keep_checkpoints)
     return 0
+
+
+class _StopBudget:
+    """Warns once when a step plus a checkpoint take longer than the batch script waits after the
+    preemption signal (requeue_deadline): such a task is requeued before it saved, and every
+    preemption then costs the steps since its last periodic checkpoint."""
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.signal_s = cfg.slurm.signal_seconds
+        self.seconds = {"step": 0.0, "save": 0.0}
+        self.warned = "SLURM_JOB_ID" not in os.environ  # only a Slurm job is signalled before its limit
+
+    @contextlib.contextmanager
+    def timing(self, what: str):
+        start = time.monotonic()
+        yield
+        self.seconds[what] = time.monotonic() - start
+        if what == "save" and not self.warned:
+            self._check()
+
+    def _check(self) -> None:
+        needed = self.seconds["step"] + self.seconds["save"]
+        deadline = requeue_deadline(self.signal_s)
+        if needed > deadline:
+            self.warned = True
+            enough = math.ceil(needed * 4 / 3) + 10
+            distributed.log(f"warning: a step ({self.seconds['step']:.0f} s) plus a checkpoint "
+                            f"({self.seconds['save']:.0f} s) take longer than the {deadline} s the job waits after "
+                            f"its preemption signal (slurm.signal_seconds={self.signal_s}): a preempted task is "
+                            f"requeued before it saves; set slurm.signal_seconds={enough} or more")
 
 
 class _StepLogs:

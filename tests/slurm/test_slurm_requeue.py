@@ -188,3 +188,23 @@ def test_the_train_script_takes_its_port_from_pipeline_slurm(tmp_path, cluster) 
     out = subprocess.run([".venv/bin/python", "-m", "pipeline.slurm", "master-port", "4242"], capture_output=True,
                          text=True, cwd=Path(__file__).resolve().parents[2], check=True).stdout
     assert int(out) == slurm.master_port(4242)
+
+
+def test_training_warns_once_when_a_step_and_its_checkpoint_outlast_the_requeue_deadline(monkeypatch, capsys) -> None:
+    from pipeline.stages import train
+
+    cfg = load_config(None, ["slurm.signal_seconds=4"])  # the script requeues 3 s after USR1
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    budget = train._StopBudget(cfg)
+    clock = iter([0.0, 2.0, 10.0, 12.5, 20.0, 22.0, 30.0, 33.0])  # step 2 s, checkpoint 2.5 s, twice
+    monkeypatch.setattr(train.time, "monotonic", lambda: next(clock))
+    for _ in range(2):
+        with budget.timing("step"):
+            pass
+        with budget.timing("save"):
+            pass
+    out = capsys.readouterr().out
+    assert out.count("warning: a step (2 s) plus a checkpoint (2 s) take longer than the 3 s") == 1
+    assert "set slurm.signal_seconds=16 or more" in out
+    monkeypatch.delenv("SLURM_JOB_ID")
+    assert train._StopBudget(cfg).warned  # outside Slurm nothing signals before a limit
