@@ -63,6 +63,16 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item())
 
 
+def from_main(compute):
+    """`compute()` run on rank 0 only, its (picklable) result on every rank: one decision for all,
+    where ranks that each decided alone could disagree (and then hang in different collectives)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return compute()
+    box = [compute() if is_main() else None]
+    dist.broadcast_object_list(box, src=0)  # NCCL: through the current device, which setup() bound
+    return box[0]
+
+
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()

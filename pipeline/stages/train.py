@@ -44,7 +44,14 @@ from pipeline.stages import RESTART_HELP
 from pipeline.stages.fetch import require_fetched
 from pipeline.state import validity
 from pipeline.state.artifacts import DONE, atomic_write_json, atomic_write_text, read_done, sha256_file, write_done
-from pipeline.state.checkpoints import make_private, prune_checkpoints, resume_latest, save_checkpoint
+from pipeline.state.checkpoints import (
+    World,
+    make_private,
+    prune_checkpoints,
+    require_same_world,
+    resume_latest,
+    save_checkpoint,
+)
 from pipeline.state.layout import RunLayout
 from pipeline.state.locks import writer_stage
 from pipeline.state.preemption import (
@@ -167,11 +174,11 @@ def _already_done(exp: Experiment, t: int, restart: bool) -> bool:
 # ---- train_state belongs to the inputs it was started from ---------------------------------------
 
 
-def _claim_state(exp: Experiment, t: int, inputs: dict[str, str], restart: bool) -> None:
-    """Refuse a train_state of other inputs, or with --restart discard the whole task folder (a stale
-    result, a train_state, files of an unfinished attempt such as a replay buffer); then record
-    our inputs before the state's first file. Every rank reads before rank 0 changes anything, so
-    all take the same branch."""
+def _claim_state(exp: Experiment, t: int, inputs: dict[str, str], restart: bool, world: World) -> None:
+    """Refuse a train_state of other inputs, or checkpoints of another world (GPU count, global
+    batch), or with --restart discard the whole task folder (a stale result, a train_state, files of
+    an unfinished attempt such as a replay buffer); then record our inputs before the state's first
+    file. Every rank reads before rank 0 changes anything, so all take the same branch."""
     name = exp.cfg.tasks[t].name
     task_dir, state_dir = exp.layout.task_dir(t, name), exp.layout.train_state(t, name)
     problem = _state_problem(exp, t, inputs)
@@ -181,6 +188,8 @@ def _claim_state(exp: Experiment, t: int, inputs: dict[str, str], restart: bool)
     if problem and not restart:
         raise StageInputError(problem, hint=f"`slm train --task {t} --restart` discards it and trains task {t} from "
                                             "step 0; or restore the config (and data) it was started with")
+    if has_state and not restart:  # before any model is loaded
+        require_same_world(state_dir, world, f"slm train --task {t} --restart")
     if restart and has_files:
         distributed.log(f"train: --restart: discarding {task_dir} ({problem or 'as asked'})")
         if distributed.is_main():
@@ -252,7 +261,9 @@ def _run(exp: Experiment, t: int, inputs: dict[str, str], preempt: PreemptionFla
     name = cfg.tasks[t].name
     started = time.time()
     rank, world = distributed.setup()
-    _claim_state(exp, t, inputs, restart)  # before any write: a refused resume changes nothing
+    tr = cfg.train
+    ranks = World(world, tr.micro_batch_size * tr.grad_accum * world)
+    _claim_state(exp, t, inputs, restart, ranks)  # before any write or load: a refused resume changes nothing
     if distributed.is_main():
         atomic_write_text(layout.config, cfg.to_yaml())
     device = distributed.local_device()
@@ -273,7 +284,7 @@ def _run(exp: Experiment, t: int, inputs: dict[str, str], preempt: PreemptionFla
             trainer.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(trainer.model, "enable_input_require_grads"):
                 trainer.model.enable_input_require_grads()
-        status = _train_loop(exp, t, trainer, examples, rank, world, preempt, ds_config)
+        status = _train_loop(exp, t, trainer, examples, ranks, rank, preempt, ds_config)
         if status != 0:
             return status
         _save_results(exp, t, trainer, inputs, time.time() - started)
@@ -314,12 +325,13 @@ def lr_lambda(warmup: int, total: int):
     return f
 
 
-def _train_loop(exp: Experiment, t: int, trainer: Trainer, examples: list, rank: int, world: int,
+def _train_loop(exp: Experiment, t: int, trainer: Trainer, examples: list, ranks: World, rank: int,
                 preempt: PreemptionFlag, ds_config: dict) -> int:
     import deepspeed
     from tqdm import tqdm
 
     cfg, layout, method = exp.cfg, exp.layout, exp.method
+    world = ranks.size
     tr = cfg.train
     steps = total_steps(cfg, method, len(examples), world, t)
     order = sample_order(len(examples), steps * tr.micro_batch_size * tr.grad_accum * world, cfg.seed + t)
@@ -346,7 +358,7 @@ def _train_loop(exp: Experiment, t: int, trainer: Trainer, examples: list, rank:
                 logs.log(step + 1, {"loss": loss, "lr": scheduler.get_last_lr()[0]})
             last = step + 1 == steps
             if distributed.any_rank(preempt.requested):
-                save_checkpoint(engine, state_dir, step + 1)
+                save_checkpoint(engine, state_dir, step + 1, ranks)
                 # A SIGTERM on any rank (scancel, drain) is a stop, not a preemption: every rank exits 143.
                 code = EXIT_TERMINATED if distributed.any_rank(preempt.terminated) else EXIT_PREEMPTED
                 why = ("stop signal (SIGTERM): not requeued; rerun to resume" if code == EXIT_TERMINATED
@@ -355,7 +367,7 @@ def _train_loop(exp: Experiment, t: int, trainer: Trainer, examples: list, rank:
                 return code
             if (step + 1) % tr.save_every == 0 or last:
                 with budget.timing("save"):
-                    save_checkpoint(engine, state_dir, step + 1)
+                    save_checkpoint(engine, state_dir, step + 1, ranks)
                 prune_checkpoints(state_dir, tr.keep_checkpoints)
     return 0
 
