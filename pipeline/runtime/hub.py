@@ -91,8 +91,10 @@ def fetch_model(model: HubModel) -> Path:
         raise ConfigError(f"{model.setting}: {model.repo} is not a model repository on the hub (or it is private)",
                           hint="check the name, or log in (`hf auth login`) if it is private") from None
     except LocalEntryNotFoundError as e:
-        raise ConfigError(f"{model.setting}: {model.repo} is not in the Hugging Face cache {cache_folder()} and the "
-                          f"hub cannot be reached ({_last_line(e)})", hint=FETCH_HINT) from None
+        why = "HF_HUB_OFFLINE=1 forbids downloading it" if hub_offline() else \
+            f"the hub cannot be reached ({_last_line(e)})"
+        raise ConfigError(f"{model.setting}: {model.repo} is not in the Hugging Face cache {cache_folder()} and "
+                          f"{why}", hint=FETCH_HINT) from None
     if problem := incomplete(folder):
         raise ConfigError(f"{model.setting}: the cached {model.repo} ({folder}) {problem}", hint=FETCH_HINT)
     return folder
