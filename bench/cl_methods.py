@@ -536,11 +536,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     bench = BenchExperiment.read(args.experiment, args.overrides)
     if args.summary:
-        rows = load_results(args.results_dir, bench.name)
-        if not rows:
+        recorded = load_results(args.results_dir, bench.name)
+        if not recorded:
             print(f"no results for {bench.name!r} in {args.results_dir / BENCH} yet: "
                   f"`python bench/cl_methods.py {bench.name}` runs every method", file=sys.stderr)
-        print("\n".join(summary_lines(rows, bench)))
+        print("\n".join(summary_lines(recorded, bench)))
         return 0
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(rows()))

@@ -68,7 +68,8 @@ def plan_table(spec: str) -> str:
     """`slm plan`'s table for a shipped config, from the config alone (no results file: the plan is
     computed, so the table is as current as the code). `spec`: CONFIG+nodes=N+gpus=G+KEY=VALUE..."""
     from pipeline.experiment import load_experiment
-    from pipeline.planning.memory import format_plan, load_of, plan_memory, recommend
+    from pipeline.planning.inference import format_finish, plan_finish
+    from pipeline.planning.memory import DEFAULT_GPU_MEM_GIB, format_plan, load_of, plan_memory, recommend
 
     config, *rest = spec.split("+")
     resources = {k: v for k, _, v in (r.partition("=") for r in rest) if k in ("nodes", "gpus", "gpu_mem")}
@@ -76,10 +77,12 @@ def plan_table(spec: str) -> str:
     cfg = exp.cfg
     nodes = int(resources.get("nodes", cfg.slurm.train.nodes))
     gpus = int(resources.get("gpus", max(1, cfg.slurm.train.gpus_per_node)))
-    rows = plan_memory(cfg, exp.method, nodes, gpus, float(resources.get("gpu_mem", 80)))
+    gpu_mem = float(resources.get("gpu_mem", DEFAULT_GPU_MEM_GIB))
+    rows = plan_memory(cfg, exp.method, nodes, gpus, gpu_mem)
+    finish = format_finish(plan_finish(cfg, exp.method, cfg.slurm.finish.gpus_per_node, gpu_mem))
     return (f"`slm plan -c {config} --nodes {nodes} --gpus-per-node {gpus}"
             + "".join(f" {r}" for r in rest if r.partition("=")[0] not in resources) + "`:\n\n```\n"
-            + format_plan(rows, recommend(rows), load_of(cfg, exp.method)) + "\n```\n")
+            + format_plan(rows, recommend(rows), load_of(cfg, exp.method)) + f"\n{finish}\n```\n")
 
 
 # A marked block's kind -> its renderer; every bench results file renders through its script's own

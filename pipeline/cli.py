@@ -37,6 +37,7 @@ a bare file name such as `cl_benchmark.yaml` names a shipped config (`slm config
 MODULES = {"eval": "pipeline.stages.evaluate", "plan": "pipeline.planning.command", "serve": "pipeline.serve.command",
            "chat": "pipeline.serve.chat"}
 COMMANDS: dict[str, str] = {
+    "fetch": "download the hub models (and datasets) the jobs load into the cache they read: run on the login node",
     "prepare": "data sources -> unified {task, instruction, input, output} datasets on disk",
     "train": "learn task i's DTKR keys, then its JARe slot values, under DeepSpeed",
     "index": "build the FAISS index over the keys of every finished task",

@@ -8,6 +8,7 @@ YAML before validation, so they are checked exactly like the file.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -409,6 +410,11 @@ def _single_line(value: str | list[str] | None) -> str | list[str] | None:
     return value
 
 
+# sbatch --mem: a number and an optional unit; no unit means megabytes (Slurm's units are powers of 1024)
+_SLURM_MEM = re.compile(r"^(\d+(?:\.\d+)?)([KMGT]?)$", re.IGNORECASE)
+_SLURM_MEM_UNIT_GIB = {"K": 2**-20, "M": 2**-10, "": 2**-10, "G": 1.0, "T": 1024.0}
+
+
 class SlurmStageSpec(Spec):
     nodes: int = Field(1, ge=1)
     """Nodes of this job (train: torchrun on every node through srun)."""
@@ -425,6 +431,14 @@ class SlurmStageSpec(Spec):
     @classmethod
     def _one_line(cls, value: str) -> str:
         return _single_line(value)
+
+    @property
+    def mem_gib(self) -> float | None:
+        """`mem` in GiB as sbatch reads it; None for `0` (all of a node's memory) or a form it cannot read."""
+        match = _SLURM_MEM.match(self.mem.strip())
+        if match is None or float(match.group(1)) == 0:
+            return None
+        return float(match.group(1)) * _SLURM_MEM_UNIT_GIB[match.group(2).upper()]
 
 
 class SlurmSpec(Spec):

@@ -63,6 +63,16 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item())
 
 
+def from_main(compute):
+    """`compute()` run on rank 0 only, its (picklable) result on every rank: one decision for all,
+    where ranks that each decided alone could disagree (and then hang in different collectives)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return compute()
+    box = [compute() if is_main() else None]
+    dist.broadcast_object_list(box, src=0)  # NCCL: through the current device, which setup() bound
+    return box[0]
+
+
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
@@ -77,3 +87,37 @@ def gathered(params: list[torch.nn.Parameter], state_fn):
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
             return state_fn()
     return state_fn()
+
+
+def state_dict_on_main(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's whole state dict in host memory on rank 0 only ({} on the other ranks): what
+    saving a full fine-tuned model needs (a collective: every rank calls it).
+
+    Under ZeRO-3 each rank holds a shard, so the parameters are gathered one module at a time
+    (a decoder layer's worth on each GPU, for a moment, never the whole model), and only rank 0
+    copies them to the host: copying on every rank would put W whole models in host memory
+    (8 x 26 GB for LLaMA-2-13B at the end of each task). Under ZeRO-0/2 every rank holds the whole
+    model on its GPU already, and again only rank 0 copies it.
+    """
+    import deepspeed
+
+    main = is_main()
+    state: dict[str, torch.Tensor] = {}
+    names = {id(t): name for name, t in model.state_dict(keep_vars=True).items()}  # persistent tensors only
+    for module in model.modules():
+        own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+        kept = [t for t in own if id(t) in names]
+        if not kept:
+            continue
+        sharded = [t for t in kept if hasattr(t, "ds_id")]
+        # modifier_rank=None: nothing is written back, so no broadcast on leaving the context
+        with deepspeed.zero.GatheredParameters(sharded, modifier_rank=None, enabled=bool(sharded)):
+            if main:
+                for t in kept:
+                    state[names[id(t)]] = t.detach().cpu().clone()
+    if main:  # tied weights (one tensor under two names) are stored under each name, as state_dict does
+        full = model.state_dict(keep_vars=True)
+        for name, t in full.items():
+            if name not in state:
+                state[name] = state[names[id(t)]]
+    return state

@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from collections.abc import Mapping
+import socket
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,13 @@ from pipeline.config import ExperimentConfig, SlurmStageSpec
 from pipeline.errors import ConfigError
 from pipeline.state.artifacts import DONE
 from pipeline.state.layout import RunLayout
-from pipeline.state.preemption import EXIT_PREEMPTED, EXIT_PREVIOUS_NOT_DONE, EXIT_TERMINATED, PREEMPT_SIGNAL_NAME
+from pipeline.state.preemption import (
+    EXIT_PREEMPTED,
+    EXIT_PREVIOUS_NOT_DONE,
+    EXIT_TERMINATED,
+    PREEMPT_SIGNAL_NAME,
+    requeue_deadline,
+)
 
 TEMPLATES = Path(__file__).resolve().parent / "slurm_templates"
 JOB_KINDS: tuple[str, ...] = ("prepare", "train", "finish")  # submission order; each waits for the one before
@@ -137,6 +145,7 @@ def sbatch_options(cfg: ExperimentConfig, layout: RunLayout, kind: str, run: str
         opts["kill-on-invalid-dep"] = "yes"  # cancel, rather than pend forever, after a failure
     if kind == "train":
         opts["array"] = f"{first}-{len(cfg.tasks) - 1}%1"
+    if kind != "prepare":  # training and the finish job (12 eval rows can outlast a limit) resume after a requeue
         opts["requeue"] = True
         opts["signal"] = f"B:{PREEMPT_SIGNAL_NAME}@{cfg.slurm.signal_seconds}"
     return opts
@@ -222,6 +231,7 @@ def _body_values(cfg: ExperimentConfig, layout: RunLayout) -> dict[str, str]:
         "exit_terminated": str(EXIT_TERMINATED),
         "signal": PREEMPT_SIGNAL_NAME,
         "signal_seconds": str(cfg.slurm.signal_seconds),
+        "requeue_after": str(requeue_deadline(cfg.slurm.signal_seconds)),
         "nproc": str(gpus or 1),  # one process per GPU; one on a CPU node
         "rows": " ".join(str(i) for i in range(-1, len(cfg.tasks))),
         "report": shlex.quote(str(layout.eval / "report.md")),
@@ -279,3 +289,59 @@ def sbatch_commands(layout: RunLayout, kinds: tuple[str, ...] = JOB_KINDS) -> li
         lines.append(f"{var}=$({' '.join(words)})")
         previous = var
     return lines
+
+
+# ---- the rendezvous port of a multi-node job ---------------------------------------------------------
+
+MASTER_PORT_LOW = 10000  # below it: well-known and registered services more often than not
+LINUX_EPHEMERAL = (32768, 60999)  # the kernel's default net.ipv4.ip_local_port_range
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel takes local ports of outgoing connections from (this node's setting)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return LINUX_EPHEMERAL
+    return low, high
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+def master_port(job_id: int, ephemeral: tuple[int, int] | None = None,
+                is_free: Callable[[int], bool] = port_is_free) -> int:
+    """torchrun's rendezvous port for job `job_id`, as train.sbatch picks it on the master node.
+
+    Outside the ephemeral range: any client socket (NCCL's, the file system's, another job's) may
+    hold a port of that range at any moment, so a port drawn there can be taken. Derived from the
+    job id, so two jobs on one node start apart, then the first free one from there (a port another
+    job's rendezvous listens on is skipped).
+    """
+    low, high = ephemeral or ephemeral_ports()
+    first, last = (MASTER_PORT_LOW, low - 1) if low - 1 > MASTER_PORT_LOW else (high + 1, 65535)
+    span = last - first + 1
+    for i in range(span):
+        port = first + (job_id + i) % span
+        if is_free(port):
+            return port
+    raise OSError(f"no free port in {first}-{last} for the rendezvous of job {job_id}")
+
+
+def _main(argv: list[str]) -> int:
+    """`python -m pipeline.slurm master-port JOB_ID`: what train.sbatch runs to pick MASTER_PORT."""
+    if len(argv) != 2 or argv[0] != "master-port" or not argv[1].isdigit():
+        print("usage: python -m pipeline.slurm master-port JOB_ID", file=sys.stderr)
+        return 2
+    print(master_port(int(argv[1])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -18,4 +18,4 @@ if [[ ${CI:-} == true || ${SLM_TEST_SLURM:-} == 1 ]] && ! sinfo -h >/dev/null 2>
     trap './scripts/local_slurm.sh stop' EXIT
   fi
 fi
-.venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q --durations=25 "$@"  # the 25 slowest, so the suite's budget stays visible

@@ -68,10 +68,10 @@ def install(setattr_: SetAttr, point: str, signum: int, step: int = 0) -> None:
 
         complete = checkpoints.write_complete
 
-        def write_complete(tag_dir: Any, at: int) -> None:
+        def write_complete(tag_dir: Any, at: int, world: Any) -> None:
             if at == step:
                 fire()
-            complete(tag_dir, at)
+            complete(tag_dir, at, world)
 
         setattr_(checkpoints, "write_complete", write_complete)
     else:

@@ -179,9 +179,10 @@ def read_dataset(path: str, local: Path | None, config: str | None, split: str) 
     except DataError:
         raise
     except Exception as e:  # offline, unknown id, bad config or split: all end here
-        raise DataError(f"{origin}: could not be loaded ({type(e).__name__}: {str(e)[:300]}). Without "
-                        f"network, save it once with Dataset.save_to_disk and give that folder as "
-                        f"source.path") from None
+        raise DataError(f"{origin}: could not be loaded ({type(e).__name__}: {str(e)[:300]}). Offline (a "
+                        f"compute node, HF_HUB_OFFLINE=1), run `slm fetch` where the hub is reachable first (it "
+                        f"loads the dataset into the cache), or save it once with Dataset.save_to_disk and give "
+                        f"that folder as source.path") from None
     return _dataset_rows(ds, origin)
 
 

@@ -44,6 +44,11 @@ import faiss  # noqa: E402
 INDEX_FILE = "keys.faiss"
 # faiss GPU flat search returns at most this many neighbours; a larger store searches on the CPU
 GPU_MAX_K = 2048
+# Scratch of each GPU's faiss.StandardGpuResources. FAISS reserves 1.5 GiB per GPU by default (18 % of
+# a small card), sized for billion-vector searches; a flat search of at most GPU_MAX_K keys for a
+# batch of queries needs a few MiB (queries x keys fp32 distances), and a larger request falls back
+# to cudaMalloc. pipeline.planning.memory plans FAISS_GPU_GIB per rank on top of the keys.
+FAISS_TEMP_MEMORY = 64 * 2**20
 SIDECAR_FILE = "keys.json"
 
 
@@ -217,7 +222,9 @@ def rank_gpu() -> int:
 
 def _gpu_resources(device: int):
     if device not in _resources:
-        _resources[device] = faiss.StandardGpuResources()
+        resources = faiss.StandardGpuResources()
+        resources.setTempMemory(FAISS_TEMP_MEMORY)  # before its first use: FAISS allocates it then
+        _resources[device] = resources
     return _resources[device]
 
 

@@ -71,9 +71,7 @@ class SeqFt(Method):
 
         def save() -> list[str]:
             folder = layout.task_dir(t, cfg.tasks[t].name) / MODEL_DIR
-            everything = list(model.parameters())
-            state = distributed.gathered(everything, lambda: {k: v.detach().cpu().clone()
-                                                             for k, v in model.state_dict().items()})
+            state = distributed.state_dict_on_main(model)  # gathered to rank 0 alone, a module at a time
             if distributed.is_main():
                 with atomic_path(folder) as tmp:
                     model.save_pretrained(tmp, state_dict=state, safe_serialization=True, max_shard_size=SHARD_SIZE)

@@ -117,12 +117,16 @@ def own_row(cfg: ExperimentConfig, method: Method, nodes: int, gpus_per_node: in
 
 
 def check_fits(cfg: ExperimentConfig, method: Method, gpu_mem_gib: float | None = None) -> tuple[bool, str]:
-    """Does the config's own setting fit on slurm.train.nodes x gpus_per_node GPUs? (fits, table text).
+    """Do the config's jobs fit? (fits, text): the training job's own row on slurm.train.nodes x
+    gpus_per_node GPUs, its host RAM against slurm.train.mem, and the finish job's GPUs and host RAM
+    against slurm.finish. Every line that does not fit names the smallest change that would.
 
-    GPU memory: `gpu_mem_gib`, else $SLM_GPU_MEM_GIB, else 80 GiB. A CPU-only config fits.
+    GPU memory: `gpu_mem_gib`, else $SLM_GPU_MEM_GIB, else DEFAULT_GPU_MEM_GIB. A CPU-only config fits.
     """
     if cfg.slurm.train.gpus_per_node == 0:
         return True, "CPU run: no GPU memory plan"
+    from pipeline.planning.inference import finish_fix, format_finish, plan_finish
+
     gpu_mem = gpu_mem_gib if gpu_mem_gib is not None else gpu_mem_default()
     nodes, gpn = cfg.slurm.train.nodes, cfg.slurm.train.gpus_per_node
     row = own_row(cfg, method, nodes, gpn, gpu_mem)
@@ -134,7 +138,31 @@ def check_fits(cfg: ExperimentConfig, method: Method, gpu_mem_gib: float | None 
         best = recommend(plan_memory(cfg, method, nodes, gpn, gpu_mem))
         text.append("does not fit; " + (f"the plan recommends {overrides_for(best)}" if best else
                                         nothing_fits_message(cfg, method, nodes, gpn, gpu_mem)) + " (see `slm plan`)")
-    return row.fits, "\n".join(text)
+    train_host = host_line(cfg, "train", row.host_gib, f"{gpn} ranks")
+    text.append(train_host[1])
+    finish = plan_finish(cfg, method, cfg.slurm.finish.gpus_per_node, gpu_mem)
+    text.append(format_finish(finish))
+    if not finish.fits:
+        text.append(f"does not fit: the finish job would run out of GPU memory evaluating; the smallest fix: "
+                    f"{finish_fix(cfg, method, gpu_mem)}")
+    finish_host = host_line(cfg, "finish", finish.host_gib, "one process")
+    text.append(finish_host[1])
+    return row.fits and finish.fits and train_host[0] and finish_host[0], "\n".join(text)
+
+
+def host_line(cfg: ExperimentConfig, job: str, host_gib: float, who: str) -> tuple[bool, str]:
+    """Does slurm.<job>.mem hold the plan's host RAM? (fits, the line that says so or names the fix)."""
+    spec = getattr(cfg.slurm, job)
+    mem = spec.mem_gib
+    need = f"host RAM ~{host_gib:.0f} GiB per node for the {job} job ({who}; `host` in pipeline/planning/memory.py)"
+    if host_gib != host_gib:  # NaN: an unsupported row plans nothing
+        return True, f"{job} host RAM: not planned (the row is unsupported)"
+    if mem is None:
+        return True, f"{need}; slurm.{job}.mem={spec.mem} is not checked (0: all of a node's memory, or unreadable)"
+    if host_gib <= mem:
+        return True, f"{need}: fits slurm.{job}.mem={spec.mem}"
+    return False, (f"does not fit: {need} exceeds slurm.{job}.mem={spec.mem}: Slurm would kill the job for memory "
+                   f"(cgroup OOM) while it loads; the smallest fix: slurm.{job}.mem={math.ceil(host_gib)}G")
 
 
 def overrides_for(row: PlanRow) -> str:

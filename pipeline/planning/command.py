@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING
 from pipeline.config import ExperimentConfig
 from pipeline.dtkr import faiss_build
 from pipeline.errors import ConfigError
-from pipeline.planning.checks import check_resources, gpu_mem_default, nothing_fits_message, overrides_for, own_row
+from pipeline.planning.checks import (
+    check_resources,
+    gpu_mem_default,
+    host_line,
+    nothing_fits_message,
+    overrides_for,
+    own_row,
+)
+from pipeline.planning.inference import finish_fix, format_finish, plan_finish
 from pipeline.planning.memory import (
     GPU_MEM_ENV,
     PlanRow,
@@ -103,10 +111,30 @@ def _print_verdict(cfg: ExperimentConfig, method: Method, nodes: int, gpn: int, 
     if best is None:
         print(nothing_fits_message(cfg, method, nodes, gpn, gpu_mem))
     else:
+        note = _finish_note(cfg, method, best, gpu_mem)
         print(f"recommended  {overrides_for(best)}  ({best.total_gib:.1f} of {gpu_mem:g} GiB per GPU; "
-              f"DeepSpeed JSON: {best.deepspeed}.json; host RAM ~{best.host_gib:.0f} GiB per node)")
+              f"DeepSpeed JSON: {best.deepspeed}.json; host RAM ~{best.host_gib:.0f} GiB per node){note}")
     own = own_row(cfg, method, nodes, gpn, gpu_mem)
     verdict = own.unsupported or ("fits" if own.fits else "does NOT fit")
     total = f"{own.total_gib:.1f} GiB per GPU, " if own.unsupported is None else ""
     print(f"this config  train.deepspeed={cfg.train.deepspeed} model.quantization={cfg.model.quantization} "
           f"model.gradient_checkpointing={str(cfg.model.gradient_checkpointing).lower()}: {total}{verdict}")
+    print(f"             {host_line(cfg, 'train', own.host_gib, f'{gpn} ranks')[1]}")
+    _print_finish(cfg, method, gpu_mem)
+
+
+def _finish_note(cfg: ExperimentConfig, method: Method, best: PlanRow, gpu_mem: float) -> str:
+    """What the recommended base means for the finish job, when it no longer fits its GPUs."""
+    variant = cfg.model_copy(update={"model": cfg.model.model_copy(update={"quantization": best.quantization})})
+    if plan_finish(variant, method, cfg.slurm.finish.gpus_per_node, gpu_mem).fits:
+        return ""
+    return f"; with its base the finish job needs {finish_fix(variant, method, gpu_mem)}"
+
+
+def _print_finish(cfg: ExperimentConfig, method: Method, gpu_mem: float) -> None:
+    """The finish job's own row: evaluation loads the whole base, on slurm.finish.gpus_per_node GPUs."""
+    finish = plan_finish(cfg, method, cfg.slurm.finish.gpus_per_node, gpu_mem)
+    print(f"finish       {format_finish(finish)}")
+    if not finish.fits:
+        print(f"             does not fit; the smallest fix: {finish_fix(cfg, method, gpu_mem)}")
+    print(f"             {host_line(cfg, 'finish', finish.host_gib, 'one process')[1]}")

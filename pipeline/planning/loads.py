@@ -51,6 +51,7 @@ class MethodLoad:
     trains_base: bool = False  # the trainable parameters are the base's own weights
     index_keys_per_task: int = 0  # DTKR keys per task in the FAISS index
     modules: tuple[str, ...] = ()  # the kinds of linear the adapters sit on (o_proj; a peer's preset: q_proj, v_proj)
+    saved_linears: tuple[LinearShape, ...] = ()  # the linears whose inputs the method saves (saved_input_features)
 
     @property
     def stored_total_bytes(self) -> int:
@@ -65,7 +66,7 @@ def jare_load(targets: list[LinearShape], rank: int, tasks: int, slots: int, gat
     return MethodLoad(method=method, summary=summary,
                       adapter_label="slots", resident_params=tasks * slots * slot_params,
                       trainable_params=slots * slot_params, saved_input_features=saved_input_features(targets),
-                      gathered_params=gathered * slot_params,
+                      gathered_params=gathered * slot_params, saved_linears=tuple(targets),
                       tasks=tasks,
                       stored_per_task_bytes=slots * (slot_params * compute_bytes + encoder_dim * KEY_BYTES),
                       stored_what=f"{slots} slots x target linears in {_dtype(compute_bytes)} + {slots} fp32 keys",
@@ -85,7 +86,7 @@ def lora_load(targets: list[LinearShape], rank: int, tasks: int, one_per_task: b
     return MethodLoad(method=method, summary=f"LoRA rank {rank}: {held} trains",
                       adapter_label="LoRAs" if one_per_task else "LoRA",
                       resident_params=(tasks if one_per_task else 1) * one, trainable_params=one,
-                      saved_input_features=saved, gathered_params=0, tasks=tasks,
+                      saved_input_features=saved, gathered_params=0, tasks=tasks, saved_linears=tuple(targets),
                       stored_per_task_bytes=one * compute_bytes,
                       stored_what=f"one LoRA adapter in {_dtype(compute_bytes)}", modules=module_kinds(targets))
 
@@ -101,7 +102,7 @@ def gated_lora_load(targets: list[LinearShape], rank: int, tasks: int, gate_para
                                              "the newest of each trains",
                       adapter_label="LoRAs + gates", resident_params=tasks * (one + gate_params),
                       trainable_params=one + gate_params, saved_input_features=base.saved_input_features,
-                      gathered_params=0, tasks=tasks,
+                      gathered_params=0, tasks=tasks, saved_linears=base.saved_linears,
                       stored_per_task_bytes=one * compute_bytes + (gate_params + basis_values) * FP32_BYTES,
                       stored_what=f"one LoRA adapter in {_dtype(compute_bytes)} + its fp32 gate and (at most "
                                   f"{basis_values:,} fp32 values of) subspace bases", modules=base.modules)
@@ -119,7 +120,8 @@ def full_ft_load(shape: ModelShape, trained: list[LinearShape], tasks: int, comp
     return MethodLoad(method=method, summary=f"full fine-tuning: {len(trained)} decoder linears "
                       f"({share:.1%} of the parameters) train", adapter_label="adapters", resident_params=0,
                       trainable_params=params, saved_input_features=saved_input_features(trained),
-                      gathered_params=0, tasks=tasks, stored_per_task_bytes=shape.total_params * compute_bytes,
+                      saved_linears=tuple(trained), gathered_params=0, tasks=tasks,
+                      stored_per_task_bytes=shape.total_params * compute_bytes,
                       stored_what=f"the whole model in {_dtype(compute_bytes)}, safetensors shards", trains_base=True)
 
 

@@ -42,6 +42,12 @@ activations  tensors saved for backward at micro_batch x max_seq_len, derived fo
                              the SwiGLU product, which a frozen down_proj never keeps)
              plus, for JARe, per sample and layer, the gathered slots k*r*(d_in+d_out)*e; e = 2 (bf16)
              or 4. The rank-r intermediates (V x, A x: r/d_in of an input) are left out.
+             An 8-bit base adds the inputs its linears keep although their weights are frozen:
+             bitsandbytes' MatMul8bitLt stores its input A for backward whenever a gradient flows
+             through it (`ctx.tensors = (CAt, subA, A)`), so q/k/v's, gate/up's and down_proj's
+             inputs stay too (+h + h + I per token and layer beyond what the method saves: +4.7 GiB
+             for LLaMA-2-7B at 4 x 1024 tokens without checkpointing). A 4-bit base keeps only its
+             packed weight (MatMul4Bit: `ctx.tensors = (None, B)`).
              For LLaMA-2-7B this is 34.1*h bytes per token and layer with JARe on o_proj
              (Korthikanti: 34*h) and 43.5*h with every linear trained (seq_ft).
              Outside the blocks: final norm 4h per token, a padding mask of b*s^2 bools, and the
@@ -53,14 +59,27 @@ activations  tensors saved for backward at micro_batch x max_seq_len, derived fo
                  L*h*e*b*s + max(logit peak, e-dtype logits + one layer's full activations).
              No fitted constants: bench/plan_vs_measured.py measures a real step (fp32 and bf16,
              MHA and GQA, checkpointing off/on; JARe, and full fine-tuning in fp32) against this.
-load         today `pipeline.runtime.models.load_base_model` moves the whole base to each GPU and only
-             then does DeepSpeed partition it, so ZeRO-3 needs the whole 16-bit base to fit on one
-             GPU at load time; a row where that fails reads "no (load)". The loader flips this by
-             setting `pipeline.runtime.models.LOADS_ZERO3_SHARDED = True` once it loads under zero.Init.
+load         the peak on one GPU while the base loads. `pipeline.runtime.models.placement` streams the
+             checkpoint's tensors to their GPU (ZeRO-0/2, a quantized base) or builds the model
+             partitioned under zero.Init (ZeRO-3; `pipeline.runtime.models.LOADS_ZERO3_SHARDED`), so
+             the steady state is the peak. A loader that moved the whole base to each GPU before
+             ZeRO-3 partitions it would need the whole 16-bit base on one GPU: "no (load)".
 other        DTKR encoder (fp32) and FAISS keys, ZeRO's contiguous-gradient reduce bucket
              (reduce_bucket_size elements of bf16, allocated whole however few parameters train),
-             plus CUDA_CONTEXT_GIB for the CUDA context, cuBLAS workspaces and NCCL buffers, plus
-             FRAGMENTATION of everything else for the caching allocator.
+             plus CUDA_CONTEXT_GIB for the CUDA context, cuBLAS workspaces and NCCL buffers, plus,
+             for a method with DTKR keys searched on the GPU (dtkr.faiss auto or gpu), FAISS_GPU_GIB
+             for each rank's faiss.StandardGpuResources (its scratch, which
+             pipeline.dtkr.store caps at FAISS_TEMP_MEMORY, plus its cuBLAS handle and streams),
+             plus FRAGMENTATION of everything else for the caching allocator.
+host         host RAM of the busiest node (the one with rank 0), compared with slurm.train.mem by
+             `slm plan` and `slm submit`: HOST_BASE_GIB per rank (Python, torch and CUDA host
+             allocations, tokenizer, data), plus what loading holds: with `placement`'s device map
+             each rank streams LOAD_WORKERS tensors at a time (transformers' loader threads) from
+             the memory-mapped files, whose page cache is shared and reclaimable, so not counted;
+             under ZeRO-3 transformers' rank 0 reads every checkpoint file into one host state dict
+             before the shards are filled (the whole 16-bit base, once). Plus offloaded state
+             (16-bit parameters, fp32 optimizer state, over the nodes), plus, for a method that
+             trains the base (seq_ft), the whole model that rank 0 alone gathers to save it.
 stored       disk per task (not GPU memory; pipeline.planning.loads): JARe P slots + keys, a LoRA
              method one adapter, seq_ft the whole model in the training dtype; and over T tasks.
 """
@@ -75,7 +94,7 @@ from typing import TYPE_CHECKING
 from pipeline.config import ExperimentConfig, shipped_deepspeed
 from pipeline.errors import ConfigError
 from pipeline.planning.loads import MethodLoad, compute_bytes
-from pipeline.planning.shapes import ModelShape, encoder_size, model_shape
+from pipeline.planning.shapes import ModelShape, encoder_size, model_shape, saved_input_features
 
 if TYPE_CHECKING:
     from pipeline.methods.base import Method
@@ -83,12 +102,19 @@ if TYPE_CHECKING:
 GIB = 2**30
 CUDA_CONTEXT_GIB = 1.5  # CUDA context ~0.5, cuBLAS/cuDNN workspaces ~0.3, NCCL buffers ~0.5 (8 ranks)
 FRAGMENTATION = 0.05  # share of the planned bytes lost to the caching allocator's fragmentation
-DEFAULT_GPU_MEM_GIB = 80.0
+# What an "80 GB" card offers, the CUDA context included (planned apart, CUDA_CONTEXT_GIB): an A100
+# 80GB reports 79.25 GiB of total capacity in PyTorch's out-of-memory message, an H100 80GB HBM3
+# 81559 MiB (79.6 GiB) in nvidia-smi; the smaller of the two.
+DEFAULT_GPU_MEM_GIB = 79.2
 GPU_MEM_ENV = "SLM_GPU_MEM_GIB"  # `slm submit` reads the GPU size from here (the plan CLI: --gpu-mem-gib)
 OPTIM_BYTES_MIXED = 18  # DeepSpeed's per-trainable-param accounting with 16-bit params
 OPTIM_BYTES_FP32 = 12  # fp32 params are their own master: grad + Adam m + v
-SHARD_GIB = 10.0  # host RAM for one checkpoint shard while a rank loads it (LLaMA-2 shards: ~10 GB)
 HOST_BASE_GIB = 8.0  # per rank: Python, CUDA host allocations, tokenizer, data loader
+LOAD_WORKERS = 4  # tensors transformers' loader materialises at once (core_model_loading.GLOBAL_WORKERS)
+# Each rank's faiss.StandardGpuResources: the scratch pipeline.dtkr.store.FAISS_TEMP_MEMORY allows
+# (FAISS's own default would reserve 1.5 GiB per GPU to search a few thousand keys) + cuBLAS handle
+# and streams.
+FAISS_GPU_GIB = 0.25
 GRID_DEEPSPEED = ("zero2", "zero3", "zero3_offload")
 # Full fine-tuning holds the whole model's optimizer state, which ZeRO-2 can move to the host.
 GRID_DEEPSPEED_FULL_FT = ("zero2", "zero2_offload", "zero3", "zero3_offload")
@@ -128,6 +154,7 @@ class Workload:
     encoder_params: int
     encoder_dim: int
     on_gpu: bool = True  # False: a CPU step (no CUDA context, no ZeRO buffers, no encoder)
+    faiss_on_gpu: bool = True  # dtkr.faiss allows a GPU search (auto, gpu): each rank holds FAISS resources
 
     @property
     def gpus(self) -> int:
@@ -204,7 +231,8 @@ def workload(cfg: ExperimentConfig, nodes: int, gpus_per_node: int, gpu_mem_gib:
     params, dim = encoder_size(cfg.dtkr.encoder)
     return Workload(tasks=len(cfg.tasks), micro_batch=cfg.train.micro_batch_size, seq_len=cfg.model.max_seq_len,
                     nodes=nodes, gpus_per_node=gpus_per_node, gpu_mem_gib=gpu_mem_gib,
-                    compute_bytes=compute_bytes(cfg), encoder_params=params, encoder_dim=dim)
+                    compute_bytes=compute_bytes(cfg), encoder_params=params, encoder_dim=dim,
+                    faiss_on_gpu=cfg.dtkr.faiss != "cpu")
 
 
 def shape_of_config(cfg: ExperimentConfig) -> ModelShape:
@@ -226,7 +254,7 @@ def _zero3_working_set(shape: ModelShape, mode: ZeroMode) -> float:
     return 4 * shape.largest_module_params + 2 * prefetch
 
 
-def _quantized_bytes(shape: ModelShape, bits: int) -> float:
+def quantized_bytes(shape: ModelShape, bits: int) -> float:
     kept = (shape.total_params - shape.quantizable_params) * 2  # embeddings, lm_head, norms
     if bits == 8:
         packed = shape.quantizable_params * 1 + shape.quantizable_rows * 4  # int8 + fp32 row scale
@@ -237,7 +265,7 @@ def _quantized_bytes(shape: ModelShape, bits: int) -> float:
 
 def _weight_bytes(shape: ModelShape, work: Workload, mode: ZeroMode, bits: int) -> float:
     if bits < 16:
-        return _quantized_bytes(shape, bits)
+        return quantized_bytes(shape, bits)
     dense = shape.total_params * bits / 8
     if mode.stage < 3:
         return dense
@@ -263,20 +291,30 @@ def _optim_bytes(load: MethodLoad, work: Workload, mode: ZeroMode) -> float:
     return load.trainable_params * (replicated + (per_param - replicated) / work.gpus)
 
 
-def layer_activation_bytes(shape: ModelShape, work: Workload, load: MethodLoad) -> float:
+def quantized_saved_features(shape: ModelShape, load: MethodLoad, bits: int) -> int:
+    """Features per token, summed over layers, that an 8-bit base's decoder linears keep for backward
+    beyond what the method's own trainable linears save (see the module doc); 0 for other bases."""
+    if bits != 8:
+        return 0
+    saved = list(load.saved_linears)
+    return saved_input_features([*saved, *shape.decoder_linears()]) - saved_input_features(saved)
+
+
+def layer_activation_bytes(shape: ModelShape, work: Workload, load: MethodLoad, bits: int = 16) -> float:
     """Bytes one decoder layer saves for backward at micro_batch x seq_len (see module doc)."""
     e = work.compute_bytes
+    saved = load.saved_input_features + quantized_saved_features(shape, load, bits)
     per_token = (8 * shape.hidden_size + 4 * shape.q_size * e + 3 * shape.intermediate_size * e
-                 + load.saved_input_features / shape.num_layers * e)
+                 + saved / shape.num_layers * e)
     gathered = work.micro_batch * load.gathered_params / shape.num_layers * e
     return work.micro_batch * work.seq_len * per_token + gathered
 
 
-def _activation_bytes(shape: ModelShape, work: Workload, load: MethodLoad,
-                      checkpointing: bool) -> tuple[float, float]:
+def _activation_bytes(shape: ModelShape, work: Workload, load: MethodLoad, checkpointing: bool,
+                      bits: int) -> tuple[float, float]:
     """(activations including the logits, the logits' share) at the peak of one step."""
     e, tokens = work.compute_bytes, work.micro_batch * work.seq_len
-    layer = layer_activation_bytes(shape, work, load)
+    layer = layer_activation_bytes(shape, work, load, bits)
     logits_out = tokens * shape.vocab_size * e
     logits_peak = tokens * shape.vocab_size * (e + 12)
     outside = tokens * 4 * shape.hidden_size + work.micro_batch * work.seq_len**2  # final norm, mask
@@ -292,7 +330,8 @@ def _other_bytes(shape: ModelShape, work: Workload, mode: ZeroMode, load: Method
     encoder = work.encoder_params * 4
     index = work.tasks * load.index_keys_per_task * (work.encoder_dim * 4 + 8 * 16)  # keys + ids (<= 16 groups)
     bucket = mode.reduce_bucket if mode.reduce_bucket is not None else shape.hidden_size**2
-    return encoder + index + mode.reduce_buffers * bucket * 2 + CUDA_CONTEXT_GIB * GIB
+    faiss = FAISS_GPU_GIB * GIB if load.index_keys_per_task and work.faiss_on_gpu else 0.0
+    return encoder + index + faiss + mode.reduce_buffers * bucket * 2 + CUDA_CONTEXT_GIB * GIB
 
 
 def _load_bytes(shape: ModelShape, mode: ZeroMode, bits: int) -> float:
@@ -306,21 +345,24 @@ def _load_bytes(shape: ModelShape, mode: ZeroMode, bits: int) -> float:
 
 
 def _host_bytes(shape: ModelShape, work: Workload, mode: ZeroMode, bits: int, load: MethodLoad) -> float:
-    """Host RAM per node, rough: what each rank holds while loading, plus offloaded state.
-
-    pipeline.runtime.models loads an unquantized base on the host and then moves it, so under ZeRO-0/2
-    every rank briefly holds the whole 16-bit model; a quantized base (device_map) and ZeRO-3
-    (zero.Init) hold about one checkpoint shard per rank.
-    """
+    """Host RAM of the node that holds rank 0 (see the module doc's `host`)."""
     ranks = work.gpus_per_node
-    whole = bits >= 16 and mode.stage < 3
-    loading = shape.total_params * bits / 8 if whole else SHARD_GIB * GIB
+    if mode.stage == 3 and bits >= 16:
+        loading = shape.total_params * bits / 8  # transformers' rank 0 reads the whole checkpoint
+    else:
+        loading = ranks * LOAD_WORKERS * largest_tensor_params(shape) * 2  # streamed; 16-bit files
+    saving = shape.total_params * work.compute_bytes if load.trains_base else 0.0  # rank 0 gathers it
     offloaded = 0.0
     if mode.offload_param:
         offloaded += shape.total_params * 2 / work.nodes
     if mode.offload_optimizer:
         offloaded += load.trainable_params * 16 / work.nodes  # fp32 master, m, v, grad
-    return ranks * (HOST_BASE_GIB * GIB + loading) + offloaded
+    return ranks * HOST_BASE_GIB * GIB + max(loading, saving) + offloaded
+
+
+def largest_tensor_params(shape: ModelShape) -> int:
+    """The largest single tensor of the checkpoint (LLaMA: the embedding or the LM head)."""
+    return max(shape.largest_module_params, shape.vocab_size * shape.hidden_size)
 
 
 # ---- rows, recommendation, table ---------------------------------------------------------------
@@ -336,7 +378,7 @@ def estimate(shape: ModelShape, work: Workload, mode: ZeroMode, base_bits: int, 
                   activations_gib=nan, logits_gib=nan, other_gib=nan, host_gib=nan, method=load.method)
     if unsupported or (mode.stage == 3 and base_bits < 16):
         return replace(row, unsupported=unsupported or UNSUPPORTED_QUANT_ZERO3)
-    acts, logits = _activation_bytes(shape, work, load, checkpointing)
+    acts, logits = _activation_bytes(shape, work, load, checkpointing, base_bits)
     planned = (_weight_bytes(shape, work, mode, base_bits), _adapter_bytes(load, work, mode),
                _optim_bytes(load, work, mode), acts)
     other = _other_bytes(shape, work, mode, load)
@@ -389,17 +431,17 @@ def _fits_cell(row: PlanRow) -> str:
     return "yes" if row.fits else "no"
 
 
-def _cell(value: float) -> str:
-    return "-" if value != value else f"{value:.1f}"  # NaN: unsupported rows have no numbers
+def _cell(value: float, digits: int = 1) -> str:
+    return "-" if value != value else f"{value:.{digits}f}"  # NaN: unsupported rows have no numbers
 
 
 def format_plan(rows: list[PlanRow], recommended: PlanRow | None = None, load: MethodLoad | None = None) -> str:
     """The table; with `load`, titled with the method it plans and followed by its disk per task."""
     head = ("zero", "base bits", "ckpt", "weights", load.adapter_label if load else "slots", "optim+grads",
-            "activations", "other", "total GiB/GPU", "fits?")
+            "activations", "other", "total GiB/GPU", "fits?", "host GiB/node")
     lines = [[r.zero, str(r.base_bits), "on" if r.checkpointing else "off", _cell(r.weights_gib),
               _cell(r.adapters_gib), _cell(r.optim_gib), _cell(r.activations_gib), _cell(r.other_gib),
-              _cell(r.total_gib), _fits_cell(r)] for r in rows]
+              _cell(r.total_gib), _fits_cell(r), _cell(r.host_gib, 0)] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *lines, strict=True)]
     marks = ["* " if r is recommended else "  " for r in rows]
     out = [f"method {load.method}: {load.summary}"] if load else []

@@ -130,6 +130,7 @@ class ModelShape:
     intermediate_size: int
     num_layers: int
     q_size: int  # num_attention_heads * head_dim
+    kv_size: int  # num_key_value_heads * head_dim: what one token's keys (or values) take per layer
     vocab_size: int
     quantizable_params: int  # nn.Linear weights except lm_head (what bitsandbytes converts)
     quantizable_rows: int  # their out_features summed: 8-bit keeps one fp32 scale per row
@@ -200,6 +201,7 @@ def shape_from_config(name: str, config: PretrainedConfig) -> ModelShape:
         intermediate_size=config.intermediate_size,
         num_layers=config.num_hidden_layers,
         q_size=heads * head_dim,
+        kv_size=(getattr(config, "num_key_value_heads", None) or heads) * head_dim,
         vocab_size=config.vocab_size,
         quantizable_params=sum(m.weight.numel() for m in quantized),
         quantizable_rows=sum(m.out_features for m in quantized),
@@ -216,6 +218,11 @@ KNOWN_ENCODERS: dict[str, dict[str, Any]] = {
     "sentence-transformers/nli-roberta-base-v2": {
         "model_type": "roberta", "vocab_size": 50265, "hidden_size": 768, "num_hidden_layers": 12,
         "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 514,
+        "type_vocab_size": 1, "pad_token_id": 1},
+    # eval.bertscore_model's default (the SLM reference's BERTScore lang="en"): planned for the finish job
+    "roberta-large": {
+        "model_type": "roberta", "vocab_size": 50265, "hidden_size": 1024, "num_hidden_layers": 24,
+        "num_attention_heads": 16, "intermediate_size": 4096, "max_position_embeddings": 514,
         "type_vocab_size": 1, "pad_token_id": 1},
     # assembled from five PyPI packages on first use (pipeline.runtime.models.SPLIT_ENCODERS): planning
     # a run must not need the 420 MB installed

@@ -206,19 +206,42 @@ def release_zero3_loading() -> None:
 
 
 def base_model(spec: ModelSpec, device: torch.device | None = None):
-    """The experiment's frozen base (`model:` section) on `device`, loaded whole."""
+    """The experiment's frozen base (`model:` section) on `device` (or across the GPUs: `placement`)."""
     return load_base_model(spec.name_or_path, spec.dtype, spec.quantization, device)
+
+
+def placement(device: torch.device, ds_config: dict | None) -> dict | str | None:
+    """Where `from_pretrained` puts the weights (its `device_map`), so no rank holds the base on the host.
+
+    - ZeRO-3 training (16-bit): None. zero.Init builds the model partitioned and transformers copies
+      each checkpoint tensor into its shard.
+    - Inference (no `ds_config`) in one process that sees several GPUs (the finish job with
+      `slurm.finish.gpus_per_node` > 1, `slm serve` on a multi-GPU node): "auto", accelerate's
+      balanced map of whole decoder layers over those GPUs, so a base larger than one GPU
+      (LLaMA-2-70B in bf16) is evaluated without ZeRO. Under torchrun every rank keeps its own device.
+    - Otherwise {"": device}: transformers streams the tensors from the memory-mapped checkpoint
+      files straight to the device (as LLaMA-Factory loads with `device_map={"": LOCAL_RANK}`);
+      loading to the host first and then `.to(device)` would hold the whole 16-bit base in every
+      rank's host memory (8 x 13 GB for LLaMA-2-7B on an 8-GPU node).
+    """
+    if is_zero3(ds_config):
+        return None
+    single_process = int(os.environ.get("WORLD_SIZE", "1")) == 1
+    if ds_config is None and device.type == "cuda" and single_process and torch.cuda.device_count() > 1:
+        return "auto"
+    return {"": device}
 
 
 def load_base_model(name: str, dtype: str = "auto", quantization: str = "none", device: torch.device | None = None,
                     ds_config: dict | None = None):
-    """The frozen base LlamaForCausalLM (all parameters requires_grad=False).
+    """The frozen base LlamaForCausalLM (all parameters requires_grad=False), placed by `placement`.
 
     `ds_config`: the DeepSpeed config the model will train under, with its "auto" values filled
-    (pipeline.runtime.deepspeed_config.build_ds_config). Under ZeRO-3 (16-bit base only; a quantised base
-    with ZeRO-3 is refused there) the model is constructed inside deepspeed.zero.Init: each rank
-    keeps only its shard and the parameters stay where zero.Init put them (no .to(device); the
-    DeepSpeed engine skips its own move for such a model, too). Needs the process group up.
+    (pipeline.runtime.deepspeed_config.build_ds_config); None for inference. Under ZeRO-3 (16-bit base
+    only; a quantised base with ZeRO-3 is refused there) the model is constructed inside
+    deepspeed.zero.Init: each rank keeps only its shard and the parameters stay where zero.Init put
+    them (no .to(device); the DeepSpeed engine skips its own move for such a model, too). Needs the
+    process group up.
     """
     from transformers import AutoModelForCausalLM
 
@@ -231,15 +254,14 @@ def load_base_model(name: str, dtype: str = "auto", quantization: str = "none", 
         # Must exist before from_pretrained; kept alive until release_zero3_loading().
         _ZERO3_HF_CONFIG = HfDeepSpeedConfig(ds_config)
     kwargs: dict = {"dtype": resolve_dtype(dtype, device)}
+    if (device_map := placement(device, ds_config)) is not None:
+        kwargs["device_map"] = device_map
     if quantization != "none":
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=quantization == "4bit", load_in_8bit=quantization == "8bit",
             bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=kwargs["dtype"])
-        kwargs["device_map"] = {"": device}
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name), **kwargs)
-    if quantization == "none" and not sharded:  # bitsandbytes and zero.Init placed it already
-        model.to(device)
     model.requires_grad_(False)
     return model

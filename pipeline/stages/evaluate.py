@@ -30,6 +30,7 @@ from pipeline.methods.base import Predictor
 from pipeline.prompts.batching import TokenCaps, collate, encode_prompts_left_padded, tokenize_for_training
 from pipeline.runtime.models import base_model, default_device, load_tokenizer
 from pipeline.stages import CHECK_HELP
+from pipeline.stages.fetch import require_fetched
 from pipeline.state import validity
 from pipeline.state.artifacts import DONE_FORMAT, atomic_write_json, format_of
 from pipeline.state.locks import writer_stage
@@ -69,6 +70,7 @@ def main(experiment: Experiment, args: Args) -> int:
 
 def run(exp: Experiment, after: int) -> int:
     preflight.use_faiss_of(exp)
+    require_fetched(exp)  # offline (a job): the models are in the cache, else stop before any work
     with writer_stage(exp.layout):
         return _run(exp, after)
 

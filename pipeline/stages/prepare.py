@@ -85,6 +85,9 @@ def run(exp: Experiment, force: bool = False) -> dict[str, Any]:
     Holds the data lock throughout: a second prepare of the same output_dir waits for this one,
     then finds the data DONE instead of building it again.
     """
+    from pipeline.stages.fetch import require_fetched
+
+    require_fetched(exp)  # offline (a job): the tokenizer's model must be in the cache
     with data_lock(exp.layout):
         return _prepare(exp.cfg, exp.layout, force)
 

@@ -4,9 +4,11 @@ An experiment with `orders:` (or `seeds:`) has several runs, each a plain single
 in its own folder (`pipeline.state.orders`, `<output_dir>/<order>/`): each gets its own independent
 chain of three jobs, or only the one `--order` names. Reads top to bottom: resolve `slurm.setup`
 paths from the folder we run in; render every chain's scripts (pure, pipeline/slurm.py); print the
-memory plan (the same for every order) and refuse a plan that does not fit unless --ignore-plan;
-with --dry-run print everything and stop; otherwise refuse while an earlier submission of any of
-these runs is still queued, then per run write the resolved config and the scripts to
+memory plan (the same for every order: the training and finish jobs' GPUs and host RAM) and
+refuse a plan that does not fit unless --ignore-plan; with --dry-run print everything and stop
+(refused as submit would be); otherwise refuse while an earlier submission of any of
+these runs is still queued, fetch the hub models and datasets the jobs load into the cache
+they read (`slm fetch`: the jobs run with the hub offline), then per run write the resolved config and the scripts to
 <run>/slurm/<method>/ (atomically) and submit them in order, each waiting for the one before,
 recording the job ids in jobs.json as they come. If one sbatch fails, every job this call
 submitted is cancelled, so a retry starts from a clean queue.
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING
 from pipeline import slurm
 from pipeline.config import ExperimentConfig
 from pipeline.errors import SlmError
-from pipeline.stages import status
+from pipeline.stages import fetch, status
 from pipeline.state import validity
 from pipeline.state.artifacts import atomic_write_json, atomic_write_text
 from pipeline.state.layout import RunLayout
@@ -45,12 +47,15 @@ NO_SLURM_HINT = ("start the local single-node Slurm with `scripts/local_slurm.sh
 class Args:
     dry_run: bool = False
     ignore_plan: bool = False
+    no_fetch: bool = False
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print scripts and sbatch commands only")
     p.add_argument("--ignore-plan", action="store_true",
                    help="submit even when the memory plan says the job does not fit")
+    p.add_argument("--no-fetch", action="store_true",
+                   help="do not run `slm fetch` first (the jobs run offline: the models must be in the cache already)")
 
 
 @dataclass(frozen=True)
@@ -77,14 +82,20 @@ class Chain:
 def main(experiment: Experiment, args: Args) -> int:
     experiment = experiment.with_config(slurm.with_resolved_setup(experiment.cfg, Path.cwd()))
     chains = [make_chain(exp) for exp in experiment.runs()]
-    check_plan(chains[0].exp, ignore=args.ignore_plan, dry_run=args.dry_run)  # orders permute the same tasks
+    refusal = check_plan(chains[0].exp, ignore=args.ignore_plan)  # orders permute the same tasks
     if args.dry_run:
         for chain in chains:
             print_dry_run(chain)
+        if refusal:  # a dry run shows what `slm submit` would do, its refusal included
+            raise SlmError(refusal)
         return 0
+    if refusal:
+        raise SlmError(refusal)
     require_sbatch()
     for chain in chains:
         refuse_if_queued(chain.layout)
+    if not args.no_fetch:  # here, on the login node: the jobs run with the hub offline
+        fetch.run(chains[0].exp)
     records: list[dict] = []
     try:
         for chain in chains:
@@ -121,27 +132,26 @@ def first_to_train(exp: Experiment) -> int:
     return len(exp.cfg.tasks)
 
 
-def check_plan(exp: Experiment, ignore: bool, dry_run: bool) -> None:
-    """Print the memory plan; a plan that does not fit stops the submission (not a dry run)."""
+def check_plan(exp: Experiment, ignore: bool) -> str | None:
+    """Print the memory plan; why the jobs would not fit (None: they fit, or --ignore-plan)."""
     try:
         from pipeline.planning.checks import check_fits
     except ImportError:  # the planner is optional: submit works without it
-        return
+        return None
     try:
         fits, text = check_fits(exp.cfg, exp.method)
     except OSError as e:  # e.g. the model's config.json cannot be read on this machine
         print(f"memory plan skipped: {e}")
-        return
+        return None
     print(text)
     if fits:
-        return
+        return None
     if ignore:
         print("the plan says this does not fit; submitting anyway (--ignore-plan)")
-    elif dry_run:
-        print("the plan says this does not fit: `slm submit` will refuse it unless given --ignore-plan")
-    else:
-        raise SlmError("the memory plan above says the training job does not fit its GPUs; change the "
-                       "settings it recommends, or pass --ignore-plan to submit anyway")
+        return None
+    return ("the memory plan above says the jobs do not fit (its `does not fit` lines name the smallest fix: GPU "
+            "memory of the training or finish job, or host RAM against slurm.*.mem); change those settings, or "
+            "pass --ignore-plan to submit anyway")
 
 
 def print_dry_run(chain: Chain) -> None:

@@ -41,12 +41,26 @@ from pipeline.prompts.batching import TokenCaps, collate, tokenize_for_training
 from pipeline.runtime.deepspeed_config import build_ds_config, check_quantization_pairing, make_optimizer
 from pipeline.runtime.models import load_base_model, load_tokenizer, release_zero3_loading
 from pipeline.stages import RESTART_HELP
+from pipeline.stages.fetch import require_fetched
 from pipeline.state import validity
 from pipeline.state.artifacts import DONE, atomic_write_json, atomic_write_text, read_done, sha256_file, write_done
-from pipeline.state.checkpoints import make_private, prune_checkpoints, resume_latest, save_checkpoint
+from pipeline.state.checkpoints import (
+    World,
+    make_private,
+    prune_checkpoints,
+    require_same_world,
+    resume_latest,
+    save_checkpoint,
+)
 from pipeline.state.layout import RunLayout
 from pipeline.state.locks import writer_stage
-from pipeline.state.preemption import EXIT_PREEMPTED, EXIT_PREVIOUS_NOT_DONE, EXIT_TERMINATED, PreemptionFlag
+from pipeline.state.preemption import (
+    EXIT_PREEMPTED,
+    EXIT_PREVIOUS_NOT_DONE,
+    EXIT_TERMINATED,
+    PreemptionFlag,
+    requeue_deadline,
+)
 from pipeline.tracking import JsonlLog, Trackers, check_report_to, train_log
 
 if TYPE_CHECKING:
@@ -128,6 +142,7 @@ def run(exp: Experiment, t: int, restart: bool = False) -> int:
     exp.method.check(cfg)
     check_report_to(cfg)  # a wandb / mlflow that is not installed: refuse before any work
     preflight.use_faiss_of(exp)
+    require_fetched(exp)  # offline (a job): the models are in the cache, else stop before any work
     with writer_stage(exp.layout):  # one writer per output folder: nobody else touches this train_state
         validity.require_tasks(exp, t, verify=False)  # earlier tasks still match the config and data
         if _already_done(exp, t, restart):
@@ -159,11 +174,11 @@ def _already_done(exp: Experiment, t: int, restart: bool) -> bool:
 # ---- train_state belongs to the inputs it was started from ---------------------------------------
 
 
-def _claim_state(exp: Experiment, t: int, inputs: dict[str, str], restart: bool) -> None:
-    """Refuse a train_state of other inputs, or with --restart discard the whole task folder (a stale
-    result, a train_state, files of an unfinished attempt such as a replay buffer); then record
-    our inputs before the state's first file. Every rank reads before rank 0 changes anything, so
-    all take the same branch."""
+def _claim_state(exp: Experiment, t: int, inputs: dict[str, str], restart: bool, world: World) -> None:
+    """Refuse a train_state of other inputs, or checkpoints of another world (GPU count, global
+    batch), or with --restart discard the whole task folder (a stale result, a train_state, files of
+    an unfinished attempt such as a replay buffer); then record our inputs before the state's first
+    file. Every rank reads before rank 0 changes anything, so all take the same branch."""
     name = exp.cfg.tasks[t].name
     task_dir, state_dir = exp.layout.task_dir(t, name), exp.layout.train_state(t, name)
     problem = _state_problem(exp, t, inputs)
@@ -173,6 +188,8 @@ def _claim_state(exp: Experiment, t: int, inputs: dict[str, str], restart: bool)
     if problem and not restart:
         raise StageInputError(problem, hint=f"`slm train --task {t} --restart` discards it and trains task {t} from "
                                             "step 0; or restore the config (and data) it was started with")
+    if has_state and not restart:  # before any model is loaded
+        require_same_world(state_dir, world, f"slm train --task {t} --restart")
     if restart and has_files:
         distributed.log(f"train: --restart: discarding {task_dir} ({problem or 'as asked'})")
         if distributed.is_main():
@@ -244,7 +261,9 @@ def _run(exp: Experiment, t: int, inputs: dict[str, str], preempt: PreemptionFla
     name = cfg.tasks[t].name
     started = time.time()
     rank, world = distributed.setup()
-    _claim_state(exp, t, inputs, restart)  # before any write: a refused resume changes nothing
+    tr = cfg.train
+    ranks = World(world, tr.micro_batch_size * tr.grad_accum * world)
+    _claim_state(exp, t, inputs, restart, ranks)  # before any write or load: a refused resume changes nothing
     if distributed.is_main():
         atomic_write_text(layout.config, cfg.to_yaml())
     device = distributed.local_device()
@@ -267,7 +286,7 @@ def _run(exp: Experiment, t: int, inputs: dict[str, str], preempt: PreemptionFla
             trainer.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(trainer.model, "enable_input_require_grads"):
                 trainer.model.enable_input_require_grads()
-        status = _train_loop(exp, t, trainer, examples, rank, world, preempt, ds_config)
+        status = _train_loop(exp, t, trainer, examples, ranks, rank, preempt, ds_config)
         if status != 0:
             return status
         _save_results(exp, t, trainer, inputs, time.time() - started)
@@ -300,12 +319,13 @@ def micro_batch(order: torch.Tensor, step: int, j: int, rank: int, world: int, m
     return order[start:start + micro].tolist()
 
 
-def _train_loop(exp: Experiment, t: int, trainer: Trainer, examples: list, rank: int, world: int,
+def _train_loop(exp: Experiment, t: int, trainer: Trainer, examples: list, ranks: World, rank: int,
                 preempt: PreemptionFlag, ds_config: dict) -> int:
     import deepspeed
     from tqdm import tqdm
 
     cfg, layout, method = exp.cfg, exp.layout, exp.method
+    world = ranks.size
     tr = cfg.train
     steps = total_steps(cfg, method, len(examples), world, t)
     order = sample_order(len(examples), steps * tr.micro_batch_size * tr.grad_accum * world, cfg.seed + t)
@@ -322,15 +342,17 @@ def _train_loop(exp: Experiment, t: int, trainer: Trainer, examples: list, rank:
     pad = _pad_id(cfg)
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"task {t} {cfg.tasks[t].name}",
                disable=not distributed.is_main())
+    budget = _StopBudget(cfg)
     with bar, logs or contextlib.nullcontext():
         for step in bar:
-            loss = _one_step(engine, trainer, examples, order, step, rank, world, pad, tr)
+            with budget.timing("step"):
+                loss = _one_step(engine, trainer, examples, order, step, rank, world, pad, tr)
             bar.set_postfix(loss=f"{loss:.4f}")
             if logs:
                 logs.log(step + 1, {"loss": loss, "lr": scheduler.get_last_lr()[0]})
             last = step + 1 == steps
             if distributed.any_rank(preempt.requested):
-                save_checkpoint(engine, state_dir, step + 1)
+                save_checkpoint(engine, state_dir, step + 1, ranks)
                 # A SIGTERM on any rank (scancel, drain) is a stop, not a preemption: every rank exits 143.
                 code = EXIT_TERMINATED if distributed.any_rank(preempt.terminated) else EXIT_PREEMPTED
                 why = ("stop signal (SIGTERM): not requeued; rerun to resume" if code == EXIT_TERMINATED
@@ -338,9 +360,40 @@ def _train_loop(exp: Experiment, t: int, trainer: Trainer, examples: list, rank:
                 distributed.log(f"train: checkpoint at step {step + 1} saved; exiting {code} ({why})")
                 return code
             if (step + 1) % tr.save_every == 0 or last:
-                save_checkpoint(engine, state_dir, step + 1)
+                with budget.timing("save"):
+                    save_checkpoint(engine, state_dir, step + 1, ranks)
                 prune_checkpoints(state_dir, tr.keep_checkpoints)
     return 0
+
+
+class _StopBudget:
+    """Warns once when a step plus a checkpoint take longer than the batch script waits after the
+    preemption signal (requeue_deadline): such a task is requeued before it saved, and every
+    preemption then costs the steps since its last periodic checkpoint."""
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.signal_s = cfg.slurm.signal_seconds
+        self.seconds = {"step": 0.0, "save": 0.0}
+        self.warned = "SLURM_JOB_ID" not in os.environ  # only a Slurm job is signalled before its limit
+
+    @contextlib.contextmanager
+    def timing(self, what: str):
+        start = time.monotonic()
+        yield
+        self.seconds[what] = time.monotonic() - start
+        if what == "save" and not self.warned:
+            self._check()
+
+    def _check(self) -> None:
+        needed = self.seconds["step"] + self.seconds["save"]
+        deadline = requeue_deadline(self.signal_s)
+        if needed > deadline:
+            self.warned = True
+            enough = math.ceil(needed * 4 / 3) + 10
+            distributed.log(f"warning: a step ({self.seconds['step']:.0f} s) plus a checkpoint "
+                            f"({self.seconds['save']:.0f} s) take longer than the {deadline} s the job waits after "
+                            f"its preemption signal (slurm.signal_seconds={self.signal_s}): a preempted task is "
+                            f"requeued before it saves; set slurm.signal_seconds={enough} or more")
 
 
 class _StepLogs:

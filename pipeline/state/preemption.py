@@ -27,6 +27,15 @@ EXIT_TERMINATED = 128 + signal.SIGTERM
 EXIT_PREVIOUS_NOT_DONE = 3
 
 
+def requeue_deadline(signal_seconds: int) -> int:
+    """Seconds after USR1 at which the batch script requeues the task although training has not
+    exited yet (its step plus the checkpoint take longer than the signal leaves): three quarters of
+    slurm.signal_seconds. The last quarter is for the requeue itself, before the time limit: Slurm
+    never requeues a job that it ended for its time limit (state TIMEOUT), so a task that misses
+    the limit would stay dead. The task then resumes from its last complete checkpoint."""
+    return max(1, signal_seconds * 3 // 4)
+
+
 class PreemptionFlag:
     """Installs handlers that only set a flag; the training loop checks it between steps."""
 

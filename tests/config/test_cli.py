@@ -75,11 +75,11 @@ def test_generate_applies_a_positional_override_like_every_other_command(tmp_pat
 
 
 def test_deepspeeds_cpu_notice_stays_out_of_stdout_and_its_warnings_go_to_stderr(capsys):
-    from deepspeed.utils import logger as deepspeed_logger
-
     from pipeline.runtime.library_logs import route_library_logs
 
-    route_library_logs(debug=False)
+    route_library_logs(debug=False)  # before DeepSpeed's import, which logs the CPU notice the first time
+    from deepspeed.utils import logger as deepspeed_logger
+
     deepspeed_logger.warning("Setting accelerator to CPU. If you have GPU or other accelerator, ...")
     deepspeed_logger.warning("something a user should see")
     out, err = capsys.readouterr()

@@ -23,7 +23,8 @@ from pipeline.state.layout import RunLayout
 from pipeline.state.orders import order_runs
 
 SHIPPED = sorted(p.name for p in BUILTIN_CONFIGS.glob("*.yaml"))
-STAGE_CALL = re.compile(r"(?:\bslm|-m pipeline\.cli) (prepare|train|index|eval|report)\b")
+# `slm X` (prepare, train), `stage X` (the finish job's requeue-aware runner), `-m pipeline.cli X` (torchrun)
+STAGE_CALL = re.compile(r"(?:\bslm|\bstage|-m pipeline\.cli) (prepare|train|index|eval|report)\b")
 
 
 @pytest.fixture
@@ -69,7 +70,8 @@ def stage_checks(script_text: str, tasks: int) -> list[list[str]]:
 def submit_and_check(name: str, overrides: list[str], capsys) -> list[tuple[str, int, str]]:
     """Submit `name` as a user would, then run every rendered stage's --check and `slm plan` on
     each chain's resolved config: (command, exit code, stderr) of each call."""
-    assert cli.main(["submit", "-c", name, *overrides]) == 0, capsys.readouterr().err
+    # --no-fetch: no hub here (tests/stages/test_fetch.py tests the fetch that a login node runs)
+    assert cli.main(["submit", "--no-fetch", "-c", name, *overrides]) == 0, capsys.readouterr().err
     capsys.readouterr()
     results = []
     for run, run_cfg in order_runs(load_config(name, overrides)):
@@ -99,7 +101,8 @@ def test_every_stage_of_every_order_of_a_shipped_config_can_run_on_the_cluster(
 
 
 def test_the_resolved_setup_is_absolute_in_the_scripts(submit_machine: Path, tmp_path: Path, capsys) -> None:
-    assert cli.main(["submit", "-c", "llama2_7b.yaml", f"output_dir={tmp_path / 'runs'}", "--order", "paper"]) == 0
+    assert cli.main(["submit", "--no-fetch", "-c", "llama2_7b.yaml", f"output_dir={tmp_path / 'runs'}",
+                     "--order", "paper"]) == 0
     script = (tmp_path / "runs" / "paper" / "slurm" / "slm" / "train.sbatch").read_text()
     assert f"\nsource {submit_machine / '.venv' / 'bin' / 'activate'}\n" in script
     assert not (tmp_path / "runs" / "reverse").exists()  # --order submits that one chain only

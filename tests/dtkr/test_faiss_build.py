@@ -101,3 +101,39 @@ def test_a_stage_that_searches_refuses_gpu_on_a_cpu_build_before_any_work(tmp_pa
     assert slm(["eval", "--after", "-1", f"output_dir={tmp_path}", "dtkr.faiss=gpu"]) == 2
     assert "error: dtkr.faiss=gpu, but the installed FAISS is a CPU-only build" in capsys.readouterr().err
     assert not (tmp_path / "slm").exists()
+
+
+def test_each_gpus_faiss_resources_reserve_only_the_small_scratch_the_plan_counts(monkeypatch) -> None:
+    """FAISS's StandardGpuResources reserves 1.5 GiB of scratch per GPU unless told otherwise; the
+    store caps it before the first GPU search (a CPU build here: the GPU calls are stand-ins)."""
+    import faiss
+    import torch
+
+    from pipeline.dtkr import store
+    from pipeline.planning.memory import FAISS_GPU_GIB, GIB
+
+    made: list[dict] = []
+
+    class Resources:
+        def __init__(self) -> None:
+            self.calls = {"temp": None}
+            made.append(self.calls)
+
+        def setTempMemory(self, size: int) -> None:  # noqa: N802 (FAISS's name)
+            self.calls["temp"] = size
+
+    def to_gpu(resources, device, index):
+        assert resources.calls["temp"] is not None, "scratch set only after the index was copied"
+        return index
+
+    monkeypatch.setattr(faiss_build, "faiss_build", lambda: FaissBuild("gpu", "1.15.1", 1, ("faiss-gpu",)))
+    monkeypatch.setattr(faiss, "StandardGpuResources", Resources, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", to_gpu, raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(store, "_resources", {})
+    monkeypatch.setattr(store, "_choice", "auto")
+    keys = store.KeyStore(12, 3, 2, "test")
+    keys.add_task("a", torch.randn(2, 3, 4))
+    keys.search(torch.randn(5, 12), 2)
+    assert made == [{"temp": store.FAISS_TEMP_MEMORY}]
+    assert store.FAISS_TEMP_MEMORY < FAISS_GPU_GIB * GIB  # the plan's per-rank allowance holds it

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.errors import StageInputError
 from pipeline.state import checkpoints
 from tests.faults.helpers import (
     FakeEngine,
@@ -20,7 +21,7 @@ from tests.faults.helpers import (
 def two_checkpoints(tmp_path: Path) -> tuple[Path, FakeEngine]:
     state, engine = tmp_path / "train_state", FakeEngine()
     for step in (3, 6):
-        checkpoints.save_checkpoint(engine, state, step)
+        checkpoints.save_checkpoint(engine, state, step, checkpoints.World(1, 4))
     return state, engine
 
 
@@ -66,3 +67,49 @@ def test_when_no_checkpoint_verifies_training_starts_afresh_with_a_warning(two_c
         (tag_dir / "mp_rank_00_model_states.pt").write_bytes(b"x")
     assert checkpoints.resume_latest(engine, state) == 0 and engine.loaded == []
     assert "training this task from step 0" in capsys.readouterr().err
+
+
+def test_the_marker_records_the_world_that_wrote_the_checkpoint(two_checkpoints) -> None:
+    state, _ = two_checkpoints
+    assert checkpoints.recorded_world(state / checkpoints.tag(6)) == checkpoints.World(1, 4)
+
+
+@pytest.mark.parametrize("marker_world", [(2, 8), None], ids=["other-world", "no-world-recorded"])
+def test_checkpoints_of_another_world_are_refused_before_anything_is_loaded(two_checkpoints, marker_world) -> None:
+    state, engine = two_checkpoints
+    marker_path = state / checkpoints.tag(6) / checkpoints.COMPLETE
+    marker = json.loads(marker_path.read_text())
+    if marker_world is None:
+        del marker["world_size"], marker["global_batch"]  # the format before worlds were recorded
+    else:
+        marker["world_size"], marker["global_batch"] = marker_world
+    marker_path.write_text(json.dumps(marker))
+    with pytest.raises(StageInputError) as refused:
+        checkpoints.require_same_world(state, checkpoints.World(1, 4), "slm train --task 0 --restart")
+    expected = "was written by 2 rank(s), global batch 8" if marker_world else "records no world size"
+    assert expected in str(refused.value) and "this run has 1 rank(s), global batch 4" in str(refused.value)
+    assert "slm train --task 0 --restart" in refused.value.hint
+    assert engine.loaded == []
+
+
+def test_the_world_that_wrote_the_checkpoints_resumes_them(two_checkpoints) -> None:
+    state, engine = two_checkpoints
+    checkpoints.require_same_world(state, checkpoints.World(1, 4), "slm train --task 0 --restart")
+    assert checkpoints.resume_latest(engine, state) == 6
+
+
+class HalfLoadingEngine(FakeEngine):
+    """DeepSpeed on a checkpoint it cannot finish loading: module and LR scheduler restored, then it raises."""
+
+    def load_checkpoint(self, folder: str, tag: str, load_module_strict: bool) -> tuple[str, dict]:
+        self.loaded.append(tag)
+        raise RuntimeError("loading the optimizer shards failed")
+
+
+def test_when_every_load_fails_resume_raises_instead_of_training_from_step_0_on_a_half_restored_engine(
+        two_checkpoints) -> None:
+    state, _ = two_checkpoints
+    engine = HalfLoadingEngine()
+    with pytest.raises(StageInputError, match="no checkpoint in .* loaded on every rank") as refused:
+        checkpoints.resume_latest(engine, state)
+    assert engine.loaded == [checkpoints.tag(6), checkpoints.tag(3)] and "--restart" in refused.value.hint

@@ -89,3 +89,24 @@ def safe_metadata(path: Path) -> dict[str, str]:
 
     with safe_open(str(path), framework="pt") as f:
         return f.metadata() or {}
+
+
+def test_resume_on_another_gpu_count_is_refused_before_the_model_loads(stopped: Run, capsys, monkeypatch) -> None:
+    """The checkpoint says 2 ranks wrote it (as after a job on 2 GPUs); this run has 1. DeepSpeed
+    would restore the model and the LR schedule, then fail on the optimizer shards."""
+    import json
+
+    from pipeline.stages import train
+    from pipeline.state import checkpoints
+
+    tag = stopped.state() / checkpoints.tag(1)
+    marker = json.loads((tag / checkpoints.COMPLETE).read_text())
+    assert (marker["world_size"], marker["global_batch"]) == (1, 4)  # micro batch 4 x grad_accum 1 x 1 rank
+    marker["world_size"], marker["global_batch"] = 2, 8
+    (tag / checkpoints.COMPLETE).write_text(json.dumps(marker))
+    state_before = tree(stopped.state())
+    monkeypatch.setattr(train, "load_base_model", lambda *a, **k: pytest.fail("the base was loaded"))
+    code, _, err = call(capsys, *stopped.argv("train", "--task", "0"))
+    assert_user_error(code, err, str(tag), "was written by 2 rank(s), global batch 8",
+                      "this run has 1 rank(s), global batch 4", "slm train --task 0 --restart")
+    assert tree(stopped.state()) == state_before

@@ -123,8 +123,10 @@ def test_recommend_prefers_precision_then_no_offload_then_zero2_then_no_checkpoi
 def test_pinned_70b_8bit_zero2_row(llama70b) -> None:
     """Pinned numbers: update them only when the formulas change on purpose."""
     row = _row(plan_of(llama70b, 1, 8, 80.0), "2", 8, True)
-    # 75.4 since the config retrieves with the reference's 125M-parameter RoBERTa (fp32), not MiniLM.
-    assert (row.weights_gib, row.activations_gib, row.total_gib) == pytest.approx((65.2, 3.4, 75.4), abs=0.06)
+    # 75.4 since the config retrieves with the reference's 125M-parameter RoBERTa (fp32), not MiniLM;
+    # 75.7 since the recomputed layer keeps its 8-bit linears' inputs (+0.07 GiB) and each rank holds
+    # FAISS GPU resources (0.25 GiB).
+    assert (row.weights_gib, row.activations_gib, row.total_gib) == pytest.approx((65.2, 3.47, 75.7), abs=0.06)
 
 
 def test_the_shipped_deepspeed_jsons_parse_into_zero_modes() -> None:

@@ -35,11 +35,11 @@ def test_nothing_fits_exits_1_with_the_smallest_change_and_that_change_fits(caps
     assert slm(["plan", "-c", "llama2_7b.yaml", "--gpus-per-node", "1", "--gpu-mem-gib", "6"]) == 1
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith("nothing fits on 1 x 1 GPUs of 6 GiB"))
-    assert "the smallest change that fits: train.micro_batch_size=3 train.grad_accum=11" in line
+    assert "the smallest change that fits: train.micro_batch_size=2 train.grad_accum=16" in line
     assert "GPUs of at least 7 GiB" in line
-    smaller = load_experiment("llama2_7b.yaml", ["train.micro_batch_size=3", "train.grad_accum=11"])
+    smaller = load_experiment("llama2_7b.yaml", ["train.micro_batch_size=2", "train.grad_accum=16"])
     assert recommend(plan_memory(smaller.cfg, smaller.method, 1, 1, 6.0)) is not None
-    larger = load_experiment("llama2_7b.yaml", ["train.micro_batch_size=4"])
+    larger = load_experiment("llama2_7b.yaml", ["train.micro_batch_size=3"])
     assert recommend(plan_memory(larger.cfg, larger.method, 1, 1, 6.0)) is None
 
 
@@ -49,7 +49,7 @@ def test_submit_refuses_what_does_not_fit_and_names_the_change(tmp_path, monkeyp
             "slurm.setup=[]"]
     assert slm(args) == 2
     out = capsys.readouterr().out
-    assert "nothing fits on 1 x 1 GPUs of 6 GiB; the smallest change that fits: train.micro_batch_size=3" in out
+    assert "nothing fits on 1 x 1 GPUs of 6 GiB; the smallest change that fits: train.micro_batch_size=2" in out
     assert not any(tmp_path.iterdir())
 
 

@@ -260,6 +260,7 @@ def test_a_failed_sbatch_cancels_the_jobs_already_submitted(tmp_path, monkeypatc
 FAKE_TRAINER = """\
 if [[ " $* " == *" prepare "* ]]; then echo "$*" >> "$FAKE_DIR/prepare.log"; exit 0; fi
 if [[ " $* " == *" --check "* ]]; then echo "$*" >> "$FAKE_DIR/check.log"; exit "${FAKE_CHECK_RC:-0}"; fi
+if [[ " $* " == *" master-port "* ]]; then echo 29400; exit 0; fi
 echo "$*" > "$FAKE_DIR/args"
 case $FAKE_MODE in
   preempt)
@@ -280,6 +281,10 @@ esac
 
 @pytest.fixture
 def fake_cluster(tmp_path: Path) -> dict[str, str]:
+    return fake_cluster_env(tmp_path)
+
+
+def fake_cluster_env(tmp_path: Path) -> dict[str, str]:
     """Stubs for srun (runs its command), scontrol and squeue (log their arguments), and a fake
     trainer as the interpreter; the environment of array task 1 of job 100."""
     bin_dir = tmp_path / "bin"
@@ -294,9 +299,10 @@ def fake_cluster(tmp_path: Path) -> dict[str, str]:
             "SLURM_CPUS_PER_TASK": "2", "SLURM_RESTART_COUNT": "0", "FAKE_SQUEUE": "", "FAKE_MODE": "done"}
 
 
-def train_script(tmp_path: Path, env: dict[str, str], previous_done: bool = True) -> Path:
+def train_script(tmp_path: Path, env: dict[str, str], previous_done: bool = True,
+                 overrides: tuple[str, ...] = ()) -> Path:
     """The rendered train script for an output_dir with a space in it; task 0 DONE if asked."""
-    cfg = load_config(None, [f"output_dir={tmp_path / 'out dir'}"])
+    cfg = load_config(None, [f"output_dir={tmp_path / 'out dir'}", *overrides])
     layout = RunLayout.of(cfg)
     if previous_done:
         layout.task_dir(0, cfg.tasks[0].name).mkdir(parents=True)

@@ -145,7 +145,8 @@ def test_a_full_disk_at_every_write_is_one_error_line_and_the_last_state_stays_u
 
     named = sweep(small_fs, ["prepare", *overrides], lambda: shutil.rmtree(out / "data", ignore_errors=True),
                   under(out / "data", method / "config.yaml"), capsys)
-    assert str(out / "data") in named.values()
+    # per-task data: the task's own folder and then the manifest that lists it are each named
+    assert {str(out / "data" / "sentiment"), str(out / "data" / "manifest.json")} <= set(named.values()), named
 
     train = ["train", "--task", "0", *overrides]
     named = sweep(small_fs, train, lambda: shutil.rmtree(task, ignore_errors=True),
