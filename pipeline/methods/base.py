@@ -137,6 +137,10 @@ class Method:
     forget_refusal: ClassVar[str | None] = ("its model after a task holds every task learned so far in one set of "
                                             "weights; no part of it is one task's alone")
 
+    def forget_problem(self, cfg: ExperimentConfig) -> str | None:
+        """Why `slm forget` cannot remove a task exactly under `cfg` (None: it can)."""
+        return self.forget_refusal
+
     @property
     def section(self) -> str:
         return self.options_key or self.name

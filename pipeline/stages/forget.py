@@ -5,7 +5,7 @@ keys), removing a task is exact: its adapter and key files are deleted, its keys
 (the other tasks' stay as they were), and from then on every stage leaves it out: the model of
 every later row has no slots of it, eval scores no column of it, the report says it was removed.
 A method whose model after a task mixes every task learned so far (seq_ft, seq_lora, ...) cannot
-take one task back out; it refuses, naming why (`Method.forget_refusal`).
+take one task back out; it refuses, naming why (`Method.forget_problem`).
 
 The task keeps its place in the sequence: its folder holds FORGOTTEN.json (when, why, what was
 deleted) and its DONE, whose hashes the later tasks were trained from, so they stay valid, byte
@@ -61,9 +61,9 @@ def run(exp: Experiment, wanted: str, reason: str = "") -> int:
     cfg, layout, method = exp.cfg, exp.layout, exp.method
     t = task_index(exp, wanted)
     name = cfg.tasks[t].name
-    if method.forget_refusal is not None:
-        raise StageInputError(f"slm forget: method {cfg.method} cannot remove task {t} ({name}) exactly: "
-                              f"{method.forget_refusal}",
+    refusal = method.forget_problem(cfg)
+    if refusal is not None:
+        raise StageInputError(f"slm forget: method {cfg.method} cannot remove task {t} ({name}) exactly: {refusal}",
                               hint="retrain the sequence without the task (a YAML without it, into a new output_dir)")
     with writer_stage(layout):
         if layout.forgotten(t, name):

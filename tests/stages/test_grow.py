@@ -148,3 +148,17 @@ def test_submit_on_a_grown_sequence_renders_only_the_new_tasks_and_the_finish_jo
     submits = [line for line in out.splitlines() if line.endswith("sbatch")]
     assert [line.split("=")[0] for line in out.splitlines() if "=$(sbatch" in line] == ["TRAIN_JOB", "FINISH_JOB"], \
         submits
+
+
+@pytest.mark.parametrize(("method", "extra", "why"), [
+    ("o_lora", [], "every later task's LoRA was trained beside this one"),
+    ("gainlora", [], "every later task's LoRA was trained beside this one"),
+    ("slm", ["methods.slm.transfer=route_retrieved"], "routing through this task's slots"),
+])
+def test_forget_refuses_before_touching_the_run_where_later_tasks_were_fitted_to_the_task(
+        grown, tmp_path, capsys, method, extra, why):
+    _, three, run = grown(method, extra)
+    assert slm(["forget", "-c", three, *run, "--task", "geography"]) == 2
+    err = capsys.readouterr().err
+    assert f"method {method} cannot remove task 1 (geography) exactly" in err and why in err, err
+    assert not (tmp_path / "run").exists()  # refused from the config alone: nothing was written

@@ -62,6 +62,14 @@ class JareMethod(Method):
     has_slots = True
     forget_refusal = None  # a task's slots and keys are its own: removing them is exact
 
+    def forget_problem(self, cfg: ExperimentConfig) -> str | None:
+        # init_from_retrieved only copies earlier slots before training (the copy is the later
+        # task's own); route_retrieved trains the later tasks through the earlier slots.
+        if self.options(cfg).transfer == "route_retrieved":
+            return (f"with methods.{self.section}.transfer=route_retrieved every later task was trained routing "
+                    "through this task's slots, so removing them would change the later tasks")
+        return None
+
     def config_problems(self, cfg: ExperimentConfig) -> list[str]:
         if cfg.dtkr.top_k > self.options(cfg).slots_per_task * len(cfg.tasks):
             return [f"dtkr.top_k: {cfg.dtkr.top_k} exceeds the slots of all tasks "

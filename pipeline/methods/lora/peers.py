@@ -97,7 +97,12 @@ class PeerMethod(LoraMethod):
     Options: ClassVar[type[PeerOptions]] = PeerOptions
     one_lora_per_task = True  # every task's LoRA stays in memory
     presets = ("official",)
-    forget_refusal = "it keeps one LoRA per task, but taking one out of the sum is not implemented yet"
+    # Not exact, unlike JARe's slots: every later task trained with this task's LoRA in its forward
+    # pass (and O-LoRA / N-LoRA / GainLoRA constrain the later LoRAs and gates against it), so the
+    # later LoRAs carry what it learned; dropping it from the sum leaves that trace and changes them.
+    forget_refusal = ("it keeps one LoRA per task, but every later task's LoRA was trained beside this one (in the "
+                      "forward pass and against its subspace), so dropping it from the sum would neither remove what "
+                      "it learned nor leave the later tasks as trained; retrain from the task before it")
 
     def lora_settings(self, cfg: ExperimentConfig) -> LoraSettings:
         opts = self.options(cfg)
