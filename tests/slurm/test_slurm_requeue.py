@@ -135,27 +135,28 @@ def test_the_finish_job_runs_every_stage_in_order(tmp_path, cluster) -> None:
     assert stages == ["-m pipeline.cli index", *rows, "-m pipeline.cli report"]
 
 
-def test_usr1_during_an_eval_row_requeues_the_finish_job(tmp_path, cluster) -> None:
+def _signal_during_a_slow_row(tmp_path, cluster, sig: signal.Signals) -> tuple[int, str]:
+    """Start the finish job with an eval row that waits, send `sig` once the row started: (exit code, stdout)."""
     cluster["FAKE_SLOW_ROW"] = "1"
     proc = subprocess.Popen(["bash", str(finish_script(tmp_path, cluster))], env=cluster, stdout=subprocess.PIPE,
                             text=True)
     wait_for(tmp_path / "started")
-    proc.send_signal(signal.SIGUSR1)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, out
+    return proc.returncode, out
+
+
+def test_usr1_during_an_eval_row_requeues_the_finish_job(tmp_path, cluster) -> None:
+    code, out = _signal_during_a_slow_row(tmp_path, cluster, signal.SIGUSR1)
+    assert code == 0, out
     assert read(tmp_path, "scontrol.log").splitlines() == ["requeue 200"]
     log = read(tmp_path, "stages.log")
     assert "row stopped" in log and "report" not in log  # the rerun does the rest, skipping done rows
 
 
 def test_sigterm_stops_the_finish_job_without_a_requeue(tmp_path, cluster) -> None:
-    cluster["FAKE_SLOW_ROW"] = "1"
-    proc = subprocess.Popen(["bash", str(finish_script(tmp_path, cluster))], env=cluster, stdout=subprocess.PIPE,
-                            text=True)
-    wait_for(tmp_path / "started")
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == EXIT_TERMINATED, out
+    code, out = _signal_during_a_slow_row(tmp_path, cluster, signal.SIGTERM)
+    assert code == EXIT_TERMINATED, out
     assert "requeue" not in read(tmp_path, "scontrol.log")
 
 
