@@ -19,6 +19,7 @@ import pytest
 
 from pipeline import slurm
 from pipeline.experiment import load_config
+from pipeline.stages import status
 from pipeline.state.layout import RunLayout
 from tests.slurm.test_slurm_integration import local_slurm  # noqa: F401 (the fixture)
 
@@ -69,6 +70,8 @@ def test_a_slurm_requeue_of_the_previous_task_holds_the_next_one_and_both_finish
         wait_until((tmp_path / "started").exists, 120, "task 0 to train")
         subprocess.run(["scontrol", "requeue", f"{job}_0"], check=True)
         wait_until(lambda: all(p.exists() for p in done), 300, "both tasks DONE")
+        # DONE is written before the script logs it and exits: read the logs once the job is gone.
+        wait_until(lambda: not status.live_jobs({job}), 60, "the array job to leave the queue")
     finally:
         subprocess.run(["scancel", job], check=False)
     logs = {p.name: p.read_text() for p in layout.logs.glob("*.out")}
