@@ -90,8 +90,9 @@ class DtkrSpec(Spec):
     """Must divide the encoder dimension: 6 for 768-d encoders (paper), 6 also divides 384."""
     key_init: Literal["orthogonal", "queries", "partition_mean", "centroid_partition", "kmeans"] = "partition_mean"
     """Key learning (pipeline.dtkr.keys.learn_task_keys; bench/retrieval.py measures each choice,
-    bench/results/retrieval/ablation.json). key_init: partition_mean (the reference's group_avg_initialization,
-    measured best), orthogonal (the reference's default: needs many more steps than 3 epochs of 1000 queries),
+    bench/results/retrieval/ablation.json). key_init: partition_mean (the reference's group_avg_initialization;
+    ties kmeans within a few queries, far ahead of orthogonal and queries at 3 epochs), orthogonal (the
+    reference's default: needs many more steps than 3 epochs of 1000 queries),
     queries (random task queries), kmeans. centroid_partition: slot 0 at the task's mean query, the other P-1 at
     partition means.
     """
