@@ -8,6 +8,8 @@ import tempfile
 import torch
 import torch.distributed as dist
 
+from pipeline import deepspeed_ops
+
 
 def local_device() -> torch.device:
     """This process's device: GPU LOCAL_RANK on a GPU node (torchrun starts one process per GPU,
@@ -29,6 +31,8 @@ def setup() -> tuple[int, int]:
             # and every later tensor, barrier and FAISS index (pipeline.dtkr.store.rank_gpu) follows
             # it. Without this, every rank of a node would start on GPU 0.
             torch.cuda.set_device(device)
+        else:
+            deepspeed_ops.build_shm_comm()  # under a lock a killed build cannot leave behind
         backend = "nccl" if device.type == "cuda" else "gloo"
         if "MASTER_ADDR" in os.environ:  # torchrun / srun set the rendezvous
             deepspeed.init_distributed(dist_backend=backend, verbose=False)

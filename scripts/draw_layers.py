@@ -23,7 +23,7 @@ PACKAGE = ROOT / "pipeline"
 
 # Bottom floor first. Rooms on one floor may not import each other in a loop.
 LAYERS: list[list[str]] = [
-    ["errors", "spec", "encoder_config"],
+    ["errors", "spec", "encoder_config", "deepspeed_ops"],
     ["config"],
     ["distributed", "metrics", "prompts"],
     ["state"],

@@ -91,7 +91,10 @@ def test_the_wheel_installs_beside_another_torch_keeps_it_and_runs_a_tiny_experi
     run_dir.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RANK", "WORLD_SIZE", "LOCAL_RANK",
                                                              "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               # The other torch builds DeepSpeed's ops against its own headers: in a folder of its own,
+               # so the suite's builds are not redone after it (each costs 1-2 minutes).
+               TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_extensions"))
     out = run_dir / "run"
     done = _run([slm, "run", *tiny_overrides(out, tiny_model_dir, steps=2), "dtkr.key_epochs=1"], run_dir, 1800, env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

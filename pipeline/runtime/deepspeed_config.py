@@ -6,7 +6,8 @@ Optimizer offload (`zero_optimization.offload_optimizer.device: cpu|nvme`, the *
 runs the Adam step on the host. DeepSpeed refuses a torch optimizer there (its step would be a
 slow Python loop over fp32 tensors) unless the JSON sets `"zero_force_ds_cpu_optimizer": false`.
 So `make_optimizer` hands it DeepSpeedCPUAdam (AdamW math, vectorised C++; built once by
-DeepSpeed's op builder, which needs a C++ compiler and ninja), and a JSON that sets the flag
+DeepSpeed's op builder, which needs a C++ compiler and ninja; pipeline.deepspeed_ops
+says why that build holds a lock), and a JSON that sets the flag
 false keeps torch's AdamW, for a site where that op cannot be built.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from pipeline.config import ExperimentConfig
+from pipeline.deepspeed_ops import build_op
 from pipeline.errors import ConfigError
 from pipeline.runtime.models import resolve_dtype
 
@@ -48,9 +50,11 @@ def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: fl
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     try:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
+        from deepspeed.ops.op_builder import CPUAdamBuilder
 
         # adamw_mode: decoupled weight decay, the same update as torch.optim.AdamW
-        return DeepSpeedCPUAdam(params, lr=lr, weight_decay=weight_decay, adamw_mode=True)
+        return build_op(CPUAdamBuilder.NAME,
+                        lambda: DeepSpeedCPUAdam(params, lr=lr, weight_decay=weight_decay, adamw_mode=True))
     except Exception as e:  # the op builder raises RuntimeError, OSError, CalledProcessError ...
         raise ConfigError(
             f"{where} offloads the optimizer to the host, which needs DeepSpeedCPUAdam, and DeepSpeed could not "
