@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.deepspeed_ops import HELD_LOCK, TORCH_BATON, build_op
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_stale_baton_is_removed_and_the_build_runs_as_the_only_builder(tmp_path, monkeypatch, capsys) -> None:
