@@ -107,9 +107,10 @@ def _git(*args: str) -> str:
 def run_info() -> dict[str, Any]:
     """The command, the checkout's commit and whether tracked code differs from it, and the date."""
     command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
-    # bench/results is data: a file an earlier bench of the same session wrote does not make it dirty
+    # bench/results is data: a file an earlier bench of the same session wrote does not make it dirty.
+    # An untracked file under the code folders does (a new bench not yet committed is not clean code).
     code = ("pipeline", "data_prep", "bench", "scripts", ":(exclude)bench/results")
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", *code))
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=normal", "--", *code))
     return {"command": command, "commit": _git("rev-parse", "HEAD") or None, "dirty": dirty,
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 

@@ -47,3 +47,29 @@ def test_the_check_refuses_a_file_without_provenance() -> None:
         broken = {**record, "run_info": {**full, key: value}}
         assert any(p.startswith(problem) for p in check_committed(broken)), (key, check_committed(broken))
     assert check_result({**record, "run_info": {**full, "dirty": True}}) == []  # a trial run may write it
+
+
+def test_a_tree_is_dirty_when_code_changed_or_a_code_file_is_not_committed(tmp_path, monkeypatch) -> None:
+    import subprocess
+
+    from bench import runner
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "bench" / "a.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "c")
+    monkeypatch.setattr(runner, "ROOT", tmp_path)
+    assert runner.run_info()["dirty"] is False
+    (tmp_path / "bench" / "results" / "new.json").write_text("{}")  # results are data, not code
+    (tmp_path / "notes.txt").write_text("outside the code folders")
+    assert runner.run_info()["dirty"] is False
+    (tmp_path / "bench" / "new_bench.py").write_text("y = 2\n")  # a bench not yet committed
+    assert runner.run_info()["dirty"] is True
+    (tmp_path / "bench" / "new_bench.py").unlink()
+    (tmp_path / "bench" / "a.py").write_text("x = 2\n")
+    assert runner.run_info()["dirty"] is True
