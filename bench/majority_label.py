@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/x.
 from bench import runner  # noqa: E402
 from bench.cl_methods import BENCH as CL_BENCH  # noqa: E402
 from bench.cl_methods import BenchExperiment  # noqa: E402
+from pipeline.experiment import load_experiment  # noqa: E402
 
 runner.preamble()
 
@@ -89,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = p.parse_intermixed_args(argv)
     bench = BenchExperiment.read(args.experiment, args.overrides)
-    # the tasks' records do not depend on the method: any registered one resolves the experiment
-    experiment = bench.load("slm")
+    # the tasks' records do not depend on the method: the experiment as its config names it
+    experiment = load_experiment(bench.config, bench.overrides)
     floor = majority_floor(experiment)
     rows = agreement(floor, args.results_dir, bench.name)
     for task, f in floor.items():

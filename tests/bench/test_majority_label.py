@@ -45,10 +45,12 @@ def _row_file(results, row: str, finals: dict | None) -> None:
 def test_the_floor_is_the_majority_answers_score_and_rows_are_compared_with_it(tmp_path, capsys) -> None:
     from bench.cl_methods import BenchExperiment
     from pipeline.data.build import build_task
+    from pipeline.experiment import load_experiment
 
     _write_tasks(tmp_path)
     bench = _bench_yaml(tmp_path)
-    experiment = BenchExperiment.read(bench).load("slm")
+    read = BenchExperiment.read(bench)
+    experiment = load_experiment(read.config, read.overrides)
     test = {spec.name: build_task(spec, experiment.cfg).test for spec in experiment.cfg.tasks}
     a_share = Counter(r["output"] for r in test["stance"])["A"] / len(test["stance"])
     as_majority = [float(r["output"] == "A") for r in test["stance"]]
