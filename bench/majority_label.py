@@ -24,7 +24,6 @@ i.e. it scores as a constant answer would. Writes bench/results/majority_label/<
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -33,8 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/x.py` puts bench/ on sys.path
 
 from bench import runner  # noqa: E402
-from bench.cl_methods import BENCH as CL_BENCH  # noqa: E402
-from bench.cl_methods import BenchExperiment  # noqa: E402
+from bench.cl_methods import BenchExperiment, load_results  # noqa: E402
 from pipeline.experiment import load_experiment  # noqa: E402
 
 runner.preamble()
@@ -70,10 +68,9 @@ def agreement(floor: dict[str, dict[str, Any]], results: Path, name: str) -> dic
     """Row -> order -> task -> share of test records on which the row's final score equals the
     majority answer's (closed-answer tasks only; a row recorded before per-record scores is skipped)."""
     rows: dict[str, dict[str, dict[str, float]]] = {}
-    for path in sorted((results / CL_BENCH).glob(f"{name}-*.json")):
-        row = path.stem.removeprefix(f"{name}-")
-        per_order = json.loads(path.read_text()).get("metrics", {}).get("per_order", {})
-        for order, entry in per_order.items():
+    for record in load_results(results, name):
+        row = record["run_info"]["method"]
+        for order, entry in record.get("metrics", {}).get("per_order", {}).items():
             finals = entry.get("final_record_scores") or {}
             shares = {task: sum(a == b for a, b in zip(finals[task], f["scores"], strict=True)) / len(f["scores"])
                       for task, f in floor.items()

@@ -105,7 +105,8 @@ def _git(*args: str) -> str:
 
 
 def run_info() -> dict[str, Any]:
-    """The command, the checkout's commit and whether tracked code differs from it, and the date."""
+    """The command, the checkout's commit, whether the code differs from it (a changed or an
+    uncommitted file under the code folders), and the date."""
     command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
     # bench/results is data: a file an earlier bench of the same session wrote does not make it dirty.
     # An untracked file under the code folders does (a new bench not yet committed is not clean code).

@@ -39,7 +39,7 @@ def _row_file(results, row: str, finals: dict | None) -> None:
     entry = {"AA": 0.5} | ({"final_record_scores": finals} if finals is not None else {})
     path = results / "cl_methods" / f"tinyfloor-{row}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"metrics": {"per_order": {"o1": entry}}}))
+    path.write_text(json.dumps({"run_info": {"method": row}, "metrics": {"per_order": {"o1": entry}}}))
 
 
 def test_the_floor_is_the_majority_answers_score_and_rows_are_compared_with_it(tmp_path, capsys) -> None:
