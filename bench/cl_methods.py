@@ -52,6 +52,7 @@ from bench.runner import (  # noqa: E402
     meta_info,
     method_fingerprint,
     read_experiment,
+    read_result,
     result_path,
     run_info,
     write_result,
@@ -234,12 +235,12 @@ def recorded_orders(path: Path | None, digest: str, code: str) -> dict[str, dict
         return {}
     entries = {}
     if path.is_file():
-        for name, entry in entries_of(json.loads(path.read_text())).items():
+        for name, entry in entries_of(read_result(path)).items():
             made = entry["provenance"]
             if made.get("config_sha256") == digest and made.get("code_fingerprint") == code:
                 entries[name] = entry
     for sweep in sorted((path.parent.parent / "lr_sweep").glob("*.json")):
-        for point in json.loads(sweep.read_text())["sweep"]["points"]:
+        for point in read_result(sweep)["sweep"]["points"]:
             for order, entry in (point.get("entries") or {}).items():
                 if point["key"] == f"{digest}:{code}@{order}":
                     entries.setdefault(order, entry)
@@ -306,7 +307,7 @@ def load_results(results: Path, experiment: str) -> list[dict]:
     """The results of every row (registered method, or method at a preset) for `experiment`, in the
     registry's order."""
     found = {p.stem.removeprefix(f"{experiment}-"): p for p in (results / BENCH).glob(f"{experiment}-*.json")}
-    return [json.loads(found[r].read_text()) for r in rows() if r in found]
+    return [read_result(found[r]) for r in rows() if r in found]
 
 
 def all_orders(rows: list[dict]) -> list[str]:

@@ -28,7 +28,6 @@ earlier code stay as history, `superseded_*`) after every point; the last line i
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -45,7 +44,7 @@ from bench.cl_methods import (  # noqa: E402
     run_method,
     validation_overrides,
 )
-from bench.runner import RESULTS, method_fingerprint, read_experiment, result_path, write_result  # noqa: E402
+from bench.runner import RESULTS, method_fingerprint, read_experiment, read_result, result_path, write_result  # noqa: E402
 from pipeline.methods import METHOD_NAMES, registered  # noqa: E402
 from pipeline.report.format import fmt  # noqa: E402
 
@@ -250,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.methods:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     out = result_path(BENCH, settings["name"], args.results_dir)
-    previous = json.loads(out.read_text())["sweep"] if out.is_file() else {}
+    previous = read_result(out)["sweep"] if out.is_file() else {}
     done = {pt["key"]: pt for pt in previous.get("points", [])}
 
     def save() -> None:

@@ -19,7 +19,6 @@ every setting.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from bench.runner import (  # noqa: E402
     bench_run_info,
     method_fingerprint,
     read_experiment,
+    read_result,
     result_path,
     write_result,
 )
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    *validation_overrides(read_experiment(BENCH, "settings"))])
     name = f"{bench.name}-{args.order}"
     out = result_path(BENCH, name, args.results_dir)
-    previous = json.loads(out.read_text()) if out.is_file() else {}
+    previous = read_result(out) if out.is_file() else {}
     recorded = previous.get("points", [])
     if args.summary:
         print(table(recorded), end="")

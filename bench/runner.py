@@ -176,6 +176,20 @@ def result_path(bench: str, name: str, results: Path = RESULTS) -> Path:
     return results / bench / f"{name}.json"
 
 
+def read_result(path: Path) -> dict[str, Any]:
+    """A results file as written by `write_result`; a file that is not JSON or not a mapping fails
+    with its path (json's own error names no file)."""
+    import json
+
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a results file: {e}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: not a results file: a {type(record).__name__}, not a mapping")
+    return record
+
+
 def write_result(bench: str, name: str, sections: dict[str, Any], run: dict[str, Any] | None = None,
                  meta: dict[str, Any] | None = None, results: Path = RESULTS) -> Path:
     """bench/results/<bench>/<name>.json in the one schema, written atomically."""

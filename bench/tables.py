@@ -18,11 +18,10 @@ and holds exactly the table the bench's own renderer makes from its results file
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 
-from bench.runner import RESULTS
+from bench.runner import RESULTS, read_result
 
 
 def cl_table(experiment: str) -> str:
@@ -49,7 +48,7 @@ def bench_table(bench: str) -> Callable[[str], str]:
         path = RESULTS / bench / f"{name}.json"
         if not path.is_file():
             raise SystemExit(f"a table shows {bench}'s results {name!r}, but {path} does not exist")
-        return importlib.import_module(f"bench.{bench}").markdown(json.loads(path.read_text()),
+        return importlib.import_module(f"bench.{bench}").markdown(read_result(path),
                                                                   f"bench/results/{bench}/{name}.json")
     return render
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.runner import RESULTS, check_committed, check_result
+from bench.runner import RESULTS, check_committed, check_result, read_result, write_result
 
 FILES = sorted(RESULTS.rglob("*.json"))
 # Recorded before results had to carry their code fingerprint and config hash, or from a dirty tree:
@@ -28,7 +28,7 @@ def test_results_live_in_one_folder_per_bench_and_there_are_some() -> None:
 
 @pytest.mark.parametrize("path", FILES, ids=[str(p.relative_to(RESULTS)) for p in FILES])
 def test_a_results_file_has_the_schema_and_its_provenance(path: Path) -> None:
-    problems = check_committed(json.loads(path.read_text()))
+    problems = check_committed(read_result(path))
     if str(path.relative_to(RESULTS)) in NOT_YET_RERECORDED:
         assert problems, f"{path} now has its provenance: remove it from NOT_YET_RERECORDED"
         return
@@ -47,6 +47,22 @@ def test_the_check_refuses_a_file_without_provenance() -> None:
         broken = {**record, "run_info": {**full, key: value}}
         assert any(p.startswith(problem) for p in check_committed(broken)), (key, check_committed(broken))
     assert check_result({**record, "run_info": {**full, "dirty": True}}) == []  # a trial run may write it
+
+
+def test_a_results_file_that_is_not_one_fails_with_its_path(tmp_path) -> None:
+    written = write_result("tinybench", "ok", {"metrics": {"AA": 0.5}}, results=tmp_path,
+                           run={"command": "x", "commit": "abc", "dirty": False, "date": "d",
+                                "code_fingerprint": "f", "config_sha256": "c"},
+                           meta={"versions": {}, "machine": {}})
+    assert read_result(written)["metrics"] == {"AA": 0.5}
+    cut = tmp_path / "cut.json"
+    cut.write_text(written.read_text()[:40])  # a copy interrupted half-way
+    with pytest.raises(ValueError, match=r"cut\.json: not a results file: .*line \d+"):
+        read_result(cut)
+    listed = tmp_path / "list.json"
+    listed.write_text(json.dumps([{"AA": 0.5}]))
+    with pytest.raises(ValueError, match=r"list\.json: not a results file: a list, not a mapping"):
+        read_result(listed)
 
 
 def test_a_tree_is_dirty_when_code_changed_or_a_code_file_is_not_committed(tmp_path, monkeypatch) -> None:
