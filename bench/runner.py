@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import os
 import platform
 import shlex
@@ -179,8 +180,6 @@ def result_path(bench: str, name: str, results: Path = RESULTS) -> Path:
 def read_result(path: Path) -> dict[str, Any]:
     """A results file as written by `write_result`; a file that is not JSON or not a mapping fails
     with its path (json's own error names no file)."""
-    import json
-
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
